@@ -1,0 +1,20 @@
+# llm-anatomy: fine-tune -> extract -> score -> prune -> report.
+# Run: snakemake --cores all            (the `offline` profile of params.yaml)
+#      snakemake --cores all --config profile=tiny
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/finetune.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

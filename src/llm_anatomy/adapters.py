@@ -1,0 +1,164 @@
+"""One interface over the FFN blocks of BERT, GPT-2 and Llama backbones.
+
+Every analysis and pruning step talks to a backbone through a `ModelAdapter`, so the
+architecture-specific details (Linear vs GPT-2's transposed Conv1D, Llama's gated FFN,
+where the final norm lives, which token the classifier reads) live here and nowhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class FFNBlock:
+    """The modules of one FFN. `inputs` map hidden -> neurons, `output` maps neurons -> hidden."""
+
+    inputs: tuple[nn.Module, ...]
+    output: nn.Module
+
+
+def weight_rows_are_neurons(module: nn.Module, side: str) -> bool:
+    """Whether a projection's weight indexes neurons along dim 0.
+
+    nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out]. `side` is "input" for a
+    hidden -> neurons projection and "output" for neurons -> hidden.
+    """
+    if isinstance(module, Conv1D):
+        return side == "output"
+    if isinstance(module, nn.Linear):
+        return side == "input"
+    raise TypeError(f"unsupported FFN projection type {type(module).__name__}")
+
+
+class ModelAdapter:
+    """Architecture-neutral view of a backbone (a `*Model`, not a `*ForX` wrapper)."""
+
+    arch: str
+    is_decoder: bool
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone = backbone
+        self.config = backbone.config
+
+    # ---- structure -------------------------------------------------------------------
+    def layers(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def ffn(self, layer: int) -> FFNBlock:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers())
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def ffn_width(self, layer: int) -> int:
+        out = self.ffn(layer).output
+        return out.weight.shape[0] if isinstance(out, Conv1D) else out.weight.shape[1]
+
+    def ffn_widths(self) -> list[int]:
+        return [self.ffn_width(layer) for layer in range(self.num_layers)]
+
+    def value_vectors(self, layer: int) -> torch.Tensor:
+        """The output ("value") vector of every neuron of `layer`: [neurons, hidden]."""
+        out = self.ffn(layer).output
+        weight = out.weight.detach()
+        return weight if weight_rows_are_neurons(out, "output") else weight.T
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The normalisation the backbone applies after its last layer (identity for BERT)."""
+        return hidden
+
+    # ---- forward -----------------------------------------------------------------------
+    def target_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Index of the token the classifier reads, per row; works for left and right padding.
+
+        Encoders read the first real token (CLS); decoders the last real token.
+        """
+        mask = attention_mask.long()
+        if self.is_decoder:
+            seq_len = mask.shape[1]
+            return seq_len - 1 - mask.flip(1).argmax(dim=1)
+        return mask.argmax(dim=1)
+
+    def forward_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.is_decoder:
+            # Position ids from the mask, so a left-padded row sees the same positions as
+            # the same text right-padded.
+            kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+            kwargs["use_cache"] = False
+        return kwargs
+
+    def hidden_states(self, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
+        """L+1 hidden states [batch, seq, hidden]: embeddings, then each layer's output.
+
+        The last entry is what the backbone returns (after the final norm for decoders).
+        """
+        out = self.backbone(**self.forward_kwargs(input_ids, attention_mask), output_hidden_states=True)
+        return out.hidden_states
+
+    def last_hidden_state(self, input_ids, attention_mask) -> torch.Tensor:
+        return self.backbone(**self.forward_kwargs(input_ids, attention_mask)).last_hidden_state
+
+
+class BertAdapter(ModelAdapter):
+    arch = "bert"
+    is_decoder = False
+
+    def layers(self):
+        return list(self.backbone.encoder.layer)
+
+    def ffn(self, layer):
+        block = self.backbone.encoder.layer[layer]
+        return FFNBlock(inputs=(block.intermediate.dense,), output=block.output.dense)
+
+
+class GPT2Adapter(ModelAdapter):
+    arch = "gpt2"
+    is_decoder = True
+
+    def layers(self):
+        return list(self.backbone.h)
+
+    def ffn(self, layer):
+        mlp = self.backbone.h[layer].mlp
+        return FFNBlock(inputs=(mlp.c_fc,), output=mlp.c_proj)
+
+    def final_norm(self, hidden):
+        return self.backbone.ln_f(hidden)
+
+
+class LlamaAdapter(ModelAdapter):
+    arch = "llama"
+    is_decoder = True
+
+    def layers(self):
+        return list(self.backbone.layers)
+
+    def ffn(self, layer):
+        mlp = self.backbone.layers[layer].mlp
+        return FFNBlock(inputs=(mlp.gate_proj, mlp.up_proj), output=mlp.down_proj)
+
+    def final_norm(self, hidden):
+        return self.backbone.norm(hidden)
+
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {"bert": BertAdapter, "gpt2": GPT2Adapter, "llama": LlamaAdapter}
+
+
+def adapter_for(backbone: nn.Module) -> ModelAdapter:
+    model_type = backbone.config.model_type
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"no adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}. "
+            "Add a ModelAdapter subclass in llm_anatomy/adapters.py."
+        )
+    return ADAPTERS[model_type](backbone)

@@ -1,0 +1,75 @@
+"""Read and check params.yaml before any compute, with errors that name the key and the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+
+class ParamsError(ValueError):
+    """params.yaml holds a bad value; the message names the key and how to fix it."""
+
+
+def load_params(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def check_schema(config: dict, schema_path: str | Path) -> None:
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            hint = err.schema.get("description") if isinstance(err.schema, dict) else None
+            lines.append(f"  {_key(err.absolute_path)}: {err.message}" + (f" (expected: {hint})" if hint else ""))
+        raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))
+
+
+def active_profile(config: dict) -> dict:
+    name = config.get("profile")
+    if name not in config.get("profiles", {}):
+        raise ParamsError(f"profile: {name!r} is not defined; choose one of {sorted(config.get('profiles', {}))} "
+                          "(e.g. --config profile=tiny)")
+    return config["profiles"][name]
+
+
+def resolve_path(path: str | Path, root: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else (Path(root) / path).resolve()
+
+
+def check_semantics(config: dict, root: str | Path) -> None:
+    """Checks JSON Schema cannot express: files that must exist, values bounded by other values."""
+    prof = active_profile(config)
+    name = config["profile"]
+    data = config["data"]
+    if data["source"] == "mirror":
+        mirror = resolve_path(data["mirror_dir"], root)
+        for split in ("train", "test"):
+            if not (mirror / f"{split}.parquet").exists():
+                raise ParamsError(f"data.mirror_dir: {mirror / (split + '.parquet')} does not exist; point it at the "
+                                  "IMDB Parquet mirror (default ../shared/data/imdb) or set data.source: hub")
+    for model, spec in prof["models"].items():
+        key = f"profiles.{name}.models.{model}"
+        ft = spec["finetune"]
+        if ft["train_limit"] > prof["split"]["train"]:
+            raise ParamsError(f"{key}.finetune.train_limit: {ft['train_limit']} exceeds the split's "
+                              f"{prof['split']['train']} training reviews; lower it or raise profiles.{name}.split.train")
+        if ft.get("freeze_bottom_layers", 0) > spec["num_layers"]:
+            raise ParamsError(f"{key}.finetune.freeze_bottom_layers: {ft['freeze_bottom_layers']} exceeds the "
+                              f"model's {spec['num_layers']} layers")
+        if spec["source"].startswith("path:") and not resolve_path(spec["source"][5:], root).exists():
+            raise ParamsError(f"{key}.source: folder {spec['source'][5:]} does not exist")
+
+
+def validate(config: dict, schema_path: str | Path, root: str | Path) -> dict:
+    """Schema, then semantic checks; returns the active profile."""
+    check_schema(config, schema_path)
+    check_semantics(config, root)
+    return active_profile(config)

@@ -1,0 +1,113 @@
+"""IMDB: read the local Parquet mirror or the hub copy, check it, split it.
+
+Processed split schema (`data/processed/{train,val,test}.parquet`):
+  text          string   the review as distributed (HTML `<br />` kept)
+  label         int64    0 negative, 1 positive
+  source_split  string   "train" or "test": the IMDB split the row comes from
+  source_index  int64    row index in that IMDB split (after the mirror's own order)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REQUIRED = {"text", "label"}
+SPLIT_COLUMNS = ["text", "label", "source_split", "source_index"]
+
+
+class DataError(ValueError):
+    """A data input that is missing or malformed; the message names the file and the fix."""
+
+
+def check_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    missing = REQUIRED - set(df.columns)
+    if missing:
+        raise DataError(f"{where}: missing column(s) {sorted(missing)}; found {list(df.columns)}. "
+                        "An IMDB table needs `text` (string) and `label` (0/1).")
+    labels = set(pd.unique(df["label"]))
+    if not labels <= {0, 1}:
+        raise DataError(f"{where}: labels must be 0 or 1, found {sorted(labels)[:10]}")
+    if df["text"].isna().any() or not all(isinstance(t, str) for t in df["text"].head(1000)):
+        raise DataError(f"{where}: column `text` must hold non-null strings")
+    return df.assign(label=df["label"].astype("int64"))
+
+
+def read_mirror(mirror_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The `train` and `test` splits of a local Parquet mirror (see ../shared/data/imdb/README.md)."""
+    mirror_dir = Path(mirror_dir)
+    frames = {}
+    for split in ("train", "test"):
+        path = mirror_dir / f"{split}.parquet"
+        if not path.exists():
+            raise DataError(f"{path} not found. Point `data.mirror_dir` in params.yaml at a folder holding "
+                            "IMDB train.parquet and test.parquet, or set `data.source: hub` where a network exists.")
+        try:
+            df = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for a bad file
+            raise DataError(f"{path} is not a readable Parquet file: {err}") from err
+        frames[split] = check_frame(df, str(path))
+    return frames
+
+
+def read_hub(name: str) -> dict[str, pd.DataFrame]:
+    """The `train` and `test` splits of a hub dataset such as `stanfordnlp/imdb` (needs a network)."""
+    from datasets import load_dataset
+
+    ds = load_dataset(name)
+    return {split: check_frame(ds[split].to_pandas(), f"{name}[{split}]") for split in ("train", "test")}
+
+
+def read_imdb(source: str, mirror_dir: str | Path, hub_name: str) -> dict[str, pd.DataFrame]:
+    if source == "mirror":
+        return read_mirror(mirror_dir)
+    if source == "hub":
+        return read_hub(hub_name)
+    raise DataError(f"data.source is {source!r}; use `mirror` or `hub`")
+
+
+def balanced_sample(df: pd.DataFrame, n: int, rng: np.random.Generator, where: str) -> np.ndarray:
+    """Row positions of n rows, half of each label (the odd one negative), in shuffled order."""
+    per_label = {0: n - n // 2, 1: n // 2}
+    picks = []
+    for label, count in per_label.items():
+        pool = np.flatnonzero(df["label"].to_numpy() == label)
+        if count > len(pool):
+            raise DataError(f"{where}: asked for {count} reviews of label {label}, only {len(pool)} exist; "
+                            "lower the split sizes in the profile")
+        picks.append(rng.choice(pool, size=count, replace=False))
+    picked = np.concatenate(picks)
+    rng.shuffle(picked)
+    return picked
+
+
+def make_splits(frames: dict[str, pd.DataFrame], n_train: int, n_val: int, n_test: int,
+                seed: int) -> dict[str, pd.DataFrame]:
+    """Seeded, class-balanced train/val from IMDB train and test from IMDB test, disjoint."""
+    rng = np.random.default_rng(seed)
+    train_src, test_src = frames["train"].reset_index(drop=True), frames["test"].reset_index(drop=True)
+    trainval = balanced_sample(train_src, n_train + n_val, rng, "IMDB train")
+    # Split the pooled pick so both halves stay balanced.
+    labels = train_src["label"].to_numpy()[trainval]
+    val_idx = np.concatenate([trainval[labels == 0][: n_val - n_val // 2], trainval[labels == 1][: n_val // 2]])
+    train_idx = np.setdiff1d(trainval, val_idx, assume_unique=True)
+    rng.shuffle(val_idx)
+    rng.shuffle(train_idx)
+    test_idx = balanced_sample(test_src, n_test, rng, "IMDB test")
+
+    def frame(src, idx, name):
+        out = src.iloc[idx][["text", "label"]].copy()
+        out["source_split"] = name
+        out["source_index"] = idx.astype("int64")
+        return out.reset_index(drop=True)[SPLIT_COLUMNS]
+
+    return {"train": frame(train_src, train_idx, "train"), "val": frame(train_src, val_idx, "train"),
+            "test": frame(test_src, test_idx, "test")}
+
+
+def read_split(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} not found; build it with `snakemake --cores all {path}`")
+    return check_frame(pd.read_parquet(path), str(path))

@@ -1,0 +1,38 @@
+"""Inference over a split: probabilities, accuracy, and wall-clock timing."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .batching import autocast, iter_padded, sorted_batches
+from .models import SentimentClassifier
+
+
+@torch.inference_mode()
+def predict_logits(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int,
+                   batch_size: int = 32, precision: str = "fp32", padding_side: str = "right",
+                   desc: str | None = None) -> np.ndarray:
+    """Logits in the order of `encoded`, from length-sorted, dynamically padded batches."""
+    model.eval()
+    logits = np.empty(len(encoded), dtype=np.float32)
+    batches = sorted_batches([len(s) for s in encoded], batch_size)
+    bar = tqdm(iter_padded(encoded, batches, pad_id, padding_side), total=len(batches), desc=desc,
+               disable=True if desc is None else None, mininterval=5)
+    with autocast(precision):
+        for idx, ids, mask in bar:
+            logits[idx] = model(ids, mask).float().numpy()
+    return logits
+
+
+def accuracy(logits: np.ndarray, labels: Sequence[int]) -> float:
+    return float(((logits > 0).astype(np.int64) == np.asarray(labels)).mean())
+
+
+def timed_predict(model, encoded, pad_id, **kwargs) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    logits = predict_logits(model, encoded, pad_id, **kwargs)
+    return logits, time.perf_counter() - start

@@ -1,0 +1,205 @@
+"""Fine-tune a backbone + the paper's head as a binary sentiment classifier, resumably.
+
+The run is deterministic in its parameters: batch order comes from `grouped_batches`
+seeded per epoch, and every `checkpoint_every` steps the trainable weights, optimizer,
+schedule, step counter and RNG state are written atomically. A rerun with the same
+parameters continues from the last checkpoint instead of step 0.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from .batching import autocast, encode, grouped_batches, iter_padded
+from .evaluate import accuracy, predict_logits
+from .io import atomic_dir, write_json
+from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneParams:
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_length: int = 256
+    truncation_side: str = "right"
+    padding_side: str = "right"
+    dropout: float = 0.1
+    freeze_embeddings: bool = False
+    freeze_bottom_layers: int = 0
+    precision: str = "bf16"
+    eval_batch_size: int = 32
+    checkpoint_every: int = 50
+    grad_clip: float = 1.0
+    seed: int = 42
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneParams":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
+        return cls(**known, extra={k: v for k, v in d.items() if k not in cls.__dataclass_fields__})
+
+
+def freeze(model: SentimentClassifier, p: FinetuneParams) -> None:
+    """Freeze the embeddings and/or the bottom layers (cheaper backward, steadier small-data fits)."""
+    adapter = model.adapter
+    if p.freeze_bottom_layers > adapter.num_layers:
+        raise ValueError(f"freeze_bottom_layers={p.freeze_bottom_layers} exceeds the model's {adapter.num_layers} layers")
+    if p.freeze_embeddings:
+        model.backbone.get_input_embeddings().requires_grad_(False)
+        for name, module in model.backbone.named_children():
+            if "embed" in name or name in {"wpe", "wte", "embeddings"}:
+                module.requires_grad_(False)
+    for layer in adapter.layers()[: p.freeze_bottom_layers]:
+        layer.requires_grad_(False)
+
+
+def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.backbone.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [
+        {"params": decay, "lr": p.lr, "weight_decay": p.weight_decay},
+        {"params": no_decay, "lr": p.lr, "weight_decay": 0.0},
+        {"params": list(model.head.parameters()), "lr": p.head_lr, "weight_decay": 0.0},
+    ]
+
+
+def fingerprint(source: str, p: FinetuneParams, n_train: int) -> str:
+    blob = json.dumps({"source": source, "params": asdict(p), "n_train": n_train}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, prm in model.named_parameters() if prm.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
+             out_dir: str | Path, metrics_path: str | Path, checkpoint_path: str | Path,
+             p: FinetuneParams, model_name: str = "model", expect_layers: int | None = None) -> dict:
+    set_threads(p.threads)
+    checkpoint_path = Path(checkpoint_path)
+    tokenizer = load_tokenizer(tokenizer_source)
+    backbone = load_backbone(source, tokenizer, seed=p.seed)
+    torch.manual_seed(p.seed)
+    model = SentimentClassifier(backbone, dropout=p.dropout)
+    if expect_layers is not None and model.adapter.num_layers != expect_layers:
+        raise ValueError(f"{model_name}: params say num_layers={expect_layers} but {source} has "
+                         f"{model.adapter.num_layers} layers; fix num_layers in params.yaml")
+    freeze(model, p)
+
+    enc = {name: encode(tokenizer, df["text"], p.max_length, p.truncation_side)
+           for name, df in (("train", train), ("val", val), ("test", test))}
+    labels = torch.tensor(train["label"].to_numpy(), dtype=torch.float32)
+    lengths = [len(s) for s in enc["train"]]
+    steps_per_epoch = -(-len(lengths) // p.batch_size)
+    total_steps = steps_per_epoch * p.epochs
+
+    optimizer = torch.optim.AdamW(param_groups(model, p))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup_ratio * total_steps), total_steps)
+    loss_fn = nn.BCEWithLogitsLoss()
+    fp = fingerprint(source, p, len(lengths))
+
+    step, history, train_seconds, resumed_from = 0, [], 0.0, None
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        if state["fingerprint"] == fp:
+            model.load_state_dict(state["model"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            step, history, train_seconds = state["step"], state["history"], state["train_seconds"]
+            resumed_from = step
+            log.info("resumed %s from step %d of %d (%s)", model_name, step, total_steps, checkpoint_path)
+        else:
+            log.warning("ignoring %s: it was written for other parameters", checkpoint_path)
+
+    def checkpoint():
+        save_checkpoint(checkpoint_path, {
+            "fingerprint": fp, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step,
+            "history": history, "train_seconds": train_seconds})
+
+    n_trainable = sum(prm.numel() for prm in model.parameters() if prm.requires_grad)
+    log.info("%s: %d train reviews, %d steps, %.1fM trainable parameters, %s",
+             model_name, len(lengths), total_steps, n_trainable / 1e6, p.precision)
+    bar = tqdm(total=total_steps, initial=step, desc=f"fine-tune {model_name}", disable=None, mininterval=10)
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        batches = grouped_batches(lengths, p.batch_size, seed=p.seed * 1000 + epoch)
+        model.train()
+        started = time.perf_counter()
+        for idx, ids, mask in iter_padded(enc["train"], batches[offset:], tokenizer.pad_token_id, p.padding_side):
+            with autocast(p.precision):
+                logits = model(ids, mask)
+            loss = loss_fn(logits.float(), labels[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], p.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if step % p.checkpoint_every == 0 or step % steps_per_epoch == 0:
+                train_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                if step % steps_per_epoch == 0:
+                    val_logits = predict_logits(model, enc["val"], tokenizer.pad_token_id, p.eval_batch_size,
+                                                p.precision, p.padding_side)
+                    history.append({"epoch": epoch + 1, "step": step,
+                                    "val_accuracy": accuracy(val_logits, val["label"])})
+                    log.info("epoch %d: validation accuracy %.4f", epoch + 1, history[-1]["val_accuracy"])
+                    model.train()
+                checkpoint()
+    bar.close()
+
+    model.eval()
+    t0 = time.perf_counter()
+    test_logits = predict_logits(model, enc["test"], tokenizer.pad_token_id, p.eval_batch_size, p.precision,
+                                 p.padding_side, desc=f"test {model_name}")
+    test_seconds = time.perf_counter() - t0
+    val_acc = history[-1]["val_accuracy"] if history else accuracy(
+        predict_logits(model, enc["val"], tokenizer.pad_token_id, p.eval_batch_size, p.precision, p.padding_side),
+        val["label"])
+    metrics = {
+        "model": model_name, "source": source, "arch": model.adapter.arch,
+        "val_accuracy": val_acc, "test_accuracy": accuracy(test_logits, test["label"]),
+        "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        "epochs": p.epochs, "steps": total_steps, "train_seconds": round(train_seconds, 1),
+        "train_examples_per_second": round(len(train) * p.epochs / max(train_seconds, 1e-9), 2),
+        "test_seconds": round(test_seconds, 2), "precision": p.precision, "max_length": p.max_length,
+        "trainable_parameters": n_trainable, "resumed_from_step": resumed_from, "history": history,
+    }
+    meta = {"model": model_name, "source": source, "max_length": p.max_length,
+            "truncation_side": p.truncation_side, "padding_side": p.padding_side, "precision": p.precision}
+    with atomic_dir(out_dir) as tmp:
+        save_classifier(model, tokenizer, tmp, meta)
+    write_json(metrics_path, metrics)
+    return metrics

