@@ -1,0 +1,66 @@
+"""params.yaml validation: the shipped file passes, bad values stop the run with the key and the fix."""
+import copy
+
+import pytest
+
+from llm_anatomy.config import ParamsError, load_params, validate
+
+from conftest import ROOT
+
+SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
+
+
+@pytest.fixture
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("profile", ["offline", "paper", "tiny"])
+def test_shipped_profiles_are_valid(params, profile):
+    params["profile"] = profile
+    prof = validate(params, SCHEMA, ROOT)
+    assert prof is params["profiles"][profile]
+
+
+def _bad(params, edit):
+    p = copy.deepcopy(params)
+    edit(p)
+    with pytest.raises(ParamsError) as err:
+        validate(p, SCHEMA, ROOT)
+    return str(err.value)
+
+
+def test_unknown_profile(params):
+    msg = _bad(params, lambda p: p.update(profile="fast"))
+    assert "profile: 'fast' is not defined" in msg and "tiny" in msg
+
+
+def test_unknown_model_source(params):
+    def edit(p):
+        p["profiles"]["offline"]["models"]["minilm"]["source"] = "embedded:bert-large"
+    msg = _bad(params, edit)
+    assert "profiles.offline.models.minilm.source" in msg and "embedded:minilm|smollm2" in msg
+
+
+def test_missing_data_path(params, tmp_path):
+    msg = _bad(params, lambda p: p["data"].update(mirror_dir=str(tmp_path / "nowhere")))
+    assert "data.mirror_dir" in msg and "nowhere/train.parquet does not exist" in msg
+
+
+def test_negative_learning_rate(params):
+    def edit(p):
+        p["profiles"]["offline"]["models"]["smollm2"]["finetune"]["lr"] = -1e-4
+    msg = _bad(params, edit)
+    assert "profiles.offline.models.smollm2.finetune.lr" in msg
+
+
+def test_freezing_more_layers_than_the_model_has(params):
+    def edit(p):
+        p["profiles"]["offline"]["models"]["minilm"]["finetune"]["freeze_bottom_layers"] = 7
+    assert "exceeds the model's 6 layers" in _bad(params, edit)
+
+
+def test_train_limit_beyond_split(params):
+    def edit(p):
+        p["profiles"]["offline"]["models"]["minilm"]["finetune"]["train_limit"] = 10**5
+    assert "train_limit" in _bad(params, edit)
