@@ -170,6 +170,9 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
             if step % p.checkpoint_every == 0 or step % steps_per_epoch == 0:
                 train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
+                # A log line per checkpoint: the tqdm bar is hidden when stderr is not a terminal.
+                log.info("step %d/%d, loss %.4f, %.0f s of training so far", step, total_steps, loss.item(),
+                         train_seconds)
                 if step % steps_per_epoch == 0:
                     val_logits = predict_logits(model, enc["val"], tokenizer.pad_token_id, p.eval_batch_size,
                                                 p.precision, p.padding_side)
