@@ -12,6 +12,8 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/anatomy.smk"
+include: "workflow/rules/prune.smk"
 
 
 rule all:

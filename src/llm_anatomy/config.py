@@ -68,8 +68,54 @@ def check_semantics(config: dict, root: str | Path) -> None:
             raise ParamsError(f"{key}.source: folder {spec['source'][5:]} does not exist")
 
 
+KIND_BY_SOURCE = {"tiny:bert": "encoder", "tiny:gpt2": "decoder", "tiny:llama": "decoder",
+                  "embedded:minilm": "encoder", "embedded:smollm2": "decoder",
+                  "hub:bert-base-uncased": "encoder", "hub:gpt2": "decoder"}
+
+
+def model_kind(spec: dict, where: str = "model") -> str:
+    """encoder or decoder: which pruning rule applies (the model's `kind`, else known from its source)."""
+    if spec.get("kind"):
+        return spec["kind"]
+    if spec["source"] in KIND_BY_SOURCE:
+        return KIND_BY_SOURCE[spec["source"]]
+    raise ParamsError(f"{where}.kind: cannot tell whether {spec['source']!r} is an encoder or a decoder; "
+                      "add `kind: encoder` or `kind: decoder` to the model")
+
+
+def check_pruning(config: dict, prof: dict, name: str) -> None:
+    """Pruning configurations must fit every model they apply to (focusing layers within depth)."""
+    pruning = config.get("pruning")
+    if not pruning:
+        return
+    from .pruning.rules import RuleError, resolve_focusing
+
+    configs = pruning["configs"]
+    for kind, ref in pruning.get("sweep", {}).items():
+        if ref not in configs:
+            raise ParamsError(f"pruning.sweep.{kind}: {ref!r} is not a configuration under pruning.configs; "
+                              f"choose one of {sorted(configs)}")
+        if configs[ref]["rule"] != kind:
+            raise ParamsError(f"pruning.sweep.{kind}: {ref!r} uses rule {configs[ref]['rule']!r}, not {kind!r}")
+    if "pruning" not in prof:
+        raise ParamsError(f"profiles.{name}.pruning is missing; add batch_size, repeats, random_seeds and "
+                          "encoder/decoder sizing (see the offline profile)")
+    for model, spec in prof["models"].items():
+        key = f"profiles.{name}.models.{model}"
+        kind = model_kind(spec, key)
+        for cname, cfg in configs.items():
+            if cfg["rule"] != kind:
+                continue
+            try:
+                resolve_focusing(cfg.get("focusing", "none"), spec["num_layers"])
+            except RuleError as err:
+                raise ParamsError(f"pruning.configs.{cname}.focusing: {err} ({key} has num_layers "
+                                  f"{spec['num_layers']})") from None
+
+
 def validate(config: dict, schema_path: str | Path, root: str | Path) -> dict:
     """Schema, then semantic checks; returns the active profile."""
     check_schema(config, schema_path)
     check_semantics(config, root)
+    check_pruning(config, active_profile(config), config["profile"])
     return active_profile(config)

@@ -107,9 +107,20 @@ def load_backbone(source: str, tokenizer: PreTrainedTokenizerBase | None = None,
     if kind == "embedded":
         folder, gguf = embedded_location(value)
         model = AutoModel.from_pretrained(folder, gguf_file=gguf) if gguf else AutoModel.from_pretrained(folder)
+        if gguf:
+            _forget_gguf(model)
     else:
         model = AutoModel.from_pretrained(value)
     return model if model.dtype == torch.float32 else model.to(torch.float32)
+
+
+def _forget_gguf(model: nn.Module) -> None:
+    """A GGUF load de-quantizes every tensor to float, but leaves a quantizer behind that makes
+    `save_pretrained` refuse ("quantized with gguf and is not serializable"); drop it."""
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.is_quantized = False
 
 
 class SentimentClassifier(nn.Module):

@@ -82,11 +82,19 @@ def resize_ffns(adapter: ModelAdapter, widths: Sequence[int]) -> None:
 
 
 def remove_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:
-    """Slice out, per layer, the neurons listed in `pruned[layer]`."""
+    """Slice out, per layer, the neurons listed in `pruned[layer]`.
+
+    A layer whose every neuron is pruned keeps one, zeroed (same function as zeroing them all):
+    zero-width projections break GPT-2's Conv1D and cannot be saved and reloaded.
+    """
     for layer, drop in enumerate(pruned):
         if len(drop):
             drop_set = set(int(d) for d in drop)
-            keep_neurons(adapter, layer, [j for j in range(adapter.ffn_width(layer)) if j not in drop_set])
+            keep = [j for j in range(adapter.ffn_width(layer)) if j not in drop_set]
+            if not keep:
+                keep = [min(drop_set)]
+                zero_neurons(adapter, layer, keep)
+            keep_neurons(adapter, layer, keep)
 
 
 def zero_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:

@@ -22,4 +22,5 @@ def model_spec(wildcards):
 
 
 def all_targets():
-    return expand("results/{model}/finetune_metrics.json", model=MODELS) + ["results/metrics/finetune.json"]
+    targets = expand("results/{model}/finetune_metrics.json", model=MODELS) + ["results/metrics/finetune.json"]
+    return targets + ANATOMY_TARGETS + prune_targets()  # workflow/rules/anatomy.smk, prune.smk

@@ -1,0 +1,119 @@
+"""The anatomy stage end to end: `extract_stage` (model -> Parquet) and `score_stage` (Parquet -> scores)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+
+from .extract import extract_inputs, read_vectors, write_extraction
+from .graph import layer_counts, neuron_graph
+from .io import write_csv, write_json, write_parquet
+from .lens import head_direction, lens_logits, lens_table, normed_states
+from .models import load_classifier, set_threads
+from .probes import anatomy_inputs, read_probes, sample_reviews
+from .scores import (contributions, high_neuron_lists, layer_cosines, layer_score_table, neuron_cosines,
+                     neuron_overlap, neuron_score_table, neuron_share, pairwise_mean_cosine, rank_agreement)
+
+log = logging.getLogger("llm_anatomy.anatomy")
+
+
+def extract_stage(model_dir, probes_path, train: pd.DataFrame, test: pd.DataFrame, out: dict, p: dict) -> dict:
+    """p: calibration_size, test_size, seed, batch_size, precision, threads. out: hidden, ffn, inputs."""
+    set_threads(p.get("threads"))
+    start = time.perf_counter()
+    model, tokenizer, meta = load_classifier(model_dir)
+    inputs = anatomy_inputs(read_probes(probes_path),
+                            sample_reviews(train, p["calibration_size"], p["seed"], "calibration"),
+                            sample_reviews(test, p["test_size"], p["seed"] + 1, "test"))
+    loaded = time.perf_counter()
+    ex = extract_inputs(model, tokenizer, meta, inputs["text"].tolist(), p["batch_size"], p["precision"],
+                        desc="extract")
+    write_extraction(ex, inputs, out["hidden"], out["ffn"], out["inputs"])
+    info = dict(inputs=len(inputs), layers=model.adapter.num_layers, load_seconds=loaded - start,
+                extract_seconds=time.perf_counter() - loaded)
+    log.info("extracted %d inputs x %d layers in %.1f s (load %.1f s)", len(inputs), info["layers"] + 1,
+             info["extract_seconds"], info["load_seconds"])
+    return info
+
+
+def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, threshold: float,
+                threads: int | None = None) -> dict:
+    """Every score table, the graph and the lens from the extracted Parquet files (see docs/ANATOMY.md)."""
+    set_threads(threads)
+    start = time.perf_counter()
+    model, _, _ = load_classifier(model_dir)
+    adapter = model.adapter
+    inputs = pd.read_parquet(inputs_path)
+    keys, hidden = read_vectors(hidden_path, "vector")
+    if not keys.reset_index(drop=True).equals(inputs[["input_set", "input_id"]].reset_index(drop=True)):
+        raise ValueError(f"{hidden_path} and {inputs_path} list different inputs; rerun the extract rule")
+    is_probe = (keys["input_set"] == "probe").to_numpy()
+    probe_ids = keys.loc[is_probe, "input_id"].to_numpy()
+
+    # Figure 1: layer scores for every input (the probes' mean feeds the threshold rules)
+    cos = layer_cosines(hidden)
+    cos_normed = layer_cosines(normed_states(model, hidden))
+    write_parquet(layer_score_table(keys, cos, cos_normed), out["layer_scores"])
+
+    # Figures 2/3: neuron scores of the probes
+    values = [adapter.value_vectors(l).double().numpy() for l in range(adapter.num_layers)]
+    final = hidden[is_probe, -1].astype(np.float64)
+    s = neuron_cosines(values, final)
+    write_parquet(neuron_score_table(probe_ids, s), out["neuron_scores"])
+    share = neuron_share(probe_ids, s, threshold)
+    write_csv(share, out["neuron_share"])
+    write_csv(high_neuron_lists(probe_ids, s, threshold), out["high_neurons"])
+    overlap = neuron_overlap(s, threshold)
+    write_csv(overlap, out["neuron_overlap"])
+
+    # Section 3.2's graph on the probe-mean scores
+    s_mean = [x.astype(np.float64).mean(0) for x in s]
+    g = neuron_graph(s_mean, threshold)
+    Path(out["graph"]).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(out["graph"]) + ".tmp")
+    nx.write_graphml(g, tmp)
+    tmp.replace(out["graph"])
+    counts = layer_counts(g)
+    write_csv(counts, out["graph_counts"])
+
+    # Beyond the paper: the classifier lens, direct contributions and their ranking
+    lens_parts = []
+    for name in ("calibration", "test"):
+        sel = (keys["input_set"] == name).to_numpy()
+        if sel.any():
+            lens_parts.append(lens_table(name, lens_logits(model, hidden[sel]), inputs.loc[sel, "label"]))
+    lens = pd.concat(lens_parts, ignore_index=True)
+    write_csv(lens, out["lens"])
+    _, acts = read_vectors(ffn_path, "activation", input_set="calibration")
+    acts = [acts[:, l] for l in range(acts.shape[1])] if isinstance(acts, np.ndarray) else acts
+    contrib = contributions(acts, values, head_direction(model), s_mean)
+    write_parquet(contrib, out["contributions"])
+    ranks = rank_agreement(contrib, threshold)
+    write_csv(ranks, out["rank_agreement"])
+
+    per_layer = share.groupby("layer")[["share_high", "share_negative"]].mean()
+    summary = dict(
+        threshold=threshold, layers=adapter.num_layers, probes=int(is_probe.sum()),
+        mean_layer_cosine=cos[is_probe].mean(0).tolist(),
+        mean_layer_cosine_normed=cos_normed[is_probe].mean(0).tolist(),
+        share_high_per_layer=per_layer["share_high"].tolist(),
+        share_negative_per_layer=per_layer["share_negative"].tolist(),
+        max_share_high=float(share["share_high"].max()),
+        layers_all_inputs_below_5pct=int((share.groupby("layer")["share_high"].max() < 0.05).sum()),
+        mean_jaccard_per_layer=overlap["mean_jaccard"].tolist(),
+        random_jaccard_per_layer=overlap["random_jaccard"].tolist(),
+        final_target_pairwise_cosine=pairwise_mean_cosine(final),
+        graph_high_nodes=counts["n_high"].tolist(), graph_offset_nodes=counts["n_offset"].tolist(),
+        funnel_necks=counts.loc[counts["funnel_neck"], "layer"].tolist(),
+        lens_test_accuracy=lens.loc[lens["input_set"] == "test", "accuracy"].tolist(),
+        spearman_signed=ranks["spearman_signed"].tolist(), spearman_abs=ranks["spearman_abs"].tolist(),
+        score_seconds=time.perf_counter() - start,
+    )
+    write_json(out["summary"], summary)
+    log.info("scored in %.1f s; share>%.2f per layer: %s", summary["score_seconds"], threshold,
+             np.round(summary["share_high_per_layer"], 4).tolist())
+    return summary

@@ -1,0 +1,105 @@
+"""Figures 1/1a (layer cosine curves), the lens beside the cosine curve, Figures 2/3 (neuron graphs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def layer_cosine_figure(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, path) -> None:
+    """One panel per model, one line per probe input (Figures 1 and 1a in one view)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.2), squeeze=False)
+    labels = {int(r.input_id): f"{int(r.input_id)}: {r.variant}" for r in probes.itertuples()}
+    for ax, (model, df) in zip(axes[0], tables.items()):
+        df = df[df["input_set"] == "probe"].assign(probe=lambda d: d["input_id"].map(labels))
+        sns.lineplot(data=df, x="layer", y="cosine", hue="probe", ax=ax, palette="tab10", linewidth=1.3,
+                     marker="o", markersize=3)
+        mean = df.groupby("layer")["cosine"].mean()
+        ax.plot(mean.index, mean.values, color="black", linewidth=2.5, linestyle="--", label="mean")
+        ax.set(title=f"{model}: cos(target at layer l, final target)", xlabel="layer (0 = embeddings)",
+               ylabel="cosine", ylim=(min(0.0, df["cosine"].min() - 0.05), 1.05))
+        handles, names = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, fontsize=8, frameon=False)
+    _save(fig, path)
+
+
+def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path) -> None:
+    """Per model: mean probe cosine (left axis) beside the classifier lens accuracy (right axis)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(layer_tables), figsize=(6 * len(layer_tables), 4), squeeze=False)
+    for ax, model in zip(axes[0], layer_tables):
+        lt = layer_tables[model]
+        mean = lt[lt["input_set"] == "probe"].groupby("layer")["cosine"].mean()
+        ax.plot(mean.index, mean.values, color="tab:blue", marker="o", markersize=3, label="mean cosine (probes)")
+        if "cosine_normed" in lt and not np.allclose(lt["cosine_normed"], lt["cosine"]):
+            normed = lt[lt["input_set"] == "probe"].groupby("layer")["cosine_normed"].mean()
+            ax.plot(normed.index, normed.values, color="tab:cyan", linestyle="--", marker="o", markersize=3,
+                    label="mean cosine, final norm applied")
+            mean = pd.concat([mean, normed])
+        ax.set(xlabel="layer (0 = embeddings)", ylabel="cosine to final target", title=f"{model}",
+               ylim=(min(0.0, mean.min() - 0.05), 1.02))
+        ax2 = ax.twinx()
+        for name, style in (("test", "-"), ("calibration", ":")):
+            d = lens_tables[model].query("input_set == @name")
+            if len(d):
+                ax2.plot(d["layer"], d["accuracy"], color="tab:red", linestyle=style, marker="s", markersize=3,
+                         label=f"lens accuracy ({name})")
+        ax2.set(ylabel="classifier-lens accuracy", ylim=(0.4, 1.0))
+        ax2.grid(False)
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
+    fig.subplots_adjust(wspace=0.45)
+    _save(fig, path)
+
+
+def graph_figure(g: nx.DiGraph, path, title: str) -> None:
+    """Layer 0 at the top, the last layer at the bottom; high nodes blue, offset nodes red."""
+    n_layers = int(g.graph["layers"])
+    pos = {}
+    for layer in range(n_layers):
+        for kind, side in (("high", 1), ("offset", -1)):
+            nodes = sorted((n for n, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == kind),
+                           key=lambda n: g.nodes[n]["neuron"])
+            # high nodes spread over [0, 1], offset nodes over [1.15, 1.5] on the right
+            xs = np.linspace(0, 1, len(nodes) + 2)[1:-1] if side > 0 else np.linspace(1.15, 1.5, len(nodes) + 2)[1:-1]
+            pos.update({n: (x, -layer) for n, x in zip(nodes, xs)})
+    fig, ax = plt.subplots(figsize=(9, max(4.0, min(0.45 * n_layers, 10.0) + 1.5)))
+    segs = [(pos[a], pos[b]) for a, b in g.edges()]
+    if segs:
+        ax.add_collection(LineCollection(segs, colors="grey", linewidths=0.3, alpha=min(0.6, 40 / len(segs) ** 0.5)))
+    for kind, color in (("high", "tab:blue"), ("offset", "tab:red")):
+        nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
+        if nodes:
+            xy = np.array([pos[n] for n in nodes])
+            ax.scatter(xy[:, 0], xy[:, 1], s=14, color=color, zorder=3,
+                       label=f"{kind} ({'score >' if kind == 'high' else 'score <'} "
+                             f"{'' if kind == 'high' else '-'}{g.graph['threshold']})")
+    for layer in range(n_layers):
+        n_hi = sum(1 for _, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == "high")
+        n_off = sum(1 for _, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == "offset")
+        ax.text(1.55, -layer, f"{n_hi} high / {n_off} offset", va="center", fontsize=7)
+    ax.set(xlim=(-0.05, 1.85), ylim=(-n_layers + 0.5, 0.5), title=title, ylabel="FFN block (layer)")
+    ax.set_yticks(-np.arange(n_layers), [str(l) for l in range(n_layers)], fontsize=7)
+    ax.set_xticks([])
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
+    _save(fig, path)
