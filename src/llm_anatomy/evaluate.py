@@ -1,7 +1,6 @@
-"""Inference over a split: probabilities, accuracy, and wall-clock timing."""
+"""Inference over a split: logits and accuracy."""
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,9 +29,3 @@ def predict_logits(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
 
 def accuracy(logits: np.ndarray, labels: Sequence[int]) -> float:
     return float(((logits > 0).astype(np.int64) == np.asarray(labels)).mean())
-
-
-def timed_predict(model, encoded, pad_id, **kwargs) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    logits = predict_logits(model, encoded, pad_id, **kwargs)
-    return logits, time.perf_counter() - start
