@@ -64,3 +64,16 @@ def test_train_limit_beyond_split(params):
     def edit(p):
         p["profiles"]["offline"]["models"]["minilm"]["finetune"]["train_limit"] = 10**5
     assert "train_limit" in _bad(params, edit)
+
+
+def test_negative_alpha(params):
+    def edit(p):
+        p["pruning"]["configs"]["enc-a0.01-b0.001"]["alpha"] = -0.01
+    assert "pruning.configs.enc-a0.01-b0.001.alpha" in _bad(params, edit)
+
+
+def test_focusing_layer_beyond_depth(params):
+    def edit(p):
+        p["pruning"]["configs"]["enc-a0.01-b0.001"]["focusing"] = [4, 6]
+    msg = _bad(params, edit)  # the offline encoder (MiniLM) has 6 layers: 0..5
+    assert "pruning.configs.enc-a0.01-b0.001.focusing" in msg and "[6] do not exist" in msg
