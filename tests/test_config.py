@@ -77,3 +77,15 @@ def test_focusing_layer_beyond_depth(params):
         p["pruning"]["configs"]["enc-a0.01-b0.001"]["focusing"] = [4, 6]
     msg = _bad(params, edit)  # the offline encoder (MiniLM) has 6 layers: 0..5
     assert "pruning.configs.enc-a0.01-b0.001.focusing" in msg and "[6] do not exist" in msg
+
+
+def test_flap_calibration_beyond_train_split(params):
+    def edit(p):
+        p["profiles"]["offline"]["pruning"]["encoder"]["calibration_reviews"] = 10**5
+    assert "calibration_reviews" in _bad(params, edit)
+
+
+def test_unknown_flap_allocation(params):
+    def edit(p):
+        p["pruning"]["flap"]["allocation"] = "per-head"
+    assert "allocation" in _bad(params, edit)

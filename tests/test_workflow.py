@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import ROOT
@@ -39,6 +40,10 @@ def test_tiny_profile_end_to_end(tmp_path):
         assert metrics["n_test"] == 32 and 0 <= metrics["test_accuracy"] <= 1
         assert (tmp_path / f"results/{name}/finetuned/model.safetensors").exists()
         assert not (tmp_path / f"results/{name}/checkpoints").exists()
+        flap = json.loads((tmp_path / f"results/{name}/prune/flap-50/metrics.json").read_text())
+        assert flap["rule"] == "flap" and flap["neurons_pruned"] == flap["neurons_total"] // 2
+    curves = pd.read_csv(tmp_path / "results/summary.csv").groupby("curve")["config"].count().to_dict()
+    assert curves == {"named": 5 + 7 + 7, "sweep": 3 + 1 + 1, "flap": 3}  # tiny-bert, tiny-gpt2, tiny-llama
     second = snakemake(tmp_path, "--config", "profile=tiny")
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr

@@ -6,6 +6,8 @@ where the final norm lives, which token the classifier reads) live here and nowh
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +73,17 @@ class ModelAdapter:
         out = self.ffn(layer).output
         weight = out.weight.detach()
         return weight if weight_rows_are_neurons(out, "output") else weight.T
+
+    @contextmanager
+    def activation_hooks(self, make_hook: Callable[[int], Callable]) -> Iterator[None]:
+        """Forward pre-hooks `make_hook(layer)` on every FFN output projection, whose input is the
+        neurons' activations [batch, seq, neurons]; removed on exit, even on error."""
+        hooks = [self.ffn(l).output.register_forward_pre_hook(make_hook(l)) for l in range(self.num_layers)]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The normalisation the backbone applies after its last layer (identity for BERT)."""

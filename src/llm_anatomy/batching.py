@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int, truncation_side: str = "right") -> list[list[int]]:
@@ -59,6 +60,14 @@ def iter_padded(encoded: Sequence[Sequence[int]], batches: Sequence[np.ndarray],
     for idx in batches:
         ids, mask = pad([encoded[i] for i in idx], pad_id, side)
         yield idx, ids, mask
+
+
+def progress_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int, side: str = "right",
+                     desc: str | None = None, mininterval: float = 10) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Length-sorted, dynamically padded batches for inference, with a progress bar when `desc` is given."""
+    batches = sorted_batches([len(s) for s in encoded], batch_size)
+    return tqdm(iter_padded(encoded, batches, pad_id, side), total=len(batches), desc=desc,
+                disable=True if desc is None else None, mininterval=mininterval)
 
 
 def autocast(precision: str, device: str = "cpu"):

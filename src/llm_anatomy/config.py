@@ -100,6 +100,12 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
     if "pruning" not in prof:
         raise ParamsError(f"profiles.{name}.pruning is missing; add batch_size, repeats, random_seeds and "
                           "encoder/decoder sizing (see the offline profile)")
+    for kind in ("encoder", "decoder"):
+        sizing = prof["pruning"].get(kind, {})
+        if sizing.get("flap") and sizing.get("calibration_reviews", 128) > prof["split"]["train"]:
+            raise ParamsError(f"profiles.{name}.pruning.{kind}.calibration_reviews = "
+                              f"{sizing.get('calibration_reviews', 128)} exceeds split.train = {prof['split']['train']}; "
+                              "lower it (FLAP statistics come from the train split)")
     for model, spec in prof["models"].items():
         key = f"profiles.{name}.models.{model}"
         kind = model_kind(spec, key)

@@ -5,9 +5,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .batching import autocast, iter_padded, sorted_batches
+from .batching import autocast, progress_batches
 from .models import SentimentClassifier
 
 
@@ -18,9 +17,7 @@ def predict_logits(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
     """Logits in the order of `encoded`, from length-sorted, dynamically padded batches."""
     model.eval()
     logits = np.empty(len(encoded), dtype=np.float32)
-    batches = sorted_batches([len(s) for s in encoded], batch_size)
-    bar = tqdm(iter_padded(encoded, batches, pad_id, padding_side), total=len(batches), desc=desc,
-               disable=True if desc is None else None, mininterval=5)
+    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=5)
     with autocast(precision):
         for idx, ids, mask in bar:
             logits[idx] = model(ids, mask).float().numpy()

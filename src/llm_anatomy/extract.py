@@ -24,9 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
 
-from .batching import autocast, encode, iter_padded, sorted_batches
+from .batching import autocast, encode, progress_batches
 from .io import write_parquet
 from .models import SentimentClassifier
 
@@ -57,24 +56,17 @@ def extract_targets(model: SentimentClassifier, encoded: Sequence[Sequence[int]]
             state[layer] = x[state["rows"], state["pos"]].float().numpy()
         return hook
 
-    hooks = [adapter.ffn(layer).output.register_forward_pre_hook(grab(layer)) for layer in range(n_layers)]
-    batches = sorted_batches([len(s) for s in encoded], batch_size)
-    bar = tqdm(iter_padded(encoded, batches, pad_id, padding_side), total=len(batches), desc=desc,
-               disable=True if desc is None else None, mininterval=10)
-    try:
-        with autocast(precision):
-            for idx, ids, mask in bar:
-                state["rows"] = torch.arange(len(idx))
-                state["pos"] = adapter.target_positions(mask)
-                states = adapter.hidden_states(ids, mask)
-                targets = torch.stack([h[state["rows"], state["pos"]] for h in states], dim=1)  # [b, L+1, H]
-                hidden[idx] = targets.float().numpy()
-                logits[idx] = model.head_logits(targets[:, -1]).float().numpy()
-                for layer in range(n_layers):
-                    ffn[layer][idx] = state.pop(layer)
-    finally:
-        for h in hooks:
-            h.remove()
+    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10)
+    with adapter.activation_hooks(grab), autocast(precision):
+        for idx, ids, mask in bar:
+            state["rows"] = torch.arange(len(idx))
+            state["pos"] = adapter.target_positions(mask)
+            states = adapter.hidden_states(ids, mask)
+            targets = torch.stack([h[state["rows"], state["pos"]] for h in states], dim=1)  # [b, L+1, H]
+            hidden[idx] = targets.float().numpy()
+            logits[idx] = model.head_logits(targets[:, -1]).float().numpy()
+            for layer in range(n_layers):
+                ffn[layer][idx] = state.pop(layer)
     return Extraction(hidden, ffn, logits, np.array([len(s) for s in encoded], dtype=np.int64))
 
 

@@ -1,20 +1,38 @@
 # Structured pruning (paper section 3.4, Figures 4, 5, 4a, 5a; docs/PRUNING.md).
-#   results/{model}/prune/{config}/metrics.json   one configuration on one model (named, or sweep-<pct>)
+#   results/{model}/ffn_stats.parquet             activation statistics over calibration reviews (for FLAP)
+#   results/{model}/prune/{config}/metrics.json   one configuration on one model (named, sweep-<pct> or flap-<pct>)
 #   results/metrics/prune/{config}.json           a named configuration over the profile's models (DVC metrics)
 #   results/figures/prune_*.png, results/summary.{csv,md}   Figures 4/5 and the summary table
 include: "prune_common.smk"
 
 
 wildcard_constraints:
-    config="|".join([re.escape(c) for c in PRUNE_CONFIGS] + [r"sweep-\d+"]),
+    config="|".join([re.escape(c) for c in PRUNE_CONFIGS] + [r"(sweep|flap)-\d+"]),
+
+
+rule ffn_stats:
+    input:
+        model="results/{model}/finetuned",
+        train="data/processed/train.parquet",
+    output:
+        "results/{model}/ffn_stats.parquet",
+    params:
+        reviews=calibration_reviews,
+        batch_size=PRUNE_SIZING.get("batch_size", 32),
+    threads: PROFILE["threads"]
+    resources:
+        mem_mb=8000,
+    log:
+        "logs/{model}/ffn_stats.log",
+    benchmark:
+        "results/{model}/benchmarks/ffn_stats.tsv"
+    script:
+        "../scripts/ffn_stats.py"
 
 
 rule prune:
     input:
-        model="results/{model}/finetuned",
-        layer_scores="results/{model}/layer_scores.parquet",
-        neuron_scores="results/{model}/neuron_scores.parquet",
-        test="data/processed/test.parquet",
+        unpack(prune_inputs),
     output:
         metrics="results/{model}/prune/{config}/metrics.json",
         layers="results/{model}/prune/{config}/layers.csv",

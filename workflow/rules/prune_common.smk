@@ -9,12 +9,22 @@ PRUNE_CONFIGS = list(PRUNE["configs"])
 MODEL_KIND = {m: model_kind(spec) for m, spec in PROFILE["models"].items()}
 
 
+CURVES = ("sweep", "flap")  # sweep-<pct>: the paper rule, alpha bisected; flap-<pct>: FLAP at that target
+
+
+def curve_of(name):
+    """('sweep' | 'flap', target percentage) for a curve point's name, else (None, None)."""
+    m = re.fullmatch(r"(sweep|flap)-(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (None, None)
+
+
 def prune_names(model):
-    """Named configurations of the model's rule, then the sweep points."""
+    """Named configurations of the model's rule, then the paper rule's curve, then FLAP's."""
     kind = MODEL_KIND[model]
     named = [c for c in PRUNE_CONFIGS if PRUNE["configs"][c]["rule"] == kind]
     sweep = [f"sweep-{p}" for p in PRUNE_SIZING[kind]["sweep"]] if kind in PRUNE.get("sweep", {}) else []
-    return named + sweep
+    flap = [f"flap-{p}" for p in PRUNE_SIZING[kind].get("flap", [])]
+    return named + sweep + flap
 
 
 def prune_models(name):
@@ -25,22 +35,41 @@ def prune_models(name):
 def prune_config(wildcards):
     kind = MODEL_KIND[wildcards.model]
     name = wildcards.config
-    if name.startswith("sweep-"):
-        cfg = dict(PRUNE["configs"][PRUNE["sweep"][kind]], target=int(name[len("sweep-"):]) / 100)
+    curve, pct = curve_of(name)
+    if curve == "sweep":
+        cfg = dict(PRUNE["configs"][PRUNE["sweep"][kind]], target=pct / 100)
+    elif curve == "flap":
+        cfg = dict(rule="flap", target=pct / 100, **PRUNE.get("flap", {}))
     else:
         cfg = dict(PRUNE["configs"][name])
-    if cfg["rule"] != kind:
+    if cfg["rule"] not in (kind, "flap"):
         raise ValueError(f"configuration {name!r} is for {cfg['rule']} models; {wildcards.model} is a {kind}")
     return cfg
 
 
 def prune_settings(wildcards):
-    kind = MODEL_KIND[wildcards.model]
+    sizing = PRUNE_SIZING[MODEL_KIND[wildcards.model]]
+    time_limit = sizing.get("time_limit")
+    if curve_of(wildcards.config)[0]:
+        time_limit = sizing.get("sweep_time_limit", time_limit)
     return dict(batch_size=PRUNE_SIZING.get("batch_size", 32), repeats=PRUNE_SIZING.get("repeats", 3),
-                random_seeds=PRUNE_SIZING.get("random_seeds", 3), test_limit=PRUNE_SIZING[kind]["test_limit"],
-                time_limit=PRUNE_SIZING[kind].get("sweep_time_limit") if wildcards.config.startswith("sweep-") else None,
+                random_seeds=PRUNE_SIZING.get("random_seeds", 3), test_limit=sizing["test_limit"], time_limit=time_limit,
                 threads=PROFILE["threads"], high_threshold=PRUNE.get("high_threshold", 0.35),
                 average_over=PRUNE.get("average_over", "probe"))
+
+
+def prune_inputs(wildcards):
+    inputs = dict(model=f"results/{wildcards.model}/finetuned",
+                  layer_scores=f"results/{wildcards.model}/layer_scores.parquet",
+                  neuron_scores=f"results/{wildcards.model}/neuron_scores.parquet",
+                  test="data/processed/test.parquet")
+    if curve_of(wildcards.config)[0] == "flap":
+        inputs["ffn_stats"] = f"results/{wildcards.model}/ffn_stats.parquet"
+    return inputs
+
+
+def calibration_reviews(wildcards):
+    return PRUNE_SIZING[MODEL_KIND[wildcards.model]].get("calibration_reviews", 128)
 
 
 def prune_collect_inputs(wildcards):

@@ -10,6 +10,7 @@ settings = EvalSettings.from_dict(sm.params.settings)
 metrics, table = prune_and_evaluate(sm.input.model, sm.input.layer_scores, sm.input.neuron_scores,
                                     read_split(sm.input.test), sm.params.cfg, settings,
                                     focus_multiplier=sm.params.focus_multiplier,
-                                    config_name=sm.wildcards.config, model_name=sm.wildcards.model)
+                                    config_name=sm.wildcards.config, model_name=sm.wildcards.model,
+                                    ffn_stats_path=sm.input.get("ffn_stats"))
 write_csv(table, sm.output.layers)
 write_json(sm.output.metrics, metrics)

@@ -22,13 +22,26 @@ def headline(m: dict) -> dict:
     return {k: m[k] for k in HEADLINE if k in m}
 
 
+def curve(m: dict) -> str:
+    """named (a Figure-5a configuration), sweep (the paper rule at a target) or flap (FLAP at a target)."""
+    for prefix in ("sweep", "flap"):
+        if m["config"].startswith(prefix + "-"):
+            return prefix
+    return "named"
+
+
+CURVE_ORDER = {"named": 0, "sweep": 1, "flap": 2}
+
+
 def summary_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for m in runs:
-        rows.append(dict(model=m["model"], config=m["config"], rule=m["rule"], alpha=m["alpha"], beta=m["beta"],
-                         focusing=" ".join(map(str, m["focusing"])), target_pct=100 * m["search"]["target_fraction"]
-                         if m.get("search") else None, pruned_pct=m["pruned_pct"],
-                         accuracy_dense=m["accuracy_dense"], accuracy=m["accuracy"],
+        rows.append(dict(model=m["model"], config=m["config"], curve=curve(m), rule=m["rule"], alpha=m.get("alpha"),
+                         beta=m.get("beta"), focusing=" ".join(map(str, m.get("focusing") or [])),
+                         allocation=m.get("allocation"),
+                         target_pct=100 * m["search"]["target_fraction"] if m.get("search") else None,
+                         pruned_pct=m["pruned_pct"], accuracy_dense=m["accuracy_dense"], accuracy=m["accuracy"],
+                         accuracy_uncompensated=m.get("accuracy_uncompensated"),
                          accuracy_random=m["accuracy_random_mean"], accuracy_random_std=m["accuracy_random_std"],
                          time_dense_s=m["time_dense_s"], time_zeroed_s=m["time_zeroed_s"],
                          time_removed_s=m["time_removed_s"], speedup_zeroed=m["speedup_zeroed"],
@@ -37,8 +50,8 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
                          test_reviews=m["test_reviews"], timed_reviews=m.get("timed_reviews"), seconds=m["seconds"]))
     df = pd.DataFrame(rows)
     if not df.empty:
-        df["sweep"] = df["config"].str.startswith("sweep-")
-        df = df.sort_values(["model", "sweep", "pruned_pct"]).drop(columns="sweep").reset_index(drop=True)
+        df["order"] = df["curve"].map(CURVE_ORDER)
+        df = df.sort_values(["model", "order", "pruned_pct"]).drop(columns="order").reset_index(drop=True)
     return df
 
 
@@ -72,51 +85,70 @@ def _save(fig, path):
     os.replace(tmp, path)
 
 
+def _curve_runs(rs: list[dict], name: str) -> list[dict]:
+    return sorted([m for m in rs if curve(m) == name], key=lambda m: m["pruned_pct"])
+
+
+def _random_band(ax, runs, color, label):
+    x = [m["pruned_pct"] for m in runs]
+    mu = np.array([m["accuracy_random_mean"] for m in runs])
+    sd = np.array([m["accuracy_random_std"] for m in runs])
+    ax.plot(x, mu, "s--", color=color, ms=4, lw=1, label=label)
+    ax.fill_between(x, mu - sd, mu + sd, color=color, alpha=0.15)
+
+
+def _accuracy_curve(ax, runs, color, name, alt_key, alt_label, band_color):
+    """A method's removed-model accuracy, an alternative reading of it (dotted), its random baseline."""
+    if not runs:
+        return
+    x = [m["pruned_pct"] for m in runs]
+    ax.plot(x, [m["accuracy"] for m in runs], "o-", color=color, label=f"{name} (removed)")
+    alt = [(m["pruned_pct"], m[alt_key]) for m in runs if m.get(alt_key) is not None]
+    if alt:
+        ax.plot(*zip(*alt), "x:", color=color, label=f"{name} {alt_label}")
+    _random_band(ax, runs, band_color, f"random, {name}'s counts")
+
+
 def plot_accuracy(runs: list[dict], path) -> None:
+    """Accuracy against % FFN neurons pruned: the paper rule and FLAP, each with the random baseline
+    matched to its per-layer counts (mean +- sd over seeds), and the Figure-5a configurations."""
     models, groups = _by_model(runs)
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.5 * max(len(models), 1), 4), squeeze=False)
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6 * max(len(models), 1), 4.5), squeeze=False)
     for ax, mod in zip(axes[0], models):
         rs = groups[mod]
-        sweep = sorted([m for m in rs if m["config"].startswith("sweep-")], key=lambda m: m["pruned_pct"])
-        named = [m for m in rs if not m["config"].startswith("sweep-")]
-        if sweep:
-            x = [m["pruned_pct"] for m in sweep]
-            ax.plot(x, [m["accuracy"] for m in sweep], "o-", label="structured (removed)")
-            zx = [(m["pruned_pct"], m["accuracy_zeroed"]) for m in sweep if m.get("accuracy_zeroed") is not None]
-            if zx:
-                ax.plot(*zip(*zx), "x:", label="structured (zeroed)")
-            mu = np.array([m["accuracy_random_mean"] for m in sweep])
-            sd = np.array([m["accuracy_random_std"] for m in sweep])
-            ax.plot(x, mu, "s-", color="C3", label="random (keeps high)")
-            ax.fill_between(x, mu - sd, mu + sd, color="C3", alpha=0.2)
+        sweep, flap = _curve_runs(rs, "sweep"), _curve_runs(rs, "flap")
+        named = _curve_runs(rs, "named")
+        _accuracy_curve(ax, sweep, "C0", "paper rule", "accuracy_zeroed", "(zeroed)", "C3")
+        _accuracy_curve(ax, flap, "C1", "FLAP", "accuracy_uncompensated", "without bias compensation", "C4")
         for m in named:
             ax.plot(m["pruned_pct"], m["accuracy"], "D", color="C2", ms=6)
             ax.errorbar(m["pruned_pct"], m["accuracy_random_mean"], yerr=m["accuracy_random_std"], fmt="^",
                         color="C3", ms=5)
         if named:
-            ax.plot([], [], "D", color="C2", label="Figure-5a configs")
+            ax.plot([], [], "D", color="C2", label="Figure-5a configs (random: red triangles)")
         ax.axhline(rs[0]["accuracy_dense"], ls="--", color="grey", label="dense")
-        ax.set(title=f"{mod}: accuracy", xlabel="% FFN neurons pruned", ylabel="test accuracy")
-        ax.legend(fontsize=8)
+        ax.set(title=f"{mod}: accuracy on {rs[0]['test_reviews']} test reviews", xlabel="% FFN neurons pruned",
+               ylabel="test accuracy")
+        ax.legend(fontsize=7, loc="lower left")
     _save(fig, path)
 
 
 def plot_time(runs: list[dict], path) -> None:
     """Inference time of zeroed and removed models relative to the dense model timed alternately in the
-    same run (sweep points: lines; named configurations: markers). Absolute times are in the summary."""
+    same run (curves: lines; named configurations: markers). Absolute times are in the summary."""
     models, groups = _by_model(runs)
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.5 * max(len(models), 1), 4), squeeze=False)
     for ax, mod in zip(axes[0], models):
         rs = groups[mod]
-        sweep = sorted([m for m in rs if m["config"].startswith("sweep-")], key=lambda m: m["pruned_pct"])
-        named = sorted([m for m in rs if not m["config"].startswith("sweep-")], key=lambda m: m["pruned_pct"])
-        for group, style, tag in ((sweep, "-", "sweep"), (named, "", "Figure-5a configs")):
+        sweep, flap, named = _curve_runs(rs, "sweep"), _curve_runs(rs, "flap"), _curve_runs(rs, "named")
+        for group, line, marker, tag in ((sweep, "-", "o", "paper rule"), (flap, "--", "s", "FLAP"),
+                                         (named, "", "D", "Figure-5a configs")):
             if not group:
                 continue
             x = [m["pruned_pct"] for m in group]
-            ax.plot(x, [100 * m["time_zeroed_s"] / m["time_dense_s"] for m in group], "x" + (":" if style else ""),
-                    color="C0", label=f"zeroed ({tag})")
-            ax.plot(x, [100 * m["time_removed_s"] / m["time_dense_s"] for m in group], ("o" if style else "D") + style,
+            ax.plot(x, [100 * m["time_zeroed_s"] / m["time_dense_s"] for m in group], marker + (":" if line else ""),
+                    color="C0", mfc="none", label=f"zeroed ({tag})")
+            ax.plot(x, [100 * m["time_removed_s"] / m["time_dense_s"] for m in group], marker + line,
                     color="C1", label=f"physically removed ({tag})")
         ax.axhline(100, ls="--", color="grey", label="dense")
         xs = np.linspace(0, 90, 10)

@@ -1,0 +1,103 @@
+"""Per-neuron activation statistics over calibration reviews, for activation-aware pruning.
+
+ffn_stats.parquet, one row per (block, neuron):
+  layer int16, neuron int32,
+  mean           float64  mean activation over every real (non-pad) token of the calibration reviews
+  var            float64  its variance (population) over the same tokens
+  value_norm_sq  float64  ||v_lj||^2, the squared norm of the neuron's value vector
+  tokens         int64    tokens the statistics are taken over
+
+"Activation" is the input of the FFN's output projection, as in ffn_activations.parquet
+(gelu(x W_in) for BERT/GPT-2, silu(gate) * up for Llama), but over every token rather than
+the target token only: every token's FFN output feeds the later layers.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..batching import autocast, progress_batches
+from ..models import SentimentClassifier
+
+
+@torch.inference_mode()
+def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int,
+                         padding_side: str = "right", batch_size: int = 16, precision: str = "fp32",
+                         desc: str | None = None) -> pd.DataFrame:
+    """Mean and variance of every FFN neuron's activation over the real tokens of `encoded`."""
+    if not len(encoded):
+        raise ValueError("no calibration reviews given; set calibration_reviews >= 1")
+    model.eval()
+    adapter = model.adapter
+    L = adapter.num_layers
+    # Shifted sums (shift = the first batch's mean) keep the float64 variance exact enough
+    # when a neuron's mean is large against its spread.
+    shift: list[torch.Tensor | None] = [None] * L
+    s1 = [torch.zeros(adapter.ffn_width(l), dtype=torch.float64) for l in range(L)]
+    s2 = [torch.zeros_like(s) for s in s1]
+    state: dict = {"tokens": 0}
+
+    def grab(layer):
+        def hook(_module, args):
+            x = args[0].double()[state["mask"]]  # [real tokens, neurons]
+            if shift[layer] is None:
+                shift[layer] = x.mean(0)
+            d = x - shift[layer]
+            s1[layer] += d.sum(0)
+            s2[layer] += (d * d).sum(0)
+        return hook
+
+    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10)
+    with adapter.activation_hooks(grab), autocast(precision):
+        for _idx, ids, mask in bar:
+            state["mask"] = mask.bool()
+            state["tokens"] += int(mask.sum())
+            model(ids, mask)
+    n = state["tokens"]
+    frames = []
+    for l in range(L):
+        m1 = s1[l] / n
+        mean = shift[l] + m1
+        var = (s2[l] / n - m1 * m1).clamp(min=0.0)
+        vnorm = (adapter.value_vectors(l).double() ** 2).sum(1)
+        frames.append(pd.DataFrame({"layer": np.int16(l), "neuron": np.arange(len(mean), dtype=np.int32),
+                                    "mean": mean.numpy(), "var": var.numpy(), "value_norm_sq": vnorm.numpy(),
+                                    "tokens": np.int64(n)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_stats(path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(mean, var, value_norm_sq), each a list over layers 0..L-1 of arrays indexed by neuron."""
+    df = pd.read_parquet(path).sort_values(["layer", "neuron"])
+    layers = sorted(df["layer"].unique())
+    if layers != list(range(len(layers))):
+        raise ValueError(f"{path}: layers {layers} are not 0..L-1; rebuild it with the ffn_stats rule")
+    groups = [g for _, g in df.groupby("layer", sort=True)]
+    for l, g in enumerate(groups):
+        if not np.array_equal(g["neuron"].to_numpy(), np.arange(len(g))):
+            raise ValueError(f"{path}: layer {l} does not list neurons 0..{len(g) - 1}; rebuild it")
+    return ([g["mean"].to_numpy(np.float64) for g in groups], [g["var"].to_numpy(np.float64) for g in groups],
+            [g["value_norm_sq"].to_numpy(np.float64) for g in groups])
+
+
+def calibration_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
+                      threads: int | None = None) -> dict:
+    """ffn_stats.parquet from the first `reviews` reviews of the train split, tokenised as in training."""
+    from ..batching import encode
+    from ..io import write_parquet
+    from ..models import load_classifier, set_threads
+
+    if reviews > len(train):
+        raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
+                         "lower it or enlarge split.train")
+    set_threads(threads)
+    model, tokenizer, meta = load_classifier(model_dir)
+    texts = train["text"].iloc[:reviews].tolist()
+    encoded = encode(tokenizer, texts, meta["max_length"], meta.get("truncation_side", "right"))
+    stats = ffn_activation_stats(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),
+                                 batch_size, meta.get("precision", "fp32"), desc="calibration")
+    write_parquet(stats, out_path)
+    return dict(reviews=len(encoded), tokens=int(stats["tokens"].iloc[0]), neurons=len(stats))

@@ -1,0 +1,144 @@
+"""FLAP: activation statistics against a direct computation, the allocation rules on hand-made
+scores, bias compensation against mean-activation substitution, and the driver end to end."""
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from llm_anatomy.batching import pad
+from llm_anatomy.models import save_classifier
+from llm_anatomy.pruning.calibration import ffn_activation_stats, read_stats
+from llm_anatomy.pruning.evaluate import EvalSettings, prune_and_evaluate
+from llm_anatomy.pruning.flap import compensate_bias, flap_masks, fluctuation_scores, score_thresholds
+from llm_anatomy.surgery import remove_masked, zero_masked
+from pruning_helpers import quick_scores
+
+
+@torch.no_grad()
+def _token_activations(model, encoded):
+    """Every real token's FFN activation, one unpadded review at a time: [tokens, neurons] per layer."""
+    adapter = model.adapter
+    got = {l: [] for l in range(adapter.num_layers)}
+    hooks = [adapter.ffn(l).output.register_forward_pre_hook(
+        lambda _m, args, l=l: got[l].append(args[0][0].double().clone())) for l in range(adapter.num_layers)]
+    try:
+        for seq in encoded:
+            ids = torch.tensor([seq])
+            model(ids, torch.ones_like(ids))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(got[l]).numpy() for l in range(adapter.num_layers)]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_stats_match_direct_computation(tiny_model, tokenizer, reviews, side):
+    if side == "left" and not tiny_model.adapter.is_decoder:
+        pytest.skip("BERT's absolute positions shift under left padding; encoders are padded on the right")
+    encoded = tokenizer(reviews)["input_ids"]
+    stats = ffn_activation_stats(tiny_model, encoded, tokenizer.pad_token_id, padding_side=side, batch_size=3)
+    acts = _token_activations(tiny_model, encoded)
+    assert (stats["tokens"] == sum(len(s) for s in encoded)).all()  # pad tokens are not counted
+    for l, a in enumerate(acts):
+        rows = stats[stats["layer"] == l].sort_values("neuron")
+        np.testing.assert_allclose(rows["mean"], a.mean(0), atol=1e-6)
+        np.testing.assert_allclose(rows["var"], a.var(0), atol=1e-6)
+        v = tiny_model.adapter.value_vectors(l).double().numpy()
+        np.testing.assert_allclose(rows["value_norm_sq"], (v ** 2).sum(1), rtol=1e-12)
+
+
+def test_stats_round_trip(tiny_model, tokenizer, reviews, tmp_path):
+    stats = ffn_activation_stats(tiny_model, tokenizer(reviews)["input_ids"], tokenizer.pad_token_id)
+    stats.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "s.parquet")  # row order must not matter
+    means, var, vnorm = read_stats(tmp_path / "s.parquet")
+    assert [len(m) for m in means] == tiny_model.adapter.ffn_widths()
+    np.testing.assert_array_equal(var[1], stats[stats["layer"] == 1].sort_values("neuron")["var"].to_numpy())
+
+
+def test_uniform_allocation_by_hand():
+    var = [np.array([4.0, 1.0, 9.0, 0.5]), np.array([1.0, 1.0, 2.0, 3.0])]
+    vnorm = [np.array([1.0, 2.0, 0.1, 1.0]), np.array([3.0, 1.0, 1.0, 1.0])]
+    f = fluctuation_scores(var, vnorm)  # [4, 2, 0.9, 0.5] and [3, 1, 2, 3]
+    np.testing.assert_allclose(f[0], [4.0, 2.0, 0.9, 0.5])
+    pruned = flap_masks(f, 0.5, "uniform")
+    assert [p.tolist() for p in pruned] == [[2, 3], [1, 2]]
+    assert score_thresholds(f, pruned) == [0.9, 2.0]
+    assert [p.tolist() for p in flap_masks(f, 0.25, "uniform")] == [[3], [1]]
+
+
+def test_global_allocation_by_hand():
+    # Layer 0 z-scores: (x - 2.5) / sqrt(1.25) for 1..4 -> -1.342, -0.447, 0.447, 1.342.
+    # Layer 1 z-scores: 10, 10, 10, 50 -> mean 20, sd 17.32 -> -0.577 x3, 1.732.
+    f = [np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 10.0, 10.0, 50.0])]
+    # 3 of 8: -1.342 (0:0), then the three tied -0.577 of layer 1, taken in index order: 1:0, 1:1
+    assert [p.tolist() for p in flap_masks(f, 3 / 8, "global")] == [[0], [0, 1]]
+    assert [p.tolist() for p in flap_masks(f, 5 / 8, "global")] == [[0, 1], [0, 1, 2]]
+    assert sum(len(p) for p in flap_masks(f, 1.0, "global")) == 8
+    with pytest.raises(ValueError, match="allocation"):
+        flap_masks(f, 0.5, "per-head")
+    with pytest.raises(ValueError, match="outside"):
+        flap_masks(f, 1.5)
+
+
+@torch.no_grad()
+def test_bias_compensation_equals_mean_substitution(tiny_model, tokenizer, reviews):
+    """Removing neurons and compensating the bias = keeping them with their activation pinned to the mean."""
+    encoded = tokenizer(reviews)["input_ids"]
+    ids, mask = pad(encoded, tokenizer.pad_token_id, "right")
+    stats = ffn_activation_stats(tiny_model, encoded, tokenizer.pad_token_id)
+    means = [stats[stats["layer"] == l].sort_values("neuron")["mean"].to_numpy()
+             for l in range(tiny_model.adapter.num_layers)]
+    rng = np.random.default_rng(3)
+    pruned = [np.sort(rng.choice(w, w // 2, replace=False)) for w in tiny_model.adapter.ffn_widths()]
+
+    pinned = copy.deepcopy(tiny_model)
+    hooks = []
+    for l, p in enumerate(pruned):
+        idx, mu = torch.as_tensor(p), torch.as_tensor(means[l][p], dtype=torch.float32)
+
+        def pin(_m, args, idx=idx, mu=mu):
+            x = args[0].clone()
+            x[..., idx] = mu
+            return (x,)
+        hooks.append(pinned.adapter.ffn(l).output.register_forward_pre_hook(pin))
+    expect = pinned(ids, mask)
+
+    removed, zeroed = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    for m, edit in ((removed, remove_masked), (zeroed, zero_masked)):
+        compensate_bias(m.adapter, pruned, means)
+        edit(m.adapter, pruned)
+    torch.testing.assert_close(removed(ids, mask), expect, atol=1e-5, rtol=0)
+    torch.testing.assert_close(zeroed(ids, mask), expect, atol=1e-5, rtol=0)
+    plain = copy.deepcopy(tiny_model)
+    remove_masked(plain.adapter, pruned)
+    assert not torch.allclose(plain(ids, mask), expect, atol=1e-4)  # the compensation is not a no-op
+
+
+def test_flap_end_to_end(tokenizer, reviews, tmp_path):
+    from conftest import make_tiny
+
+    model = make_tiny("llama", tokenizer)  # no output bias: compensation must add one
+    save_classifier(model, tokenizer, tmp_path / "m", dict(max_length=64, truncation_side="right",
+                                                           padding_side="right", precision="fp32"))
+    layer, neuron = quick_scores(model, tokenizer, reviews)
+    layer.to_parquet(tmp_path / "l.parquet")
+    neuron.to_parquet(tmp_path / "n.parquet")
+    ffn_activation_stats(model, tokenizer(reviews)["input_ids"], tokenizer.pad_token_id).to_parquet(tmp_path / "s.parquet")
+    test = pd.DataFrame({"text": reviews * 4, "label": [1, 0, 1, 1, 0] * 4})
+    cfg = {"rule": "flap", "target": 0.5, "allocation": "uniform", "bias_compensation": True}
+    metrics, table = prune_and_evaluate(tmp_path / "m", tmp_path / "l.parquet", tmp_path / "n.parquet", test, cfg,
+                                        EvalSettings(batch_size=4, repeats=3, random_seeds=3, threads=1, time_limit=8),
+                                        ffn_stats_path=tmp_path / "s.parquet")
+    json.dumps(metrics)
+    widths = model.adapter.ffn_widths()
+    assert metrics["rule"] == "flap" and metrics["alpha"] is None
+    assert metrics["pruned_per_layer"] == [round(w / 2) for w in widths] == table["masked"].tolist()
+    assert metrics["zeroed_vs_removed_max_abs_logit_diff_fp32"] < 1e-5
+    assert 0 <= metrics["accuracy_uncompensated"] <= 1 and metrics["test_reviews"] == 20
+    assert (table["random_masked"] == table["masked"]).all()
+    with pytest.raises(ValueError, match="ffn_stats"):
+        prune_and_evaluate(tmp_path / "m", tmp_path / "l.parquet", tmp_path / "n.parquet", test, cfg,
+                           EvalSettings(batch_size=4, random_seeds=1, threads=1))
