@@ -142,3 +142,14 @@ def test_flap_end_to_end(tokenizer, reviews, tmp_path):
     with pytest.raises(ValueError, match="ffn_stats"):
         prune_and_evaluate(tmp_path / "m", tmp_path / "l.parquet", tmp_path / "n.parquet", test, cfg,
                            EvalSettings(batch_size=4, random_seeds=1, threads=1))
+
+
+def test_stats_file_with_a_missing_layer_is_rejected(tmp_path):
+    rows = pd.DataFrame({"layer": np.int16([0, 0, 2, 2]), "neuron": np.int32([0, 1, 0, 1]),
+                         "mean": 0.0, "var": 1.0, "value_norm_sq": 1.0, "tokens": np.int64(4)})
+    rows.to_parquet(tmp_path / "s.parquet")
+    with pytest.raises(ValueError, match=r"s\.parquet: layers \[0, 2\] are not 0..L-1"):
+        read_stats(tmp_path / "s.parquet")
+    rows.assign(layer=np.int16([0, 0, 1, 1]), neuron=np.int32([0, 1, 0, 2])).to_parquet(tmp_path / "s.parquet")
+    with pytest.raises(ValueError, match="layer 1 neurons are not 0..F-1"):
+        read_stats(tmp_path / "s.parquet")

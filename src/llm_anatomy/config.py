@@ -88,6 +88,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
     pruning = config.get("pruning")
     if not pruning:
         return
+    from .pruning.curves import DEFAULT_CALIBRATION_REVIEWS
     from .pruning.rules import RuleError, resolve_focusing
 
     configs = pruning["configs"]
@@ -102,10 +103,10 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
                           "encoder/decoder sizing (see the offline profile)")
     for kind in ("encoder", "decoder"):
         sizing = prof["pruning"].get(kind, {})
-        if sizing.get("flap") and sizing.get("calibration_reviews", 128) > prof["split"]["train"]:
-            raise ParamsError(f"profiles.{name}.pruning.{kind}.calibration_reviews = "
-                              f"{sizing.get('calibration_reviews', 128)} exceeds split.train = {prof['split']['train']}; "
-                              "lower it (FLAP statistics come from the train split)")
+        reviews = sizing.get("calibration_reviews", DEFAULT_CALIBRATION_REVIEWS)
+        if sizing.get("flap") and reviews > prof["split"]["train"]:
+            raise ParamsError(f"profiles.{name}.pruning.{kind}.calibration_reviews = {reviews} exceeds "
+                              f"split.train = {prof['split']['train']}; lower it (FLAP statistics come from the train split)")
     for model, spec in prof["models"].items():
         key = f"profiles.{name}.models.{model}"
         kind = model_kind(spec, key)

@@ -80,19 +80,28 @@ def neuron_score_table(input_ids: np.ndarray, scores: list[np.ndarray]) -> pd.Da
     return pd.concat(parts, ignore_index=True).astype({"layer": "int16"})
 
 
+def per_layer(values: pd.Series, path) -> list[np.ndarray]:
+    """A series indexed by (layer, neuron) as one float64 array per layer, index = neuron; the
+    layers must be 0..L-1 and each layer's neurons 0..F-1 (`path` names the file in errors)."""
+    values = values.sort_index()
+    layers = values.index.get_level_values("layer").unique().tolist()
+    if layers != list(range(len(layers))):
+        raise ValueError(f"{path}: layers {layers} are not 0..L-1; rebuild the file")
+    out = []
+    for layer in layers:
+        s = values.loc[layer]
+        if not np.array_equal(s.index.to_numpy(), np.arange(len(s))):
+            raise ValueError(f"{path}: layer {layer} neurons are not 0..F-1; rebuild the file")
+        out.append(s.to_numpy(np.float64))
+    return out
+
+
 def mean_neuron_scores(path) -> list[np.ndarray]:
     """s_lj averaged over the probe inputs: one array [F_l] per block, index = neuron."""
     df = pd.read_parquet(path, columns=["layer", "neuron", "score"])
     if df.empty:
         raise ValueError(f"{path}: no neuron scores")
-    mean = df.groupby(["layer", "neuron"], sort=True)["score"].mean()
-    out = []
-    for layer in range(int(df["layer"].max()) + 1):
-        s = mean.loc[layer]
-        if not np.array_equal(s.index.to_numpy(), np.arange(len(s))):
-            raise ValueError(f"{path}: layer {layer} neurons are not 0..F-1")
-        out.append(s.to_numpy(np.float64))
-    return out
+    return per_layer(df.groupby(["layer", "neuron"])["score"].mean(), path)
 
 
 def neuron_share(input_ids, scores: list[np.ndarray], threshold: float) -> pd.DataFrame:

@@ -2,20 +2,12 @@
 import re
 
 from llm_anatomy.config import model_kind
+from llm_anatomy.pruning.curves import DEFAULT_CALIBRATION_REVIEWS, curve_of
 
 PRUNE = config["pruning"]
 PRUNE_SIZING = PROFILE["pruning"]
 PRUNE_CONFIGS = list(PRUNE["configs"])
 MODEL_KIND = {m: model_kind(spec) for m, spec in PROFILE["models"].items()}
-
-
-CURVES = ("sweep", "flap")  # sweep-<pct>: the paper rule, alpha bisected; flap-<pct>: FLAP at that target
-
-
-def curve_of(name):
-    """('sweep' | 'flap', target percentage) for a curve point's name, else (None, None)."""
-    m = re.fullmatch(r"(sweep|flap)-(\d+)", name)
-    return (m.group(1), int(m.group(2))) if m else (None, None)
 
 
 def prune_names(model):
@@ -50,7 +42,7 @@ def prune_config(wildcards):
 def prune_settings(wildcards):
     sizing = PRUNE_SIZING[MODEL_KIND[wildcards.model]]
     time_limit = sizing.get("time_limit")
-    if curve_of(wildcards.config)[0]:
+    if curve_of(wildcards.config)[0] != "named":
         time_limit = sizing.get("sweep_time_limit", time_limit)
     return dict(batch_size=PRUNE_SIZING.get("batch_size", 32), repeats=PRUNE_SIZING.get("repeats", 3),
                 random_seeds=PRUNE_SIZING.get("random_seeds", 3), test_limit=sizing["test_limit"], time_limit=time_limit,
@@ -69,7 +61,7 @@ def prune_inputs(wildcards):
 
 
 def calibration_reviews(wildcards):
-    return PRUNE_SIZING[MODEL_KIND[wildcards.model]].get("calibration_reviews", 128)
+    return PRUNE_SIZING[MODEL_KIND[wildcards.model]].get("calibration_reviews", DEFAULT_CALIBRATION_REVIEWS)
 
 
 def prune_collect_inputs(wildcards):

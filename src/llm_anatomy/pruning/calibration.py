@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import autocast, progress_batches
-from ..models import SentimentClassifier
+from ..batching import autocast, encode, progress_batches
+from ..io import write_parquet
+from ..models import SentimentClassifier, load_classifier, set_threads
+from ..scores import per_layer
 
 
 @torch.inference_mode()
@@ -71,25 +73,13 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
 
 def read_stats(path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """(mean, var, value_norm_sq), each a list over layers 0..L-1 of arrays indexed by neuron."""
-    df = pd.read_parquet(path).sort_values(["layer", "neuron"])
-    layers = sorted(df["layer"].unique())
-    if layers != list(range(len(layers))):
-        raise ValueError(f"{path}: layers {layers} are not 0..L-1; rebuild it with the ffn_stats rule")
-    groups = [g for _, g in df.groupby("layer", sort=True)]
-    for l, g in enumerate(groups):
-        if not np.array_equal(g["neuron"].to_numpy(), np.arange(len(g))):
-            raise ValueError(f"{path}: layer {l} does not list neurons 0..{len(g) - 1}; rebuild it")
-    return ([g["mean"].to_numpy(np.float64) for g in groups], [g["var"].to_numpy(np.float64) for g in groups],
-            [g["value_norm_sq"].to_numpy(np.float64) for g in groups])
+    df = pd.read_parquet(path).set_index(["layer", "neuron"])
+    return per_layer(df["mean"], path), per_layer(df["var"], path), per_layer(df["value_norm_sq"], path)
 
 
 def calibration_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
                       threads: int | None = None) -> dict:
     """ffn_stats.parquet from the first `reviews` reviews of the train split, tokenised as in training."""
-    from ..batching import encode
-    from ..io import write_parquet
-    from ..models import load_classifier, set_threads
-
     if reviews > len(train):
         raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
                          "lower it or enlarge split.train")

@@ -207,13 +207,15 @@ def prune_and_evaluate(model_dir, layer_scores_path, neuron_scores_path, test: p
         del plain
         log.info("without bias compensation: accuracy %.4f", extra["accuracy_uncompensated"])
 
-    rand_acc = []
+    rand_acc, rand_counts = [], None
     for seed in range(settings.random_seeds):
-        rm = pruned_copy(model, random_masks(scores, counts, seed, settings.high_threshold), "removed")
+        masks = random_masks(scores, counts, seed, settings.high_threshold)
+        rand_counts = rand_counts or [len(m) for m in masks]  # every seed draws the same (capped) counts
+        rm = pruned_copy(model, masks, "removed")
         rand_acc.append(accuracy(predict_logits(rm, encoded, pad_id, **kw), labels))
         del rm
         log.info("random baseline seed %d: accuracy %.4f", seed, rand_acc[-1])
-    table["random_masked"] = [len(m) for m in random_masks(scores, counts, 0, settings.high_threshold)]
+    table["random_masked"] = rand_counts
 
     lengths = [len(e) for e in encoded]
     total_neurons, n_pruned = sum(widths), sum(counts)

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .curves import CURVE_ORDER, curve_of  # noqa: E402
+
 HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_zeroed", "accuracy_random_mean",
             "accuracy_random_std", "time_dense_s", "time_zeroed_s", "time_removed_s", "speedup_zeroed",
             "speedup_removed", "params_dense", "params_removed", "macs_ratio", "alpha", "beta", "test_reviews",
@@ -24,13 +26,7 @@ def headline(m: dict) -> dict:
 
 def curve(m: dict) -> str:
     """named (a Figure-5a configuration), sweep (the paper rule at a target) or flap (FLAP at a target)."""
-    for prefix in ("sweep", "flap"):
-        if m["config"].startswith(prefix + "-"):
-            return prefix
-    return "named"
-
-
-CURVE_ORDER = {"named": 0, "sweep": 1, "flap": 2}
+    return curve_of(m["config"])[0]
 
 
 def summary_table(runs: list[dict]) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -68,7 +68,6 @@ class ThresholdRule:
     focus_multiplier: float = 3.0
     sided: str = "two"              # two: |s| < t; one: s < t
     last_sided: str | None = None   # None: the rule's default (encoder one, decoder two)
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.kind not in RULES:
