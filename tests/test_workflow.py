@@ -30,19 +30,49 @@ def test_bad_params_stop_before_any_job(tmp_path):
     assert "profile: 'nonexistent' is not defined" in out.stderr + out.stdout
 
 
+def job_counts(output: str) -> dict[str, int]:
+    """{rule: jobs} from Snakemake's "Job stats" table."""
+    lines = output.split("Job stats:", 1)[1].splitlines()
+    counts = {}
+    for line in lines[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dense_model_is_evaluated_once_per_model_and_split(tmp_path):
+    out = snakemake(tmp_path, "-n", "--config", "profile=tiny")
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = job_counts(out.stdout + out.stderr)
+    targets = 5 + 3 + 1 + 7 * 2 + 1 + 1 + 1 + 1  # tiny-bert: named, sweep, flap; tiny-gpt2, tiny-llama likewise
+    assert jobs["evaluate_dense"] == 3  # three models, the test split only
+    for step in ("prune_plan", "materialise", "evaluate_pruned", "evaluate_baselines", "time_pruned", "prune_metrics"):
+        assert jobs[step] == targets, step
+    assert jobs["prune_collect"] == 12
+
+
 @pytest.mark.slow
 def test_tiny_profile_end_to_end(tmp_path):
     first = snakemake(tmp_path, "--config", "profile=tiny")
     assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
-    summary = json.loads((tmp_path / "results/metrics/finetune.json").read_text())
+    # every output of the tiny profile lies in its own folders
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (tmp_path / "data/processed").iterdir()) == ["tiny"]
+    res = tmp_path / "results/tiny"
+    summary = json.loads((res / "metrics/finetune.json").read_text())
     assert set(summary) == {"tiny-bert", "tiny-gpt2", "tiny-llama"}
     for name, metrics in summary.items():
         assert metrics["n_test"] == 32 and 0 <= metrics["test_accuracy"] <= 1
-        assert (tmp_path / f"results/{name}/finetuned/model.safetensors").exists()
-        assert not (tmp_path / f"results/{name}/checkpoints").exists()
-        flap = json.loads((tmp_path / f"results/{name}/prune/flap-50/metrics.json").read_text())
+        assert (res / f"{name}/finetuned/model.safetensors").exists()
+        assert not (res / f"{name}/checkpoints").exists()
+        flap = json.loads((res / f"{name}/prune/flap-50/metrics.json").read_text())
         assert flap["rule"] == "flap" and flap["neurons_pruned"] == flap["neurons_total"] // 2
-    curves = pd.read_csv(tmp_path / "results/summary.csv").groupby("curve")["config"].count().to_dict()
+        assert (res / f"pruned/{name}/flap-50/pruning.json").exists()
+        # the fine-tune's test accuracy and the dense evaluation read the same 32 reviews the same way
+        assert flap["accuracy_dense"] == metrics["test_accuracy"]
+    curves = pd.read_csv(res / "summary.csv").groupby("curve")["target"].count().to_dict()
     assert curves == {"named": 5 + 7 + 7, "sweep": 3 + 1 + 1, "flap": 3}  # tiny-bert, tiny-gpt2, tiny-llama
     second = snakemake(tmp_path, "--config", "profile=tiny")
     assert second.returncode == 0

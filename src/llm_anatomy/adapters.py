@@ -89,6 +89,9 @@ class ModelAdapter:
         """The normalisation the backbone applies after its last layer (identity for BERT)."""
         return hidden
 
+    def ensure_ffn_biases(self) -> None:
+        """Give every FFN projection a bias (BERT's and GPT-2's always have one)."""
+
     # ---- forward -----------------------------------------------------------------------
     def target_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Index of the token the classifier reads, per row; works for left and right padding.
@@ -162,6 +165,20 @@ class LlamaAdapter(ModelAdapter):
 
     def final_norm(self, hidden):
         return self.backbone.norm(hidden)
+
+    @torch.no_grad()
+    def ensure_ffn_biases(self):
+        """Zero biases on gate, up and down projections, and `mlp_bias: true` in the config, so a
+        compensated output bias is saved and reloads through the standard LlamaMLP."""
+        if self.config.mlp_bias:
+            return
+        for layer in range(self.num_layers):
+            block = self.ffn(layer)
+            for proj in (*block.inputs, block.output):
+                if proj.bias is None:
+                    proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype,
+                                                         device=proj.weight.device), requires_grad=False)
+        self.config.mlp_bias = True
 
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {"bert": BertAdapter, "gpt2": GPT2Adapter, "llama": LlamaAdapter}

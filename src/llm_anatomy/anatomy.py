@@ -22,10 +22,10 @@ log = logging.getLogger("llm_anatomy.anatomy")
 
 
 def extract_stage(model_dir, probes_path, train: pd.DataFrame, test: pd.DataFrame, out: dict, p: dict) -> dict:
-    """p: calibration_size, test_size, seed, batch_size, precision, threads. out: hidden, ffn, inputs."""
+    """p: calibration_size, test_size, seed, batch_size, precision, threads, device. out: hidden, ffn, inputs."""
     set_threads(p.get("threads"))
     start = time.perf_counter()
-    model, tokenizer, meta = load_classifier(model_dir)
+    model, tokenizer, meta = load_classifier(model_dir, p.get("device", "cpu"))
     inputs = anatomy_inputs(read_probes(probes_path),
                             sample_reviews(train, p["calibration_size"], p["seed"], "calibration"),
                             sample_reviews(test, p["test_size"], p["seed"] + 1, "test"))

@@ -2,7 +2,6 @@
 shuffles for training (both cut the padding a fixed-length batch would compute on)."""
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -56,24 +55,21 @@ def grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: i
 
 
 def iter_padded(encoded: Sequence[Sequence[int]], batches: Sequence[np.ndarray], pad_id: int,
-                side: str = "right") -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+                side: str = "right", device: torch.device | None = None
+                ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """(indices, input_ids, attention_mask) per batch, the tensors on `device` (default: CPU)."""
     for idx in batches:
         ids, mask = pad([encoded[i] for i in idx], pad_id, side)
+        if device is not None and device.type != "cpu":
+            ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         yield idx, ids, mask
 
 
 def progress_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int, side: str = "right",
-                     desc: str | None = None, mininterval: float = 10) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+                     desc: str | None = None, mininterval: float = 10, device: torch.device | None = None
+                     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """Length-sorted, dynamically padded batches for inference, with a progress bar when `desc` is given."""
     batches = sorted_batches([len(s) for s in encoded], batch_size)
-    return tqdm(iter_padded(encoded, batches, pad_id, side), total=len(batches), desc=desc,
+    return tqdm(iter_padded(encoded, batches, pad_id, side, device), total=len(batches), desc=desc,
                 disable=True if desc is None else None, mininterval=mininterval)
 
-
-def autocast(precision: str, device: str = "cpu"):
-    """bf16 autocast (about 1.8x faster on this CPU's AMX) or a no-op for float32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ValueError(f"precision {precision!r} is not bf16 or fp32")

@@ -1,6 +1,7 @@
 """Read and check params.yaml before any compute, with errors that name the key and the fix."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import jsonschema
@@ -19,9 +20,28 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+def _filling_defaults(validator_class):
+    """A validator class that also writes each missing property's schema `default:` into the
+    instance, so every default lives in the schema and nowhere else."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+DefaultFillingValidator = _filling_defaults(jsonschema.Draft202012Validator)
+
+
 def check_schema(config: dict, schema_path: str | Path) -> None:
+    """Validate `config` against the schema, filling in the schema's defaults for absent keys."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = DefaultFillingValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
@@ -88,7 +108,6 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
     pruning = config.get("pruning")
     if not pruning:
         return
-    from .pruning.curves import DEFAULT_CALIBRATION_REVIEWS
     from .pruning.rules import RuleError, resolve_focusing
 
     configs = pruning["configs"]
@@ -103,7 +122,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
                           "encoder/decoder sizing (see the offline profile)")
     for kind in ("encoder", "decoder"):
         sizing = prof["pruning"].get(kind, {})
-        reviews = sizing.get("calibration_reviews", DEFAULT_CALIBRATION_REVIEWS)
+        reviews = sizing.get("calibration_reviews", 0)
         if sizing.get("flap") and reviews > prof["split"]["train"]:
             raise ParamsError(f"profiles.{name}.pruning.{kind}.calibration_reviews = {reviews} exceeds "
                               f"split.train = {prof['split']['train']}; lower it (FLAP statistics come from the train split)")

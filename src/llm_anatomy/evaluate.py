@@ -1,28 +1,59 @@
-"""Inference over a split: logits and accuracy."""
+"""Inference over a split, and the evaluate step: a classifier folder + a split -> per-review logits
+(`llm_anatomy.logits`), which every later comparison pairs on the same reviews."""
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from .batching import autocast, progress_batches
-from .models import SentimentClassifier
+from .batching import encode, progress_batches
+from .device import autocast, describe, model_device
+from .logits import accuracy_of, first_reviews, logits_frame, write_logits
+from .models import SentimentClassifier, load_classifier, set_threads
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
 def predict_logits(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int,
                    batch_size: int = 32, precision: str = "fp32", padding_side: str = "right",
                    desc: str | None = None) -> np.ndarray:
-    """Logits in the order of `encoded`, from length-sorted, dynamically padded batches."""
+    """Logits in the order of `encoded`, from length-sorted, dynamically padded batches, computed on
+    the device the model's weights are on."""
     model.eval()
+    device = model_device(model)
     logits = np.empty(len(encoded), dtype=np.float32)
-    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=5)
-    with autocast(precision):
+    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=5, device=device)
+    with autocast(precision, device):
         for idx, ids, mask in bar:
-            logits[idx] = model(ids, mask).float().numpy()
+            logits[idx] = model(ids, mask).float().cpu().numpy()
     return logits
 
 
-def accuracy(logits: np.ndarray, labels: Sequence[int]) -> float:
-    return float(((logits > 0).astype(np.int64) == np.asarray(labels)).mean())
+def encode_reviews(tokenizer, meta: dict, texts) -> list[list[int]]:
+    """Tokenise as the checkpoint was fine-tuned (its max_length and truncation side)."""
+    return encode(tokenizer, list(texts), meta["max_length"], meta.get("truncation_side", "right"))
+
+
+def evaluate_stage(model_dir, split: pd.DataFrame, out_path, limit: int | None = None, batch_size: int = 32,
+                   threads: int | None = None, device: str = "auto") -> float:
+    """A classifier folder + a split -> eval parquet with per-review logits; returns the accuracy."""
+    set_threads(threads)
+    model, tokenizer, meta = load_classifier(model_dir, device)
+    reviews = first_reviews(split, limit, f"{out_path}")
+    start = time.perf_counter()
+    logits = predict_logits(model, encode_reviews(tokenizer, meta, reviews["text"]), tokenizer.pad_token_id,
+                            batch_size, meta.get("precision", "fp32"), meta.get("padding_side", "right"),
+                            desc=f"evaluate {Path(model_dir).name}")
+    df = logits_frame(logits, reviews["label"])
+    info = dict(model=str(model_dir), reviews=len(df), device=describe(model_device(model)),
+                precision=meta.get("precision", "fp32"), batch_size=batch_size, seconds=time.perf_counter() - start)
+    write_logits(df, out_path, info)
+    acc = accuracy_of(df)
+    log.info("%s on %d reviews: accuracy %.4f (%.1f s)", model_dir, len(df), acc, info["seconds"])
+    return acc

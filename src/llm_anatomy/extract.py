@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .batching import autocast, encode, progress_batches
+from .batching import encode, progress_batches
+from .device import autocast, model_device
 from .io import write_parquet
 from .models import SentimentClassifier
 
@@ -53,18 +54,19 @@ def extract_targets(model: SentimentClassifier, encoded: Sequence[Sequence[int]]
     def grab(layer):
         def hook(_module, args):
             x = args[0]  # [batch, seq, neurons]
-            state[layer] = x[state["rows"], state["pos"]].float().numpy()
+            state[layer] = x[state["rows"], state["pos"]].float().cpu().numpy()
         return hook
 
-    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10)
-    with adapter.activation_hooks(grab), autocast(precision):
+    device = model_device(model)
+    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10, device=device)
+    with adapter.activation_hooks(grab), autocast(precision, device):
         for idx, ids, mask in bar:
-            state["rows"] = torch.arange(len(idx))
+            state["rows"] = torch.arange(len(idx), device=device)
             state["pos"] = adapter.target_positions(mask)
             states = adapter.hidden_states(ids, mask)
             targets = torch.stack([h[state["rows"], state["pos"]] for h in states], dim=1)  # [b, L+1, H]
-            hidden[idx] = targets.float().numpy()
-            logits[idx] = model.head_logits(targets[:, -1]).float().numpy()
+            hidden[idx] = targets.float().cpu().numpy()
+            logits[idx] = model.head_logits(targets[:, -1]).float().cpu().numpy()
             for layer in range(n_layers):
                 ffn[layer][idx] = state.pop(layer)
     return Extraction(hidden, ffn, logits, np.array([len(s) for s in encoded], dtype=np.int64))

@@ -21,8 +21,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from .batching import autocast, encode, grouped_batches, iter_padded
-from .evaluate import accuracy, predict_logits
+from .batching import encode, grouped_batches, iter_padded
+from .device import autocast, describe, grad_scaler, resolve_device
+from .evaluate import predict_logits
+from .logits import accuracy
 from .io import atomic_dir, write_json
 from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
 
@@ -102,8 +104,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
              out_dir: str | Path, metrics_path: str | Path, checkpoint_path: str | Path,
-             p: FinetuneParams, model_name: str = "model", expect_layers: int | None = None) -> dict:
+             p: FinetuneParams, model_name: str = "model", expect_layers: int | None = None,
+             device: str = "auto") -> dict:
+    """Train, evaluate on val and test, save the classifier folder and the metrics JSON.
+
+    `device` (auto, cpu, cuda, cuda:<i>) is not part of the checkpoint fingerprint: a run
+    interrupted on one device resumes on another.
+    """
     set_threads(p.threads)
+    device = resolve_device(device)
     checkpoint_path = Path(checkpoint_path)
     tokenizer = load_tokenizer(tokenizer_source)
     backbone = load_backbone(source, tokenizer, seed=p.seed)
@@ -113,27 +122,32 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
         raise ValueError(f"{model_name}: params say num_layers={expect_layers} but {source} has "
                          f"{model.adapter.num_layers} layers; fix num_layers in params.yaml")
     freeze(model, p)
+    model.to(device)
 
     enc = {name: encode(tokenizer, df["text"], p.max_length, p.truncation_side)
            for name, df in (("train", train), ("val", val), ("test", test))}
-    labels = torch.tensor(train["label"].to_numpy(), dtype=torch.float32)
+    labels = torch.tensor(train["label"].to_numpy(), dtype=torch.float32, device=device)
     lengths = [len(s) for s in enc["train"]]
     steps_per_epoch = -(-len(lengths) // p.batch_size)
     total_steps = steps_per_epoch * p.epochs
 
     optimizer = torch.optim.AdamW(param_groups(model, p))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup_ratio * total_steps), total_steps)
+    scaler = grad_scaler(p.precision, device)  # active only for fp16 (a CUDA device without bf16)
     loss_fn = nn.BCEWithLogitsLoss()
     fp = fingerprint(source, p, len(lengths))
 
     step, history, train_seconds, resumed_from = 0, [], 0.0, None
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         if state["fingerprint"] == fp:
             model.load_state_dict(state["model"], strict=False)
-            optimizer.load_state_dict(state["optimizer"])
+            optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
             scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state.get("scaler") or {})
             torch.set_rng_state(state["rng"])
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
             step, history, train_seconds = state["step"], state["history"], state["train_seconds"]
             resumed_from = step
             log.info("resumed %s from step %d of %d (%s)", model_name, step, total_steps, checkpoint_path)
@@ -143,25 +157,29 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
     def checkpoint():
         save_checkpoint(checkpoint_path, {
             "fingerprint": fp, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step,
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step,
             "history": history, "train_seconds": train_seconds})
 
     n_trainable = sum(prm.numel() for prm in model.parameters() if prm.requires_grad)
-    log.info("%s: %d train reviews, %d steps, %.1fM trainable parameters, %s",
-             model_name, len(lengths), total_steps, n_trainable / 1e6, p.precision)
+    log.info("%s: %d train reviews, %d steps, %.1fM trainable parameters, %s on %s",
+             model_name, len(lengths), total_steps, n_trainable / 1e6, p.precision, describe(device))
     bar = tqdm(total=total_steps, initial=step, desc=f"fine-tune {model_name}", disable=None, mininterval=10)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         batches = grouped_batches(lengths, p.batch_size, seed=p.seed * 1000 + epoch)
         model.train()
         started = time.perf_counter()
-        for idx, ids, mask in iter_padded(enc["train"], batches[offset:], tokenizer.pad_token_id, p.padding_side):
-            with autocast(p.precision):
+        for idx, ids, mask in iter_padded(enc["train"], batches[offset:], tokenizer.pad_token_id, p.padding_side,
+                                          device):
+            with autocast(p.precision, device):
                 logits = model(ids, mask)
-            loss = loss_fn(logits.float(), labels[idx])
-            loss.backward()
+            loss = loss_fn(logits.float(), labels[torch.as_tensor(idx, device=device)])
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], p.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -197,7 +215,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
         "n_train": len(train), "n_val": len(val), "n_test": len(test),
         "epochs": p.epochs, "steps": total_steps, "train_seconds": round(train_seconds, 1),
         "train_examples_per_second": round(len(train) * p.epochs / max(train_seconds, 1e-9), 2),
-        "test_seconds": round(test_seconds, 2), "precision": p.precision, "max_length": p.max_length,
+        "test_seconds": round(test_seconds, 2), "precision": p.precision, "device": describe(device), "max_length": p.max_length,
         "trainable_parameters": n_trainable, "resumed_from_step": resumed_from, "history": history,
     }
     meta = {"model": model_name, "source": source, "max_length": p.max_length,

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerBase
 
 from .adapters import ModelAdapter, adapter_for
+from .device import resolve_device
 from .surgery import resize_ffns
 
 EMBEDDED = {
@@ -166,7 +167,7 @@ def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, m
     folder.mkdir(parents=True, exist_ok=True)
     model.backbone.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
     meta = dict(meta, arch=model.adapter.arch, ffn_widths=model.adapter.ffn_widths(),
                 dropout=model.dropout.p)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -179,8 +180,10 @@ def read_meta(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_classifier(folder: str | Path) -> tuple[SentimentClassifier, PreTrainedTokenizerBase, dict]:
-    """Inverse of `save_classifier`; rebuilds physically pruned FFNs at their saved widths."""
+def load_classifier(folder: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[SentimentClassifier, PreTrainedTokenizerBase, dict]:
+    """Inverse of `save_classifier`; rebuilds physically pruned FFNs at their saved widths, on `device`
+    (a setting `resolve_device` reads: auto, cpu, cuda, cuda:<i>)."""
     folder = Path(folder)
     meta = read_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -199,7 +202,7 @@ def load_classifier(folder: str | Path) -> tuple[SentimentClassifier, PreTrained
     model = SentimentClassifier(backbone.float(), dropout=meta.get("dropout", 0.1))
     model.head.load_state_dict(load_file(folder / HEAD_FILE))
     model.eval()
-    return model, tokenizer, meta
+    return model.to(resolve_device(device)), tokenizer, meta
 
 
 def _config_ffn_width(folder: Path) -> int:

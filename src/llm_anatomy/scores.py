@@ -14,7 +14,6 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

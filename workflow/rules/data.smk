@@ -1,14 +1,14 @@
 rule split_data:
     output:
-        train="data/processed/train.parquet",
-        val="data/processed/val.parquet",
-        test="data/processed/test.parquet",
+        train=f"{DATA}/train.parquet",
+        val=f"{DATA}/val.parquet",
+        test=f"{DATA}/test.parquet",
     params:
         source=config["data"]["source"],
         mirror_dir=str(resolve_path(config["data"]["mirror_dir"], ROOT)),
         hub_name=config["data"]["hub_name"],
         split=PROFILE["split"],
     log:
-        "logs/split_data.log",
+        f"{LOGS}/split_data.log",
     script:
         "../scripts/split_data.py"

@@ -1,33 +1,35 @@
 rule finetune:
     input:
-        train="data/processed/train.parquet",
-        val="data/processed/val.parquet",
-        test="data/processed/test.parquet",
+        train=f"{DATA}/train.parquet",
+        val=f"{DATA}/val.parquet",
+        test=f"{DATA}/test.parquet",
     output:
-        model=directory("results/{model}/finetuned"),
-        metrics="results/{model}/finetune_metrics.json",
+        model=directory(f"{RES}/{{model}}/finetuned"),
+        metrics=f"{RES}/{{model}}/finetune_metrics.json",
     params:
         spec=model_spec,
-        threads=PROFILE["threads"],
+        threads=THREADS,
+        device=DEVICE,
         # Not an output: it must survive a killed job so the rerun resumes from it.
-        checkpoint="results/{model}/checkpoints/last.pt",
-    threads: PROFILE["threads"]
+        checkpoint=f"{RES}/{{model}}/checkpoints/last.pt",
+    threads: THREADS
     resources:
         mem_mb=8000,
+        runtime=240,
     log:
-        "logs/{model}/finetune.log",
+        f"{LOGS}/{{model}}/finetune.log",
     benchmark:
-        "results/{model}/benchmarks/finetune.tsv"
+        f"{RES}/{{model}}/benchmarks/finetune.tsv"
     script:
         "../scripts/finetune.py"
 
 
 rule finetune_summary:
     input:
-        expand("results/{model}/finetune_metrics.json", model=MODELS),
+        expand(f"{RES}/{{model}}/finetune_metrics.json", model=MODELS),
     output:
-        "results/metrics/finetune.json",
+        f"{RES}/metrics/finetune.json",
     log:
-        "logs/finetune_summary.log",
+        f"{LOGS}/finetune_summary.log",
     script:
         "../scripts/collect_metrics.py"

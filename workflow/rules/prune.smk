@@ -1,78 +1,259 @@
-# Structured pruning (paper section 3.4, Figures 4, 5, 4a, 5a; docs/PRUNING.md).
-#   results/{model}/ffn_stats.parquet             activation statistics over calibration reviews (for FLAP)
-#   results/{model}/prune/{config}/metrics.json   one configuration on one model (named, sweep-<pct> or flap-<pct>)
-#   results/metrics/prune/{config}.json           a named configuration over the profile's models (DVC metrics)
-#   results/figures/prune_*.png, results/summary.{csv,md}   Figures 4/5 and the summary table
-include: "prune_common.smk"
+# Structured pruning (paper section 3.4, Figures 4, 5, 4a, 5a; docs/PRUNING.md), one artifact per step:
+#   ffn_stats     finetuned -> {RES}/{model}/ffn_stats.parquet        activation statistics (FLAP's input)
+#   prune_plan    scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
+#   materialise   finetuned + plan -> {RES}/pruned/{model}/{target}/  a smaller classifier folder (DVC-tracked)
+#   evaluate_*    a classifier folder + a split -> per-review logits (dense: once per model and split)
+#   evaluate_baselines  finetuned + random plans (+ the plan without compensation) -> their per-review logits
+#   time_pruned   dense + pruned folders (+ plan for the zeroed variant) -> prune/{target}/timing.json
+#   prune_metrics per target -> prune/{target}/metrics.json (the PruneMetrics record); then the
+#   per-configuration DVC metrics, the summary table and Figures 4/5.
+# Which targets exist, their configurations and sizes: llm_anatomy.pruning.targets (unit-tested).
+PRUNE_DIR = f"{RES}/{{model}}/prune/{{target}}"
+PRUNED_DIR = f"{RES}/pruned/{{model}}/{{target}}"
 
 
 wildcard_constraints:
-    config="|".join([re.escape(c) for c in PRUNE_CONFIGS] + [r"(sweep|flap)-\d+"]),
+    target="|".join([re.escape(c) for c in TARGETS.named] + [TARGETS_CURVE_PATTERN]),
+    seed=r"\d+",
+
+
+def sizing(wildcards):
+    return asdict(TARGETS.sizing(wildcards.model, wildcards.get("target")))
+
+
+def calibration_reviews(wildcards):
+    return TARGETS.sizing(wildcards.model).calibration_reviews
+
+
+def eval_limit(wildcards):
+    """Pruning is judged on the first test_limit test reviews; other splits are read whole."""
+    return TARGETS.sizing(wildcards.model).test_limit if wildcards.split == "test" else None
+
+
+def rule_config(wildcards):
+    return TARGETS.rule_config(wildcards.model, wildcards.target)
+
+
+def plan_inputs(wildcards):
+    inputs = dict(layer_scores=f"{RES}/{wildcards.model}/layer_scores.parquet",
+                  neuron_scores=f"{RES}/{wildcards.model}/neuron_scores.parquet")
+    if TARGETS.needs_ffn_stats(wildcards.target):
+        inputs["ffn_stats"] = f"{RES}/{wildcards.model}/ffn_stats.parquet"
+    return inputs
+
+
+def target_outputs(model, target, split="test"):
+    """Every file the metrics of one (model, target) are built from."""
+    d = f"{RES}/{model}/prune/{target}"
+    return dict(plan=f"{d}/plan.parquet", random_plans=f"{d}/random_plans.parquet",
+                pruned=f"{RES}/pruned/{model}/{target}", dense_eval=f"{RES}/{model}/eval_{split}.parquet",
+                eval=f"{d}/eval_{split}.parquet", baselines=f"{d}/baselines_{split}.parquet", timing=f"{d}/timing.json")
+
+
+def metrics_inputs(wildcards):
+    return target_outputs(wildcards.model, wildcards.target)
+
+
+def metrics_files(models_targets):
+    return [f"{RES}/{m}/prune/{t}/metrics.json" for m, t in models_targets]
+
+
+def config_metrics_inputs(wildcards):
+    return metrics_files([(m, wildcards.target) for m in TARGETS.models_for(wildcards.target)])
+
+
+def prune_targets():
+    return (expand(f"{RES}/metrics/prune/{{target}}.json", target=TARGETS.named_with_models())
+            + expand(f"{RES}/pruned/{{mt[0]}}/{{mt[1]}}", mt=TARGETS.pairs())
+            + [f"{RES}/summary.csv", f"{RES}/summary.md", f"{RES}/figures/prune_accuracy.png",
+               f"{RES}/figures/prune_time.png"])
 
 
 rule ffn_stats:
     input:
-        model="results/{model}/finetuned",
-        train="data/processed/train.parquet",
+        model=f"{RES}/{{model}}/finetuned",
+        train=f"{DATA}/train.parquet",
     output:
-        "results/{model}/ffn_stats.parquet",
+        f"{RES}/{{model}}/ffn_stats.parquet",
     params:
         reviews=calibration_reviews,
-        batch_size=PRUNE_SIZING.get("batch_size", 32),
-    threads: PROFILE["threads"]
+        batch_size=PROFILE["pruning"]["batch_size"],
+        device=DEVICE,
+    threads: THREADS
     resources:
         mem_mb=8000,
+        runtime=30,
     log:
-        "logs/{model}/ffn_stats.log",
+        f"{LOGS}/{{model}}/ffn_stats.log",
     benchmark:
-        "results/{model}/benchmarks/ffn_stats.tsv"
+        f"{RES}/{{model}}/benchmarks/ffn_stats.tsv"
     script:
         "../scripts/ffn_stats.py"
 
 
-rule prune:
+rule prune_plan:
     input:
-        unpack(prune_inputs),
+        unpack(plan_inputs),
     output:
-        metrics="results/{model}/prune/{config}/metrics.json",
-        layers="results/{model}/prune/{config}/layers.csv",
+        plan=f"{PRUNE_DIR}/plan.parquet",
+        random_plans=f"{PRUNE_DIR}/random_plans.parquet",
     params:
-        cfg=prune_config,
-        settings=prune_settings,
-        focus_multiplier=PRUNE.get("focus_multiplier", 3),
-    threads: PROFILE["threads"]
+        cfg=rule_config,
+        high_threshold=config["pruning"]["high_threshold"],
+        average_over=config["pruning"]["average_over"],
+        seeds=TARGETS.random_seeds(),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/{{model}}/prune/{{target}}/plan.log",
+    benchmark:
+        f"{PRUNE_DIR}/benchmarks/plan.tsv"
+    script:
+        "../scripts/prune_plan.py"
+
+
+rule materialise:
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        plan=f"{PRUNE_DIR}/plan.parquet",
+    output:
+        directory(PRUNED_DIR),
+    threads: THREADS
     resources:
         mem_mb=8000,
+        runtime=20,
+    log:
+        f"{LOGS}/{{model}}/prune/{{target}}/materialise.log",
+    benchmark:
+        f"{PRUNE_DIR}/benchmarks/materialise.tsv"
+    script:
+        "../scripts/materialise.py"
+
+
+rule evaluate_dense:
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        split=f"{DATA}/{{split}}.parquet",
+    output:
+        f"{RES}/{{model}}/eval_{{split}}.parquet",
+    params:
+        limit=eval_limit,
+        batch_size=PROFILE["pruning"]["batch_size"],
+        threads=THREADS,
+        device=DEVICE,
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    log:
+        f"{LOGS}/{{model}}/evaluate_{{split}}.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/evaluate_{{split}}.tsv"
+    script:
+        "../scripts/evaluate.py"
+
+
+use rule evaluate_dense as evaluate_pruned with:
+    input:
+        model=PRUNED_DIR,
+        split=f"{DATA}/{{split}}.parquet",
+    output:
+        f"{PRUNE_DIR}/eval_{{split}}.parquet",
+    log:
+        f"{LOGS}/{{model}}/prune/{{target}}/evaluate_{{split}}.log",
+    benchmark:
+        f"{PRUNE_DIR}/benchmarks/evaluate_{{split}}.tsv"
+
+
+rule evaluate_baselines:
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        split=f"{DATA}/{{split}}.parquet",
+        plan=f"{PRUNE_DIR}/plan.parquet",
+        random_plans=f"{PRUNE_DIR}/random_plans.parquet",
+    output:
+        f"{PRUNE_DIR}/baselines_{{split}}.parquet",
+    params:
+        limit=eval_limit,
+        batch_size=PROFILE["pruning"]["batch_size"],
+        threads=THREADS,
+        device=DEVICE,
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    log:
+        f"{LOGS}/{{model}}/prune/{{target}}/baselines_{{split}}.log",
+    benchmark:
+        f"{PRUNE_DIR}/benchmarks/baselines_{{split}}.tsv"
+    script:
+        "../scripts/evaluate_baselines.py"
+
+
+rule time_pruned:
+    input:
+        dense=f"{RES}/{{model}}/finetuned",
+        pruned=PRUNED_DIR,
+        plan=f"{PRUNE_DIR}/plan.parquet",
+        test=f"{DATA}/test.parquet",
+    output:
+        f"{PRUNE_DIR}/timing.json",
+    params:
+        sizing=sizing,
+        threads=THREADS,
+        device=DEVICE,
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
         prune_timing=1,  # profiles/default caps it at 1: timed jobs never overlap, even with spare cores
     log:
-        "logs/{model}/prune/{config}.log",
+        f"{LOGS}/{{model}}/prune/{{target}}/time.log",
     benchmark:
-        "results/{model}/benchmarks/prune/{config}.tsv"
+        f"{PRUNE_DIR}/benchmarks/time.tsv"
     script:
-        "../scripts/prune.py"
+        "../scripts/time_pruned.py"
+
+
+rule prune_metrics:
+    input:
+        unpack(metrics_inputs),
+    output:
+        f"{PRUNE_DIR}/metrics.json",
+    log:
+        f"{LOGS}/{{model}}/prune/{{target}}/metrics.log",
+    script:
+        "../scripts/prune_metrics.py"
 
 
 rule prune_collect:
     input:
-        prune_collect_inputs,
+        config_metrics_inputs,
     output:
-        "results/metrics/prune/{config}.json",
+        f"{RES}/metrics/prune/{{target}}.json",
     log:
-        "logs/prune_collect/{config}.log",
+        f"{LOGS}/prune_collect/{{target}}.log",
     script:
         "../scripts/prune_collect.py"
 
 
 rule prune_report:
     input:
-        prune_all_metrics(),
+        metrics_files(TARGETS.pairs()),
     output:
-        summary="results/summary.csv",
-        summary_md="results/summary.md",
-        accuracy=report("results/figures/prune_accuracy.png", category="Pruning",
+        summary=f"{RES}/summary.csv",
+        summary_md=f"{RES}/summary.md",
+        accuracy=report(f"{RES}/figures/prune_accuracy.png", category="Pruning",
                         caption="../report/prune_accuracy.rst"),
-        time=report("results/figures/prune_time.png", category="Pruning", caption="../report/prune_time.rst"),
+        time=report(f"{RES}/figures/prune_time.png", category="Pruning", caption="../report/prune_time.rst"),
     log:
-        "logs/prune_report.log",
+        f"{LOGS}/prune_report.log",
     script:
         "../scripts/prune_report.py"
+
+
+rule pruned_models:
+    """Every materialised pruned model of the profile (the folders DVC's pruned_models stage caches)."""
+    input:
+        expand(f"{RES}/pruned/{{mt[0]}}/{{mt[1]}}", mt=TARGETS.pairs()),

@@ -6,5 +6,5 @@ from llm_anatomy.pruning.calibration import calibration_stage
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup_logging(sm.log[0])
 info = calibration_stage(sm.input.model, read_split(sm.input.train), sm.output[0], sm.params.reviews,
-                         sm.params.batch_size, sm.threads)
+                         sm.params.batch_size, sm.threads, sm.params.device)
 log.info("%s: %s", sm.wildcards.model, info)

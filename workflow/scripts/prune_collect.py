@@ -1,6 +1,5 @@
 """One named configuration's headline metrics over the profile's models (what `dvc metrics show` reads)."""
 import json
-from pathlib import Path
 
 from llm_anatomy.io import write_json
 from llm_anatomy.logs import setup_logging
@@ -8,4 +7,5 @@ from llm_anatomy.pruning.report import headline
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0])
-write_json(sm.output[0], {Path(f).parents[2].name: headline(json.loads(Path(f).read_text())) for f in sm.input})
+runs = [json.loads(open(f).read()) for f in sm.input]
+write_json(sm.output[0], {m["model"]: headline(m) for m in runs})

@@ -1,2 +1,2 @@
-"""Structured FFN pruning (the paper's section 3.4): threshold rules, target-sparsity search,
-the random baseline, cost accounting, and the prune-and-evaluate driver."""
+"""Structured FFN pruning (the paper's section 3.4) as a chain of steps: targets -> plan (threshold
+rules, FLAP, random baseline) -> materialise (a smaller classifier folder) -> evaluate -> time -> metrics."""

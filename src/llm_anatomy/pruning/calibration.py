@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import autocast, encode, progress_batches
+from ..batching import encode, progress_batches
+from ..device import autocast, model_device
 from ..io import write_parquet
 from ..models import SentimentClassifier, load_classifier, set_threads
-from ..scores import per_layer
 
 
 @torch.inference_mode()
@@ -38,7 +38,8 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
     # Shifted sums (shift = the first batch's mean) keep the float64 variance exact enough
     # when a neuron's mean is large against its spread.
     shift: list[torch.Tensor | None] = [None] * L
-    s1 = [torch.zeros(adapter.ffn_width(l), dtype=torch.float64) for l in range(L)]
+    device = model_device(model)
+    s1 = [torch.zeros(adapter.ffn_width(l), dtype=torch.float64, device=device) for l in range(L)]
     s2 = [torch.zeros_like(s) for s in s1]
     state: dict = {"tokens": 0}
 
@@ -52,8 +53,8 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
             s2[layer] += (d * d).sum(0)
         return hook
 
-    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10)
-    with adapter.activation_hooks(grab), autocast(precision):
+    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10, device=device)
+    with adapter.activation_hooks(grab), autocast(precision, device):
         for _idx, ids, mask in bar:
             state["mask"] = mask.bool()
             state["tokens"] += int(mask.sum())
@@ -61,30 +62,24 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
     n = state["tokens"]
     frames = []
     for l in range(L):
-        m1 = s1[l] / n
-        mean = shift[l] + m1
-        var = (s2[l] / n - m1 * m1).clamp(min=0.0)
-        vnorm = (adapter.value_vectors(l).double() ** 2).sum(1)
+        m1 = s1[l].cpu() / n
+        mean = shift[l].cpu() + m1
+        var = (s2[l].cpu() / n - m1 * m1).clamp(min=0.0)
+        vnorm = (adapter.value_vectors(l).double().cpu() ** 2).sum(1)
         frames.append(pd.DataFrame({"layer": np.int16(l), "neuron": np.arange(len(mean), dtype=np.int32),
                                     "mean": mean.numpy(), "var": var.numpy(), "value_norm_sq": vnorm.numpy(),
                                     "tokens": np.int64(n)}))
     return pd.concat(frames, ignore_index=True)
 
 
-def read_stats(path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """(mean, var, value_norm_sq), each a list over layers 0..L-1 of arrays indexed by neuron."""
-    df = pd.read_parquet(path).set_index(["layer", "neuron"])
-    return per_layer(df["mean"], path), per_layer(df["var"], path), per_layer(df["value_norm_sq"], path)
-
-
 def calibration_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
-                      threads: int | None = None) -> dict:
+                      threads: int | None = None, device: str = "auto") -> dict:
     """ffn_stats.parquet from the first `reviews` reviews of the train split, tokenised as in training."""
     if reviews > len(train):
         raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
                          "lower it or enlarge split.train")
     set_threads(threads)
-    model, tokenizer, meta = load_classifier(model_dir)
+    model, tokenizer, meta = load_classifier(model_dir, device)
     texts = train["text"].iloc[:reviews].tolist()
     encoded = encode(tokenizer, texts, meta["max_length"], meta.get("truncation_side", "right"))
     stats = ffn_activation_stats(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),

@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from torch import nn
+import pandas as pd
 
-from ..adapters import ModelAdapter
+from ..scores import per_layer
 
 ALLOCATIONS = ("uniform", "global")
 
@@ -53,21 +52,7 @@ def score_thresholds(scores: Sequence[np.ndarray], pruned: Sequence[np.ndarray])
     return [float(np.asarray(s)[p].max()) if len(p) else float("nan") for s, p in zip(scores, pruned)]
 
 
-@torch.no_grad()
-def compensate_bias(adapter: ModelAdapter, pruned: Sequence[Sequence[int]], means: Sequence[np.ndarray]) -> None:
-    """Add sum_j mean_lj * v_lj over the pruned neurons to each layer's output bias.
-
-    Call before zeroing or removing those neurons (it reads their value vectors). An output
-    projection without a bias (Llama's down_proj) is given one, initially zero.
-    """
-    for layer, drop in enumerate(pruned):
-        if not len(drop):
-            continue
-        idx = torch.as_tensor(np.asarray(drop, dtype=np.int64))
-        out = adapter.ffn(layer).output
-        values = adapter.value_vectors(layer).double()[idx]
-        delta = (torch.tensor(np.array(means[layer], dtype=np.float64))[idx].unsqueeze(1) * values).sum(0)
-        if out.bias is None:
-            out.bias = nn.Parameter(torch.zeros(values.shape[1], dtype=out.weight.dtype, device=out.weight.device),
-                                    requires_grad=False)
-        out.bias += delta.to(out.bias.dtype)
+def read_stats(path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(mean, var, value_norm_sq), each a list over layers 0..L-1 of arrays indexed by neuron."""
+    df = pd.read_parquet(path).set_index(["layer", "neuron"])
+    return per_layer(df["mean"], path), per_layer(df["var"], path), per_layer(df["value_norm_sq"], path)

@@ -11,12 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .curves import CURVE_ORDER, curve_of  # noqa: E402
+from .targets import CURVE_ORDER  # noqa: E402
 
-HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_zeroed", "accuracy_random_mean",
-            "accuracy_random_std", "time_dense_s", "time_zeroed_s", "time_removed_s", "speedup_zeroed",
-            "speedup_removed", "params_dense", "params_removed", "macs_ratio", "alpha", "beta", "test_reviews",
-            "seconds"]
+HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_random_mean", "accuracy_random_std",
+            "time_dense_s", "time_zeroed_s", "time_removed_s", "speedup_zeroed", "speedup_removed",
+            "params_dense", "params_removed", "model_bytes", "macs_ratio", "alpha", "beta", "test_reviews"]
 
 
 def headline(m: dict) -> dict:
@@ -24,15 +23,10 @@ def headline(m: dict) -> dict:
     return {k: m[k] for k in HEADLINE if k in m}
 
 
-def curve(m: dict) -> str:
-    """named (a Figure-5a configuration), sweep (the paper rule at a target) or flap (FLAP at a target)."""
-    return curve_of(m["config"])[0]
-
-
 def summary_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for m in runs:
-        rows.append(dict(model=m["model"], config=m["config"], curve=curve(m), rule=m["rule"], alpha=m.get("alpha"),
+        rows.append(dict(model=m["model"], target=m["target"], curve=m["curve"], rule=m["rule"], alpha=m.get("alpha"),
                          beta=m.get("beta"), focusing=" ".join(map(str, m.get("focusing") or [])),
                          allocation=m.get("allocation"),
                          target_pct=100 * m["search"]["target_fraction"] if m.get("search") else None,
@@ -41,9 +35,12 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
                          accuracy_random=m["accuracy_random_mean"], accuracy_random_std=m["accuracy_random_std"],
                          time_dense_s=m["time_dense_s"], time_zeroed_s=m["time_zeroed_s"],
                          time_removed_s=m["time_removed_s"], speedup_zeroed=m["speedup_zeroed"],
-                         speedup_removed=m["speedup_removed"], params_dense=m["params_dense"],
-                         params_removed=m["params_removed"], macs_ratio=m["macs_ratio"],
-                         test_reviews=m["test_reviews"], timed_reviews=m.get("timed_reviews"), seconds=m["seconds"]))
+                         speedup_removed=m["speedup_removed"],
+                         speedup_removed_min=m["speedup_removed_spread"]["min"],
+                         speedup_removed_max=m["speedup_removed_spread"]["max"], speedup_bound=m["speedup_bound"],
+                         params_dense=m["params_dense"], params_removed=m["params_removed"],
+                         model_mb=m["model_bytes"] / 1e6, macs_ratio=m["macs_ratio"], test_reviews=m["test_reviews"],
+                         timed_reviews=m["timed_reviews"], cpu=m["machine"]["cpu"]))
     df = pd.DataFrame(rows)
     if not df.empty:
         df["order"] = df["curve"].map(CURVE_ORDER)
@@ -82,7 +79,7 @@ def _save(fig, path):
 
 
 def _curve_runs(rs: list[dict], name: str) -> list[dict]:
-    return sorted([m for m in rs if curve(m) == name], key=lambda m: m["pruned_pct"])
+    return sorted([m for m in rs if m["curve"] == name], key=lambda m: m["pruned_pct"])
 
 
 def _random_band(ax, runs, color, label):
@@ -99,7 +96,7 @@ def _accuracy_curve(ax, runs, color, name, alt_key, alt_label, band_color):
         return
     x = [m["pruned_pct"] for m in runs]
     ax.plot(x, [m["accuracy"] for m in runs], "o-", color=color, label=f"{name} (removed)")
-    alt = [(m["pruned_pct"], m[alt_key]) for m in runs if m.get(alt_key) is not None]
+    alt = [(m["pruned_pct"], m[alt_key]) for m in runs if alt_key and m.get(alt_key) is not None]
     if alt:
         ax.plot(*zip(*alt), "x:", color=color, label=f"{name} {alt_label}")
     _random_band(ax, runs, band_color, f"random, {name}'s counts")
@@ -114,7 +111,7 @@ def plot_accuracy(runs: list[dict], path) -> None:
         rs = groups[mod]
         sweep, flap = _curve_runs(rs, "sweep"), _curve_runs(rs, "flap")
         named = _curve_runs(rs, "named")
-        _accuracy_curve(ax, sweep, "C0", "paper rule", "accuracy_zeroed", "(zeroed)", "C3")
+        _accuracy_curve(ax, sweep, "C0", "paper rule", None, "", "C3")
         _accuracy_curve(ax, flap, "C1", "FLAP", "accuracy_uncompensated", "without bias compensation", "C4")
         for m in named:
             ax.plot(m["pruned_pct"], m["accuracy"], "D", color="C2", ms=6)
@@ -150,7 +147,8 @@ def plot_time(runs: list[dict], path) -> None:
         xs = np.linspace(0, 90, 10)
         ax.plot(xs, 100 * (1 - 0.6 * xs / 100), ":", color="k", lw=0.8, label="FLOP bound (FFN 60%)")
         r0 = rs[0]
-        ax.set(title=f"{mod}: batch {r0['batch_size']}, {r0['threads']} threads, {r0['precision']}",
+        ax.set(title=f"{mod}: batch {r0['batch_size']}, {r0['machine']['threads']} threads, {r0['precision']}\n"
+                     f"{r0['machine']['cpu']}",
                xlabel="% FFN neurons pruned", ylabel="inference time, % of dense (median of alternating runs)")
         ax.legend(fontsize=7)
     _save(fig, path)

@@ -1,0 +1,92 @@
+"""Apply a plan to a fine-tuned classifier: in memory (zeroed or removed) or as a saved, smaller folder.
+
+A materialised folder is a classifier checkpoint like the fine-tuned one (safetensors,
+config, tokenizer, head, classifier.json with the per-layer FFN widths), with any bias
+compensation folded into the FFN output biases, plus `pruning.json` (the plan's
+parameters, parameter counts and the folder's size). It loads in a fresh process with
+`llm_anatomy.load_pruned(folder)` (the same call as `load_classifier`).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..adapters import ModelAdapter
+from ..io import atomic_dir, write_json
+from ..models import SentimentClassifier, load_classifier, save_classifier
+from ..surgery import remove_masked, zero_masked
+from .costs import count_parameters
+from .plan import Plan, read_plan
+
+log = logging.getLogger(__name__)
+
+PRUNING_FILE = "pruning.json"
+
+
+@torch.no_grad()
+def compensate_bias(adapter: ModelAdapter, pruned: Sequence[Sequence[int]], pruned_means: Sequence[np.ndarray]) -> None:
+    """Add sum_j mean_lj * v_lj over the pruned neurons to each layer's output bias.
+
+    `pruned_means[l]` holds the mean activation of each neuron in `pruned[l]`, in the same
+    order. Call before zeroing or removing those neurons (it reads their value vectors). An
+    FFN without biases (Llama's, `mlp_bias: false`) is given them first (`ensure_ffn_biases`),
+    so the compensated model saves and reloads as a standard checkpoint.
+    """
+    for layer, (drop, mu) in enumerate(zip(pruned, pruned_means)):
+        if not len(drop):
+            continue
+        if len(mu) != len(drop):
+            raise ValueError(f"layer {layer}: {len(mu)} mean activations for {len(drop)} pruned neurons")
+        adapter.ensure_ffn_biases()
+        idx = torch.as_tensor(np.asarray(drop, dtype=np.int64))
+        out = adapter.ffn(layer).output
+        values = adapter.value_vectors(layer).double()[idx]
+        delta = (torch.tensor(np.asarray(mu, dtype=np.float64), device=values.device).unsqueeze(1) * values).sum(0)
+        out.bias += delta.to(out.bias.dtype)
+
+
+def pruned_copy(model: SentimentClassifier, plan: Plan, how: str = "removed") -> SentimentClassifier:
+    """A deep copy of `model` with the plan's neurons zeroed (same shapes) or removed (smaller matrices),
+    the plan's bias compensation applied first when it has one."""
+    if how not in ("zeroed", "removed"):
+        raise ValueError(f"how={how!r}: choose zeroed or removed")
+    out = copy.deepcopy(model)
+    if plan.compensated:
+        compensate_bias(out.adapter, plan.pruned, plan.pruned_means)
+    (zero_masked if how == "zeroed" else remove_masked)(out.adapter, plan.pruned)
+    return out
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def materialise(model_dir, plan_path, out_dir, target: str = "") -> dict:
+    """Write the physically pruned classifier of `plan_path` to `out_dir` (atomically); return pruning.json."""
+    start = time.perf_counter()
+    model, tokenizer, meta = load_classifier(model_dir)
+    plan = read_plan(plan_path)
+    widths = model.adapter.ffn_widths()
+    if [int(w) for w in plan.table["width"]] != widths:
+        raise ValueError(f"{plan_path} was planned for FFN widths {plan.table['width'].tolist()}, but {model_dir} "
+                         f"has {widths}; rebuild the plan from this checkpoint's scores")
+    pruned = pruned_copy(model, plan, "removed")
+    info = dict(target=target, source=str(model_dir), plan=plan.info, ffn_widths_dense=widths,
+                ffn_widths=pruned.adapter.ffn_widths(), neurons_pruned=int(sum(plan.counts)),
+                params_dense=count_parameters(model), params_pruned=count_parameters(pruned))
+    with atomic_dir(out_dir) as tmp:
+        save_classifier(pruned, tokenizer, tmp, dict(meta, pruned_from=str(model_dir), target=target))
+        info["bytes"] = folder_bytes(tmp)
+        info["bytes_dense"] = folder_bytes(model_dir)
+        info["seconds"] = time.perf_counter() - start
+        write_json(Path(tmp) / PRUNING_FILE, info)
+    log.info("%s: %d of %d FFN neurons removed; %.1fM -> %.1fM parameters, %.1f -> %.1f MB on disk",
+             out_dir, info["neurons_pruned"], sum(widths), info["params_dense"] / 1e6, info["params_pruned"] / 1e6,
+             info["bytes_dense"] / 1e6, info["bytes"] / 1e6)
+    return info

@@ -1,0 +1,147 @@
+"""The per-target metrics record (metrics.json), built only from the step artifacts.
+
+`PruneMetrics` is the one definition of the keys: each field's `doc` says what it holds and
+which artifact it comes from. docs/PRUNING.md points here rather than restating them.
+Accuracies are recomputed from the per-review logits, so every number can be paired on the
+same reviews later.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..logits import accuracy_of, read_logits
+from .plan import read_plan
+from .targets import curve_of
+
+
+def _f(doc: str, default=None):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class PruneMetrics:
+    # identity
+    model: str = _f("model name (profiles.<p>.models)")
+    target: str = _f("named Figure-5a configuration, sweep-<pct> or flap-<pct>")
+    curve: str = _f("named | sweep | flap")
+    arch: str = _f("bert | gpt2 | llama")
+    # the plan (plan.parquet)
+    rule: str = _f("encoder | decoder (the paper's threshold rules) | flap")
+    alpha: float | None = _f("threshold rules: alpha (bisected for sweep points)")
+    beta: float | None = _f("encoder rule: beta")
+    focusing: list | None = _f("threshold rules: focusing layer indices")
+    focusing_spec: object = _f("threshold rules: focusing as configured")
+    focus_multiplier: float | None = _f("threshold rules: k_l on focusing layers")
+    sides: list | None = _f("threshold rules: two | one per layer")
+    allocation: str | None = _f("flap: uniform | global")
+    bias_compensation: bool = _f("whether the pruned neurons' mean output is folded into the output bias", False)
+    thresholds: list | None = _f("per layer: t_l (threshold rules) or the highest pruned fluctuation score (flap)")
+    search: dict | None = _f("sparsity search: target_fraction, alpha, pruned, reached")
+    neurons_total: int = _f("FFN neurons of the dense model", 0)
+    neurons_pruned: int = _f("FFN neurons the plan prunes", 0)
+    pruned_pct: float = _f("100 x neurons_pruned / neurons_total", 0.0)
+    pruned_per_layer: list = _f("per layer: neurons pruned", None)
+    pruned_pct_per_layer: list = _f("per layer: % of the layer's neurons pruned", None)
+    # accuracy (eval_<split>.parquet of the dense model and of the pruned folder; baselines_<split>.parquet)
+    split: str = _f("split the accuracies are measured on", "test")
+    test_reviews: int = _f("reviews every accuracy below is measured on (the same reviews for all)", 0)
+    accuracy_dense: float = _f("dense fine-tuned model", 0.0)
+    accuracy: float = _f("the materialised (physically pruned) model, as reloaded from its folder", 0.0)
+    accuracy_uncompensated: float | None = _f("compensated plans: the same neurons removed without compensation")
+    accuracy_random: list = _f("random baseline per seed (the plan's per-layer counts, high neurons kept)", None)
+    accuracy_random_mean: float = _f("mean of accuracy_random", 0.0)
+    accuracy_random_std: float = _f("sample standard deviation of accuracy_random (0 for one seed)", 0.0)
+    random_seeds: list = _f("seeds of the random baseline", None)
+    # the pruned folder (pruned/<model>/<target>/pruning.json)
+    params_dense: int = _f("parameters of the dense classifier", 0)
+    params_removed: int = _f("parameters of the materialised classifier", 0)
+    model_bytes: int = _f("size on disk of the materialised folder", 0)
+    model_bytes_dense: int = _f("size on disk of the fine-tuned folder", 0)
+    # timing (timing.json)
+    machine: dict = _f("CPU model and bf16 features, threads, device, torch version of the timing run", None)
+    timed_reviews: int = _f("reviews per timed pass (the first of the test reviews)", 0)
+    batch_size: int = _f("inference batch size (length-sorted, dynamically padded)", 0)
+    precision: str = _f("fp32 | bf16 (autocast), as the checkpoint was fine-tuned", "fp32")
+    repeats: int = _f("alternating timed passes per variant", 0)
+    times_s: dict = _f("seconds of every timed pass, per variant (dense, zeroed, removed)", None)
+    time_dense_s: float = _f("median seconds, dense", 0.0)
+    time_zeroed_s: float = _f("median seconds, zeroed (the paper's way)", 0.0)
+    time_removed_s: float = _f("median seconds, physically removed", 0.0)
+    speedup_zeroed: float = _f("time_dense_s / time_zeroed_s", 0.0)
+    speedup_removed: float = _f("time_dense_s / time_removed_s", 0.0)
+    speedup_zeroed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/zeroed", None)
+    speedup_removed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/removed", None)
+    zeroed_vs_removed_max_abs_logit_diff_fp32: float = _f("float32 check that zeroing and removal agree", 0.0)
+    macs_dense: int = _f("multiply-adds of the dense backbone over the timed reviews", 0)
+    macs_removed: int = _f("the same for the removed model", 0)
+    macs_ratio: float = _f("macs_removed / macs_dense", 0.0)
+    speedup_bound: float = _f("1 / macs_ratio: the speedup if time followed multiply-adds", 0.0)
+    ffn_macs_dense: int = _f("FFN multiply-adds of the dense model over the timed reviews", 0)
+    ffn_macs_removed: int = _f("the same for the removed model", 0)
+    # cost of each step (from the artifacts' own records)
+    seconds_materialise: float = _f("seconds to load, prune and save the folder", 0.0)
+    seconds_evaluate: float = _f("seconds of inference to evaluate the pruned folder", 0.0)
+    seconds_baselines: float = _f("seconds to evaluate every baseline variant", 0.0)
+    seconds_time: float = _f("seconds of the timing step, loading and checks included", 0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def metrics_keys() -> dict[str, str]:
+    """{key: description} of metrics.json."""
+    return {f.name: f.metadata["doc"] for f in fields(PruneMetrics)}
+
+
+def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, baselines, pruned_dir,
+                   timing_path, split: str = "test") -> PruneMetrics:
+    """One target's PruneMetrics from its step artifacts."""
+    plan = read_plan(plan_path)
+    dense_df, _ = read_logits(dense_eval)
+    pruned_df, pruned_info = read_logits(pruned_eval)
+    base_df, base_info = read_logits(baselines)
+    for name, df in (("pruned", pruned_df), ("baselines", base_df)):
+        for variant, part in (df.groupby("variant") if "variant" in df else [(name, df)]):
+            if not np.array_equal(part["label"].to_numpy(), dense_df["label"].to_numpy()):
+                raise ValueError(f"{variant}: its reviews differ from the dense evaluation {dense_eval}; "
+                                 "rerun the evaluations on the same split and limit")
+    variants = {v: accuracy_of(part) for v, part in base_df.groupby("variant")}
+    seeds = sorted(int(v.split("-", 1)[1]) for v in variants if v.startswith("random-"))
+    rand = [variants[f"random-{s}"] for s in seeds]
+    folder = json.loads((Path(pruned_dir) / "pruning.json").read_text())
+    timing = json.loads(Path(timing_path).read_text())
+    widths = [int(w) for w in plan.table["width"]]
+    counts = plan.counts
+    info = plan.info
+    m = PruneMetrics(
+        model=model, target=target, curve=curve_of(target)[0], arch=_arch(pruned_dir),
+        rule=info["rule"], alpha=info.get("alpha"), beta=info.get("beta"), focusing=info.get("focusing"),
+        focusing_spec=info.get("focusing_spec"), focus_multiplier=info.get("focus_multiplier"),
+        sides=info.get("sides"), allocation=info.get("allocation"),
+        bias_compensation=bool(info.get("bias_compensation")), thresholds=info.get("thresholds"),
+        search=info.get("search"), neurons_total=sum(widths), neurons_pruned=sum(counts),
+        pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,
+        pruned_pct_per_layer=[100.0 * n / w for n, w in zip(counts, widths)],
+        split=split, test_reviews=len(dense_df), accuracy_dense=accuracy_of(dense_df),
+        accuracy=accuracy_of(pruned_df), accuracy_uncompensated=variants.get("uncompensated"),
+        accuracy_random=rand, accuracy_random_mean=float(np.mean(rand)) if rand else float("nan"),
+        accuracy_random_std=float(np.std(rand, ddof=1)) if len(rand) > 1 else 0.0, random_seeds=seeds,
+        params_dense=folder["params_dense"], params_removed=folder["params_pruned"], model_bytes=folder["bytes"],
+        model_bytes_dense=folder["bytes_dense"], seconds_materialise=folder["seconds"],
+        seconds_evaluate=pruned_info.get("seconds", 0.0), seconds_baselines=base_info.get("seconds", 0.0),
+        seconds_time=timing["seconds"],
+        **{k: timing[k] for k in ("machine", "timed_reviews", "batch_size", "precision", "repeats", "times_s",
+                                  "time_dense_s", "time_zeroed_s", "time_removed_s", "speedup_zeroed",
+                                  "speedup_removed", "speedup_zeroed_spread", "speedup_removed_spread",
+                                  "zeroed_vs_removed_max_abs_logit_diff_fp32", "macs_dense", "macs_removed",
+                                  "macs_ratio", "speedup_bound", "ffn_macs_dense", "ffn_macs_removed")},
+    )
+    return m
+
+
+def _arch(folder) -> str:
+    return json.loads((Path(folder) / "classifier.json").read_text())["arch"]

@@ -1,0 +1,120 @@
+"""Which prune targets a profile has, and what each one needs: the logic behind workflow/rules/prune*.smk.
+
+A target is one name on one model:
+  <name>       a named Figure-5a configuration under `pruning.configs` (for models of its rule's kind)
+  sweep-<pct>  the paper rule, alpha bisected to prune pct% of all FFN neurons
+  flap-<pct>   FLAP at pct% (every model)
+
+Everything here reads the validated params (schema defaults already filled in, see
+`config.check_schema`), so no default is restated.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..config import model_kind
+
+CURVES = ("sweep", "flap")
+CURVE_ORDER = {"named": 0, "sweep": 1, "flap": 2}
+CURVE_PATTERN = r"(sweep|flap)-\d+"
+
+
+def curve_of(name: str) -> tuple[str, int | None]:
+    """('sweep' | 'flap', target percentage) for a curve point's name, else ('named', None)."""
+    m = re.fullmatch(r"(sweep|flap)-(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else ("named", None)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How one target is evaluated and timed (from `profiles.<p>.pruning`)."""
+
+    test_limit: int          # accuracy on the first N test reviews
+    time_limit: int          # timing on the first N of those
+    batch_size: int
+    repeats: int             # alternating timed passes per variant
+    random_seeds: int
+    equality_check_reviews: int
+    calibration_reviews: int
+
+
+class PruneTargets:
+    """The prune targets of the active profile. `config` is the validated params.yaml."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.pruning = config["pruning"]
+        self.profile = config["profiles"][config["profile"]]
+        self.sizing_tree = self.profile["pruning"]
+        self.named = list(self.pruning["configs"])
+        self.kinds = {m: model_kind(spec, f"profiles.{config['profile']}.models.{m}")
+                      for m, spec in self.profile["models"].items()}
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.kinds)
+
+    def names(self, model: str) -> list[str]:
+        """The model's targets: named configurations of its rule, then the paper rule's curve, then FLAP's."""
+        kind = self.kinds[model]
+        sizing = self.sizing_tree[kind]
+        named = [c for c in self.named if self.pruning["configs"][c]["rule"] == kind]
+        sweep = [f"sweep-{p}" for p in sizing["sweep"]] if kind in self.pruning.get("sweep", {}) else []
+        flap = [f"flap-{p}" for p in sizing.get("flap", [])]
+        return named + sweep + flap
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (model, target) of the profile."""
+        return [(m, t) for m in self.models for t in self.names(m)]
+
+    def models_for(self, name: str) -> list[str]:
+        """Models of the profile that a named configuration applies to (none: the name has no target here)."""
+        if name not in self.pruning["configs"]:
+            raise KeyError(f"{name!r} is not a configuration under pruning.configs; choose one of {self.named}")
+        return [m for m in self.models if self.kinds[m] == self.pruning["configs"][name]["rule"]]
+
+    def named_with_models(self) -> list[str]:
+        return [c for c in self.named if self.models_for(c)]
+
+    def rule_config(self, model: str, name: str) -> dict:
+        """The plan's configuration: the named one, or the curve's, with `target` as a fraction."""
+        kind = self.kinds[model]
+        curve, pct = curve_of(name)
+        if curve == "sweep":
+            if kind not in self.pruning.get("sweep", {}):
+                raise ValueError(f"no pruning.sweep.{kind} configuration: {name} does not exist for {model}")
+            cfg = dict(self.pruning["configs"][self.pruning["sweep"][kind]], target=pct / 100)
+        elif curve == "flap":
+            cfg = dict(rule="flap", target=pct / 100, **self.pruning["flap"])
+        elif name in self.pruning["configs"]:
+            cfg = dict(self.pruning["configs"][name])
+        else:
+            raise KeyError(f"{name!r} is neither a configuration under pruning.configs nor a curve point "
+                           f"(sweep-<pct>, flap-<pct>)")
+        if cfg["rule"] not in (kind, "flap"):
+            raise ValueError(f"configuration {name!r} is for {cfg['rule']} models; {model} is a {kind}")
+        cfg.setdefault("focus_multiplier", self.pruning["focus_multiplier"])
+        return cfg
+
+    def needs_ffn_stats(self, name: str) -> bool:
+        return curve_of(name)[0] == "flap"
+
+    def compensated(self, model: str, name: str) -> bool:
+        cfg = self.rule_config(model, name)
+        return cfg["rule"] == "flap" and bool(cfg.get("bias_compensation"))
+
+    def sizing(self, model: str, name: str | None = None) -> Sizing:
+        """Evaluation and timing sizes; curve points may time fewer reviews (`sweep_time_limit`)."""
+        tree = self.sizing_tree
+        kind = tree[self.kinds[model]]
+        time_limit = kind.get("time_limit", kind["test_limit"])
+        if name is not None and curve_of(name)[0] != "named":
+            time_limit = kind.get("sweep_time_limit", time_limit)
+        return Sizing(test_limit=kind["test_limit"], time_limit=min(time_limit, kind["test_limit"]),
+                      batch_size=tree["batch_size"], repeats=tree["repeats"], random_seeds=tree["random_seeds"],
+                      equality_check_reviews=kind["equality_check_reviews"],
+                      calibration_reviews=kind["calibration_reviews"])
+
+    def random_seeds(self) -> list[int]:
+        return list(range(self.sizing_tree["random_seeds"]))

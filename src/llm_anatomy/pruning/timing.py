@@ -1,0 +1,102 @@
+"""Time a physically pruned classifier against its dense original, side by side in one process.
+
+Dense, zeroed (the paper's way: same shapes, built in memory from the plan) and removed
+(the materialised folder) run in alternating, rotating order after a warm-up pass each, so
+drifts of a noisy machine hit all three alike. Reported: the median seconds per variant,
+every repeat's seconds, and the spread (min, median, max) of the per-repeat ratios
+dense/variant. Before timing, zeroed and removed logits are compared in float32: they must
+compute the same function.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from ..device import machine_info, model_device, synchronize
+from ..evaluate import encode_reviews, predict_logits
+from ..logits import first_reviews
+from ..models import load_classifier, set_threads
+from .costs import count_parameters, ffn_macs, forward_macs
+from .materialise import pruned_copy
+from .plan import read_plan
+from .targets import Sizing
+
+log = logging.getLogger(__name__)
+
+EQUALITY_TOLERANCE = 1e-4  # float32 logits; measured differences are around 1e-6
+
+
+def time_variants(variants: dict, encoded, pad_id, batch_size: int, precision: str, padding_side: str,
+                  repeats: int) -> dict[str, list[float]]:
+    """Seconds per pass of each variant, `repeats` alternating passes in rotating order, after a warm-up."""
+    names = list(variants)
+    kw = dict(batch_size=batch_size, precision=precision, padding_side=padding_side)
+    device = model_device(next(iter(variants.values())))
+    for name in names:  # warm-up: allocator, kernels for this variant's shapes
+        predict_logits(variants[name], encoded[:batch_size], pad_id, **kw)
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            synchronize(device)
+            start = time.perf_counter()
+            predict_logits(variants[name], encoded, pad_id, **kw)  # returns host arrays: the work is done
+            times[name].append(time.perf_counter() - start)
+        log.info("repeat %d/%d: %s", r + 1, repeats, ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names))
+    return times
+
+
+def ratio_spread(dense: list[float], other: list[float]) -> dict[str, float]:
+    """min, median and max over repeats of dense/other (each repeat's pair ran back to back)."""
+    r = np.asarray(dense) / np.asarray(other)
+    return dict(min=float(r.min()), median=float(np.median(r)), max=float(r.max()))
+
+
+def timing_stage(dense_dir, pruned_dir, plan_path, test: pd.DataFrame, sizing: Sizing, threads: int | None = None,
+                 device: str = "auto") -> dict:
+    set_threads(threads)
+    start = time.perf_counter()
+    dense, tokenizer, meta = load_classifier(dense_dir, device)
+    removed, _, _ = load_classifier(pruned_dir, device)
+    zeroed = pruned_copy(dense, read_plan(plan_path), "zeroed")
+    reviews = first_reviews(test, sizing.time_limit, "time_limit")
+    encoded = encode_reviews(tokenizer, meta, reviews["text"])
+    pad_id, side = tokenizer.pad_token_id, meta.get("padding_side", "right")
+    precision = meta.get("precision", "fp32")
+
+    check = encoded[: sizing.equality_check_reviews]
+    f32 = dict(batch_size=sizing.batch_size, precision="fp32", padding_side=side)
+    max_diff = float(np.abs(predict_logits(zeroed, check, pad_id, **f32)
+                            - predict_logits(removed, check, pad_id, **f32)).max())
+    log.info("zeroed vs removed, float32, %d reviews: max |logit difference| %.2e", len(check), max_diff)
+    if not max_diff <= EQUALITY_TOLERANCE:
+        raise RuntimeError(f"{pruned_dir}: zeroed and removed models disagree by {max_diff:.3g} in float32 "
+                           f"(tolerance {EQUALITY_TOLERANCE}); the folder does not hold the plan {plan_path}")
+
+    times = time_variants({"dense": dense, "zeroed": zeroed, "removed": removed}, encoded, pad_id,
+                          sizing.batch_size, precision, side, sizing.repeats)
+    median = {n: float(np.median(t)) for n, t in times.items()}
+    lengths = [len(e) for e in encoded]
+    out = dict(
+        machine=machine_info(model_device(dense)), timed_reviews=len(encoded), batch_size=sizing.batch_size,
+        precision=precision, repeats=sizing.repeats, times_s=times,
+        time_dense_s=median["dense"], time_zeroed_s=median["zeroed"], time_removed_s=median["removed"],
+        speedup_zeroed=median["dense"] / median["zeroed"], speedup_removed=median["dense"] / median["removed"],
+        speedup_zeroed_spread=ratio_spread(times["dense"], times["zeroed"]),
+        speedup_removed_spread=ratio_spread(times["dense"], times["removed"]),
+        zeroed_vs_removed_max_abs_logit_diff_fp32=max_diff, equality_check_reviews=len(check),
+        params_dense=count_parameters(dense), params_removed=count_parameters(removed),
+        macs_dense=forward_macs(dense.adapter, lengths), macs_removed=forward_macs(removed.adapter, lengths),
+        ffn_macs_dense=ffn_macs(dense.adapter, lengths), ffn_macs_removed=ffn_macs(removed.adapter, lengths),
+    )
+    out["macs_ratio"] = out["macs_removed"] / out["macs_dense"]
+    out["speedup_bound"] = 1 / out["macs_ratio"]
+    out["seconds"] = time.perf_counter() - start
+    log.info("time dense %.2fs zeroed %.2fs removed %.2fs: speedup removed %.3fx (repeats %.3f-%.3f), "
+             "zeroed %.3fx; multiply-add bound %.3fx", median["dense"], median["zeroed"], median["removed"],
+             out["speedup_removed"], out["speedup_removed_spread"]["min"], out["speedup_removed_spread"]["max"],
+             out["speedup_zeroed"], out["speedup_bound"])
+    return out

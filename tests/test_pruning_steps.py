@@ -1,0 +1,126 @@
+"""The prune stage's steps as artifacts: plans are deterministic files; materialised folders reload in a
+fresh process with the in-memory pruned model's logits; evaluations store per-review logits whose
+accuracy is recomputed independently; baselines and timing hold what they claim."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from llm_anatomy.batching import pad
+from llm_anatomy.logits import read_logits
+from llm_anatomy.models import load_classifier
+from llm_anatomy.pruning.materialise import pruned_copy
+from llm_anatomy.pruning.plan import read_plan, read_random_plans
+from pruning_helpers import run_chain
+
+from conftest import ROOT, make_tiny
+
+ENCODER = {"rule": "encoder", "alpha": 0.0, "beta": 0.001, "focusing": "even-from-third+last", "target": 0.5}
+DECODER = {"rule": "decoder", "alpha": 0.2, "focusing": "last-2/12"}
+FLAP = {"rule": "flap", "target": 0.5, "allocation": "uniform", "bias_compensation": True}
+
+# Loads a folder with the documented call in a new interpreter and prints its logits.
+FRESH = """
+import json, sys, torch
+from llm_anatomy import load_pruned
+from llm_anatomy.batching import pad
+model, tok, meta = load_pruned(sys.argv[1])
+ids, mask = pad(tok(json.loads(sys.argv[2]))["input_ids"], tok.pad_token_id, meta["padding_side"])
+with torch.no_grad():
+    print(json.dumps(model(ids, mask).tolist()))
+"""
+
+
+@pytest.mark.parametrize("arch,cfg", [("bert", ENCODER), ("gpt2", DECODER), ("llama", FLAP), ("gpt2", FLAP)])
+def test_materialised_folder_reloads_in_a_fresh_process(arch, cfg, tokenizer, reviews, tmp_path):
+    model = make_tiny(arch, tokenizer)
+    out = run_chain(model, tokenizer, reviews, tmp_path, cfg)
+    p = out["paths"]
+    plan = read_plan(p["plan"])
+    in_memory = pruned_copy(model, plan, "removed")
+    ids, mask = pad(tokenizer(reviews)["input_ids"], tokenizer.pad_token_id, "right")
+    with torch.no_grad():
+        expect = in_memory(ids, mask)
+    run = subprocess.run([sys.executable, "-c", FRESH, str(p["pruned"]), json.dumps(reviews)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    torch.testing.assert_close(torch.tensor(json.loads(run.stdout)), expect, atol=1e-5, rtol=0)
+    info = json.loads((p["pruned"] / "pruning.json").read_text())
+    assert info["ffn_widths"] == in_memory.adapter.ffn_widths() < info["ffn_widths_dense"]
+    assert info["params_pruned"] == sum(t.numel() for t in in_memory.parameters()) < info["params_dense"]
+    assert info["bytes"] == sum(f.stat().st_size for f in p["pruned"].rglob("*") if f.is_file() and
+                                f.name != "pruning.json")
+    if cfg["rule"] == "flap" and arch == "llama":  # compensation gave Llama's FFN biases, and they reload
+        reloaded, _, _ = load_classifier(p["pruned"])
+        assert reloaded.adapter.config.mlp_bias and reloaded.adapter.ffn(0).output.bias.abs().sum() > 0
+
+
+def test_plans_are_deterministic_files(tokenizer, reviews, tmp_path):
+    model = make_tiny("bert", tokenizer)
+    a = run_chain(model, tokenizer, reviews, tmp_path / "a", ENCODER)
+    b = run_chain(model, tokenizer, reviews, tmp_path / "b", ENCODER)
+    for key in ("plan", "random"):
+        assert a["paths"][key].read_bytes() == b["paths"][key].read_bytes()
+    plan = read_plan(a["paths"]["plan"])
+    assert [list(p) for p in plan.pruned] == [list(p) for p in a["plan"].pruned]
+    assert plan.table["masked"].tolist() == [len(p) for p in plan.pruned]
+    assert plan.info["search"]["reached"] and plan.info["rule"] == "encoder"
+    randoms = read_random_plans(a["paths"]["random"])
+    assert [r.info["seed"] for r in randoms] == [0, 1, 2]
+    for r in randoms:  # the same per-layer counts, no high neuron, and the seeds differ
+        assert r.counts == plan.counts
+    assert any(not np.array_equal(x, y) for x, y in zip(randoms[0].pruned, randoms[1].pruned))
+
+
+def _count_correct(logits, labels):
+    """Independent of llm_anatomy.evaluate.accuracy: a plain loop."""
+    return sum(1 for z, y in zip(logits, labels) if (z > 0) == (y == 1)) / len(labels)
+
+
+def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
+    model = make_tiny("llama", tokenizer)
+    out = run_chain(model, tokenizer, reviews, tmp_path, FLAP, time_limit=8)
+    p, m, test = out["paths"], out["metrics"], out["test"]
+    dense, info = read_logits(p["dense_eval"])
+    assert info["reviews"] == len(test) == len(dense) and dense["review"].tolist() == list(range(len(test)))
+    assert dense["label"].tolist() == test["label"].tolist()
+    # logits equal a direct forward pass of the dense model
+    ids, mask = pad(tokenizer(test["text"].tolist())["input_ids"], tokenizer.pad_token_id, "right")
+    with torch.no_grad():
+        direct = model(ids, mask).numpy()
+    np.testing.assert_allclose(dense["logit"].to_numpy(), direct, atol=1e-5)
+    # accuracies recomputed from the per-review logits equal the reported ones
+    pruned, _ = read_logits(p["eval"])
+    assert m.accuracy_dense == out["accuracy_dense"] == _count_correct(dense["logit"], dense["label"])
+    assert m.accuracy == out["accuracy"] == _count_correct(pruned["logit"], pruned["label"])
+    base, _ = read_logits(p["baselines"])
+    assert sorted(base["variant"].unique()) == ["random-0", "random-1", "random-2", "uncompensated"]
+    for v, part in base.groupby("variant"):
+        acc = _count_correct(part["logit"], part["label"])
+        assert acc == out["baselines"][v]
+        assert (m.accuracy_uncompensated if v == "uncompensated" else m.accuracy_random[int(v[-1])]) == acc
+    assert m.accuracy_random_mean == pytest.approx(np.mean(m.accuracy_random))
+    assert m.random_seeds == [0, 1, 2] and m.test_reviews == 20 and m.bias_compensation
+    # timing: alternating repeats of all three variants on the first time_limit reviews; zeroed == removed
+    t = out["timing"]
+    assert t["timed_reviews"] == 8 and all(len(v) == 3 for v in t["times_s"].values())
+    assert t["zeroed_vs_removed_max_abs_logit_diff_fp32"] < 1e-5
+    assert t["speedup_removed_spread"]["min"] <= t["speedup_removed_spread"]["median"] <= t["speedup_removed_spread"]["max"]
+    assert t["macs_removed"] < t["macs_dense"] and t["machine"]["cpu"]
+    assert m.neurons_pruned == m.neurons_total // 2 and m.pruned_per_layer == read_plan(p["plan"]).counts
+    json.dumps(m.to_dict(), allow_nan=False)
+
+
+def test_evaluating_more_reviews_than_the_split_holds_is_an_error(tokenizer, reviews, tmp_path):
+    from llm_anatomy.evaluate import evaluate_stage
+    from llm_anatomy.models import save_classifier
+
+    save_classifier(make_tiny("bert", tokenizer), tokenizer, tmp_path / "m", dict(max_length=64))
+    with pytest.raises(ValueError, match="1000 reviews asked for, but the split holds 5"):
+        evaluate_stage(tmp_path / "m", pd.DataFrame({"text": reviews, "label": [1, 0, 1, 1, 0]}),
+                       tmp_path / "e.parquet", limit=1000, device="cpu")
+    assert not (tmp_path / "e.parquet").exists()

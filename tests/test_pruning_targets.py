@@ -1,0 +1,89 @@
+"""Target resolution (llm_anatomy.pruning.targets) on the shipped params: which targets each model has,
+their configurations and sizes, and the errors for names that do not apply."""
+import copy
+
+import pytest
+
+from llm_anatomy.config import load_params, validate
+from llm_anatomy.pruning.targets import PruneTargets, curve_of
+
+from conftest import ROOT
+
+
+def targets_for(profile: str, edit=None) -> PruneTargets:
+    params = load_params(ROOT / "params.yaml")
+    params["profile"] = profile
+    if edit:
+        edit(params)
+    validate(params, ROOT / "workflow/schemas/params.schema.yaml", ROOT)
+    return PruneTargets(params)
+
+
+def test_curve_names():
+    assert curve_of("sweep-50") == ("sweep", 50)
+    assert curve_of("flap-7") == ("flap", 7)
+    assert curve_of("enc-a0.01-b0.001") == ("named", None)
+    assert curve_of("sweep-5x") == ("named", None)
+
+
+def test_offline_targets():
+    t = targets_for("offline")
+    assert t.kinds == {"minilm": "encoder", "smollm2": "decoder"}
+    enc = t.names("minilm")
+    assert enc[:5] == ["enc-a0.01-b0.001", "enc-a0.025-b0.001", "enc-a0.05-b0.001", "enc-a0.05-b0.005",
+                       "enc-a0.05-b0.01"]
+    assert enc[5:] == [f"sweep-{p}" for p in (10, 30, 50, 60, 70, 80)] + [f"flap-{p}" for p in (10, 30, 50, 60, 70, 80)]
+    dec = t.names("smollm2")
+    assert len(dec) == 7 + 3 + 3 and dec[0] == "dec-a0.05-f1" and dec[-1] == "flap-75"
+    assert len(t.pairs()) == 17 + 13
+    assert t.models_for("enc-a0.05-b0.01") == ["minilm"] and t.models_for("dec-a0.15-f4") == ["smollm2"]
+    assert len(t.named_with_models()) == 12
+
+
+def test_configurations_and_defaults():
+    t = targets_for("offline")
+    assert t.rule_config("minilm", "enc-a0.025-b0.001") == dict(rule="encoder", alpha=0.025, beta=0.001,
+                                                                focusing="even-from-third+last", focus_multiplier=3)
+    sweep = t.rule_config("smollm2", "sweep-25")  # the decoder sweep keeps dec-a0.05-f1's focusing
+    assert sweep["rule"] == "decoder" and sweep["target"] == 0.25 and sweep["focusing"] == "last-1/12"
+    flap = t.rule_config("minilm", "flap-60")
+    assert flap == dict(rule="flap", target=0.6, allocation="uniform", bias_compensation=True, focus_multiplier=3)
+    assert t.needs_ffn_stats("flap-60") and not t.needs_ffn_stats("sweep-60")
+    assert t.compensated("minilm", "flap-60") and not t.compensated("minilm", "sweep-60")
+
+
+def test_sizing_named_and_curve_points():
+    t = targets_for("offline")
+    named, point = t.sizing("minilm", "enc-a0.01-b0.001"), t.sizing("minilm", "sweep-50")
+    assert (named.test_limit, named.time_limit, point.time_limit) == (1000, 500, 250)
+    assert named.calibration_reviews == 128 and t.sizing("smollm2").calibration_reviews == 64
+    assert (named.batch_size, named.repeats, named.random_seeds, named.equality_check_reviews) == (32, 3, 3, 8)
+    # a sizing without time limits times every evaluated review
+    tiny = targets_for("tiny")
+    assert tiny.sizing("tiny-bert", "enc-a0.01-b0.001").time_limit == 32
+
+
+def test_a_configuration_that_does_not_apply():
+    t = targets_for("offline")
+    with pytest.raises(ValueError, match="is for encoder models; smollm2 is a decoder"):
+        t.rule_config("smollm2", "enc-a0.05-b0.01")
+    with pytest.raises(KeyError, match="neither a configuration"):
+        t.rule_config("minilm", "enc-a9")
+
+    def only_encoders(p):
+        p["profiles"]["offline"]["models"] = {"minilm": copy.deepcopy(p["profiles"]["offline"]["models"]["minilm"])}
+    t = targets_for("offline", only_encoders)
+    assert t.models_for("dec-a0.05-f1") == []
+    assert t.named_with_models() == ["enc-a0.01-b0.001", "enc-a0.025-b0.001", "enc-a0.05-b0.001",
+                                     "enc-a0.05-b0.005", "enc-a0.05-b0.01"]
+
+
+def test_schema_defaults_fill_absent_keys():
+    def strip(p):
+        del p["pruning"]["high_threshold"], p["pruning"]["flap"]
+        del p["profiles"]["offline"]["pruning"]["encoder"]["calibration_reviews"]
+    t = targets_for("offline", strip)
+    assert t.pruning["high_threshold"] == 0.35
+    assert t.pruning["flap"] == {"allocation": "uniform", "bias_compensation": True}
+    assert t.sizing("minilm").calibration_reviews == 128
+    assert t.profile["device"] == "auto"
