@@ -89,3 +89,21 @@ def test_unknown_flap_allocation(params):
     def edit(p):
         p["pruning"]["flap"]["allocation"] = "per-head"
     assert "allocation" in _bad(params, edit)
+
+
+def test_evaluation_limits_beyond_the_split_are_errors(params):
+    def test_limit(p):
+        p["profiles"]["offline"]["pruning"]["encoder"]["test_limit"] = 5000
+    msg = _bad(params, test_limit)
+    assert "profiles.offline.pruning.encoder.test_limit = 5000 exceeds split.test = 1000" in msg
+
+    def time_limit(p):
+        p["profiles"]["offline"]["pruning"]["decoder"]["time_limit"] = 500
+    msg = _bad(params, time_limit)
+    assert "profiles.offline.pruning.decoder.time_limit = 500 exceeds test_limit = 100" in msg
+
+
+def test_device_setting(params):
+    params["profiles"]["offline"]["device"] = "tpu"
+    with pytest.raises(ParamsError, match="device"):
+        validate(params, SCHEMA, ROOT)

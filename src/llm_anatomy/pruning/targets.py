@@ -111,7 +111,7 @@ class PruneTargets:
         time_limit = kind.get("time_limit", kind["test_limit"])
         if name is not None and curve_of(name)[0] != "named":
             time_limit = kind.get("sweep_time_limit", time_limit)
-        return Sizing(test_limit=kind["test_limit"], time_limit=min(time_limit, kind["test_limit"]),
+        return Sizing(test_limit=kind["test_limit"], time_limit=time_limit,
                       batch_size=tree["batch_size"], repeats=tree["repeats"], random_seeds=tree["random_seeds"],
                       equality_check_reviews=kind["equality_check_reviews"],
                       calibration_reviews=kind["calibration_reviews"])
