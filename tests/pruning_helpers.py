@@ -13,6 +13,8 @@ import torch
 
 from llm_anatomy.batching import pad
 
+HIGH = 0.35  # the paper's high-neuron threshold, as params.yaml sets it
+
 
 @torch.no_grad()
 def quick_scores(model, tokenizer, texts, max_length: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -39,7 +41,7 @@ def quick_scores(model, tokenizer, texts, max_length: int = 64) -> tuple[pd.Data
 
 
 def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), time_limit: int | None = None,
-              high: float = 0.35) -> dict:
+              high: float = HIGH) -> dict:
     """Every prune step on one tiny model, as the workflow chains them; returns the artifacts' paths
     and the collected metrics record."""
     from llm_anatomy.evaluate import evaluate_stage

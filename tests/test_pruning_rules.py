@@ -21,7 +21,7 @@ def test_encoder_rule_by_hand():
     expect_t = [0.01 * 0.2 + 0, 0.01 * 0.4 + 1 * 0.002 * 1, 0.01 * 0.5 + 3 * 0.002 * 2, 0.01 * 0.8]
     np.testing.assert_allclose(t, expect_t)  # 0.002, 0.006, 0.017, 0.008
     assert [p.tolist() for p in pruned] == [[0], [0, 4], [2], [0, 1, 2, 4]]  # last: s < 0.008 -> -0.5, .004, .007, -.001
-    table = layer_table(rule, C, S, t, pruned)
+    table = layer_table(rule, C, S, t, pruned, high=0.35)
     assert table["masked"].tolist() == [1, 2, 1, 4]
     assert table["sided"].tolist() == ["two", "two", "two", "one"]
     assert "between 0.017 and -0.017" in figure4a_lines(table)[2]
@@ -41,13 +41,13 @@ def test_reconstruction_matches_paper_log():
     c = [0.386, 0.383, 0.257, 0.425, 0.423, 0.434, 0.450, 0.473, 0.498, 0.582, 0.750, 0.904]
     logged = [0.0038626, 0.0048271, 0.0045707, 0.0072547, 0.0162324, 0.0093418, 0.0224969, 0.0117278,
               0.0289785, 0.0148232, 0.0375011, 0.0090354]
-    rule = rule_from_config({"rule": "encoder", "alpha": 0.01, "beta": 0.001, "focusing": "even-from-third+last"}, 12)
+    rule = rule_from_config({"rule": "encoder", "alpha": 0.01, "beta": 0.001, "focusing": "even-from-third+last"}, 12, 3.0)
     assert rule.focusing == (4, 6, 8, 10, 11)
     np.testing.assert_allclose(rule.thresholds(c + [1.0], 12), logged, atol=6e-6)
     gpt_c = np.array(logged[:0] + [-0.00764258, 0.00199288, 0.00207803, 0.00292773, 0.00384852, 0.00417143,
                                    0.00478516, 0.00628265, 0.00737932, 0.00662929, 0.00613247, 0.00741497]) / 0.05
     gpt_c[11] /= 3  # layer 11 is focusing: the log's threshold is 3 alpha c_11
-    dec = rule_from_config({"rule": "decoder", "alpha": 0.05, "focusing": "last-1/12"}, 12)
+    dec = rule_from_config({"rule": "decoder", "alpha": 0.05, "focusing": "last-1/12"}, 12, 3.0)
     np.testing.assert_allclose(dec.thresholds(np.append(gpt_c, 1.0), 12)[[0, 8, 11]],
                                [-0.00764258, 0.00737932, 0.00741497], rtol=1e-6)
 

@@ -112,7 +112,7 @@ def plan_flap(cfg: dict, stats_path, scores, high: float) -> Plan:
     return Plan(pruned, table, info, lines, pruned_means)
 
 
-def make_plan(cfg: dict, c, scores, ffn_stats_path=None, high: float = 0.35) -> Plan:
+def make_plan(cfg: dict, c, scores, high: float, ffn_stats_path=None) -> Plan:
     if cfg["rule"] == "flap":
         return plan_flap(cfg, ffn_stats_path, scores, high)
     return plan_threshold(cfg, c, scores, high)
@@ -185,7 +185,7 @@ def plan_stage(cfg: dict, layer_scores_path, neuron_scores_path, plan_path, rand
                average_over: str = "probe", ffn_stats_path=None) -> Plan:
     """plan.parquet and random_plans.parquet (one plan per seed) of one target."""
     c, scores = load_scores(layer_scores_path, neuron_scores_path, average_over)
-    plan = make_plan(cfg, c, scores, ffn_stats_path, high)
+    plan = make_plan(cfg, c, scores, high, ffn_stats_path)
     write_plan(plan, plan_path)
     write_random_plans([random_plan(plan, scores, s, high) for s in seeds], random_path)
     return plan

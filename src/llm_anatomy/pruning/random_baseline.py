@@ -10,7 +10,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float = 0.35) -> list[np.ndarray]:
+def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float) -> list[np.ndarray]:
     """Per layer, `counts[l]` neurons drawn without replacement from those with score <= `high`.
 
     One generator per (seed, layer), so a layer's draw does not depend on the other layers.

@@ -144,8 +144,8 @@ def plot_time(runs: list[dict], path) -> None:
             ax.plot(x, [100 * m["time_removed_s"] / m["time_dense_s"] for m in group], marker + line,
                     color="C1", label=f"physically removed ({tag})")
         ax.axhline(100, ls="--", color="grey", label="dense")
-        xs = np.linspace(0, 90, 10)
-        ax.plot(xs, 100 * (1 - 0.6 * xs / 100), ":", color="k", lw=0.8, label="FLOP bound (FFN 60%)")
+        bound = sorted((m["pruned_pct"], 100 * m["macs_ratio"]) for m in rs)
+        ax.plot(*zip(*bound), ":", color="k", lw=0.8, label="multiply-add bound (removed)")
         r0 = rs[0]
         ax.set(title=f"{mod}: batch {r0['batch_size']}, {r0['machine']['threads']} threads, {r0['precision']}\n"
                      f"{r0['machine']['cpu']}",

@@ -116,7 +116,7 @@ def apply_rule(rule: ThresholdRule, c, scores) -> tuple[np.ndarray, list[np.ndar
     return t, prune_masks(scores, t, rule.sides(L))
 
 
-def layer_table(rule: ThresholdRule, c, scores, thresholds, pruned, high: float = 0.35) -> pd.DataFrame:
+def layer_table(rule: ThresholdRule, c, scores, thresholds, pruned, high: float) -> pd.DataFrame:
     """One row per layer: the Figure-4a numbers (threshold, neurons masked) and context."""
     L = len(scores)
     sides = rule.sides(L)
@@ -143,8 +143,9 @@ def figure4a_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def rule_from_config(cfg: dict, num_layers: int, focus_multiplier: float = 3.0) -> ThresholdRule:
-    """A ThresholdRule from one params.yaml configuration (focusing resolved for this depth)."""
+def rule_from_config(cfg: dict, num_layers: int, focus_multiplier: float) -> ThresholdRule:
+    """A ThresholdRule from one params.yaml configuration (focusing resolved for this depth); a
+    configuration's own `focus_multiplier` wins over the global `pruning.focus_multiplier` given."""
     return ThresholdRule(kind=cfg["rule"], alpha=float(cfg.get("alpha", 0.0)), beta=float(cfg.get("beta", 0.0) or 0.0),
                          focusing=tuple(resolve_focusing(cfg.get("focusing", "none"), num_layers)),
                          focus_multiplier=float(cfg.get("focus_multiplier", focus_multiplier)),
