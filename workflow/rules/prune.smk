@@ -14,7 +14,6 @@ PRUNED_DIR = f"{RES}/pruned/{{model}}/{{target}}"
 
 wildcard_constraints:
     target="|".join([re.escape(c) for c in TARGETS.named] + [TARGETS_CURVE_PATTERN]),
-    seed=r"\d+",
 
 
 def sizing(wildcards):
