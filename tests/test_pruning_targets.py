@@ -87,3 +87,20 @@ def test_schema_defaults_fill_absent_keys():
     assert t.pruning["flap"] == {"allocation": "uniform", "bias_compensation": True}
     assert t.sizing("minilm").calibration_reviews == 128
     assert t.profile["device"] == "auto"
+
+
+def test_files_of_a_target():
+    t = targets_for("offline")
+    assert t.results == "results/offline"
+    assert t.plan_inputs("minilm", "sweep-50") == {"layer_scores": "results/offline/minilm/layer_scores.parquet",
+                                                   "neuron_scores": "results/offline/minilm/neuron_scores.parquet"}
+    assert t.plan_inputs("smollm2", "flap-50")["ffn_stats"] == "results/offline/smollm2/ffn_stats.parquet"
+    m = t.metrics_inputs("smollm2", "flap-50")
+    assert m["pruned"] == "results/offline/pruned/smollm2/flap-50"
+    assert m["dense_eval"] == "results/offline/smollm2/eval_test.parquet"  # one dense evaluation per model
+    assert m["eval"] == "results/offline/smollm2/prune/flap-50/eval_test.parquet"
+    assert t.config_metrics_inputs("dec-a0.15-f4") == ["results/offline/smollm2/prune/dec-a0.15-f4/metrics.json"]
+    outs = t.final_outputs()
+    assert len([o for o in outs if "/metrics/prune/" in o]) == 12 and len(t.all_pruned_dirs()) == 30
+    assert "results/offline/summary.csv" in outs
+    assert targets_for("tiny").results == "results/tiny"

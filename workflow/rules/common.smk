@@ -14,11 +14,11 @@ PROFILE = validate(config, ROOT / "workflow/schemas/params.schema.yaml", ROOT)  
 PROFILE_NAME = config["profile"]
 MODELS = list(PROFILE["models"])
 SPLITS = ["train", "val", "test"]
-TARGETS = PruneTargets(config)
 
 # Every profile writes under its own folders, so a run of one never overwrites (or outdates) another's.
 DATA = f"data/processed/{PROFILE_NAME}"
 RES = f"results/{PROFILE_NAME}"
+TARGETS = PruneTargets(config, RES)
 LOGS = f"logs/{PROFILE_NAME}"
 DEVICE = PROFILE["device"]
 THREADS = PROFILE["threads"]

@@ -7,9 +7,9 @@
 #   time_pruned   dense + pruned folders (+ plan for the zeroed variant) -> prune/{target}/timing.json
 #   prune_metrics per target -> prune/{target}/metrics.json (the PruneMetrics record); then the
 #   per-configuration DVC metrics, the summary table and Figures 4/5.
-# Which targets exist, their configurations and sizes: llm_anatomy.pruning.targets (unit-tested).
-PRUNE_DIR = f"{RES}/{{model}}/prune/{{target}}"
-PRUNED_DIR = f"{RES}/pruned/{{model}}/{{target}}"
+# Which targets exist, their configurations, sizes and files: llm_anatomy.pruning.targets (unit-tested).
+PRUNE_DIR = TARGETS.target_dir("{model}", "{target}")
+PRUNED_DIR = TARGETS.pruned_dir("{model}", "{target}")
 
 
 wildcard_constraints:
@@ -34,38 +34,19 @@ def rule_config(wildcards):
 
 
 def plan_inputs(wildcards):
-    inputs = dict(layer_scores=f"{RES}/{wildcards.model}/layer_scores.parquet",
-                  neuron_scores=f"{RES}/{wildcards.model}/neuron_scores.parquet")
-    if TARGETS.needs_ffn_stats(wildcards.target):
-        inputs["ffn_stats"] = f"{RES}/{wildcards.model}/ffn_stats.parquet"
-    return inputs
-
-
-def target_outputs(model, target, split="test"):
-    """Every file the metrics of one (model, target) are built from."""
-    d = f"{RES}/{model}/prune/{target}"
-    return dict(plan=f"{d}/plan.parquet", random_plans=f"{d}/random_plans.parquet",
-                pruned=f"{RES}/pruned/{model}/{target}", dense_eval=f"{RES}/{model}/eval_{split}.parquet",
-                eval=f"{d}/eval_{split}.parquet", baselines=f"{d}/baselines_{split}.parquet", timing=f"{d}/timing.json")
+    return TARGETS.plan_inputs(wildcards.model, wildcards.target)
 
 
 def metrics_inputs(wildcards):
-    return target_outputs(wildcards.model, wildcards.target)
-
-
-def metrics_files(models_targets):
-    return [f"{RES}/{m}/prune/{t}/metrics.json" for m, t in models_targets]
+    return TARGETS.metrics_inputs(wildcards.model, wildcards.target)
 
 
 def config_metrics_inputs(wildcards):
-    return metrics_files([(m, wildcards.target) for m in TARGETS.models_for(wildcards.target)])
+    return TARGETS.config_metrics_inputs(wildcards.target)
 
 
 def prune_targets():
-    return (expand(f"{RES}/metrics/prune/{{target}}.json", target=TARGETS.named_with_models())
-            + expand(f"{RES}/pruned/{{mt[0]}}/{{mt[1]}}", mt=TARGETS.pairs())
-            + [f"{RES}/summary.csv", f"{RES}/summary.md", f"{RES}/figures/prune_accuracy.png",
-               f"{RES}/figures/prune_time.png"])
+    return TARGETS.final_outputs()
 
 
 rule ffn_stats:
@@ -239,7 +220,7 @@ rule prune_collect:
 
 rule prune_report:
     input:
-        metrics_files(TARGETS.pairs()),
+        TARGETS.all_metrics(),
     output:
         summary=f"{RES}/summary.csv",
         summary_md=f"{RES}/summary.md",
@@ -255,4 +236,4 @@ rule prune_report:
 rule pruned_models:
     """Every materialised pruned model of the profile (the folders DVC's pruned_models stage caches)."""
     input:
-        expand(f"{RES}/pruned/{{mt[0]}}/{{mt[1]}}", mt=TARGETS.pairs()),
+        TARGETS.all_pruned_dirs(),

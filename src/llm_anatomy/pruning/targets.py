@@ -40,10 +40,12 @@ class Sizing:
 
 
 class PruneTargets:
-    """The prune targets of the active profile. `config` is the validated params.yaml."""
+    """The prune targets of the active profile and the files each one reads and writes.
+    `config` is the validated params.yaml; `results` the profile's results folder (results/<profile>)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, results: str = ""):
         self.config = config
+        self.results = results or f"results/{config['profile']}"
         self.pruning = config["pruning"]
         self.profile = config["profiles"][config["profile"]]
         self.sizing_tree = self.profile["pruning"]
@@ -118,3 +120,47 @@ class PruneTargets:
 
     def random_seeds(self) -> list[int]:
         return list(range(self.sizing_tree["random_seeds"]))
+
+    # ---- files (the layout docs/PRUNING.md draws) ------------------------------------------
+    def target_dir(self, model: str, target: str) -> str:
+        return f"{self.results}/{model}/prune/{target}"
+
+    def pruned_dir(self, model: str, target: str) -> str:
+        return f"{self.results}/pruned/{model}/{target}"
+
+    def plan_inputs(self, model: str, target: str) -> dict[str, str]:
+        """Scores for every plan; FLAP's calibration statistics for flap-<pct>."""
+        inputs = dict(layer_scores=f"{self.results}/{model}/layer_scores.parquet",
+                      neuron_scores=f"{self.results}/{model}/neuron_scores.parquet")
+        if self.needs_ffn_stats(target):
+            inputs["ffn_stats"] = f"{self.results}/{model}/ffn_stats.parquet"
+        return inputs
+
+    def metrics_inputs(self, model: str, target: str, split: str = "test") -> dict[str, str]:
+        """Every file one target's metrics.json is built from."""
+        d = self.target_dir(model, target)
+        return dict(plan=f"{d}/plan.parquet", random_plans=f"{d}/random_plans.parquet",
+                    pruned=self.pruned_dir(model, target), dense_eval=f"{self.results}/{model}/eval_{split}.parquet",
+                    eval=f"{d}/eval_{split}.parquet", baselines=f"{d}/baselines_{split}.parquet",
+                    timing=f"{d}/timing.json")
+
+    def metrics_file(self, model: str, target: str) -> str:
+        return f"{self.target_dir(model, target)}/metrics.json"
+
+    def config_metrics_inputs(self, name: str) -> list[str]:
+        """The per-model metrics a named configuration's DVC metrics file gathers."""
+        return [self.metrics_file(m, name) for m in self.models_for(name)]
+
+    def all_metrics(self) -> list[str]:
+        return [self.metrics_file(m, t) for m, t in self.pairs()]
+
+    def all_pruned_dirs(self) -> list[str]:
+        return [self.pruned_dir(m, t) for m, t in self.pairs()]
+
+    def final_outputs(self) -> list[str]:
+        """What `snakemake` builds for the prune stage: the DVC metrics per named configuration, every
+        pruned folder, the summary and Figures 4/5."""
+        r = self.results
+        return ([f"{r}/metrics/prune/{c}.json" for c in self.named_with_models()] + self.all_pruned_dirs()
+                + [f"{r}/summary.csv", f"{r}/summary.md", f"{r}/figures/prune_accuracy.png",
+                   f"{r}/figures/prune_time.png"])
