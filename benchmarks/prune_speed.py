@@ -15,7 +15,7 @@ import copy
 import numpy as np
 import torch
 
-from llm_anatomy.batching import encode
+from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
 from llm_anatomy.models import load_classifier, set_threads
 from llm_anatomy.device import machine_info
@@ -40,7 +40,7 @@ def main():
     set_threads(args.threads)
     model, tok, meta = load_classifier(args.checkpoint)
     test = read_split(args.test).iloc[: args.reviews]
-    encoded = encode(tok, test["text"].tolist(), meta["max_length"], meta.get("truncation_side", "right"))
+    encoded = encode_reviews(tok, meta, test["text"])
     rng = np.random.default_rng(0)
     if args.neuron_scores:
         from llm_anatomy.scores import mean_neuron_scores

@@ -16,6 +16,11 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation_side: st
     return out["input_ids"]
 
 
+def encode_reviews(tokenizer, meta: dict, texts) -> list[list[int]]:
+    """Tokenise as a saved checkpoint was fine-tuned (its classifier.json max_length and truncation side)."""
+    return encode(tokenizer, list(texts), meta["max_length"], meta.get("truncation_side", "right"))
+
+
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids and attention_mask [batch, longest] for a list of id lists."""
     width = max(len(s) for s in seqs)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batching import encode, progress_batches
+from .batching import encode_reviews, progress_batches
 from .device import autocast, describe, model_device
 from .logits import accuracy_of, first_reviews, logits_frame, write_logits
 from .models import SentimentClassifier, load_classifier, set_threads
@@ -33,11 +33,6 @@ def predict_logits(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
         for idx, ids, mask in bar:
             logits[idx] = model(ids, mask).float().cpu().numpy()
     return logits
-
-
-def encode_reviews(tokenizer, meta: dict, texts) -> list[list[int]]:
-    """Tokenise as the checkpoint was fine-tuned (its max_length and truncation side)."""
-    return encode(tokenizer, list(texts), meta["max_length"], meta.get("truncation_side", "right"))
 
 
 def evaluate_stage(model_dir, split: pd.DataFrame, out_path, limit: int | None = None, batch_size: int = 32,

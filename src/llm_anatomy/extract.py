@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .batching import encode, progress_batches
+from .batching import encode_reviews, progress_batches
 from .device import autocast, model_device
 from .io import write_parquet
 from .models import SentimentClassifier
@@ -75,7 +75,7 @@ def extract_targets(model: SentimentClassifier, encoded: Sequence[Sequence[int]]
 def extract_inputs(model: SentimentClassifier, tokenizer, meta: dict, texts: Sequence[str], batch_size: int,
                    precision: str, desc: str | None = None) -> Extraction:
     """Tokenise as the model was fine-tuned (max_length, truncation and padding side), then extract."""
-    encoded = encode(tokenizer, texts, meta["max_length"], meta.get("truncation_side", "right"))
+    encoded = encode_reviews(tokenizer, meta, texts)
     return extract_targets(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),
                            batch_size, precision, desc)
 

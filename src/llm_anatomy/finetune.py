@@ -215,7 +215,8 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
         "n_train": len(train), "n_val": len(val), "n_test": len(test),
         "epochs": p.epochs, "steps": total_steps, "train_seconds": round(train_seconds, 1),
         "train_examples_per_second": round(len(train) * p.epochs / max(train_seconds, 1e-9), 2),
-        "test_seconds": round(test_seconds, 2), "precision": p.precision, "device": describe(device), "max_length": p.max_length,
+        "test_seconds": round(test_seconds, 2), "precision": p.precision, "device": describe(device),
+        "max_length": p.max_length,
         "trainable_parameters": n_trainable, "resumed_from_step": resumed_from, "history": history,
     }
     meta = {"model": model_name, "source": source, "max_length": p.max_length,

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import encode, progress_batches
+from ..batching import encode_reviews, progress_batches
 from ..device import autocast, model_device
 from ..io import write_parquet
 from ..models import SentimentClassifier, load_classifier, set_threads
@@ -81,7 +81,7 @@ def calibration_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, ba
     set_threads(threads)
     model, tokenizer, meta = load_classifier(model_dir, device)
     texts = train["text"].iloc[:reviews].tolist()
-    encoded = encode(tokenizer, texts, meta["max_length"], meta.get("truncation_side", "right"))
+    encoded = encode_reviews(tokenizer, meta, texts)
     stats = ffn_activation_stats(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),
                                  batch_size, meta.get("precision", "fp32"), desc="calibration")
     write_parquet(stats, out_path)

@@ -13,7 +13,8 @@ import time
 import pandas as pd
 
 from ..device import describe, model_device
-from ..evaluate import encode_reviews, predict_logits
+from ..batching import encode_reviews
+from ..evaluate import predict_logits
 from ..logits import accuracy_of, first_reviews, logits_frame, write_logits
 from ..models import load_classifier, set_threads
 from .materialise import pruned_copy

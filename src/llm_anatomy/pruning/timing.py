@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..device import machine_info, model_device, synchronize
-from ..evaluate import encode_reviews, predict_logits
+from ..batching import encode_reviews
+from ..evaluate import predict_logits
 from ..logits import first_reviews
 from ..models import load_classifier, set_threads
 from .costs import count_parameters, ffn_macs, forward_macs
