@@ -1,6 +1,8 @@
 """Anatomy stage: extraction vs a direct forward pass, scores vs numpy, graph vs a hand-made case, lens."""
 from __future__ import annotations
 
+import copy
+
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -171,3 +173,60 @@ def test_share_lists_and_contributions_hand_made():
     # summed over neurons, the direct contributions are the FFN output's projection on the head
     np.testing.assert_allclose(c["contribution"].sum(), ((a @ v) @ w).mean(), atol=1e-12)
     np.testing.assert_allclose(c["mean_abs_contribution"], np.abs(a * (v @ w)).mean(0), atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decoder_scorings_against_direct_computation(arch, tokenizer, reviews):
+    """The prenorm target equals the backbone's output with its final norm removed; the gain scoring's
+    vectors are what the real norm module does to a direction (its Jacobian at a token orthogonal to it)."""
+    model = make_tiny(arch, tokenizer)
+    adapter = model.adapter
+    norm = adapter.final_norm_module()
+    with torch.no_grad():  # a gain far from 1, with sign flips, as on SmolLM2
+        norm.weight.copy_(torch.randn(norm.weight.shape, generator=torch.Generator().manual_seed(0)) * 1.5)
+    enc, ex = _extract(model, tokenizer, reviews)
+    owner = adapter.backbone
+    attr = "ln_f" if arch == "gpt2" else "norm"
+    setattr(owner, attr, torch.nn.Identity())
+    try:
+        for i, ids in enumerate(enc):
+            x = torch.tensor([ids])
+            with torch.no_grad():
+                last = adapter.backbone(**adapter.forward_kwargs(x, torch.ones_like(x))).last_hidden_state
+            np.testing.assert_allclose(ex.final_prenorm[i], last[0, -1].numpy(), atol=2e-5)
+    finally:
+        setattr(owner, attr, norm)
+    assert not np.allclose(ex.final_prenorm, ex.hidden[:, -1], atol=1e-3)  # the norm does change it
+
+    v = adapter.value_vectors(1).double()[:4]
+    gained = adapter.norm_linear_part(v).numpy()
+    norm64 = copy.deepcopy(norm).double()
+    rng = np.random.default_rng(1)
+    eps = 1e-3  # Llama's RMSNorm computes in float32 whatever the input dtype
+    for j in range(len(v)):
+        vj = v[j].numpy()
+        vc = vj - vj.mean() if arch == "gpt2" else vj
+        x0 = rng.normal(size=vj.shape)
+        x0 = x0 - x0.mean() if arch == "gpt2" else x0
+        x0 -= (x0 @ vc) / (vc @ vc) * vc  # a token orthogonal to the direction
+        with torch.no_grad():  # central difference of the real module along v
+            plus, minus = (norm64(torch.from_numpy(x0 + sign * eps * vj)).numpy() for sign in (1, -1))
+        slope = (plus - minus) / (2 * eps)
+        cos = slope @ gained[j] / np.linalg.norm(slope) / np.linalg.norm(gained[j])
+        assert cos == pytest.approx(1.0, abs=1e-5)
+    # the three scorings differ for a decoder with a non-trivial final norm
+    values = [adapter.value_vectors(l).double().numpy() for l in range(adapter.num_layers)]
+    paper = neuron_cosines(values, ex.hidden[:, -1].astype(np.float64))
+    prenorm = neuron_cosines(values, ex.final_prenorm.astype(np.float64))
+    assert not np.allclose(paper[0], prenorm[0], atol=1e-3)
+    direct = np.array([[vv @ f / np.linalg.norm(vv) / np.linalg.norm(f) for vv in values[0]]
+                       for f in ex.final_prenorm.astype(np.float64)])
+    np.testing.assert_allclose(prenorm[0], direct, atol=1e-6)
+
+
+def test_encoder_scorings_coincide(tokenizer, reviews):
+    model = make_tiny("bert", tokenizer)
+    _, ex = _extract(model, tokenizer, reviews)
+    np.testing.assert_array_equal(ex.final_prenorm, ex.hidden[:, -1])
+    v = model.adapter.value_vectors(0)
+    assert torch.equal(model.adapter.norm_linear_part(v), v)

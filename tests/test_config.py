@@ -100,7 +100,7 @@ def test_evaluation_limits_beyond_the_split_are_errors(params):
     def time_limit(p):
         p["profiles"]["offline"]["pruning"]["decoder"]["time_limit"] = 500
     msg = _bad(params, time_limit)
-    assert "profiles.offline.pruning.decoder.time_limit = 500 exceeds test_limit = 100" in msg
+    assert "profiles.offline.pruning.decoder.time_limit = 500 exceeds test_limit = 400" in msg
 
 
 def test_device_setting(params):

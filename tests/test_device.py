@@ -56,7 +56,7 @@ def test_finetune_with_device_cpu_and_auto_on_a_cpu_machine(tmp_path, splits, to
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     a = run(tmp_path, splits, "cpu", epochs=1, device="cpu")
     b = run(tmp_path, splits, "auto", epochs=1, device="auto")
-    assert a["device"] == b["device"] == "cpu" and a["test_accuracy"] == b["test_accuracy"]
+    assert a["device"] == b["device"] == "cpu" and a["val_accuracy"] == b["val_accuracy"]
     ma, _, _ = load_classifier(tmp_path / "cpu")
     mb, _, _ = load_classifier(tmp_path / "auto", device="auto")
     for (name, x), (_, y) in zip(ma.state_dict().items(), mb.state_dict().items()):

@@ -36,8 +36,9 @@ def test_decoder_rule_by_hand():
     assert [p.tolist() for p in pruned] == [[], [4], [2], [1, 2, 4]]  # negative t prunes nothing; two-sided last
 
 
-def test_reconstruction_matches_paper_log():
-    """PAPER_NOTES: c_l implied by the log, with the rule, give back the logged thresholds."""
+def test_rule_arithmetic_reproduces_the_logged_thresholds_from_their_implied_c():
+    """Arithmetic only: the c_l fed in were derived from the same log with the same formula, so this checks
+    the rule's implementation, not the reconstruction (see test_k_placements_against_the_log)."""
     c = [0.386, 0.383, 0.257, 0.425, 0.423, 0.434, 0.450, 0.473, 0.498, 0.582, 0.750, 0.904]
     logged = [0.0038626, 0.0048271, 0.0045707, 0.0072547, 0.0162324, 0.0093418, 0.0224969, 0.0117278,
               0.0289785, 0.0148232, 0.0375011, 0.0090354]
@@ -70,3 +71,21 @@ def test_focusing_beyond_depth_is_rejected():
     prof = {"pruning": {}, "models": {"m": {"source": "embedded:minilm", "num_layers": 6}}}
     with pytest.raises(ParamsError, match=r"pruning.configs.x.focusing.*num_layers 6"):
         check_pruning(config, prof, "offline")
+
+
+def test_k_placements_against_the_log():
+    """The placements of k each imply a c_l curve from the same log; computed by hand for two layers."""
+    from llm_anatomy.pruning.reconstruction import PAPER_LOG, direction_changes, implied_c, resample
+
+    t = PAPER_LOG["thresholds"]
+    beta = implied_c(t, 0.01, 0.001, PAPER_LOG["focusing"], 3.0, "beta")
+    # layer 4 (focusing): (0.0162324 - 3 * 0.001 * 4) / 0.01 = 0.42324; layer 5: (0.0093418 - 0.005) / 0.01
+    assert beta[4] == pytest.approx(0.42324) and beta[5] == pytest.approx(0.43418)
+    alpha = implied_c(t, 0.01, 0.001, PAPER_LOG["focusing"], 3.0, "alpha")
+    assert alpha[4] == pytest.approx((0.0162324 - 0.004) / 0.03) and alpha[11] == pytest.approx(0.0090354 / 0.03)
+    both = implied_c(t, 0.01, 0.001, PAPER_LOG["focusing"], 3.0, "both")
+    assert both[4] == pytest.approx((0.0162324 / 3 - 0.004) / 0.01)
+    # only k on the beta term gives a curve that does not turn at every focusing layer
+    assert direction_changes(beta) == 3 and min(direction_changes(c) for c in (alpha, both)) >= 8
+    assert direction_changes([0.1, 0.2, 0.2, 0.3, 0.1]) == 1
+    np.testing.assert_allclose(resample([0.0, 0.5, 1.0], 4), [0.0, 0.25, 0.5, 0.5])

@@ -20,7 +20,7 @@ def _scores(seed=0, L=6, F=200):
 @pytest.mark.parametrize("target", [0.1, 0.3, 0.5, 0.8])
 def test_bisection_hits_target(kind, target):
     c, s = _scores()
-    rule = ThresholdRule(kind, alpha=0.0, beta=0.001 if kind == "encoder" else 0.0, focusing=(3, 5))
+    rule = ThresholdRule(kind, alpha=0.0, beta=0.0002 if kind == "encoder" else 0.0, focusing=(3, 5))
     alpha, n, reached = bisect_alpha(rule, c, s, target)
     total = sum(len(x) for x in s)
     got = sum(len(p) for p in apply_rule(rule.with_alpha(alpha), c, s)[1])
@@ -45,3 +45,16 @@ def test_random_baseline_keeps_high_and_is_reproducible():
     # asking for more than the non-high neurons caps at them, still never high
     capped = random_masks(s, [len(x) for x in s], seed=0, high=0.35)
     assert all(len(m) == len(x) - 3 for m, x in zip(capped, s))
+
+
+def test_bisection_stays_in_the_papers_domain_unless_asked():
+    c, s = _scores()
+    # beta alone (alpha = 0) prunes |s| < k_l * beta * l: with these scores about a third of the neurons
+    rule = ThresholdRule("encoder", alpha=0.0, beta=0.01, focusing=(3, 5))
+    at_zero = sum(len(p) for p in apply_rule(rule, c, s)[1])
+    total = sum(len(x) for x in s)
+    assert at_zero > 0.2 * total
+    alpha, n, reached = bisect_alpha(rule, c, s, 0.05)
+    assert (alpha, n, reached) == (0.0, at_zero, False)
+    alpha, n, reached = bisect_alpha(rule, c, s, 0.05, negative_alpha=True)
+    assert alpha < 0 and reached and abs(n - 0.05 * total) <= len(s)

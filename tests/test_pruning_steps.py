@@ -98,12 +98,31 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert m.accuracy_dense == out["accuracy_dense"] == _count_correct(dense["logit"], dense["label"])
     assert m.accuracy == out["accuracy"] == _count_correct(pruned["logit"], pruned["label"])
     base, _ = read_logits(p["baselines"])
-    assert sorted(base["variant"].unique()) == ["random-0", "random-1", "random-2", "uncompensated"]
+    seeds = ["random-0", "random-1", "random-2"]
+    assert sorted(base["variant"].unique()) == sorted(seeds + [f"{v}-uncompensated" for v in seeds]
+                                                      + ["uncompensated"])
     for v, part in base.groupby("variant"):
         acc = _count_correct(part["logit"], part["label"])
         assert acc == out["baselines"][v]
-        assert (m.accuracy_uncompensated if v == "uncompensated" else m.accuracy_random[int(v[-1])]) == acc
+        if v == "uncompensated":
+            assert m.accuracy_uncompensated == acc
+        elif v.endswith("-uncompensated"):
+            assert m.accuracy_random_uncompensated[int(v.split("-")[1])] == acc
+        else:
+            assert m.accuracy_random[int(v[-1])] == acc
     assert m.accuracy_random_mean == pytest.approx(np.mean(m.accuracy_random))
+    assert m.gap_dense == pytest.approx(m.accuracy - m.accuracy_dense)
+    assert m.gap_selection == pytest.approx(m.accuracy_uncompensated - np.mean(m.accuracy_random_uncompensated))
+    for key in ("accuracy", "accuracy_dense", "gap_dense", "gap_random", "gap_compensation", "gap_selection"):
+        value = getattr(m, "accuracy_random_mean" if key == "accuracy_random" else key)
+        assert getattr(m, f"{key}_lo") <= value <= getattr(m, f"{key}_hi"), key
+    # a compensated plan's random baselines are compensated with the same calibration means
+    from llm_anatomy.pruning.flap import read_stats
+    means = read_stats(p["stats"])[0]
+    for rp in read_random_plans(p["random"]):
+        assert rp.compensated and rp.info["bias_compensation"]
+        for layer, (idx, mu) in enumerate(zip(rp.pruned, rp.pruned_means)):
+            np.testing.assert_array_equal(mu, means[layer][idx])
     assert m.random_seeds == [0, 1, 2] and m.test_reviews == 20 and m.bias_compensation
     # timing: alternating repeats of all three variants on the first time_limit reviews; zeroed == removed
     t = out["timing"]

@@ -32,10 +32,11 @@ def test_offline_targets():
     enc = t.names("minilm")
     assert enc[:5] == ["enc-a0.01-b0.001", "enc-a0.025-b0.001", "enc-a0.05-b0.001", "enc-a0.05-b0.005",
                        "enc-a0.05-b0.01"]
-    assert enc[5:] == [f"sweep-{p}" for p in (10, 30, 50, 60, 70, 80)] + [f"flap-{p}" for p in (10, 30, 50, 60, 70, 80)]
+    assert enc[5:] == [f"sweep-{p}" for p in (20, 30, 50, 60, 70, 80)] + [f"flap-{p}" for p in (20, 30, 50, 60, 70, 80)]
     dec = t.names("smollm2")
-    assert len(dec) == 7 + 3 + 3 and dec[0] == "dec-a0.05-f1" and dec[-1] == "flap-75"
-    assert len(t.pairs()) == 17 + 13
+    assert len(dec) == 7 + 3 + 2 + 3 and dec[0] == "dec-a0.05-f1" and dec[-1] == "flap-75"
+    assert dec[10:12] == ["sweep-prenorm-50", "sweep-gain-50"]  # decoder scorings, decoders only
+    assert len(t.pairs()) == 17 + 15
     assert t.models_for("enc-a0.05-b0.01") == ["minilm"] and t.models_for("dec-a0.15-f4") == ["smollm2"]
     assert len(t.named_with_models()) == 12
 
@@ -46,6 +47,10 @@ def test_configurations_and_defaults():
                                                                 focusing="even-from-third+last", focus_multiplier=3)
     sweep = t.rule_config("smollm2", "sweep-25")  # the decoder sweep keeps dec-a0.05-f1's focusing
     assert sweep["rule"] == "decoder" and sweep["target"] == 0.25 and sweep["focusing"] == "last-1/12"
+    assert sweep["negative_alpha"] is False and sweep["scoring"] == "paper"
+    assert t.rule_config("smollm2", "sweep-gain-50")["scoring"] == "gain"
+    with pytest.raises(ValueError, match="decoder scorings apply to decoders only"):
+        t.rule_config("minilm", "sweep-gain-50")
     flap = t.rule_config("minilm", "flap-60")
     assert flap == dict(rule="flap", target=0.6, allocation="uniform", bias_compensation=True, focus_multiplier=3)
     assert t.needs_ffn_stats("flap-60") and not t.needs_ffn_stats("sweep-60")
@@ -57,7 +62,8 @@ def test_sizing_named_and_curve_points():
     named, point = t.sizing("minilm", "enc-a0.01-b0.001"), t.sizing("minilm", "sweep-50")
     assert (named.test_limit, named.time_limit, point.time_limit) == (1000, 500, 250)
     assert named.calibration_reviews == 128 and t.sizing("smollm2").calibration_reviews == 64
-    assert (named.batch_size, named.repeats, named.random_seeds, named.equality_check_reviews) == (32, 3, 3, 8)
+    assert (named.batch_size, named.repeats, named.random_seeds, named.equality_check_reviews) == (32, 3, 5, 8)
+    assert t.random_seeds("smollm2") == [0, 1, 2] and t.sizing("smollm2").test_limit == 400
     # a sizing without time limits times every evaluated review
     tiny = targets_for("tiny")
     assert tiny.sizing("tiny-bert", "enc-a0.01-b0.001").time_limit == 32
@@ -101,6 +107,9 @@ def test_files_of_a_target():
     assert m["eval"] == "results/offline/smollm2/prune/flap-50/eval_test.parquet"
     assert t.config_metrics_inputs("dec-a0.15-f4") == ["results/offline/smollm2/prune/dec-a0.15-f4/metrics.json"]
     outs = t.final_outputs()
-    assert len([o for o in outs if "/metrics/prune/" in o]) == 12 and len(t.all_pruned_dirs()) == 30
-    assert "results/offline/summary.csv" in outs
+    assert len([o for o in outs if "/metrics/prune/" in o]) == 12 and len(t.all_pruned_dirs()) == 32
+    assert "results/offline/summary.csv" in outs and "results/offline/comparisons.csv" in outs
+    assert t.choice_files() == ["results/offline/minilm/choices/flap_allocation.csv",
+                                "results/offline/smollm2/choices/flap_allocation.csv"]
+    assert set(t.choice_files()) <= set(outs) and t.flap_fractions("smollm2") == [0.25, 0.5, 0.75]
     assert targets_for("tiny").results == "results/tiny"

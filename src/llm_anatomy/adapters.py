@@ -87,7 +87,18 @@ class ModelAdapter:
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The normalisation the backbone applies after its last layer (identity for BERT)."""
-        return hidden
+        norm = self.final_norm_module()
+        return hidden if norm is None else norm(hidden)
+
+    def final_norm_module(self) -> nn.Module | None:
+        """The module applied after the last layer (GPT-2's ln_f, Llama's norm); None for BERT."""
+        return None
+
+    def norm_linear_part(self, vectors: torch.Tensor) -> torch.Tensor:
+        """A direction written into the residual stream, as the final norm maps it up to the per-token
+        scale: the gain times the vector (RMSNorm), the gain times the centred vector (LayerNorm; its
+        bias adds the same offset to every token and is left out). Identity for BERT."""
+        return vectors
 
     def ensure_ffn_biases(self) -> None:
         """Give every FFN projection a bias (BERT's and GPT-2's always have one)."""
@@ -148,8 +159,12 @@ class GPT2Adapter(ModelAdapter):
         mlp = self.backbone.h[layer].mlp
         return FFNBlock(inputs=(mlp.c_fc,), output=mlp.c_proj)
 
-    def final_norm(self, hidden):
-        return self.backbone.ln_f(hidden)
+    def final_norm_module(self):
+        return self.backbone.ln_f
+
+    def norm_linear_part(self, vectors):
+        centred = vectors - vectors.mean(dim=-1, keepdim=True)
+        return centred * self.backbone.ln_f.weight.detach().to(vectors.dtype)
 
 
 class LlamaAdapter(ModelAdapter):
@@ -163,8 +178,11 @@ class LlamaAdapter(ModelAdapter):
         mlp = self.backbone.layers[layer].mlp
         return FFNBlock(inputs=(mlp.gate_proj, mlp.up_proj), output=mlp.down_proj)
 
-    def final_norm(self, hidden):
-        return self.backbone.norm(hidden)
+    def final_norm_module(self):
+        return self.backbone.norm
+
+    def norm_linear_part(self, vectors):
+        return vectors * self.backbone.norm.weight.detach().to(vectors.dtype)
 
     @torch.no_grad()
     def ensure_ffn_biases(self):

@@ -8,6 +8,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pandas as pd
+import torch
 
 from .extract import extract_inputs, read_vectors, write_extraction
 from .graph import layer_counts, neuron_graph
@@ -54,16 +55,24 @@ def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, thresh
     is_probe = (keys["input_set"] == "probe").to_numpy()
     probe_ids = keys.loc[is_probe, "input_id"].to_numpy()
 
-    # Figure 1: layer scores for every input (the probes' mean feeds the threshold rules)
+    # Figure 1: layer scores for every input (the probes' mean feeds the threshold rules), in the
+    # three decoder scorings (scores.SCORINGS; identical for encoders)
+    prenorm = np.stack(inputs["final_prenorm"].to_numpy()).astype(np.float32)
+    hidden_prenorm = hidden.copy()
+    hidden_prenorm[:, -1] = prenorm
     cos = layer_cosines(hidden)
     cos_normed = layer_cosines(normed_states(model, hidden))
-    write_parquet(layer_score_table(keys, cos, cos_normed), out["layer_scores"])
+    cos_prenorm = layer_cosines(hidden_prenorm)
+    write_parquet(layer_score_table(keys, cos, cos_normed, cos_prenorm), out["layer_scores"])
 
-    # Figures 2/3: neuron scores of the probes
+    # Figures 2/3: neuron scores of the probes (the paper's form; the other scorings alongside)
     values = [adapter.value_vectors(l).double().numpy() for l in range(adapter.num_layers)]
     final = hidden[is_probe, -1].astype(np.float64)
     s = neuron_cosines(values, final)
-    write_parquet(neuron_score_table(probe_ids, s), out["neuron_scores"])
+    s_prenorm = neuron_cosines(values, prenorm[is_probe].astype(np.float64))
+    gained = [adapter.norm_linear_part(torch.from_numpy(v)).numpy() for v in values]
+    s_gain = neuron_cosines(gained, final)
+    write_parquet(neuron_score_table(probe_ids, s, score_prenorm=s_prenorm, score_gain=s_gain), out["neuron_scores"])
     share = neuron_share(probe_ids, s, threshold)
     write_csv(share, out["neuron_share"])
     write_csv(high_neuron_lists(probe_ids, s, threshold), out["high_neurons"])

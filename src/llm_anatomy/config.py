@@ -112,13 +112,15 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
 
     configs = pruning["configs"]
     for kind, ref in pruning.get("sweep", {}).items():
+        if kind not in ("encoder", "decoder"):
+            continue
         if ref not in configs:
             raise ParamsError(f"pruning.sweep.{kind}: {ref!r} is not a configuration under pruning.configs; "
                               f"choose one of {sorted(configs)}")
         if configs[ref]["rule"] != kind:
             raise ParamsError(f"pruning.sweep.{kind}: {ref!r} uses rule {configs[ref]['rule']!r}, not {kind!r}")
     if "pruning" not in prof:
-        raise ParamsError(f"profiles.{name}.pruning is missing; add batch_size, repeats, random_seeds and "
+        raise ParamsError(f"profiles.{name}.pruning is missing; add batch_size, repeats and "
                           "encoder/decoder sizing (see the offline profile)")
     for kind in ("encoder", "decoder"):
         sizing = prof["pruning"].get(kind)

@@ -14,6 +14,10 @@ ffn_activations.parquet, one row per (input, block), blocks 0..L-1:
   activation fixed_size_list<float32>[F] the input of the FFN's output projection at the target
                                          token: one value per neuron (GELU output for BERT/GPT-2,
                                          silu(gate) * up for Llama). FFN output = activation @ V + b.
+anatomy_inputs.parquet, one row per input: input_set, input_id, text, label, n_tokens, logit, and
+  final_prenorm list<float32>[H]          the target token entering the final norm (decoders: the last
+                                         block's output before ln_f / norm; encoders: = layer L),
+                                         for the decoder scoring variants (docs/ANATOMY.md)
 """
 from __future__ import annotations
 
@@ -32,10 +36,13 @@ from .models import SentimentClassifier
 
 
 class Extraction:
-    """Arrays in input order: hidden [N, L+1, H], ffn [L] x [N, F_l], logits [N], positions [N]."""
+    """Arrays in input order: hidden [N, L+1, H], ffn [L] x [N, F_l], logits [N], token counts [N],
+    final_prenorm [N, H] (the target entering the final norm; = hidden[:, L] without one)."""
 
-    def __init__(self, hidden: np.ndarray, ffn: list[np.ndarray], logits: np.ndarray, n_tokens: np.ndarray):
+    def __init__(self, hidden: np.ndarray, ffn: list[np.ndarray], logits: np.ndarray, n_tokens: np.ndarray,
+                 final_prenorm: np.ndarray):
         self.hidden, self.ffn, self.logits, self.n_tokens = hidden, ffn, logits, n_tokens
+        self.final_prenorm = final_prenorm
 
 
 @torch.inference_mode()
@@ -57,19 +64,30 @@ def extract_targets(model: SentimentClassifier, encoded: Sequence[Sequence[int]]
             state[layer] = x[state["rows"], state["pos"]].float().cpu().numpy()
         return hook
 
+    def grab_prenorm(_module, args):
+        state["prenorm"] = args[0][state["rows"], state["pos"]].float().cpu().numpy()
+
     device = model_device(model)
+    norm = adapter.final_norm_module()
+    prenorm = np.empty((n, adapter.hidden_size), dtype=np.float32)
     bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10, device=device)
-    with adapter.activation_hooks(grab), autocast(precision, device):
-        for idx, ids, mask in bar:
-            state["rows"] = torch.arange(len(idx), device=device)
-            state["pos"] = adapter.target_positions(mask)
-            states = adapter.hidden_states(ids, mask)
-            targets = torch.stack([h[state["rows"], state["pos"]] for h in states], dim=1)  # [b, L+1, H]
-            hidden[idx] = targets.float().cpu().numpy()
-            logits[idx] = model.head_logits(targets[:, -1]).float().cpu().numpy()
-            for layer in range(n_layers):
-                ffn[layer][idx] = state.pop(layer)
-    return Extraction(hidden, ffn, logits, np.array([len(s) for s in encoded], dtype=np.int64))
+    norm_hook = norm.register_forward_pre_hook(grab_prenorm) if norm is not None else None
+    try:
+        with adapter.activation_hooks(grab), autocast(precision, device):
+            for idx, ids, mask in bar:
+                state["rows"] = torch.arange(len(idx), device=device)
+                state["pos"] = adapter.target_positions(mask)
+                states = adapter.hidden_states(ids, mask)
+                targets = torch.stack([h[state["rows"], state["pos"]] for h in states], dim=1)  # [b, L+1, H]
+                hidden[idx] = targets.float().cpu().numpy()
+                prenorm[idx] = state.pop("prenorm") if norm is not None else hidden[idx, -1]
+                logits[idx] = model.head_logits(targets[:, -1]).float().cpu().numpy()
+                for layer in range(n_layers):
+                    ffn[layer][idx] = state.pop(layer)
+    finally:
+        if norm_hook is not None:
+            norm_hook.remove()
+    return Extraction(hidden, ffn, logits, np.array([len(s) for s in encoded], dtype=np.int64), prenorm)
 
 
 def extract_inputs(model: SentimentClassifier, tokenizer, meta: dict, texts: Sequence[str], batch_size: int,
@@ -103,7 +121,8 @@ def write_extraction(ex: Extraction, inputs: pd.DataFrame, hidden_path, ffn_path
     keys = inputs[["input_set", "input_id"]].reset_index(drop=True)
     write_parquet(_vector_table(keys, [ex.hidden[:, i] for i in range(ex.hidden.shape[1])], "vector"), hidden_path)
     write_parquet(_vector_table(keys, ex.ffn, "activation"), ffn_path)
-    write_parquet(inputs.assign(n_tokens=ex.n_tokens, logit=ex.logits), inputs_path)
+    write_parquet(inputs.assign(n_tokens=ex.n_tokens, logit=ex.logits, final_prenorm=list(ex.final_prenorm)),
+                  inputs_path)
 
 
 def read_vectors(path, column: str, input_set: str | None = None) -> tuple[pd.DataFrame, np.ndarray | list]:

@@ -25,6 +25,7 @@ from .batching import encode, grouped_batches, iter_padded
 from .device import autocast, describe, grad_scaler, resolve_device
 from .evaluate import predict_logits
 from .logits import accuracy
+from .stats import accuracy_interval, correct
 from .io import atomic_dir, write_json
 from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
 
@@ -102,11 +103,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
 
-def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
+def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.DataFrame,
              out_dir: str | Path, metrics_path: str | Path, checkpoint_path: str | Path,
              p: FinetuneParams, model_name: str = "model", expect_layers: int | None = None,
              device: str = "auto") -> dict:
-    """Train, evaluate on val and test, save the classifier folder and the metrics JSON.
+    """Train, evaluate on the validation split, save the classifier folder and the metrics JSON.
+
+    The test split is not an input: it is read only by the final evaluation (rule evaluate_dense),
+    so no choice made while fine-tuning can have looked at it.
 
     `device` (auto, cpu, cuda, cuda:<i>) is not part of the checkpoint fingerprint: a run
     interrupted on one device resumes on another.
@@ -125,7 +129,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
     model.to(device)
 
     enc = {name: encode(tokenizer, df["text"], p.max_length, p.truncation_side)
-           for name, df in (("train", train), ("val", val), ("test", test))}
+           for name, df in (("train", train), ("val", val))}
     labels = torch.tensor(train["label"].to_numpy(), dtype=torch.float32, device=device)
     lengths = [len(s) for s in enc["train"]]
     steps_per_epoch = -(-len(lengths) // p.batch_size)
@@ -137,7 +141,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
     loss_fn = nn.BCEWithLogitsLoss()
     fp = fingerprint(source, p, len(lengths))
 
-    step, history, train_seconds, resumed_from = 0, [], 0.0, None
+    step, history, train_seconds, resumed_from, final_val = 0, [], 0.0, None, None
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         if state["fingerprint"] == fp:
@@ -196,6 +200,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
                                                 p.precision, p.padding_side)
                     history.append({"epoch": epoch + 1, "step": step,
                                     "val_accuracy": accuracy(val_logits, val["label"])})
+                    final_val = val_logits if step == total_steps else None
                     log.info("epoch %d: validation accuracy %.4f", epoch + 1, history[-1]["val_accuracy"])
                     model.train()
                 checkpoint()
@@ -203,19 +208,18 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
 
     model.eval()
     t0 = time.perf_counter()
-    test_logits = predict_logits(model, enc["test"], tokenizer.pad_token_id, p.eval_batch_size, p.precision,
-                                 p.padding_side, desc=f"test {model_name}")
-    test_seconds = time.perf_counter() - t0
-    val_acc = history[-1]["val_accuracy"] if history else accuracy(
-        predict_logits(model, enc["val"], tokenizer.pad_token_id, p.eval_batch_size, p.precision, p.padding_side),
-        val["label"])
+    if final_val is None:  # resumed from the last step's checkpoint: the loop did not validate
+        final_val = predict_logits(model, enc["val"], tokenizer.pad_token_id, p.eval_batch_size, p.precision,
+                                   p.padding_side, desc=f"validate {model_name}")
+    val_seconds = time.perf_counter() - t0
+    val_correct = correct(final_val, val["label"])
     metrics = {
         "model": model_name, "source": source, "arch": model.adapter.arch,
-        "val_accuracy": val_acc, "test_accuracy": accuracy(test_logits, test["label"]),
-        "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        **accuracy_interval(val_correct).to_dict("val_accuracy"),
+        "n_train": len(train), "n_val": len(val),
         "epochs": p.epochs, "steps": total_steps, "train_seconds": round(train_seconds, 1),
         "train_examples_per_second": round(len(train) * p.epochs / max(train_seconds, 1e-9), 2),
-        "test_seconds": round(test_seconds, 2), "precision": p.precision, "device": describe(device),
+        "val_seconds": round(val_seconds, 2), "precision": p.precision, "device": describe(device),
         "max_length": p.max_length,
         "trainable_parameters": n_trainable, "resumed_from_step": resumed_from, "history": history,
     }

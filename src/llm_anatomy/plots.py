@@ -1,4 +1,5 @@
-"""Figures 1/1a (layer cosine curves), the lens beside the cosine curve, Figures 2/3 (neuron graphs)."""
+"""Figures 1/1a (layer cosine curves), the lens beside the cosine curve, Figures 2/3 (neuron graphs),
+and the ablation check of the anatomy's scores."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,8 +73,9 @@ def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd
     _save(fig, path)
 
 
-def graph_figure(g: nx.DiGraph, path, title: str) -> None:
-    """Layer 0 at the top, the last layer at the bottom; high nodes blue, offset nodes red."""
+def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None) -> None:
+    """Layer 0 at the top, the last layer at the bottom; high nodes blue, offset nodes red; nodes whose
+    ablation moves the margin more than 90% of random neurons (`confirmed`) ringed in black."""
     n_layers = int(g.graph["layers"])
     pos = {}
     for layer in range(n_layers):
@@ -94,6 +96,13 @@ def graph_figure(g: nx.DiGraph, path, title: str) -> None:
             ax.scatter(xy[:, 0], xy[:, 1], s=14, color=color, zorder=3,
                        label=f"{kind} ({'score >' if kind == 'high' else 'score <'} "
                              f"{'' if kind == 'high' else '-'}{g.graph['threshold']})")
+    ringed = [n for n in (confirmed or set()) if n in pos]
+    if ringed:
+        xy = np.array([pos[n] for n in ringed])
+        ax.scatter(xy[:, 0], xy[:, 1], s=60, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,
+                   label="confirmed by ablation")
+    elif confirmed is not None and g.number_of_nodes():
+        ax.plot([], [], " ", label="no node confirmed by ablation")
     for layer in range(n_layers):
         n_hi = sum(1 for _, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == "high")
         n_off = sum(1 for _, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == "offset")
@@ -102,4 +111,48 @@ def graph_figure(g: nx.DiGraph, path, title: str) -> None:
     ax.set_yticks(-np.arange(n_layers), [str(l) for l in range(n_layers)], fontsize=7)
     ax.set_xticks([])
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
+    _save(fig, path)
+
+
+def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFrame],
+                    agreement: dict[str, pd.DataFrame], path) -> None:
+    """Per model: attribution patching against the exact mean-ablation effect (the sampled neurons,
+    graph nodes marked), Spearman of each score with |exact effect| (95% intervals), and the margin
+    change when each score's top set is ablated against random sets of the same size."""
+    models = list(tables)
+    fig, axes = plt.subplots(len(models), 3, figsize=(16, 4.2 * len(models)), squeeze=False)
+    for row, model in zip(axes, models):
+        t, top, ag = tables[model], tops[model], agreement[model]
+        s = t[t["in_sample"]]
+        ax = row[0]
+        sc = ax.scatter(s["exact_effect"], s["attribution_signed"], c=s["layer"], cmap="viridis", s=10)
+        nodes = t[t["graph_node"]]
+        if len(nodes):
+            ax.scatter(nodes["exact_effect"], nodes["attribution_signed"], marker="*", s=80, color="red",
+                       label="graph nodes")
+            ax.legend(fontsize=7)
+        lim = np.nanmax(np.abs(np.r_[s["exact_effect"], s["attribution_signed"]])) * 1.05
+        ax.plot([-lim, lim], [-lim, lim], ":", color="grey", lw=0.8)
+        fig.colorbar(sc, ax=ax, label="layer")
+        ax.set(title=f"{model}: attribution patching vs exact ({len(s)} neurons)",
+               xlabel="exact margin change (mean-ablation)", ylabel="attribution estimate")
+        ax = row[1]
+        scores = ag[ag["score"].isin(["cosine", "contribution", "fluctuation", "activation", "attribution"])]
+        y = np.arange(len(scores))
+        ax.errorbar(scores["spearman"], y, xerr=[scores["spearman"] - scores["spearman_lo"],
+                                                 scores["spearman_hi"] - scores["spearman"]], fmt="o", capsize=3)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(y, scores["score"])
+        ax.set(title="Spearman of score with |exact effect|", xlabel="rho (95% bootstrap interval)")
+        ax = row[2]
+        y = np.arange(len(top))
+        ax.errorbar(top["random_mean"], y, xerr=[top["random_mean"] - top["random_min"],
+                                                 top["random_max"] - top["random_mean"]], fmt="|", color="grey",
+                    capsize=3, label=f"random sets (mean, min-max of {int(top['random_draws'].iloc[0])})")
+        ax.scatter(top["effect"], y, color="C3", zorder=3, label="top set of the score")
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(y, top["score"])
+        ax.set(title=f"ablating the top {int(top['neurons'].iloc[0])} neurons by each score",
+               xlabel="margin change (negative: the model gets worse)")
+        ax.legend(fontsize=7)
     _save(fig, path)

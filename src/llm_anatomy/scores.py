@@ -4,9 +4,19 @@ layer_scores.parquet, one row per (input, layer 0..L):
   input_set string, input_id int64, layer int16,
   cosine    float32  c_l(x) = cos(target at layer l, target at layer L) (hidden_states.parquet vectors)
   cosine_normed float32  the same after the final norm is applied to layer l too (= cosine for encoders)
+  cosine_prenorm float32 against the final target before the final norm (layer L: that target itself)
 neuron_scores.parquet, one row per (probe input, block, neuron):
   input_id int64, layer int16, neuron int32,
   score    float32  s_lj(x) = cos(value vector v_lj, target at layer L for probe x)
+  score_prenorm float32  cos(v_lj, the final target before the final norm)
+  score_gain    float32  cos(the final norm's linear part applied to v_lj, the normed final target)
+
+Decoder scorings (`SCORINGS`, docs/ANATOMY.md): where the value vectors and the final target meet.
+A decoder's value vectors write into the residual stream before its final norm; the paper's final
+target is read after it. For encoders (no final norm) the three coincide.
+  paper    c = cosine,         s = score          the paper's literal form (the default)
+  prenorm  c = cosine_prenorm, s = score_prenorm  both sides before the final norm
+  gain     c = cosine_normed,  s = score_gain     both sides after the norm's linear part
 """
 from __future__ import annotations
 
@@ -24,13 +34,25 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide((a * b).sum(-1), denom, out=np.zeros(np.broadcast_shapes(denom.shape)), where=denom > 0)
 
 
+SCORINGS = {"paper": ("cosine", "score"), "prenorm": ("cosine_prenorm", "score_prenorm"),
+            "gain": ("cosine_normed", "score_gain")}
+
+
+def scoring_columns(scoring: str) -> tuple[str, str]:
+    """(layer_scores column, neuron_scores column) of a decoder scoring."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring {scoring!r} is not one of {sorted(SCORINGS)}")
+    return SCORINGS[scoring]
+
+
 # ---- layer scores ------------------------------------------------------------------------
 def layer_cosines(hidden: np.ndarray) -> np.ndarray:
     """c [N, L+1] from target states [N, L+1, H]: each layer against the last."""
     return cosine(hidden, hidden[:, -1:, :])
 
 
-def layer_score_table(keys: pd.DataFrame, cos: np.ndarray, cos_normed: np.ndarray | None = None) -> pd.DataFrame:
+def layer_score_table(keys: pd.DataFrame, cos: np.ndarray, cos_normed: np.ndarray | None = None,
+                      cos_prenorm: np.ndarray | None = None) -> pd.DataFrame:
     n, n_layers = cos.shape
     df = pd.DataFrame({
         "input_set": np.repeat(keys["input_set"].to_numpy().astype(str), n_layers),
@@ -40,16 +62,18 @@ def layer_score_table(keys: pd.DataFrame, cos: np.ndarray, cos_normed: np.ndarra
     })
     if cos_normed is not None:
         df["cosine_normed"] = cos_normed.reshape(-1).astype(np.float32)
+    if cos_prenorm is not None:
+        df["cosine_prenorm"] = cos_prenorm.reshape(-1).astype(np.float32)
     return df
 
 
-def mean_layer_scores(path, input_set: str = "probe") -> np.ndarray:
+def mean_layer_scores(path, input_set: str = "probe", column: str = "cosine") -> np.ndarray:
     """c_l averaged over the inputs of `input_set` (default: the probes): array [L+1], index = layer."""
-    df = pd.read_parquet(path, columns=["input_set", "layer", "cosine"])
+    df = pd.read_parquet(path, columns=["input_set", "layer", column])
     df = df[df["input_set"] == input_set]
     if df.empty:
         raise ValueError(f"{path}: no layer scores for input_set {input_set!r}")
-    mean = df.groupby("layer")["cosine"].mean().sort_index()
+    mean = df.groupby("layer")[column].mean().sort_index()
     if not np.array_equal(mean.index.to_numpy(), np.arange(len(mean))):
         raise ValueError(f"{path}: layers {mean.index.tolist()} are not 0..L")
     return mean.to_numpy(np.float64)
@@ -68,14 +92,16 @@ def neuron_cosines(values: list[np.ndarray], final: np.ndarray) -> list[np.ndarr
     return out
 
 
-def neuron_score_table(input_ids: np.ndarray, scores: list[np.ndarray]) -> pd.DataFrame:
+def neuron_score_table(input_ids: np.ndarray, scores: list[np.ndarray], **variants: list[np.ndarray]) -> pd.DataFrame:
+    """Rows (probe, layer, neuron) with `score` and one column per named variant (same shapes)."""
     parts = []
     for layer, s in enumerate(scores):
         n, width = s.shape
         parts.append(pd.DataFrame({"input_id": np.repeat(np.asarray(input_ids, np.int64), width),
                                    "layer": np.int16(layer),
                                    "neuron": np.tile(np.arange(width, dtype=np.int32), n),
-                                   "score": s.reshape(-1)}))
+                                   "score": s.reshape(-1),
+                                   **{name: v[layer].reshape(-1) for name, v in variants.items()}}))
     return pd.concat(parts, ignore_index=True).astype({"layer": "int16"})
 
 
@@ -95,12 +121,12 @@ def per_layer(values: pd.Series, path) -> list[np.ndarray]:
     return out
 
 
-def mean_neuron_scores(path) -> list[np.ndarray]:
+def mean_neuron_scores(path, column: str = "score") -> list[np.ndarray]:
     """s_lj averaged over the probe inputs: one array [F_l] per block, index = neuron."""
-    df = pd.read_parquet(path, columns=["layer", "neuron", "score"])
+    df = pd.read_parquet(path, columns=["layer", "neuron", column])
     if df.empty:
         raise ValueError(f"{path}: no neuron scores")
-    return per_layer(df.groupby(["layer", "neuron"])["score"].mean(), path)
+    return per_layer(df.groupby(["layer", "neuron"])[column].mean(), path)
 
 
 def neuron_share(input_ids, scores: list[np.ndarray], threshold: float) -> pd.DataFrame:

@@ -18,8 +18,17 @@ ANATOMY_SCORES = {
 }
 
 
+ABLATION = {
+    "table": f"{RES}/{{model}}/anatomy/ablation.parquet",
+    "agreement": f"{RES}/{{model}}/anatomy/ablation_scores.csv",
+    "top": f"{RES}/{{model}}/anatomy/ablation_top.csv",
+    "summary": f"{RES}/{{model}}/anatomy/ablation_summary.json",
+}
+
 ANATOMY_TARGETS = (
     expand(list(ANATOMY_SCORES.values()), model=MODELS)
+    + expand(list(ABLATION.values()), model=MODELS)
+    + [f"{RES}/anatomy/ablation.png"]
     + [f"{RES}/anatomy/figure1_layer_cosine.png", f"{RES}/anatomy/lens_vs_cosine.png", f"{RES}/metrics/anatomy.json"]
     + expand(f"{RES}/anatomy/neuron_graph_{{model}}.png", model=MODELS)
 )
@@ -78,12 +87,49 @@ rule score:
         "../scripts/score.py"
 
 
+def ablation_params(wildcards):
+    p = dict(ANATOMY["ablation"])
+    p["neurons"] = p["neurons"][TARGETS.kinds[wildcards.model]]
+    return p
+
+
+rule ablate:
+    """Exact mean-ablation effects of a stratified neuron sample (and every graph node), attribution
+    patching for all neurons, and how well each score predicts the exact effect (docs/ANATOMY.md)."""
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        val=f"{DATA}/val.parquet",
+        neuron_scores=f"{RES}/{{model}}/neuron_scores.parquet",
+        contributions=f"{RES}/{{model}}/anatomy/contributions.parquet",
+        ffn_stats=f"{RES}/{{model}}/ffn_stats.parquet",
+        graph=f"{RES}/{{model}}/anatomy/neuron_graph.graphml",
+    output:
+        **ABLATION,
+    params:
+        p=ablation_params,
+        threads=THREADS,
+        device=DEVICE,
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    log:
+        f"{LOGS}/{{model}}/ablate.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/ablate.tsv"
+    script:
+        "../scripts/ablate.py"
+
+
 rule anatomy_figures:
     input:
         layer_scores=expand(f"{RES}/{{model}}/layer_scores.parquet", model=MODELS),
         lens=expand(f"{RES}/{{model}}/anatomy/lens.csv", model=MODELS),
         graphs=expand(f"{RES}/{{model}}/anatomy/neuron_graph.graphml", model=MODELS),
         summaries=expand(f"{RES}/{{model}}/anatomy/summary.json", model=MODELS),
+        ablation=expand(f"{RES}/{{model}}/anatomy/ablation.parquet", model=MODELS),
+        ablation_scores=expand(f"{RES}/{{model}}/anatomy/ablation_scores.csv", model=MODELS),
+        ablation_top=expand(f"{RES}/{{model}}/anatomy/ablation_top.csv", model=MODELS),
         probes=ANATOMY_PROBES,
     output:
         figure1=report(f"{RES}/anatomy/figure1_layer_cosine.png", category="Anatomy",
@@ -92,6 +138,7 @@ rule anatomy_figures:
                     caption="../report/anatomy_lens.rst"),
         graphs=report(expand(f"{RES}/anatomy/neuron_graph_{{model}}.png", model=MODELS), category="Anatomy",
                       caption="../report/anatomy_graph.rst"),
+        ablation=report(f"{RES}/anatomy/ablation.png", category="Anatomy", caption="../report/anatomy_ablation.rst"),
         metrics=f"{RES}/metrics/anatomy.json",
     params:
         models=MODELS,

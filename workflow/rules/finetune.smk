@@ -2,7 +2,6 @@ rule finetune:
     input:
         train=f"{DATA}/train.parquet",
         val=f"{DATA}/val.parquet",
-        test=f"{DATA}/test.parquet",
     output:
         model=directory(f"{RES}/{{model}}/finetuned"),
         metrics=f"{RES}/{{model}}/finetune_metrics.json",

@@ -29,6 +29,10 @@ def eval_limit(wildcards):
     return TARGETS.sizing(wildcards.model).test_limit if wildcards.split == "test" else None
 
 
+def random_seeds(wildcards):
+    return TARGETS.random_seeds(wildcards.model)
+
+
 def rule_config(wildcards):
     return TARGETS.rule_config(wildcards.model, wildcards.target)
 
@@ -81,7 +85,7 @@ rule prune_plan:
         cfg=rule_config,
         high_threshold=config["pruning"]["high_threshold"],
         average_over=config["pruning"]["average_over"],
-        seeds=TARGETS.random_seeds(),
+        seeds=random_seeds,
     resources:
         mem_mb=2000,
         runtime=10,
@@ -196,6 +200,35 @@ rule time_pruned:
         "../scripts/time_pruned.py"
 
 
+rule flap_allocation_choice:
+    """FLAP's uniform and global allocations on the validation split, paired: the evidence behind
+    pruning.flap.allocation (the test split is not read)."""
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        val=f"{DATA}/val.parquet",
+        ffn_stats=f"{RES}/{{model}}/ffn_stats.parquet",
+        neuron_scores=f"{RES}/{{model}}/neuron_scores.parquet",
+    output:
+        f"{RES}/{{model}}/choices/flap_allocation.csv",
+    params:
+        fractions=lambda wildcards: TARGETS.flap_fractions(wildcards.model),
+        flap=config["pruning"]["flap"],
+        high_threshold=config["pruning"]["high_threshold"],
+        batch_size=PROFILE["pruning"]["batch_size"],
+        threads=THREADS,
+        device=DEVICE,
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        f"{LOGS}/{{model}}/flap_allocation_choice.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/flap_allocation_choice.tsv"
+    script:
+        "../scripts/flap_allocation_choice.py"
+
+
 rule prune_metrics:
     input:
         unpack(metrics_inputs),
@@ -220,13 +253,17 @@ rule prune_collect:
 
 rule prune_report:
     input:
-        TARGETS.all_metrics(),
+        metrics=TARGETS.all_metrics(),
+        outcomes=TARGETS.all_outcomes(),
     output:
         summary=f"{RES}/summary.csv",
         summary_md=f"{RES}/summary.md",
+        comparisons=f"{RES}/comparisons.csv",
         accuracy=report(f"{RES}/figures/prune_accuracy.png", category="Pruning",
                         caption="../report/prune_accuracy.rst"),
         time=report(f"{RES}/figures/prune_time.png", category="Pruning", caption="../report/prune_time.rst"),
+    params:
+        results=RES,
     log:
         f"{LOGS}/prune_report.log",
     script:

@@ -1,9 +1,11 @@
 """The baselines of one target, evaluated in memory on the dense checkpoint (never saved as folders).
 
 baselines_<split>.parquet (the eval schema of `llm_anatomy.evaluate`, with a `variant` column):
-  random-<seed>   the plan's random baseline for that seed (its per-layer counts, high neurons kept)
-  uncompensated   the plan itself without its bias compensation (compensated plans only), which
-                  separates what choosing the neurons is worth from what compensation adds
+  random-<seed>   the plan's random baseline for that seed (its per-layer counts, high neurons kept),
+                  treated as the plan is: bias-compensated when the plan is
+compensated plans only, so that choosing the neurons and compensating are separated in every row:
+  uncompensated                the plan itself without its bias compensation
+  random-<seed>-uncompensated  the random baseline without compensation
 """
 from __future__ import annotations
 
@@ -33,10 +35,12 @@ def baselines_stage(dense_dir, split: pd.DataFrame, plan_path, random_path, out_
     encoded = encode_reviews(tokenizer, meta, reviews["text"])
     kw = dict(batch_size=batch_size, precision=meta.get("precision", "fp32"),
               padding_side=meta.get("padding_side", "right"))
-    variants = {f"random-{p.info['seed']}": p for p in read_random_plans(random_path)}
+    randoms = read_random_plans(random_path)
+    variants = {f"random-{p.info['seed']}": p for p in randoms}
     plan = read_plan(plan_path)
     if plan.compensated:
         variants["uncompensated"] = plan.without_compensation()
+        variants.update({f"random-{p.info['seed']}-uncompensated": p.without_compensation() for p in randoms})
     frames, acc = [], {}
     for name, variant_plan in variants.items():
         pruned = pruned_copy(model, variant_plan, "removed")

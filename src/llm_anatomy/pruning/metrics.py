@@ -8,12 +8,14 @@ same reviews later.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from ..logits import accuracy_of, read_logits
+from ..logits import read_logits
+from ..stats import accuracy_interval, correct, paired_difference, seeded_accuracy, seeded_difference
 from .plan import read_plan
 from .targets import curve_of
 
@@ -46,16 +48,50 @@ class PruneMetrics:
     pruned_pct: float = _f("100 x neurons_pruned / neurons_total", 0.0)
     pruned_per_layer: list = _f("per layer: neurons pruned", None)
     pruned_pct_per_layer: list = _f("per layer: % of the layer's neurons pruned", None)
-    # accuracy (eval_<split>.parquet of the dense model and of the pruned folder; baselines_<split>.parquet)
+    # accuracy (eval_<split>.parquet of the dense model and of the pruned folder; baselines_<split>.parquet).
+    # Every accuracy has a 95% bootstrap interval (_lo, _hi); every gap is paired on the same reviews, with
+    # its interval and an exact McNemar p-value (_p); see llm_anatomy.stats.
     split: str = _f("split the accuracies are measured on", "test")
     test_reviews: int = _f("reviews every accuracy below is measured on (the same reviews for all)", 0)
     accuracy_dense: float = _f("dense fine-tuned model", 0.0)
+    accuracy_dense_lo: float = _f("95% bootstrap interval of accuracy_dense, low end", 0.0)
+    accuracy_dense_hi: float = _f("95% bootstrap interval of accuracy_dense, high end", 0.0)
     accuracy: float = _f("the materialised (physically pruned) model, as reloaded from its folder", 0.0)
-    accuracy_uncompensated: float | None = _f("compensated plans: the same neurons removed without compensation")
-    accuracy_random: list = _f("random baseline per seed (the plan's per-layer counts, high neurons kept)", None)
+    accuracy_lo: float = _f("95% bootstrap interval of accuracy, low end", 0.0)
+    accuracy_hi: float = _f("95% bootstrap interval of accuracy, high end", 0.0)
+    gap_dense: float = _f("accuracy - accuracy_dense (paired)", 0.0)
+    gap_dense_lo: float = _f("95% paired bootstrap interval of gap_dense, low end", 0.0)
+    gap_dense_hi: float = _f("95% paired bootstrap interval of gap_dense, high end", 0.0)
+    gap_dense_p: float = _f("exact McNemar p-value, pruned vs dense", 1.0)
+    accuracy_random: list = _f("random baseline per seed (the plan's per-layer counts, high neurons kept), "
+                               "treated as the plan is (bias-compensated when it is)", None)
     accuracy_random_mean: float = _f("mean of accuracy_random", 0.0)
-    accuracy_random_std: float = _f("sample standard deviation of accuracy_random (0 for one seed)", 0.0)
+    accuracy_random_std: float = _f("sample standard deviation of accuracy_random over seeds (0 for one seed)", 0.0)
+    accuracy_random_lo: float = _f("95% interval of accuracy_random_mean, seeds and reviews resampled", 0.0)
+    accuracy_random_hi: float = _f("the interval's high end", 0.0)
+    gap_random: float = _f("accuracy - accuracy_random_mean: what the plan's choice of neurons is worth, "
+                           "same treatment on both sides", 0.0)
+    gap_random_lo: float = _f("95% interval of gap_random, seeds and reviews resampled (reviews paired)", 0.0)
+    gap_random_hi: float = _f("the interval's high end", 0.0)
+    gap_random_p: float = _f("exact McNemar p-value against each seed's baseline, the largest of them", 1.0)
     random_seeds: list = _f("seeds of the random baseline", None)
+    # compensated plans only (null otherwise): selection and compensation separated
+    accuracy_uncompensated: float | None = _f("the same neurons removed without compensation")
+    accuracy_uncompensated_lo: float | None = _f("95% bootstrap interval of accuracy_uncompensated, low end")
+    accuracy_uncompensated_hi: float | None = _f("the interval's high end")
+    gap_compensation: float | None = _f("accuracy - accuracy_uncompensated: what compensation adds (paired)")
+    gap_compensation_lo: float | None = _f("95% paired interval of gap_compensation, low end")
+    gap_compensation_hi: float | None = _f("the interval's high end")
+    gap_compensation_p: float | None = _f("exact McNemar p-value, compensated vs uncompensated")
+    accuracy_random_uncompensated: list | None = _f("random baseline per seed without compensation")
+    accuracy_random_uncompensated_mean: float | None = _f("mean of accuracy_random_uncompensated")
+    accuracy_random_uncompensated_lo: float | None = _f("95% interval, seeds and reviews resampled, low end")
+    accuracy_random_uncompensated_hi: float | None = _f("the interval's high end")
+    gap_selection: float | None = _f("accuracy_uncompensated - accuracy_random_uncompensated_mean: the choice of "
+                                     "neurons alone, neither side compensated")
+    gap_selection_lo: float | None = _f("95% interval of gap_selection, seeds and reviews resampled")
+    gap_selection_hi: float | None = _f("the interval's high end")
+    gap_selection_p: float | None = _f("exact McNemar p-value against each seed, the largest")
     # the pruned folder (pruned/<model>/<target>/pruning.json)
     params_dense: int = _f("parameters of the dense classifier", 0)
     params_removed: int = _f("parameters of the materialised classifier", 0)
@@ -109,9 +145,10 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
             if not np.array_equal(part["label"].to_numpy(), dense_df["label"].to_numpy()):
                 raise ValueError(f"{variant}: its reviews differ from the dense evaluation {dense_eval}; "
                                  "rerun the evaluations on the same split and limit")
-    variants = {v: accuracy_of(part) for v, part in base_df.groupby("variant")}
-    seeds = sorted(int(v.split("-", 1)[1]) for v in variants if v.startswith("random-"))
-    rand = [variants[f"random-{s}"] for s in seeds]
+    outcomes = {v: correct(part["logit"], part["label"]) for v, part in base_df.groupby("variant")}
+    seeds = sorted(int(m.group(1)) for v in outcomes if (m := re.fullmatch(r"random-(\d+)", v)))
+    evidence = accuracy_evidence(correct(dense_df["logit"], dense_df["label"]),
+                                 correct(pruned_df["logit"], pruned_df["label"]), outcomes, seeds)
     folder = json.loads((Path(pruned_dir) / "pruning.json").read_text())
     timing = json.loads(Path(timing_path).read_text())
     widths = [int(w) for w in plan.table["width"]]
@@ -126,10 +163,7 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
         search=info.get("search"), neurons_total=sum(widths), neurons_pruned=sum(counts),
         pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,
         pruned_pct_per_layer=[100.0 * n / w for n, w in zip(counts, widths)],
-        split=split, test_reviews=len(dense_df), accuracy_dense=accuracy_of(dense_df),
-        accuracy=accuracy_of(pruned_df), accuracy_uncompensated=variants.get("uncompensated"),
-        accuracy_random=rand, accuracy_random_mean=float(np.mean(rand)) if rand else float("nan"),
-        accuracy_random_std=float(np.std(rand, ddof=1)) if len(rand) > 1 else 0.0, random_seeds=seeds,
+        split=split, test_reviews=len(dense_df), random_seeds=seeds, **evidence,
         params_dense=folder["params_dense"], params_removed=folder["params_pruned"], model_bytes=folder["bytes"],
         model_bytes_dense=folder["bytes_dense"], seconds_materialise=folder["seconds"],
         seconds_evaluate=pruned_info.get("seconds", 0.0), seconds_baselines=base_info.get("seconds", 0.0),
@@ -141,6 +175,36 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
                                   "macs_ratio", "speedup_bound", "ffn_macs_dense", "ffn_macs_removed")},
     )
     return m
+
+
+def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str, np.ndarray],
+                      seeds: list[int]) -> dict:
+    """The accuracy fields of PruneMetrics from per-review 0/1 outcomes: the dense and pruned models, and
+    the baseline variants by name (random-<seed>[-uncompensated], uncompensated)."""
+    if not seeds:
+        raise ValueError("no random-<seed> variant among the baselines; rerun evaluate_baselines")
+    out = {}
+    out.update(accuracy_interval(dense).to_dict("accuracy_dense"))
+    out.update(accuracy_interval(pruned).to_dict("accuracy"))
+    out.update(paired_difference(pruned, dense).to_dict("gap_dense"))
+    rand = np.stack([variants[f"random-{s}"] for s in seeds])
+    out["accuracy_random"] = [float(r.mean()) for r in rand]
+    out["accuracy_random_std"] = float(np.std(out["accuracy_random"], ddof=1)) if len(seeds) > 1 else 0.0
+    out.update(seeded_accuracy(rand).to_dict("accuracy_random_mean"))
+    out["accuracy_random_lo"] = out.pop("accuracy_random_mean_lo")
+    out["accuracy_random_hi"] = out.pop("accuracy_random_mean_hi")
+    out.update(seeded_difference(pruned, rand).to_dict("gap_random"))
+    if "uncompensated" in variants:
+        unc = variants["uncompensated"]
+        rand_unc = np.stack([variants[f"random-{s}-uncompensated"] for s in seeds])
+        out.update(accuracy_interval(unc).to_dict("accuracy_uncompensated"))
+        out.update(paired_difference(pruned, unc).to_dict("gap_compensation"))
+        out["accuracy_random_uncompensated"] = [float(r.mean()) for r in rand_unc]
+        out.update(seeded_accuracy(rand_unc).to_dict("accuracy_random_uncompensated_mean"))
+        out["accuracy_random_uncompensated_lo"] = out.pop("accuracy_random_uncompensated_mean_lo")
+        out["accuracy_random_uncompensated_hi"] = out.pop("accuracy_random_uncompensated_mean_hi")
+        out.update(seeded_difference(unc, rand_unc).to_dict("gap_selection"))
+    return out
 
 
 def _arch(folder) -> str:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import write_parquet
-from ..scores import mean_layer_scores, mean_neuron_scores
+from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
 from .flap import flap_masks, fluctuation_scores, read_stats, score_thresholds
 from .random_baseline import random_masks
 from .rules import apply_rule, figure4a_lines, layer_table, rule_from_config
@@ -57,9 +57,13 @@ class Plan:
         return Plan(self.pruned, self.table, dict(self.info, bias_compensation=False), self.log_lines, None)
 
 
-def load_scores(layer_path, neuron_path, input_set: str = "probe") -> tuple[np.ndarray, list[np.ndarray]]:
-    """(c [L+1], per-layer mean neuron scores) as the threshold rules read them."""
-    c, scores = mean_layer_scores(layer_path, input_set=input_set), mean_neuron_scores(neuron_path)
+def load_scores(layer_path, neuron_path, input_set: str = "probe", scoring: str = "paper"
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(c [L+1], per-layer mean neuron scores) as the threshold rules read them, in one of the decoder
+    scorings (`scores.SCORINGS`; the paper's form by default)."""
+    layer_col, neuron_col = scoring_columns(scoring)
+    c = mean_layer_scores(layer_path, input_set=input_set, column=layer_col)
+    scores = mean_neuron_scores(neuron_path, column=neuron_col)
     if len(c) != len(scores) + 1:
         raise ValueError(f"{layer_path}: {len(c)} layer scores for {len(scores)} layers in {neuron_path} "
                          "(expected L+1: layers 0..L); rebuild both from the same checkpoint")
@@ -72,7 +76,8 @@ def plan_threshold(cfg: dict, c, scores, high: float) -> Plan:
     rule = rule_from_config(cfg, L, cfg["focus_multiplier"])
     search = None
     if cfg.get("target") is not None:
-        alpha, n, reached = bisect_alpha(rule, c, scores, float(cfg["target"]))
+        alpha, n, reached = bisect_alpha(rule, c, scores, float(cfg["target"]),
+                                         negative_alpha=bool(cfg.get("negative_alpha", False)))
         rule = rule.with_alpha(alpha)
         search = dict(target_fraction=float(cfg["target"]), alpha=alpha, pruned=n, reached=reached)
     t, pruned = apply_rule(rule, c, scores)
@@ -118,14 +123,22 @@ def make_plan(cfg: dict, c, scores, high: float, ffn_stats_path=None) -> Plan:
     return plan_threshold(cfg, c, scores, high)
 
 
-def random_plan(plan: Plan, scores, seed: int, high: float) -> Plan:
-    """The paper's random baseline for `plan`: its per-layer counts, drawn among the neurons that are not high."""
+def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarray] | None = None) -> Plan:
+    """The paper's random baseline for `plan`: its per-layer counts, drawn among the neurons that are not high.
+
+    A compensated plan gets a compensated baseline (the random neurons' mean activations from `means`,
+    the same calibration statistics), so the baseline is treated exactly as the method is; the
+    uncompensated reading of both is one `without_compensation()` away.
+    """
+    if plan.compensated and means is None:
+        raise ValueError("a compensated plan's random baseline needs the calibration means (ffn_stats.parquet)")
     masks = random_masks(scores, plan.counts, seed, high)
+    pruned_means = [np.asarray(m, dtype=np.float64)[k] for m, k in zip(means, masks)] if plan.compensated else None
     table = pd.DataFrame([dict(layer=l, width=len(s), masked=len(m), masked_pct=100.0 * len(m) / len(s),
                                high=int((np.asarray(s) > high).sum()), threshold=float("nan"))
                           for l, (s, m) in enumerate(zip(scores, masks))])
     return Plan(masks, table, dict(rule="random", seed=int(seed), matched_to=plan.info.get("rule"),
-                                   bias_compensation=False, high_threshold=high))
+                                   bias_compensation=plan.compensated, high_threshold=high), pruned_means=pruned_means)
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -184,8 +197,11 @@ def read_random_plans(path) -> list[Plan]:
 def plan_stage(cfg: dict, layer_scores_path, neuron_scores_path, plan_path, random_path, seeds, high: float,
                average_over: str = "probe", ffn_stats_path=None) -> Plan:
     """plan.parquet and random_plans.parquet (one plan per seed) of one target."""
-    c, scores = load_scores(layer_scores_path, neuron_scores_path, average_over)
+    scoring = cfg.get("scoring", "paper")
+    c, scores = load_scores(layer_scores_path, neuron_scores_path, average_over, scoring)
     plan = make_plan(cfg, c, scores, high, ffn_stats_path)
+    plan.info["scoring"] = scoring
+    means = read_stats(ffn_stats_path)[0] if plan.compensated else None
     write_plan(plan, plan_path)
-    write_random_plans([random_plan(plan, scores, s, high) for s in seeds], random_path)
+    write_random_plans([random_plan(plan, scores, s, high, means) for s in seeds], random_path)
     return plan

@@ -1,7 +1,14 @@
-"""Summary table and Figures 4/5 of the prune stage."""
+"""Summary table, method-vs-method comparisons and Figures 4/5 of the prune stage.
+
+Every accuracy carries its 95% interval and every gap its paired interval and exact McNemar
+p-value (`llm_anatomy.stats`, computed per target in metrics.json); `verdict` turns a gap into
+the words the docs use: "no detectable difference" whenever its interval contains 0.
+"""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from itertools import combinations
 from pathlib import Path
 
 import matplotlib
@@ -11,9 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..logits import read_logits  # noqa: E402
+from ..stats import correct, paired_difference  # noqa: E402
 from .targets import CURVE_ORDER  # noqa: E402
 
-HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_random_mean", "accuracy_random_std",
+HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy_hi", "gap_dense", "gap_dense_lo",
+            "gap_dense_hi", "accuracy_random_mean", "accuracy_random_lo", "accuracy_random_hi", "gap_random",
+            "gap_random_lo", "gap_random_hi", "accuracy_random_std",
             "time_dense_s", "time_zeroed_s", "time_removed_s", "speedup_zeroed", "speedup_removed",
             "params_dense", "params_removed", "model_bytes", "macs_ratio", "alpha", "beta", "test_reviews"]
 
@@ -23,29 +34,87 @@ def headline(m: dict) -> dict:
     return {k: m[k] for k in HEADLINE if k in m}
 
 
+# Accuracy and gap columns of the summary, in reading order; a gap's _p is its exact McNemar p-value.
+EVIDENCE = ["accuracy_dense", "accuracy_dense_lo", "accuracy_dense_hi", "accuracy", "accuracy_lo", "accuracy_hi",
+            "gap_dense", "gap_dense_lo", "gap_dense_hi", "gap_dense_p",
+            "accuracy_random_mean", "accuracy_random_lo", "accuracy_random_hi", "accuracy_random_std",
+            "gap_random", "gap_random_lo", "gap_random_hi", "gap_random_p",
+            "accuracy_uncompensated", "accuracy_uncompensated_lo", "accuracy_uncompensated_hi",
+            "gap_compensation", "gap_compensation_lo", "gap_compensation_hi", "gap_compensation_p",
+            "accuracy_random_uncompensated_mean", "accuracy_random_uncompensated_lo",
+            "accuracy_random_uncompensated_hi",
+            "gap_selection", "gap_selection_lo", "gap_selection_hi", "gap_selection_p"]
+
+
+def verdict(diff: float | None, lo: float | None, hi: float | None) -> str:
+    """How a gap may be worded: its sign only when its 95% interval excludes 0."""
+    if diff is None or lo is None or hi is None or diff != diff:
+        return ""
+    if lo <= 0.0 <= hi:
+        return "no detectable difference"
+    return "higher" if diff > 0 else "lower"
+
+
 def summary_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for m in runs:
         rows.append(dict(model=m["model"], target=m["target"], curve=m["curve"], rule=m["rule"], alpha=m.get("alpha"),
                          beta=m.get("beta"), focusing=" ".join(map(str, m.get("focusing") or [])),
-                         allocation=m.get("allocation"),
+                         allocation=m.get("allocation"), bias_compensation=m.get("bias_compensation"),
                          target_pct=100 * m["search"]["target_fraction"] if m.get("search") else None,
-                         pruned_pct=m["pruned_pct"], accuracy_dense=m["accuracy_dense"], accuracy=m["accuracy"],
-                         accuracy_uncompensated=m.get("accuracy_uncompensated"),
-                         accuracy_random=m["accuracy_random_mean"], accuracy_random_std=m["accuracy_random_std"],
+                         target_reached=m["search"]["reached"] if m.get("search") else None,
+                         pruned_pct=m["pruned_pct"], test_reviews=m["test_reviews"],
+                         random_seeds=len(m.get("random_seeds") or []),
+                         **{k: m.get(k) for k in EVIDENCE},
+                         vs_random=verdict(m.get("gap_random"), m.get("gap_random_lo"), m.get("gap_random_hi")),
                          time_dense_s=m["time_dense_s"], time_zeroed_s=m["time_zeroed_s"],
                          time_removed_s=m["time_removed_s"], speedup_zeroed=m["speedup_zeroed"],
                          speedup_removed=m["speedup_removed"],
                          speedup_removed_min=m["speedup_removed_spread"]["min"],
                          speedup_removed_max=m["speedup_removed_spread"]["max"], speedup_bound=m["speedup_bound"],
                          params_dense=m["params_dense"], params_removed=m["params_removed"],
-                         model_mb=m["model_bytes"] / 1e6, macs_ratio=m["macs_ratio"], test_reviews=m["test_reviews"],
-                         timed_reviews=m["timed_reviews"], cpu=m["machine"]["cpu"]))
+                         model_mb=m["model_bytes"] / 1e6, macs_ratio=m["macs_ratio"], timed_reviews=m["timed_reviews"], cpu=m["machine"]["cpu"]))
     df = pd.DataFrame(rows)
     if not df.empty:
         df["order"] = df["curve"].map(CURVE_ORDER)
         df = df.sort_values(["model", "order", "pruned_pct"]).drop(columns="order").reset_index(drop=True)
     return df
+
+
+def _outcomes(target_dir: Path, variant: str | None = None, split: str = "test") -> np.ndarray:
+    if variant is None:
+        df, _ = read_logits(target_dir / f"eval_{split}.parquet")
+    else:
+        df, _ = read_logits(target_dir / f"baselines_{split}.parquet")
+        df = df[df["variant"] == variant]
+    return correct(df["logit"], df["label"])
+
+
+def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | Path]) -> pd.DataFrame:
+    """Every pair of curve points of one model at the same target percentage (e.g. flap-50 vs sweep-50),
+    paired on the same test reviews; a compensated method is also compared without its compensation,
+    so the choice of neurons alone is set against the other method's."""
+    rows = []
+    points = [m for m in runs if m["curve"] != "named" and m.get("search")]
+    for a, b in combinations(points, 2):
+        pct_a, pct_b = a["search"]["target_fraction"], b["search"]["target_fraction"]
+        if a["model"] != b["model"] or pct_a != pct_b:
+            continue
+        if CURVE_ORDER[a["curve"]] < CURVE_ORDER[b["curve"]]:
+            a, b = b, a  # the later curve (the stronger method) first: a positive gap favours it
+        dir_a, dir_b = Path(target_dir(a["model"], a["target"])), Path(target_dir(b["model"], b["target"]))
+        readings = [(a["target"], _outcomes(dir_a))]
+        if a.get("bias_compensation"):
+            readings.append((f"{a['target']} uncompensated", _outcomes(dir_a, "uncompensated")))
+        out_b = _outcomes(dir_b)
+        for name, out_a in readings:
+            d = paired_difference(out_a, out_b)
+            rows.append(dict(model=a["model"], target_pct=100 * pct_a, a=name, b=b["target"],
+                             pruned_pct_a=a["pruned_pct"], pruned_pct_b=b["pruned_pct"],
+                             accuracy_a=float(out_a.mean()), accuracy_b=float(out_b.mean()),
+                             **d.to_dict("gap"), a_only=d.a_only, b_only=d.b_only,
+                             verdict=verdict(d.diff, d.lo, d.hi), reviews=len(out_b)))
+    return pd.DataFrame(rows)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -82,46 +151,76 @@ def _curve_runs(rs: list[dict], name: str) -> list[dict]:
     return sorted([m for m in rs if m["curve"] == name], key=lambda m: m["pruned_pct"])
 
 
-def _random_band(ax, runs, color, label):
-    x = [m["pruned_pct"] for m in runs]
-    mu = np.array([m["accuracy_random_mean"] for m in runs])
-    sd = np.array([m["accuracy_random_std"] for m in runs])
-    ax.plot(x, mu, "s--", color=color, ms=4, lw=1, label=label)
-    ax.fill_between(x, mu - sd, mu + sd, color=color, alpha=0.15)
+def _band(ax, x, lo, hi, color):
+    ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
 
 
-def _accuracy_curve(ax, runs, color, name, alt_key, alt_label, band_color):
-    """A method's removed-model accuracy, an alternative reading of it (dotted), its random baseline."""
+def _random_curve(ax, runs, prefix, color, label, style="s--"):
+    """A random baseline's mean over seeds and its 95% interval over seeds and reviews."""
+    pts = [(m["pruned_pct"], m[f"{prefix}_mean"], m[f"{prefix}_lo"], m[f"{prefix}_hi"]) for m in runs
+           if m.get(f"{prefix}_mean") is not None]
+    if not pts:
+        return
+    x, mu, lo, hi = map(np.array, zip(*pts))
+    ax.plot(x, mu, style, color=color, ms=4, lw=1, label=label)
+    _band(ax, x, lo, hi, color)
+
+
+def _accuracy_curve(ax, runs, color, name, band_color):
+    """A method's removed-model accuracy with its 95% interval, its uncompensated reading (compensated
+    methods), and the random baseline treated the same way (and uncompensated, for compensated methods)."""
     if not runs:
         return
-    x = [m["pruned_pct"] for m in runs]
+    x = np.array([m["pruned_pct"] for m in runs])
     ax.plot(x, [m["accuracy"] for m in runs], "o-", color=color, label=f"{name} (removed)")
-    alt = [(m["pruned_pct"], m[alt_key]) for m in runs if alt_key and m.get(alt_key) is not None]
-    if alt:
-        ax.plot(*zip(*alt), "x:", color=color, label=f"{name} {alt_label}")
-    _random_band(ax, runs, band_color, f"random, {name}'s counts")
+    _band(ax, x, [m["accuracy_lo"] for m in runs], [m["accuracy_hi"] for m in runs], color)
+    compensated = any(m.get("bias_compensation") for m in runs)
+    if compensated:
+        ax.plot(x, [m["accuracy_uncompensated"] for m in runs], "x:", color=color,
+                label=f"{name} without bias compensation")
+    _random_curve(ax, runs, "accuracy_random", band_color,
+                  f"random, {name}'s counts" + (", compensated" if compensated else ""))
+    if compensated:
+        _random_curve(ax, runs, "accuracy_random_uncompensated", band_color,
+                      f"random, {name}'s counts, uncompensated", style="v:")
 
 
 def plot_accuracy(runs: list[dict], path) -> None:
     """Accuracy against % FFN neurons pruned: the paper rule and FLAP, each with the random baseline
-    matched to its per-layer counts (mean +- sd over seeds), and the Figure-5a configurations."""
+    matched to its per-layer counts and treated as the method is; bands are 95% intervals (reviews
+    resampled; seeds too for the random baselines). Markers: the Figure-5a configurations."""
     models, groups = _by_model(runs)
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6 * max(len(models), 1), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6.5 * max(len(models), 1), 5), squeeze=False)
     for ax, mod in zip(axes[0], models):
         rs = groups[mod]
         sweep, flap = _curve_runs(rs, "sweep"), _curve_runs(rs, "flap")
         named = _curve_runs(rs, "named")
-        _accuracy_curve(ax, sweep, "C0", "paper rule", None, "", "C3")
-        _accuracy_curve(ax, flap, "C1", "FLAP", "accuracy_uncompensated", "without bias compensation", "C4")
+        _accuracy_curve(ax, sweep, "C0", "paper rule", "C3")
+        _accuracy_curve(ax, flap, "C1", "FLAP", "C4")
+        for curve, color in (("sweep-prenorm", "C5"), ("sweep-gain", "C6")):
+            pts = _curve_runs(rs, curve)
+            if pts:  # decoder scorings: the method with its interval (random baselines in the summary)
+                x = [m["pruned_pct"] for m in pts]
+                ax.errorbar(x, [m["accuracy"] for m in pts],
+                            yerr=[[m["accuracy"] - m["accuracy_lo"] for m in pts],
+                                  [m["accuracy_hi"] - m["accuracy"] for m in pts]],
+                            fmt="P-.", color=color, ms=6, capsize=2,
+                            label=f"paper rule, {curve.split('-', 1)[1]} scoring")
         for m in named:
-            ax.plot(m["pruned_pct"], m["accuracy"], "D", color="C2", ms=6)
-            ax.errorbar(m["pruned_pct"], m["accuracy_random_mean"], yerr=m["accuracy_random_std"], fmt="^",
-                        color="C3", ms=5)
+            ax.errorbar(m["pruned_pct"], m["accuracy"], yerr=[[m["accuracy"] - m["accuracy_lo"]],
+                                                             [m["accuracy_hi"] - m["accuracy"]]],
+                        fmt="D", color="C2", ms=5, capsize=2)
+            ax.errorbar(m["pruned_pct"], m["accuracy_random_mean"],
+                        yerr=[[m["accuracy_random_mean"] - m["accuracy_random_lo"]],
+                              [m["accuracy_random_hi"] - m["accuracy_random_mean"]]], fmt="^", color="C3", ms=4,
+                        capsize=2)
         if named:
             ax.plot([], [], "D", color="C2", label="Figure-5a configs (random: red triangles)")
-        ax.axhline(rs[0]["accuracy_dense"], ls="--", color="grey", label="dense")
-        ax.set(title=f"{mod}: accuracy on {rs[0]['test_reviews']} test reviews", xlabel="% FFN neurons pruned",
-               ylabel="test accuracy")
+        d = rs[0]
+        ax.axhline(d["accuracy_dense"], ls="--", color="grey", label="dense")
+        ax.axhspan(d["accuracy_dense_lo"], d["accuracy_dense_hi"], color="grey", alpha=0.1, lw=0)
+        ax.set(title=f"{mod}: accuracy on {d['test_reviews']} test reviews (95% intervals)",
+               xlabel="% FFN neurons pruned", ylabel="test accuracy")
         ax.legend(fontsize=7, loc="lower left")
     _save(fig, path)
 

@@ -4,6 +4,11 @@ The pruned count is a step function of alpha, non-decreasing wherever c_l >= 0 (
 threshold grows with alpha). Bisection over alpha (everything else fixed) stops when the
 count equals round(target * total), or when the bracket is narrower than float precision
 (then the count is within the one step it straddles, at most one neuron per layer).
+
+The paper's alpha is non-negative, so by default the search stays in alpha >= 0: a target
+below what alpha = 0 already prunes (the encoder's beta term prunes on its own) is reported as
+not reached, at alpha = 0, rather than met with a negative alpha the paper never used.
+`negative_alpha=True` lifts that limit.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ def pruned_count(rule: ThresholdRule, c, scores) -> int:
     return sum(len(p) for p in apply_rule(rule, c, scores)[1])
 
 
-def bisect_alpha(rule: ThresholdRule, c, scores, target_fraction: float, max_iter: int = 200) -> tuple[float, int, bool]:
+def bisect_alpha(rule: ThresholdRule, c, scores, target_fraction: float, max_iter: int = 200,
+                 negative_alpha: bool = False) -> tuple[float, int, bool]:
     """(alpha, pruned count, reached) for the wanted fraction of all neurons."""
     if not 0.0 <= target_fraction <= 1.0:
         raise ValueError(f"target fraction {target_fraction} is outside [0, 1]; give a fraction such as 0.5")
@@ -29,14 +35,15 @@ def bisect_alpha(rule: ThresholdRule, c, scores, target_fraction: float, max_ite
     hi = 0.05
     while count(hi) < want and hi < 1e6:
         hi *= 2
-    lo = -hi
-    while count(lo) > want and lo > -1e6:
+    lo = -hi if negative_alpha else 0.0
+    while negative_alpha and count(lo) > want and lo > -1e6:
         lo *= 2
     n_lo, n_hi = count(lo), count(hi)
     if n_hi < want or n_lo > want:
         best = hi if abs(n_hi - want) <= abs(n_lo - want) else lo
-        log.warning("target %.1f%% (%d neurons) is out of this rule's reach (%d..%d); using alpha=%g",
-                    100 * target_fraction, want, n_lo, n_hi, best)
+        log.warning("target %.1f%% (%d neurons) is out of this rule's reach (%d..%d neurons for alpha in "
+                    "[%g, %g]); using alpha=%g and reporting the target as not reached", 100 * target_fraction, want,
+                    n_lo, n_hi, lo, hi, best)
         return float(best), count(best), False
     for _ in range(max_iter):
         if n_hi == want:

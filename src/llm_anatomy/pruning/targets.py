@@ -3,6 +3,8 @@
 A target is one name on one model:
   <name>       a named Figure-5a configuration under `pruning.configs` (for models of its rule's kind)
   sweep-<pct>  the paper rule, alpha bisected to prune pct% of all FFN neurons
+  sweep-<scoring>-<pct>  decoders only: the same in another decoder scoring (`pruning.sweep.
+               decoder_scorings`, at the sizing's `scoring_sweep` percentages; docs/ANATOMY.md)
   flap-<pct>   FLAP at pct% (every model)
 
 Everything here reads the validated params (schema defaults already filled in, see
@@ -15,14 +17,14 @@ from dataclasses import dataclass
 
 from ..config import model_kind
 
-CURVES = ("sweep", "flap")
-CURVE_ORDER = {"named": 0, "sweep": 1, "flap": 2}
-CURVE_PATTERN = r"(sweep|flap)-\d+"
+CURVE_ORDER = {"named": 0, "sweep": 1, "sweep-prenorm": 2, "sweep-gain": 3, "flap": 4}
+CURVE_PATTERN = r"(sweep|sweep-prenorm|sweep-gain|flap)-\d+"
 
 
 def curve_of(name: str) -> tuple[str, int | None]:
-    """('sweep' | 'flap', target percentage) for a curve point's name, else ('named', None)."""
-    m = re.fullmatch(r"(sweep|flap)-(\d+)", name)
+    """(curve, target percentage) for a curve point's name (curve: sweep, sweep-<scoring>, flap),
+    else ('named', None)."""
+    m = re.fullmatch(r"(sweep|sweep-prenorm|sweep-gain|flap)-(\d+)", name)
     return (m.group(1), int(m.group(2))) if m else ("named", None)
 
 
@@ -62,7 +64,11 @@ class PruneTargets:
         kind = self.kinds[model]
         sizing = self.sizing_tree[kind]
         named = [c for c in self.named if self.pruning["configs"][c]["rule"] == kind]
-        sweep = [f"sweep-{p}" for p in sizing["sweep"]] if kind in self.pruning.get("sweep", {}) else []
+        has_sweep = kind in self.pruning.get("sweep", {})
+        sweep = [f"sweep-{p}" for p in sizing["sweep"]] if has_sweep else []
+        if has_sweep and kind == "decoder":
+            sweep += [f"sweep-{v}-{p}" for v in self.pruning["sweep"]["decoder_scorings"]
+                      for p in sizing.get("scoring_sweep", [])]
         flap = [f"flap-{p}" for p in sizing.get("flap", [])]
         return named + sweep + flap
 
@@ -83,10 +89,14 @@ class PruneTargets:
         """The plan's configuration: the named one, or the curve's, with `target` as a fraction."""
         kind = self.kinds[model]
         curve, pct = curve_of(name)
-        if curve == "sweep":
+        if curve.startswith("sweep"):
             if kind not in self.pruning.get("sweep", {}):
                 raise ValueError(f"no pruning.sweep.{kind} configuration: {name} does not exist for {model}")
-            cfg = dict(self.pruning["configs"][self.pruning["sweep"][kind]], target=pct / 100)
+            scoring = curve.split("-", 1)[1] if "-" in curve else "paper"
+            if scoring != "paper" and kind != "decoder":
+                raise ValueError(f"{name}: decoder scorings apply to decoders only (an encoder has no final norm)")
+            cfg = dict(self.pruning["configs"][self.pruning["sweep"][kind]], target=pct / 100,
+                       negative_alpha=self.pruning["sweep"]["negative_alpha"], scoring=scoring)
         elif curve == "flap":
             cfg = dict(rule="flap", target=pct / 100, **self.pruning["flap"])
         elif name in self.pruning["configs"]:
@@ -114,12 +124,12 @@ class PruneTargets:
         if name is not None and curve_of(name)[0] != "named":
             time_limit = kind.get("sweep_time_limit", time_limit)
         return Sizing(test_limit=kind["test_limit"], time_limit=time_limit,
-                      batch_size=tree["batch_size"], repeats=tree["repeats"], random_seeds=tree["random_seeds"],
+                      batch_size=tree["batch_size"], repeats=tree["repeats"], random_seeds=kind["random_seeds"],
                       equality_check_reviews=kind["equality_check_reviews"],
                       calibration_reviews=kind["calibration_reviews"])
 
-    def random_seeds(self) -> list[int]:
-        return list(range(self.sizing_tree["random_seeds"]))
+    def random_seeds(self, model: str) -> list[int]:
+        return list(range(self.sizing(model).random_seeds))
 
     # ---- files (the layout docs/PRUNING.md draws) ------------------------------------------
     def target_dir(self, model: str, target: str) -> str:
@@ -154,13 +164,27 @@ class PruneTargets:
     def all_metrics(self) -> list[str]:
         return [self.metrics_file(m, t) for m, t in self.pairs()]
 
+    def all_outcomes(self, split: str = "test") -> list[str]:
+        """Every target's per-review logits (pruned model and baselines): what method comparisons pair."""
+        return [f"{self.target_dir(m, t)}/{kind}_{split}.parquet" for m, t in self.pairs()
+                for kind in ("eval", "baselines")]
+
     def all_pruned_dirs(self) -> list[str]:
         return [self.pruned_dir(m, t) for m, t in self.pairs()]
 
+    def choice_files(self) -> list[str]:
+        """The validation-split evidence for FLAP's allocation, per model with FLAP points."""
+        return [f"{self.results}/{m}/choices/flap_allocation.csv" for m in self.models
+                if self.sizing_tree[self.kinds[m]].get("flap")]
+
+    def flap_fractions(self, model: str) -> list[float]:
+        return [p / 100 for p in self.sizing_tree[self.kinds[model]].get("flap", [])]
+
     def final_outputs(self) -> list[str]:
         """What `snakemake` builds for the prune stage: the DVC metrics per named configuration, every
-        pruned folder, the summary and Figures 4/5."""
+        pruned folder, the summary and Figures 4/5, the validation evidence of the method settings."""
         r = self.results
         return ([f"{r}/metrics/prune/{c}.json" for c in self.named_with_models()] + self.all_pruned_dirs()
-                + [f"{r}/summary.csv", f"{r}/summary.md", f"{r}/figures/prune_accuracy.png",
+                + self.choice_files()
+                + [f"{r}/summary.csv", f"{r}/summary.md", f"{r}/comparisons.csv", f"{r}/figures/prune_accuracy.png",
                    f"{r}/figures/prune_time.png"])
