@@ -229,8 +229,9 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
     iterator = progress(targets) if progress else targets
     for layer, j in iterator:
         exact[(layer, j)] = ablator.effect({layer: np.array([j])})
-    table["in_sample"] = [k in set(sample) for k in table.index]
-    table["graph_node"] = [k in set(nodes) for k in table.index]
+    sampled, graph = set(sample), set(nodes)
+    table["in_sample"] = [k in sampled for k in table.index]
+    table["graph_node"] = [k in graph for k in table.index]
     table["exact_effect"] = [exact.get(k, np.nan) for k in table.index]
     in_sample = table[table["in_sample"]]
     cut = float(np.quantile(np.abs(in_sample["exact_effect"]), CONFIRM_QUANTILE))
