@@ -227,7 +227,8 @@ def plot_accuracy(runs: list[dict], path) -> None:
 
 def plot_time(runs: list[dict], path) -> None:
     """Inference time of zeroed and removed models relative to the dense model timed alternately in the
-    same run (curves: lines; named configurations: markers). Absolute times are in the summary."""
+    same run (curves: lines; named configurations: markers); bands and bars span the per-repeat ratios
+    (min to max over the repeats). Absolute times are in the summary."""
     models, groups = _by_model(runs)
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.5 * max(len(models), 1), 4), squeeze=False)
     for ax, mod in zip(axes[0], models):
@@ -242,6 +243,15 @@ def plot_time(runs: list[dict], path) -> None:
                     color="C0", mfc="none", label=f"zeroed ({tag})")
             ax.plot(x, [100 * m["time_removed_s"] / m["time_dense_s"] for m in group], marker + line,
                     color="C1", label=f"physically removed ({tag})")
+            # the spread of the per-repeat ratios dense/removed: time ratio from 1/max to 1/min
+            lo = [100 / m["speedup_removed_spread"]["max"] for m in group]
+            hi = [100 / m["speedup_removed_spread"]["min"] for m in group]
+            if line:
+                ax.fill_between(x, lo, hi, color="C1", alpha=0.12, lw=0)
+            else:
+                mid = [100 * m["time_removed_s"] / m["time_dense_s"] for m in group]
+                ax.errorbar(x, mid, yerr=[np.subtract(mid, lo), np.subtract(hi, mid)], fmt="none", color="C1",
+                            capsize=2, lw=0.8)
         ax.axhline(100, ls="--", color="grey", label="dense")
         bound = sorted((m["pruned_pct"], 100 * m["macs_ratio"]) for m in rs)
         ax.plot(*zip(*bound), ":", color="k", lw=0.8, label="multiply-add bound (removed)")
