@@ -78,3 +78,22 @@ def test_stratified_sample_and_tables(tokenizer, reviews):
     assert set(agreement["score"]) >= {"cosine", "contribution", "fluctuation", "activation", "attribution"}
     assert ((agreement["spearman_lo"] <= agreement["spearman"]) & (agreement["spearman"] <= agreement["spearman_hi"])).all()
     assert len(tops) == 5 and (tops["random_draws"] == 4).all() and (tops["neurons"] == round(0.05 * sum(widths))).all()
+
+
+def test_score_agreement_pooled_and_within_layers():
+    """A score that ranks neurons perfectly inside each layer but whose scale runs against the effect's
+    across layers: within-layer rho is 1, pooled rho is negative."""
+    from llm_anatomy.ablation import SCORES, score_agreement
+
+    rows = []
+    for layer in range(3):
+        for j in range(10):
+            effect = (j + 1) * 10.0 ** (-layer)       # later layers: smaller effects
+            score = (j + 1) * 10.0 ** layer           # later layers: larger scores
+            rows.append(dict(layer=layer, neuron=j, in_sample=True, exact_effect=-effect,
+                             attribution_signed=-effect, **{name: score for name in SCORES}))
+    table = pd.DataFrame(rows)
+    ag = score_agreement(table, reviews=4).set_index("score")
+    assert ag.loc["cosine", "spearman_within_layer"] == pytest.approx(1.0)
+    assert ag.loc["cosine", "spearman"] < 0
+    assert ag.loc["attribution_signed_vs_exact_signed", "spearman"] == pytest.approx(1.0)

@@ -143,3 +143,26 @@ def test_evaluating_more_reviews_than_the_split_holds_is_an_error(tokenizer, rev
         evaluate_stage(tmp_path / "m", pd.DataFrame({"text": reviews, "label": [1, 0, 1, 1, 0]}),
                        tmp_path / "e.parquet", limit=1000, device="cpu")
     assert not (tmp_path / "e.parquet").exists()
+
+
+def test_plan_reads_the_scoring_it_is_given(tmp_path):
+    """A decoder plan in the gain scoring thresholds the score_gain column against cosine_normed."""
+    from llm_anatomy.pruning.plan import plan_stage
+
+    rng = np.random.default_rng(0)
+    L, F = 3, 40
+    layer = pd.DataFrame([dict(input_set="probe", input_id=i, layer=l, cosine=0.1 * l, cosine_prenorm=0.5,
+                               cosine_normed=0.9) for i in range(2) for l in range(L + 1)])
+    neuron = pd.DataFrame([dict(input_id=i, layer=l, neuron=j, score=rng.normal(0, 0.05),
+                                score_prenorm=rng.normal(0, 0.05), score_gain=rng.normal(0, 0.05))
+                           for i in range(2) for l in range(L) for j in range(F)])
+    layer.to_parquet(tmp_path / "l.parquet")
+    neuron.to_parquet(tmp_path / "n.parquet")
+    cfg = dict(rule="decoder", alpha=0.05, focusing="none", focus_multiplier=3, scoring="gain")
+    plan = plan_stage(cfg, tmp_path / "l.parquet", tmp_path / "n.parquet", tmp_path / "p.parquet",
+                      tmp_path / "r.parquet", [0], high=0.35)
+    s = neuron.groupby(["layer", "neuron"])["score_gain"].mean()
+    for l in range(L):  # t_l = alpha * c_l with c from cosine_normed
+        expect = np.flatnonzero(np.abs(s.loc[l].to_numpy()) < 0.05 * 0.9)
+        assert plan.pruned[l].tolist() == expect.tolist()
+    assert plan.info["scoring"] == "gain" and read_plan(tmp_path / "p.parquet").info["scoring"] == "gain"

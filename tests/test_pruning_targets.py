@@ -113,3 +113,14 @@ def test_files_of_a_target():
                                 "results/offline/smollm2/choices/flap_allocation.csv"]
     assert set(t.choice_files()) <= set(outs) and t.flap_fractions("smollm2") == [0.25, 0.5, 0.75]
     assert targets_for("tiny").results == "results/tiny"
+
+
+def test_a_configuration_chooses_its_decoder_scoring():
+    def edit(p):
+        p["pruning"]["configs"]["dec-a0.05-f1"]["scoring"] = "gain"
+    t = targets_for("offline", edit)
+    assert t.rule_config("smollm2", "dec-a0.05-f1")["scoring"] == "gain"
+    assert t.rule_config("smollm2", "sweep-50")["scoring"] == "gain"  # the sweep keeps its base's scoring
+    assert t.rule_config("smollm2", "sweep-prenorm-50")["scoring"] == "prenorm"
+    with pytest.raises(ValueError, match="scoring"):
+        targets_for("offline", lambda p: p["pruning"]["configs"]["dec-a0.05-f1"].update(scoring="post"))

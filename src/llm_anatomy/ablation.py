@@ -10,9 +10,9 @@ On a few validation reviews (float32, so single-neuron effects are not rounding 
                    forward and backward pass for every neuron at once; a first-order estimate of the
                    exact effect (Syed et al. 2023; Nanda 2023).
   score agreement  Spearman's rho (95% bootstrap interval) between each score's importance and
-                   |exact effect| on the sample: the paper's |cosine|, the direct contribution's mean
-                   |a (v . head)|, FLAP's fluctuation Var[a] ||v||^2, activation magnitude mean |a|,
-                   and |attribution|.
+                   |exact effect| on the sample, pooled over layers and within layers: the paper's
+                   |cosine|, the direct contribution's mean |a (v . head)|, FLAP's fluctuation
+                   Var[a] ||v||^2, activation magnitude mean |a|, and |attribution|.
   top sets         the margin change when the top `top_fraction` of all neurons by each score are
                    mean-ablated together, against `random_draws` random sets of the same size.
 
@@ -237,18 +237,7 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
     cut = float(np.quantile(np.abs(in_sample["exact_effect"]), CONFIRM_QUANTILE))
     table["confirmed"] = table["graph_node"] & (np.abs(table["exact_effect"]) > cut)
 
-    rows = []
-    target = np.abs(in_sample["exact_effect"].to_numpy())
-    for name, doc in SCORES.items():
-        iv = spearman_interval(in_sample[name].to_numpy(), target, seed=seed)
-        rows.append(dict(score=name, description=doc, spearman=iv.value, spearman_lo=iv.lo, spearman_hi=iv.hi,
-                         neurons=len(in_sample), reviews=ablator.n_reviews))
-    agree = spearman_interval(in_sample["attribution_signed"].to_numpy(), in_sample["exact_effect"].to_numpy(), seed)
-    rows.append(dict(score="attribution_signed_vs_exact_signed", description="attribution patching against the "
-                     "exact effect, both signed", spearman=agree.value, spearman_lo=agree.lo, spearman_hi=agree.hi,
-                     neurons=len(in_sample), reviews=ablator.n_reviews,
-                     pearson=float(np.corrcoef(in_sample["attribution_signed"], in_sample["exact_effect"])[0, 1])))
-    agreement = pd.DataFrame(rows)
+    agreement = score_agreement(table.reset_index(), ablator.n_reviews, seed)
 
     total = len(table)
     k = max(1, int(round(top_fraction * total)))
@@ -268,6 +257,36 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
                              p_random=float((np.sum(r <= eff) + 1) / (len(r) + 1))))
     tops = pd.DataFrame(top_rows)
     return table.reset_index(), agreement, tops
+
+
+def _within_layer_ranks(values: pd.Series, layers: pd.Series) -> np.ndarray:
+    """Each value's percentile rank among the sampled neurons of its own layer."""
+    return values.groupby(layers.to_numpy()).rank(pct=True).to_numpy()
+
+
+def score_agreement(table: pd.DataFrame, reviews: int, seed: int = 0) -> pd.DataFrame:
+    """Spearman of each score's importance with |exact effect| over the sampled neurons, pooled over
+    layers (`spearman`) and within layers (`spearman_within_layer`: both sides ranked within their
+    layer first, so a score is judged on the choice a per-layer allocation makes, not on how its
+    scale differs between layers), each with a 95% bootstrap interval; plus attribution patching
+    against the exact effect, both signed."""
+    s = table[table["in_sample"]]
+    effect = s["exact_effect"].abs()
+    effect_within = _within_layer_ranks(effect, s["layer"])
+    rows = []
+    for name, doc in SCORES.items():
+        pooled = spearman_interval(s[name].to_numpy(), effect.to_numpy(), seed=seed)
+        within = spearman_interval(_within_layer_ranks(s[name], s["layer"]), effect_within, seed=seed)
+        rows.append(dict(score=name, description=doc, spearman=pooled.value, spearman_lo=pooled.lo,
+                         spearman_hi=pooled.hi, spearman_within_layer=within.value,
+                         spearman_within_layer_lo=within.lo, spearman_within_layer_hi=within.hi,
+                         neurons=len(s), reviews=reviews))
+    agree = spearman_interval(s["attribution_signed"].to_numpy(), s["exact_effect"].to_numpy(), seed)
+    rows.append(dict(score="attribution_signed_vs_exact_signed", description="attribution patching against the "
+                     "exact effect, both signed", spearman=agree.value, spearman_lo=agree.lo, spearman_hi=agree.hi,
+                     neurons=len(s), reviews=reviews,
+                     pearson=float(np.corrcoef(s["attribution_signed"], s["exact_effect"])[0, 1])))
+    return pd.DataFrame(rows)
 
 
 def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:

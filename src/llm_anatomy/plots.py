@@ -139,10 +139,15 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
         ax = row[1]
         scores = ag[ag["score"].isin(["cosine", "contribution", "fluctuation", "activation", "attribution"])]
         y = np.arange(len(scores))
-        ax.errorbar(scores["spearman"], y, xerr=[scores["spearman"] - scores["spearman_lo"],
-                                                 scores["spearman_hi"] - scores["spearman"]], fmt="o", capsize=3)
+        for col, shift, label in (("spearman", -0.12, "pooled over layers"),
+                                  ("spearman_within_layer", 0.12, "within layers")):
+            if col in scores:
+                ax.errorbar(scores[col], y + shift, xerr=[scores[col] - scores[f"{col}_lo"],
+                                                          scores[f"{col}_hi"] - scores[col]],
+                            fmt="o", capsize=3, label=label)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(y, scores["score"])
+        ax.legend(fontsize=7)
         ax.set(title="Spearman of score with |exact effect|", xlabel="rho (95% bootstrap interval)")
         ax = row[2]
         y = np.arange(len(top))

@@ -92,7 +92,8 @@ class PruneTargets:
         if curve.startswith("sweep"):
             if kind not in self.pruning.get("sweep", {}):
                 raise ValueError(f"no pruning.sweep.{kind} configuration: {name} does not exist for {model}")
-            scoring = curve.split("-", 1)[1] if "-" in curve else "paper"
+            base = self.pruning["configs"][self.pruning["sweep"][kind]]
+            scoring = curve.split("-", 1)[1] if "-" in curve else base.get("scoring", "paper")
             if scoring != "paper" and kind != "decoder":
                 raise ValueError(f"{name}: decoder scorings apply to decoders only (an encoder has no final norm)")
             cfg = dict(self.pruning["configs"][self.pruning["sweep"][kind]], target=pct / 100,
