@@ -54,5 +54,10 @@ def accuracy_of(df: pd.DataFrame) -> float:
     return accuracy(df["logit"].to_numpy(), df["label"].to_numpy())
 
 
+def correct(logits, labels) -> np.ndarray:
+    """Per-review 0/1 outcome of a single-logit classifier (logit > 0 means positive)."""
+    return ((np.asarray(logits) > 0).astype(np.int8) == np.asarray(labels).astype(np.int8)).astype(np.float64)
+
+
 def accuracy(logits: np.ndarray, labels: Sequence[int]) -> float:
-    return float(((logits > 0).astype(np.int64) == np.asarray(labels)).mean())
+    return float(correct(logits, labels).mean())

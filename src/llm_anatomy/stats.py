@@ -10,7 +10,7 @@ Every accuracy the pipeline reports is a mean of per-review 0/1 outcomes, so:
                       (a two-level bootstrap), so the interval covers both the draw of the neurons
                       and the draw of the reviews; scipy has no nested bootstrap, hence the numpy
                       resampler below, checked against scipy's one-level bootstrap in the tests.
-The percentile method is used throughout: BCa is undefined on degenerate samples (two classifiers
+The per-review outcome is `logits.correct` (the one accuracy definition). The percentile method is used throughout: BCa is undefined on degenerate samples (two classifiers
 that agree everywhere), which here must give the point interval [0, 0].
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from .logits import correct  # noqa: F401 (the per-review outcome every interval here starts from)
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000
@@ -29,9 +31,6 @@ class Interval:
     value: float
     lo: float
     hi: float
-
-    def contains_zero(self) -> bool:
-        return self.lo <= 0.0 <= self.hi
 
     def to_dict(self, prefix: str) -> dict:
         return {prefix: self.value, f"{prefix}_lo": self.lo, f"{prefix}_hi": self.hi}
@@ -56,11 +55,6 @@ class Difference:
     def detectable(self) -> bool:
         """False when the interval contains 0: report "no detectable difference"."""
         return not (self.lo <= 0.0 <= self.hi)
-
-
-def correct(logits, labels) -> np.ndarray:
-    """Per-review 0/1 outcome of a single-logit classifier (logit > 0 means positive)."""
-    return ((np.asarray(logits) > 0).astype(np.int8) == np.asarray(labels).astype(np.int8)).astype(np.float64)
 
 
 def _bootstrap(data: tuple, statistic, seed: int, paired: bool) -> tuple[float, float]:
@@ -155,11 +149,3 @@ def spearman_interval(x, y, seed: int = 0) -> Interval:
                           confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return Interval(rho, float(lo), float(hi))
-
-
-def describe(d: Difference | Interval, unit: float = 100.0) -> str:
-    """'+1.2 [-0.3, +2.6] pts, p=0.12' (differences) or '85.6 [83.4, 87.7] %' (accuracies)."""
-    if isinstance(d, Difference):
-        return f"{unit * d.diff:+.1f} [{unit * d.lo:+.1f}, {unit * d.hi:+.1f}] pts, McNemar p={d.p_mcnemar:.2g}"
-    return f"{unit * d.value:.1f} [{unit * d.lo:.1f}, {unit * d.hi:.1f}]"
-
