@@ -41,7 +41,7 @@ def quick_scores(model, tokenizer, texts, max_length: int = 64) -> tuple[pd.Data
 
 
 def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), time_limit: int | None = None,
-              high: float = HIGH) -> dict:
+              high: float = HIGH, time_zeroed: bool = True) -> dict:
     """Every prune step on one tiny model, as the workflow chains them; returns the artifacts' paths
     and the collected metrics record."""
     from llm_anatomy.evaluate import evaluate_stage
@@ -74,7 +74,7 @@ def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), t
     baselines = baselines_stage(p["dense"], test, p["plan"], p["random"], p["baselines"], batch_size=4, threads=1,
                                 device="cpu")
     sizing = Sizing(test_limit=len(test), time_limit=time_limit or len(test), batch_size=4, repeats=3,
-                    random_seeds=len(seeds), equality_check_reviews=8, calibration_reviews=len(reviews))
+                    time_zeroed=time_zeroed, random_seeds=len(seeds), equality_check_reviews=8, calibration_reviews=len(reviews))
     timing = timing_stage(p["dense"], p["pruned"], p["plan"], test, sizing, threads=1, device="cpu")
     p["timing"] = tmp_path / "timing.json"
     p["timing"].write_text(json.dumps(timing))

@@ -63,6 +63,9 @@ def test_sizing_named_and_curve_points():
     assert (named.test_limit, named.time_limit, point.time_limit) == (1000, 250, 250)
     assert named.calibration_reviews == 128 and t.sizing("smollm2").calibration_reviews == 64
     assert (named.batch_size, named.repeats, named.random_seeds, named.equality_check_reviews) == (32, 3, 5, 8)
+    # the zeroed model is timed for the paper's named configurations only (offline), for every target in paper
+    assert named.time_zeroed and not point.time_zeroed
+    assert targets_for("paper").sizing("bert", "sweep-50").time_zeroed
     assert t.random_seeds("smollm2") == [0, 1, 2] and t.sizing("smollm2").test_limit == 400
     # a sizing without time limits times every evaluated review
     tiny = targets_for("tiny")

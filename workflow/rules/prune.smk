@@ -2,8 +2,9 @@
 #   ffn_stats     finetuned -> {RES}/{model}/ffn_stats.parquet        activation statistics (FLAP's input)
 #   prune_plan    scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
 #   materialise   finetuned + plan -> {RES}/pruned/{model}/{target}/  a smaller classifier folder (DVC-tracked)
-#   evaluate_*    a classifier folder + a split -> per-review logits (dense: once per model and split)
-#   evaluate_baselines  finetuned + random plans (+ the plan without compensation) -> their per-review logits
+#   evaluate_dense  finetuned + a split -> per-review logits, once per model and split
+#   evaluate_pruned pruned folder + finetuned + random plans (+ the plan without compensation) + a split ->
+#                 prune/{target}/eval_<split>.parquet and baselines_<split>.parquet, per-review logits
 #   time_pruned   dense + pruned folders (+ plan for the zeroed variant) -> prune/{target}/timing.json
 #   prune_metrics per target -> prune/{target}/metrics.json (the PruneMetrics record); then the
 #   per-configuration DVC metrics, the summary table and Figures 4/5.
@@ -138,26 +139,19 @@ rule evaluate_dense:
         "../scripts/evaluate.py"
 
 
-use rule evaluate_dense as evaluate_pruned with:
-    input:
-        model=PRUNED_DIR,
-        split=f"{DATA}/{{split}}.parquet",
-    output:
-        f"{PRUNE_DIR}/eval_{{split}}.parquet",
-    log:
-        f"{LOGS}/{{model}}/prune/{{target}}/evaluate_{{split}}.log",
-    benchmark:
-        f"{PRUNE_DIR}/benchmarks/evaluate_{{split}}.tsv"
-
-
-rule evaluate_baselines:
+rule evaluate_pruned:
+    """The materialised folder and the plan's baselines (random plans per seed; compensated plans also
+    without compensation) on the same reviews, in one job: the baselines are built in memory from the
+    dense checkpoint, so one process start and one tokenisation serve both."""
     input:
         model=f"{RES}/{{model}}/finetuned",
+        pruned=PRUNED_DIR,
         split=f"{DATA}/{{split}}.parquet",
         plan=f"{PRUNE_DIR}/plan.parquet",
         random_plans=f"{PRUNE_DIR}/random_plans.parquet",
     output:
-        f"{PRUNE_DIR}/baselines_{{split}}.parquet",
+        eval=f"{PRUNE_DIR}/eval_{{split}}.parquet",
+        baselines=f"{PRUNE_DIR}/baselines_{{split}}.parquet",
     params:
         limit=eval_limit,
         batch_size=PROFILE["pruning"]["batch_size"],
@@ -166,13 +160,13 @@ rule evaluate_baselines:
     threads: THREADS
     resources:
         mem_mb=8000,
-        runtime=60,
+        runtime=90,
     log:
-        f"{LOGS}/{{model}}/prune/{{target}}/baselines_{{split}}.log",
+        f"{LOGS}/{{model}}/prune/{{target}}/evaluate_{{split}}.log",
     benchmark:
-        f"{PRUNE_DIR}/benchmarks/baselines_{{split}}.tsv"
+        f"{PRUNE_DIR}/benchmarks/evaluate_{{split}}.tsv"
     script:
-        "../scripts/evaluate_baselines.py"
+        "../scripts/evaluate_pruned.py"
 
 
 rule time_pruned:

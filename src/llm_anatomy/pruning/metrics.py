@@ -105,11 +105,11 @@ class PruneMetrics:
     repeats: int = _f("alternating timed passes per variant", 0)
     times_s: dict = _f("seconds of every timed pass, per variant (dense, zeroed, removed)", None)
     time_dense_s: float = _f("median seconds, dense", 0.0)
-    time_zeroed_s: float = _f("median seconds, zeroed (the paper's way)", 0.0)
+    time_zeroed_s: float | None = _f("median seconds, zeroed (the paper's way); null where not timed (sizing time_zeroed)", None)
     time_removed_s: float = _f("median seconds, physically removed", 0.0)
-    speedup_zeroed: float = _f("time_dense_s / time_zeroed_s", 0.0)
+    speedup_zeroed: float | None = _f("time_dense_s / time_zeroed_s; null where not timed", None)
     speedup_removed: float = _f("time_dense_s / time_removed_s", 0.0)
-    speedup_zeroed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/zeroed", None)
+    speedup_zeroed_spread: dict | None = _f("min, median, max over repeats of the per-repeat ratio dense/zeroed; null where not timed", None)
     speedup_removed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/removed", None)
     zeroed_vs_removed_max_abs_logit_diff_fp32: float = _f("float32 check that zeroing and removal agree", 0.0)
     macs_dense: int = _f("multiply-adds of the dense backbone over the timed reviews", 0)
@@ -182,7 +182,7 @@ def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str,
     """The accuracy fields of PruneMetrics from per-review 0/1 outcomes: the dense and pruned models, and
     the baseline variants by name (random-<seed>[-uncompensated], uncompensated)."""
     if not seeds:
-        raise ValueError("no random-<seed> variant among the baselines; rerun evaluate_baselines")
+        raise ValueError("no random-<seed> variant among the baselines; rerun evaluate_pruned")
     out = {}
     out.update(accuracy_interval(dense).to_dict("accuracy_dense"))
     out.update(accuracy_interval(pruned).to_dict("accuracy"))

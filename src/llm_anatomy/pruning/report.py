@@ -239,8 +239,10 @@ def plot_time(runs: list[dict], path) -> None:
             if not group:
                 continue
             x = [m["pruned_pct"] for m in group]
-            ax.plot(x, [100 * m["time_zeroed_s"] / m["time_dense_s"] for m in group], marker + (":" if line else ""),
-                    color="C0", mfc="none", label=f"zeroed ({tag})")
+            zeroed = [(m["pruned_pct"], 100 * m["time_zeroed_s"] / m["time_dense_s"]) for m in group
+                      if m.get("time_zeroed_s") is not None]
+            if zeroed:
+                ax.plot(*zip(*zeroed), marker + (":" if line else ""), color="C0", mfc="none", label=f"zeroed ({tag})")
             ax.plot(x, [100 * m["time_removed_s"] / m["time_dense_s"] for m in group], marker + line,
                     color="C1", label=f"physically removed ({tag})")
             # the spread of the per-repeat ratios dense/removed: time ratio from 1/max to 1/min

@@ -36,6 +36,7 @@ class Sizing:
     time_limit: int          # timing on the first N of those
     batch_size: int
     repeats: int             # alternating timed passes per variant
+    time_zeroed: bool        # also time the zeroed model (the paper's way), beside dense and removed
     random_seeds: int
     equality_check_reviews: int
     calibration_reviews: int
@@ -122,10 +123,12 @@ class PruneTargets:
         tree = self.sizing_tree
         kind = tree[self.kinds[model]]
         time_limit = kind.get("time_limit", kind["test_limit"])
-        if name is not None and curve_of(name)[0] != "named":
+        curve_point = name is not None and curve_of(name)[0] != "named"
+        if curve_point:
             time_limit = kind.get("sweep_time_limit", time_limit)
         return Sizing(test_limit=kind["test_limit"], time_limit=time_limit,
-                      batch_size=tree["batch_size"], repeats=tree["repeats"], random_seeds=kind["random_seeds"],
+                      batch_size=tree["batch_size"], repeats=tree["repeats"],
+                      time_zeroed=tree["time_zeroed"] == "all" or not curve_point, random_seeds=kind["random_seeds"],
                       equality_check_reviews=kind["equality_check_reviews"],
                       calibration_reviews=kind["calibration_reviews"])
 
