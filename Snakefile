@@ -17,6 +17,7 @@ include: "workflow/rules/prune.smk"
 
 
 rule all:
+    """Everything the offline default (or the chosen profile) produces."""
     input:
         all_targets(),
     default_target: True

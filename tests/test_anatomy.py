@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SHARED, make_tiny
+from conftest import ROOT, SHARED, make_tiny
 from llm_anatomy.batching import encode
 from llm_anatomy.extract import extract_targets, read_vectors, write_extraction
 from llm_anatomy.graph import layer_counts, neuron_graph
@@ -146,7 +146,7 @@ def test_head_direction_gives_direct_effect(tokenizer):
 
 
 def test_probe_files(tmp_path):
-    ours = read_probes(SHARED.parent / "main" / "resources" / "probes.tsv")
+    ours = read_probes(ROOT / "resources" / "probes.tsv")
     assert len(ours) == 10 and ours["subtask"].nunique() == 5
     paper = SHARED / "data" / "probes" / "paper_table1.tsv"
     if paper.exists():
@@ -155,6 +155,14 @@ def test_probe_files(tmp_path):
     bad.write_text("id\ttext\n0\thello\n")
     with pytest.raises(ProbeError, match="missing column"):
         read_probes(bad)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(ProbeError, match=f"probe file {empty} is empty"):
+        read_probes(empty)
+    ids = tmp_path / "ids.tsv"
+    ids.write_text("input_id\tsubtask\tvariant\ttext\nx1\ta\tb\thello\n")
+    with pytest.raises(ProbeError, match=r"input_id must be an integer; found \['x1'\]"):
+        read_probes(ids)
 
 
 def test_share_lists_and_contributions_hand_made():

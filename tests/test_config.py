@@ -107,3 +107,62 @@ def test_device_setting(params):
     params["profiles"]["offline"]["device"] = "tpu"
     with pytest.raises(ParamsError, match="device"):
         validate(params, SCHEMA, ROOT)
+
+
+def test_misspelled_keys_are_rejected_with_a_suggestion(params):
+    def edit(p):
+        p["profiles"]["offline"]["treads"] = 2
+        p["profiles"]["offline"]["models"]["minilm"]["knid"] = "encoder"
+    msg = _bad(params, edit)
+    assert "profiles.offline.treads: unknown key 'treads'; did you mean 'threads'?" in msg
+    assert "profiles.offline.models.minilm.knid: unknown key 'knid'; did you mean 'kind'?" in msg
+    msg = _bad(params, lambda p: p["data"].update(zzz=1))  # nothing close: the allowed keys are listed
+    assert "data.zzz: unknown key 'zzz'; allowed here: hub_name, mirror_dir, source" in msg
+
+
+def test_a_missing_section_is_named(params):
+    msg = _bad(params, lambda p: p.pop("anatomy"))
+    assert "anatomy: missing; add it" in msg
+
+
+@pytest.mark.parametrize("key, value", [("high_threshold", 5), ("beta", -1)])
+def test_out_of_range_values(params, key, value):
+    def edit(p):
+        if key == "beta":
+            p["pruning"]["configs"]["enc-a0.01-b0.001"]["beta"] = value
+        else:
+            p["pruning"][key] = value
+    assert key in _bad(params, edit)
+
+
+def test_nested_command_line_overrides_get_their_yaml_types(params):
+    from llm_anatomy.config import retype_overrides
+    # what Snakemake hands over for --config 'anatomy={threshold: 0.5, ablation: {reviews: 16}}' after merging
+    overrides = {"anatomy": {"threshold": "0.5", "ablation": {"reviews": "16"}}, "profile": "offline",
+                 "pruning": {"configs": {"enc-a0.01-b0.001": {"alpha": "1e-3", "focusing": "none"}},
+                             "sweep": {"decoder_scorings": ["gain"]}}}
+    params["anatomy"].update(threshold="0.5")
+    params["anatomy"]["ablation"].update(reviews="16")
+    params["pruning"]["configs"]["enc-a0.01-b0.001"].update(alpha="1e-3", focusing="none")
+    params["pruning"]["sweep"]["decoder_scorings"] = ["gain"]
+    retype_overrides(params, overrides)
+    assert params["anatomy"]["threshold"] == 0.5 and params["anatomy"]["ablation"]["reviews"] == 16
+    assert params["pruning"]["configs"]["enc-a0.01-b0.001"]["alpha"] == 0.001
+    assert params["pruning"]["configs"]["enc-a0.01-b0.001"]["focusing"] == "none"
+    assert params["pruning"]["sweep"]["decoder_scorings"] == ["gain"]
+    validate(params, SCHEMA, ROOT)
+
+
+def test_a_bad_probe_file_stops_validation(params, tmp_path):
+    """Probes are read when the params are checked (Snakefile load), not after the fine-tunes."""
+    empty = tmp_path / "probes.tsv"
+    empty.write_text("")
+    msg = _bad(params, lambda p: p["anatomy"].update(probes=str(empty)))
+    assert f"anatomy.probes: probe file {empty} is empty" in msg
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("calibration_size", 6000, "anatomy.calibration_size = 6000 exceeds profiles.offline.split.train = 5000"),
+    ("test_size", 1001, "anatomy.test_size = 1001 exceeds profiles.offline.split.test = 1000")])
+def test_anatomy_samples_beyond_the_split_are_errors_not_clamps(params, key, value, message):
+    assert message in _bad(params, lambda p: p["anatomy"].update({key: value}))

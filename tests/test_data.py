@@ -67,3 +67,46 @@ def test_unreadable_and_missing_files(tmp_path):
     (tmp_path / "train.parquet").write_text("not parquet")
     with pytest.raises(DataError, match="train.parquet is not a readable Parquet file"):
         read_mirror(tmp_path)
+
+
+def _leaky_imdb(n=400):
+    """synthetic_imdb whose test split repeats every train text (with other whitespace), so any draw leaks."""
+    frames = synthetic_imdb(n=n)
+    frames["test"] = frames["train"].assign(text=frames["train"]["text"].str.replace(" ", "  "))
+    return frames
+
+
+def _keys(df):
+    return {" ".join(t.split()) for t in df["text"]}
+
+
+def test_cross_split_duplicates_are_dropped_and_counted():
+    frames = _leaky_imdb()
+    frames["test"] = pd.concat([frames["test"], synthetic_imdb(n=400, seed=9)["test"]], ignore_index=True)
+    info = {}
+    splits = make_splits(frames, 100, 30, 50, seed=1, overlap="drop", info=info)
+    # independent check: no test text, whitespace-normalised, occurs in train or validation
+    assert not _keys(splits["test"]) & (_keys(splits["train"]) | _keys(splits["val"]))
+    assert not _keys(splits["val"]) & _keys(splits["train"])
+    assert info["found"]["test_in_train_or_val"] > 0 and info["removed"]["test"] == info["found"]["test_in_train_or_val"]
+    assert info["remaining"] == {"val_in_train": 0, "test_in_train_or_val": 0, "duplicates_within_train": 0}
+    for name, size in (("train", 100), ("val", 30), ("test", 50)):  # sizes and balance kept
+        df = splits[name]
+        assert len(df) == size and df["label"].sum() == size // 2 and df["source_index"].is_unique
+
+
+def test_overlap_report_keeps_and_error_stops():
+    info = {}
+    kept = make_splits(_leaky_imdb(), 100, 30, 50, seed=1, overlap="report", info=info)
+    assert info["removed"] == {"val": 0, "test": 0}
+    assert info["remaining"]["test_in_train_or_val"] == len(_keys(kept["test"]) & (_keys(kept["train"]) | _keys(kept["val"])))
+    with pytest.raises(DataError, match=r"test reviews in train or validation; set split.overlap: drop"):
+        make_splits(_leaky_imdb(), 100, 30, 50, seed=1, overlap="error")
+
+
+def test_a_clean_split_is_the_split_the_seed_always_gave():
+    """Dropping draws nothing when nothing overlaps: the same frames as keeping."""
+    dropped = make_splits(synthetic_imdb(), 60, 20, 20, seed=3, overlap="drop")
+    kept = make_splits(synthetic_imdb(), 60, 20, 20, seed=3, overlap="report")
+    for s in dropped:
+        pd.testing.assert_frame_equal(dropped[s], kept[s])

@@ -51,11 +51,65 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, splits, monkeypatch, 
         assert torch.allclose(a, b, atol=1e-6), name
 
 
-def test_checkpoint_for_other_params_is_ignored(tmp_path, splits, tokenizer):
-    run(tmp_path, splits, "a", epochs=1)
-    (tmp_path / "a.ckpt").rename(tmp_path / "b.ckpt")
-    metrics = run(tmp_path, splits, "b", lr=5e-4, epochs=1)
+def _kill_after_first_checkpoint(tmp_path, splits, monkeypatch, name, **over):
+    real_save = ft.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise Interrupt
+    monkeypatch.setattr(ft, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupt):
+        run(tmp_path, splits, name, **over)
+    monkeypatch.setattr(ft, "save_checkpoint", real_save)
+
+
+def test_checkpoint_for_other_params_is_ignored(tmp_path, splits, tokenizer, monkeypatch, caplog):
+    _kill_after_first_checkpoint(tmp_path, splits, monkeypatch, "b", epochs=1)
+    with caplog.at_level("WARNING"):
+        metrics = run(tmp_path, splits, "b", lr=5e-4, epochs=1)
     assert metrics["resumed_from_step"] is None
+    assert ": fine-tune params changed" in caplog.text  # the one part that changed, named alone
+
+
+def test_a_changed_split_restarts_from_step_0_with_a_warning(tmp_path, splits, tokenizer, monkeypatch, caplog):
+    """A kill, then a rerun on another train split (what a new split.seed gives): training on the new
+    data must not continue from weights trained on the old one."""
+    _kill_after_first_checkpoint(tmp_path, splits, monkeypatch, "m")
+    other = dict(splits, train=splits["train"].sample(frac=1.0, random_state=1).reset_index(drop=True))
+    assert not other["train"].equals(splits["train"])
+    with caplog.at_level("WARNING"):
+        metrics = run(tmp_path, other, "m")
+    assert metrics["resumed_from_step"] is None
+    assert "train split changed" in caplog.text and str(tmp_path / "m.ckpt") in caplog.text
+    assert "validation split" not in caplog.text
+    # the same data resumes: only a change of what determines training restarts
+    _kill_after_first_checkpoint(tmp_path, splits, monkeypatch, "n")
+    assert run(tmp_path, splits, "n")["resumed_from_step"] == 3
+
+
+def test_an_unreadable_checkpoint_is_moved_aside_and_training_restarts(tmp_path, splits, tokenizer, monkeypatch,
+                                                                        caplog):
+    _kill_after_first_checkpoint(tmp_path, splits, monkeypatch, "m")
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated, as a kill mid-copy leaves it
+    with caplog.at_level("WARNING"):
+        metrics = run(tmp_path, splits, "m")
+    assert metrics["resumed_from_step"] is None
+    aside = list(tmp_path.glob("m.ckpt.unreadable-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == 100  # kept for inspection, not deleted
+    assert "cannot be read" in caplog.text and str(ckpt) in caplog.text and str(aside[0]) in caplog.text
+
+
+def test_fingerprint_parts_follow_their_inputs(splits, tokenizer):
+    p = ft.FinetuneParams(**PARAMS)
+    base = ft.fingerprint("tiny:gpt2", tokenizer, p, splits["train"], splits["val"])
+    relabelled = splits["train"].assign(label=1 - splits["train"]["label"])
+    assert ft.fingerprint("tiny:gpt2", tokenizer, p, relabelled, splits["val"])["train split"] != base["train split"]
+    more_threads = ft.FinetuneParams(**dict(PARAMS, threads=2))
+    assert ft.fingerprint("tiny:gpt2", tokenizer, more_threads, splits["train"], splits["val"]) == base
+    reseeded = ft.fingerprint("tiny:gpt2", tokenizer, ft.FinetuneParams(**dict(PARAMS, seed=6)), splits["train"],
+                              splits["val"])
+    assert [k for k in base if base[k] != reseeded[k]] == ["seed"]
 
 
 def test_saved_classifier_reproduces_its_metrics(tmp_path, splits, tokenizer):

@@ -52,7 +52,8 @@ def test_configurations_and_defaults():
     with pytest.raises(ValueError, match="decoder scorings apply to decoders only"):
         t.rule_config("minilm", "sweep-gain-50")
     flap = t.rule_config("minilm", "flap-60")
-    assert flap == dict(rule="flap", target=0.6, allocation="uniform", bias_compensation=True, focus_multiplier=3)
+    # FLAP's configuration holds only what FLAP reads, so changing k (focus_multiplier) leaves its plans alone
+    assert flap == dict(rule="flap", target=0.6, allocation="uniform", bias_compensation=True)
     assert t.needs_ffn_stats("flap-60") and not t.needs_ffn_stats("sweep-60")
     assert t.compensated("minilm", "flap-60") and not t.compensated("minilm", "sweep-60")
 

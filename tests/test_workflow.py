@@ -84,3 +84,11 @@ def test_tiny_profile_end_to_end(tmp_path):
     second = snakemake(tmp_path, "--config", "profile=tiny")
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
+
+
+def test_nested_config_overrides_are_read_as_yaml(tmp_path):
+    """--config values nested in a mapping reach the params as numbers, so the schema judges the value."""
+    good = snakemake(tmp_path, "-n", "--config", "profile=tiny", "anatomy={threshold: 0.5}")
+    assert good.returncode == 0, good.stderr[-3000:]
+    bad = snakemake(tmp_path, "-n", "--config", "profile=tiny", "anatomy={threshold: 1.5}")
+    assert bad.returncode != 0 and "anatomy.threshold: 1.5 is greater than the maximum of 1" in bad.stderr + bad.stdout

@@ -2,23 +2,49 @@
 shuffles for training (both cut the padding a fixed-length batch would compute on)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+log = logging.getLogger(__name__)
 
-def encode(tokenizer, texts: Sequence[str], max_length: int, truncation_side: str = "right") -> list[list[int]]:
-    """Token ids per text, special tokens included, truncated to `max_length` on the given side."""
+
+class Encoded(list):
+    """Token ids per text (a list), and how many tokens truncation cut from each (`cut`)."""
+
+    def __init__(self, ids: list[list[int]], cut: list[int], max_length: int, side: str):
+        super().__init__(ids)
+        self.cut, self.max_length, self.side = cut, max_length, side
+
+    def truncation(self) -> dict:
+        """What truncation did, for an output's metadata."""
+        cut = np.asarray(self.cut, dtype=np.int64)
+        return dict(texts=len(cut), truncated=int((cut > 0).sum()), tokens_cut=int(cut.sum()),
+                    max_cut=int(cut.max(initial=0)), max_length=self.max_length, side=self.side)
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, truncation_side: str = "right",
+           what: str = "texts") -> Encoded:
+    """Token ids per text, special tokens included, truncated to `max_length` on the given side; how
+    many texts were cut, and by how much, is logged and kept on the result."""
+    texts = list(texts)
     tokenizer.truncation_side = truncation_side
-    out = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
-    return out["input_ids"]
+    out = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    full = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]  # verbose: no too-long warning
+    encoded = Encoded(out, [len(f) - len(o) for f, o in zip(full, out)], max_length, truncation_side)
+    t = encoded.truncation()
+    if t["truncated"]:
+        log.info("%s: %d of %d cut to %d tokens on the %s (%d tokens dropped, at most %d from one)", what,
+                 t["truncated"], t["texts"], max_length, truncation_side, t["tokens_cut"], t["max_cut"])
+    return encoded
 
 
-def encode_reviews(tokenizer, meta: dict, texts) -> list[list[int]]:
+def encode_reviews(tokenizer, meta: dict, texts, what: str = "reviews") -> Encoded:
     """Tokenise as a saved checkpoint was fine-tuned (its classifier.json max_length and truncation side)."""
-    return encode(tokenizer, list(texts), meta["max_length"], meta.get("truncation_side", "right"))
+    return encode(tokenizer, list(texts), meta["max_length"], meta.get("truncation_side", "right"), what)
 
 
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

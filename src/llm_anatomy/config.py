@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 
 import jsonschema
@@ -38,6 +39,20 @@ def _filling_defaults(validator_class):
 DefaultFillingValidator = _filling_defaults(jsonschema.Draft202012Validator)
 
 
+def _unknown_keys(err) -> list[str]:
+    """One line per key the schema does not allow, with the closest allowed key as a suggestion."""
+    allowed = sorted(err.schema.get("properties", {}))
+    lines = []
+    for key in err.instance:
+        if key in allowed:
+            continue
+        where = _key([*err.absolute_path, key])
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(allowed)}"
+        lines.append(f"  {where}: unknown key {key!r}; {hint}")
+    return lines
+
+
 def check_schema(config: dict, schema_path: str | Path) -> None:
     """Validate `config` against the schema, filling in the schema's defaults for absent keys."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -46,9 +61,45 @@ def check_schema(config: dict, schema_path: str | Path) -> None:
     if errors:
         lines = []
         for err in errors[:10]:
+            if err.validator == "additionalProperties" and isinstance(err.instance, dict) and err.schema.get("properties"):
+                lines += _unknown_keys(err)
+                continue
+            if err.validator == "required":
+                missing = [k for k in err.validator_value if k not in err.instance]
+                lines += [f"  {_key([*err.absolute_path, k])}: missing; add it (see docs/PARAMS.md and the offline "
+                          "profile in params.yaml)" for k in missing]
+                continue
             hint = err.schema.get("description") if isinstance(err.schema, dict) else None
             lines.append(f"  {_key(err.absolute_path)}: {err.message}" + (f" (expected: {hint})" if hint else ""))
         raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))
+
+
+def _scalar(text: str):
+    """A --config leaf as the YAML value it spells (1.5 -> float, true -> bool, 1e-3 -> float)."""
+    value = yaml.safe_load(text) if text.strip() else text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            return value
+    return value
+
+
+def retype_overrides(config: dict, overrides: dict) -> None:
+    """Snakemake reads nested `--config key={a: 1.5}` values with YAML's BaseLoader, so every leaf
+    arrives as a string; give the leaves of nested overrides their YAML types in `config`."""
+    def walk(target, over):
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                walk(target[key], value)
+            elif isinstance(value, str) and isinstance(target.get(key), str) and target[key] == value:
+                target[key] = _scalar(value)
+            elif isinstance(value, list) and isinstance(target.get(key), list):
+                target[key] = [_scalar(v) if isinstance(v, str) else v for v in value]
+
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):  # top-level scalars are typed already
+            walk(config[key], value)
 
 
 def active_profile(config: dict) -> dict:
@@ -75,6 +126,19 @@ def check_semantics(config: dict, root: str | Path) -> None:
             if not (mirror / f"{split}.parquet").exists():
                 raise ParamsError(f"data.mirror_dir: {mirror / (split + '.parquet')} does not exist; point it at the "
                                   "IMDB Parquet mirror (default ../shared/data/imdb) or set data.source: hub")
+    anatomy = {**config["anatomy"], **prof.get("anatomy", {})}
+    from .probes import ProbeError, read_probes
+    try:  # read now, so a bad probe file stops the run before any fine-tuning
+        read_probes(resolve_path(anatomy["probes"], root))
+    except ProbeError as err:
+        raise ParamsError(f"anatomy.probes: {err}") from None
+    for key, split in (("calibration_size", "train"), ("test_size", "test")):
+        if anatomy[key] > prof["split"][split]:
+            raise ParamsError(f"anatomy.{key} = {anatomy[key]} exceeds profiles.{name}.split.{split} = "
+                              f"{prof['split'][split]}; lower it (a profile's anatomy: section may override it)")
+    if anatomy["ablation"]["reviews"] > prof["split"]["val"]:
+        raise ParamsError(f"anatomy.ablation.reviews = {anatomy['ablation']['reviews']} exceeds profiles.{name}.split.val"
+                          f" = {prof['split']['val']}; lower it")
     for model, spec in prof["models"].items():
         key = f"profiles.{name}.models.{model}"
         ft = spec["finetune"]

@@ -82,9 +82,60 @@ def balanced_sample(df: pd.DataFrame, n: int, rng: np.random.Generator, where: s
     return picked
 
 
+OVERLAP_POLICIES = ("drop", "report", "error")
+
+
+def text_key(text: str) -> str:
+    """Reviews that differ only in whitespace are the same review."""
+    return " ".join(str(text).split())
+
+
+def overlap_counts(splits: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Exact duplicates (after whitespace normalisation) across the splits, and within train."""
+    keys = {name: df["text"].map(text_key) for name, df in splits.items()}
+    train, val = set(keys["train"]), set(keys["val"])
+    return {"val_in_train": int(keys["val"].isin(train).sum()),
+            "test_in_train_or_val": int(keys["test"].isin(train | val).sum()),
+            "duplicates_within_train": int(keys["train"].duplicated().sum())}
+
+
+def _replace_overlap(src: pd.DataFrame, idx: np.ndarray, forbidden: set[str], taken: set[int],
+                     rng: np.random.Generator, where: str) -> tuple[np.ndarray, int]:
+    """Swap every pick whose text is in `forbidden` for a fresh pick of the same label; no draw at all
+    when nothing overlaps, so a clean split is the split the seed always gave."""
+    keys = src["text"].map(text_key).to_numpy()
+    bad = [i for i, pos in enumerate(idx) if keys[pos] in forbidden]
+    if not bad:
+        return idx, 0
+    idx = idx.copy()
+    labels = src["label"].to_numpy()
+    used, chosen = set(taken) | set(idx.tolist()), set(keys[idx]) - forbidden
+    candidates: dict[int, list] = {}
+    for i in bad:
+        label = int(labels[idx[i]])
+        if label not in candidates:
+            candidates[label] = list(rng.permutation(np.flatnonzero(labels == label)))
+        while candidates[label]:
+            pos = int(candidates[label].pop())
+            if pos not in used and keys[pos] not in forbidden and keys[pos] not in chosen:
+                break
+        else:
+            raise DataError(f"{where}: not enough distinct reviews of label {label} left to replace the ones that "
+                            "also occur in another split; lower the split sizes")
+        idx[i] = pos
+        used.add(pos)
+        chosen.add(keys[pos])
+    return idx, len(bad)
+
+
 def make_splits(frames: dict[str, pd.DataFrame], n_train: int, n_val: int, n_test: int,
-                seed: int) -> dict[str, pd.DataFrame]:
-    """Seeded, class-balanced train/val from IMDB train and test from IMDB test, disjoint."""
+                seed: int, overlap: str = "drop", info: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Seeded, class-balanced train/val from IMDB train and test from IMDB test, disjoint in rows and,
+    with `overlap: drop`, in text: a val or test review whose text (whitespace-normalised) also occurs
+    in an earlier split is replaced by a fresh review of the same label. `report` keeps such reviews
+    and says how many; `error` stops. `info`, when given, receives what was found and removed."""
+    if overlap not in OVERLAP_POLICIES:
+        raise DataError(f"split.overlap is {overlap!r}; use one of {OVERLAP_POLICIES}")
     rng = np.random.default_rng(seed)
     train_src, test_src = frames["train"].reset_index(drop=True), frames["test"].reset_index(drop=True)
     trainval = balanced_sample(train_src, n_train + n_val, rng, "IMDB train")
@@ -102,8 +153,25 @@ def make_splits(frames: dict[str, pd.DataFrame], n_train: int, n_val: int, n_tes
         out["source_index"] = idx.astype("int64")
         return out.reset_index(drop=True)[SPLIT_COLUMNS]
 
-    return {"train": frame(train_src, train_idx, "train"), "val": frame(train_src, val_idx, "train"),
-            "test": frame(test_src, test_idx, "test")}
+    splits = {"train": frame(train_src, train_idx, "train"), "val": frame(train_src, val_idx, "train"),
+              "test": frame(test_src, test_idx, "test")}
+    found = overlap_counts(splits)
+    removed = {"val": 0, "test": 0}
+    if overlap == "error" and (found["val_in_train"] or found["test_in_train_or_val"]):
+        raise DataError(f"the split shares texts across splits: {found['val_in_train']} validation reviews occur in "
+                        f"train and {found['test_in_train_or_val']} test reviews in train or validation; set "
+                        "split.overlap: drop to replace them (or report to keep them)")
+    if overlap == "drop":
+        train_keys = set(splits["train"]["text"].map(text_key))
+        val_idx, removed["val"] = _replace_overlap(train_src, val_idx, train_keys, set(train_idx.tolist()), rng,
+                                                   "IMDB train (validation)")
+        splits["val"] = frame(train_src, val_idx, "train")
+        forbidden = train_keys | set(splits["val"]["text"].map(text_key))
+        test_idx, removed["test"] = _replace_overlap(test_src, test_idx, forbidden, set(), rng, "IMDB test")
+        splits["test"] = frame(test_src, test_idx, "test")
+    if info is not None:
+        info.update(policy=overlap, found=found, removed=removed, remaining=overlap_counts(splits))
+    return splits
 
 
 def read_split(path: str | Path) -> pd.DataFrame:

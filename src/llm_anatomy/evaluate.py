@@ -42,12 +42,14 @@ def evaluate_stage(model_dir, split: pd.DataFrame, out_path, limit: int | None =
     model, tokenizer, meta = load_classifier(model_dir, device)
     reviews = first_reviews(split, limit, f"{out_path}")
     start = time.perf_counter()
-    logits = predict_logits(model, encode_reviews(tokenizer, meta, reviews["text"]), tokenizer.pad_token_id,
+    encoded = encode_reviews(tokenizer, meta, reviews["text"], what=f"{out_path} reviews")
+    logits = predict_logits(model, encoded, tokenizer.pad_token_id,
                             batch_size, meta.get("precision", "fp32"), meta.get("padding_side", "right"),
                             desc=f"evaluate {Path(model_dir).name}")
     df = logits_frame(logits, reviews["label"])
     info = dict(model=str(model_dir), reviews=len(df), device=describe(model_device(model)),
-                precision=meta.get("precision", "fp32"), batch_size=batch_size, seconds=time.perf_counter() - start)
+                precision=meta.get("precision", "fp32"), batch_size=batch_size, truncation=encoded.truncation(),
+                seconds=time.perf_counter() - start)
     write_logits(df, out_path, info)
     acc = accuracy_of(df)
     log.info("%s on %d reviews: accuracy %.4f (%.1f s)", model_dir, len(df), acc, info["seconds"])

@@ -14,7 +14,8 @@ ffn_activations.parquet, one row per (input, block), blocks 0..L-1:
   activation fixed_size_list<float32>[F] the input of the FFN's output projection at the target
                                          token: one value per neuron (GELU output for BERT/GPT-2,
                                          silu(gate) * up for Llama). FFN output = activation @ V + b.
-anatomy_inputs.parquet, one row per input: input_set, input_id, text, label, n_tokens, logit, and
+anatomy_inputs.parquet, one row per input: input_set, input_id, text, label, n_tokens, tokens_cut (tokens
+  truncation removed: long probes and reviews are cut to max_length, never silently), logit, and
   final_prenorm list<float32>[H]          the target token entering the final norm (decoders: the last
                                          block's output before ln_f / norm; encoders: = layer L),
                                          for the decoder scoring variants (docs/ANATOMY.md)
@@ -43,6 +44,7 @@ class Extraction:
                  final_prenorm: np.ndarray):
         self.hidden, self.ffn, self.logits, self.n_tokens = hidden, ffn, logits, n_tokens
         self.final_prenorm = final_prenorm
+        self.tokens_cut: np.ndarray | None = None  # per input, tokens truncation removed (set by extract_inputs)
 
 
 @torch.inference_mode()
@@ -93,9 +95,11 @@ def extract_targets(model: SentimentClassifier, encoded: Sequence[Sequence[int]]
 def extract_inputs(model: SentimentClassifier, tokenizer, meta: dict, texts: Sequence[str], batch_size: int,
                    precision: str, desc: str | None = None) -> Extraction:
     """Tokenise as the model was fine-tuned (max_length, truncation and padding side), then extract."""
-    encoded = encode_reviews(tokenizer, meta, texts)
-    return extract_targets(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),
-                           batch_size, precision, desc)
+    encoded = encode_reviews(tokenizer, meta, texts, what="anatomy inputs")
+    ex = extract_targets(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),
+                         batch_size, precision, desc)
+    ex.tokens_cut = np.asarray(encoded.cut, dtype=np.int64)
+    return ex
 
 
 def _vector_table(keys: pd.DataFrame, arrays: list[np.ndarray], column: str) -> pa.Table:
@@ -121,8 +125,9 @@ def write_extraction(ex: Extraction, inputs: pd.DataFrame, hidden_path, ffn_path
     keys = inputs[["input_set", "input_id"]].reset_index(drop=True)
     write_parquet(_vector_table(keys, [ex.hidden[:, i] for i in range(ex.hidden.shape[1])], "vector"), hidden_path)
     write_parquet(_vector_table(keys, ex.ffn, "activation"), ffn_path)
-    write_parquet(inputs.assign(n_tokens=ex.n_tokens, logit=ex.logits, final_prenorm=list(ex.final_prenorm)),
-                  inputs_path)
+    cut = ex.tokens_cut if ex.tokens_cut is not None else np.zeros(len(inputs), dtype=np.int64)
+    write_parquet(inputs.assign(n_tokens=ex.n_tokens, tokens_cut=cut, logit=ex.logits,
+                                final_prenorm=list(ex.final_prenorm)), inputs_path)
 
 
 def read_vectors(path, column: str, input_set: str | None = None) -> tuple[pd.DataFrame, np.ndarray | list]:

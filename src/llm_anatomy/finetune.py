@@ -2,8 +2,10 @@
 
 The run is deterministic in its parameters: batch order comes from `grouped_batches`
 seeded per epoch, and every `checkpoint_every` steps the trainable weights, optimizer,
-schedule, step counter and RNG state are written atomically. A rerun with the same
-parameters continues from the last checkpoint instead of step 0.
+schedule, step counter and RNG state are written atomically. A rerun continues from the last
+checkpoint only when everything that determines training is unchanged (`fingerprint`: the model
+source, the tokenizer, every fine-tune parameter, the seed, the content of the train and validation
+splits); otherwise, or when the checkpoint cannot be read, it starts from step 0 and says why.
 """
 from __future__ import annotations
 
@@ -86,9 +88,58 @@ def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
     ]
 
 
-def fingerprint(source: str, p: FinetuneParams, n_train: int) -> str:
-    blob = json.dumps({"source": source, "params": asdict(p), "n_train": n_train}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def frame_digest(df: pd.DataFrame) -> str:
+    """Content hash of a split's reviews and labels, in order (the order is the batch order's input)."""
+    h = hashlib.sha256()
+    for text, label in zip(df["text"], df["label"]):
+        h.update(str(text).encode())
+        h.update(f"\x00{int(label)}\x01".encode())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """What turns a review into ids: the tokenizer class, its vocabulary and special tokens."""
+    return _digest([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens])
+
+
+def fingerprint(source: str, tokenizer, p: FinetuneParams, train: pd.DataFrame, val: pd.DataFrame) -> dict[str, str]:
+    """Everything that determines a training run, part by part, so a mismatch can say what changed."""
+    params = asdict(p)
+    return {"model source": source, "tokenizer": tokenizer_digest(tokenizer), "seed": str(p.seed),
+            # threads, like the device, may differ between the killed run and its resumption
+            "fine-tune params": _digest({k: v for k, v in params.items() if k not in ("seed", "threads")}),
+            "train split": frame_digest(train), "validation split": frame_digest(val)}
+
+
+def load_checkpoint(path: Path, fp: dict[str, str]) -> dict | None:
+    """The checkpoint's state when it was written for this exact run; else None, with a warning that says why.
+
+    An unreadable file (a kill mid-copy, a full disk) is moved aside, not deleted, so it can be inspected."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+        written = state["fingerprint"]
+    except Exception as err:  # noqa: BLE001 (any unreadable file: truncated zip, pickle error, missing key)
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        log.warning("checkpoint %s cannot be read (%s: %s); moved it to %s and fine-tuning starts from step 0",
+                    path, type(err).__name__, str(err)[:200], aside)
+        return None
+    if not isinstance(written, dict):
+        log.warning("ignoring checkpoint %s: it predates per-part fingerprints; fine-tuning starts from step 0",
+                    path)
+        return None
+    changed = [part for part in fp if written.get(part) != fp[part]]
+    if changed:
+        log.warning("ignoring checkpoint %s: %s changed since it was written; fine-tuning starts from step 0",
+                    path, ", ".join(changed))
+        return None
+    return state
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -112,8 +163,8 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
     The test split is not an input: it is read only by the final evaluation (rule evaluate_dense),
     so no choice made while fine-tuning can have looked at it.
 
-    `device` (auto, cpu, cuda, cuda:<i>) is not part of the checkpoint fingerprint: a run
-    interrupted on one device resumes on another.
+    `device` (auto, cpu, cuda, cuda:<i>) and the thread count are not part of the checkpoint
+    fingerprint: a run interrupted on one device resumes on another.
     """
     set_threads(p.threads)
     device = resolve_device(device)
@@ -128,7 +179,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
     freeze(model, p)
     model.to(device)
 
-    enc = {name: encode(tokenizer, df["text"], p.max_length, p.truncation_side)
+    enc = {name: encode(tokenizer, df["text"], p.max_length, p.truncation_side, what=f"{model_name} {name} reviews")
            for name, df in (("train", train), ("val", val))}
     labels = torch.tensor(train["label"].to_numpy(), dtype=torch.float32, device=device)
     lengths = [len(s) for s in enc["train"]]
@@ -139,24 +190,21 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
     scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup_ratio * total_steps), total_steps)
     scaler = grad_scaler(p.precision, device)  # active only for fp16 (a CUDA device without bf16)
     loss_fn = nn.BCEWithLogitsLoss()
-    fp = fingerprint(source, p, len(lengths))
+    fp = fingerprint(source, tokenizer, p, train, val)
 
     step, history, train_seconds, resumed_from, final_val = 0, [], 0.0, None, None
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
-        if state["fingerprint"] == fp:
-            model.load_state_dict(state["model"], strict=False)
-            optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state.get("scaler") or {})
-            torch.set_rng_state(state["rng"])
-            if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            step, history, train_seconds = state["step"], state["history"], state["train_seconds"]
-            resumed_from = step
-            log.info("resumed %s from step %d of %d (%s)", model_name, step, total_steps, checkpoint_path)
-        else:
-            log.warning("ignoring %s: it was written for other parameters", checkpoint_path)
+    state = load_checkpoint(checkpoint_path, fp)
+    if state is not None:
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler") or {})
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        step, history, train_seconds = state["step"], state["history"], state["train_seconds"]
+        resumed_from = step
+        log.info("resumed %s from step %d of %d (%s)", model_name, step, total_steps, checkpoint_path)
 
     def checkpoint():
         save_checkpoint(checkpoint_path, {
@@ -220,7 +268,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
         "epochs": p.epochs, "steps": total_steps, "train_seconds": round(train_seconds, 1),
         "train_examples_per_second": round(len(train) * p.epochs / max(train_seconds, 1e-9), 2),
         "val_seconds": round(val_seconds, 2), "precision": p.precision, "device": describe(device),
-        "max_length": p.max_length,
+        "max_length": p.max_length, "truncation": {name: e.truncation() for name, e in enc.items()},
         "trainable_parameters": n_trainable, "resumed_from_step": resumed_from, "history": history,
     }
     meta = {"model": model_name, "source": source, "max_length": p.max_length,

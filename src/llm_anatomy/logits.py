@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import write_parquet
+from .io import dumps, write_parquet
 
 EVAL_META = b"llm_anatomy.eval"
 
@@ -40,7 +40,7 @@ def logits_frame(logits: np.ndarray, labels, variant: str | None = None) -> pd.D
 
 def write_logits(df: pd.DataFrame, path, info: dict) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), EVAL_META: json.dumps(info).encode()})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), EVAL_META: dumps(info).encode()})
     write_parquet(table, path)
 
 

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2C
 
 from .adapters import ModelAdapter, adapter_for
 from .device import resolve_device
+from .io import dumps
 from .surgery import resize_ffns
 
 EMBEDDED = {
@@ -170,7 +171,7 @@ def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, m
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
     meta = dict(meta, arch=model.adapter.arch, ffn_widths=model.adapter.ffn_widths(),
                 dropout=model.dropout.p)
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    (folder / META_FILE).write_text(dumps(meta, indent=2))
 
 
 def read_meta(folder: str | Path) -> dict:

@@ -29,13 +29,23 @@ def read_probes(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ProbeError(f"probe file {path} not found; set anatomy.probes in params.yaml to a TSV with columns "
                          f"{PROBE_COLUMNS} (the project's own is resources/probes.tsv)")
-    df = pd.read_csv(path, sep="\t", dtype={"subtask": str, "variant": str, "text": str}, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype={"subtask": str, "variant": str, "text": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ProbeError(f"probe file {path} is empty; it needs a header line with the tab-separated columns "
+                         f"{PROBE_COLUMNS} and at least one probe row") from None
+    except pd.errors.ParserError as err:
+        raise ProbeError(f"probe file {path} is not a readable TSV ({err}); write tab-separated columns "
+                         f"{PROBE_COLUMNS}") from None
     missing = set(PROBE_COLUMNS) - set(df.columns)
     if missing:
         raise ProbeError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}. "
                          f"A probe TSV needs the tab-separated columns {PROBE_COLUMNS}.")
     if df.empty:
         raise ProbeError(f"{path}: no probe rows")
+    if not pd.api.types.is_integer_dtype(df["input_id"]):
+        bad = df.loc[pd.to_numeric(df["input_id"], errors="coerce").isna(), "input_id"].tolist()
+        raise ProbeError(f"{path}: input_id must be an integer; found {bad[:5]}")
     if df["input_id"].duplicated().any():
         raise ProbeError(f"{path}: input_id values must be unique; repeated: "
                          f"{sorted(df.loc[df['input_id'].duplicated(), 'input_id'].tolist())}")
@@ -45,11 +55,11 @@ def read_probes(path: str | Path) -> pd.DataFrame:
 
 
 def sample_reviews(split: pd.DataFrame, n: int, seed: int, where: str) -> pd.DataFrame:
-    """n reviews drawn without replacement by a seeded generator (all of them if n >= len)."""
-    if n < 0:
-        raise ValueError(f"{where}: sample size {n} must be >= 0")
+    """n reviews drawn without replacement by a seeded generator; more than the split holds is an error."""
+    if not 0 <= n <= len(split):
+        raise ValueError(f"{where}: sample size {n} must lie between 0 and the split's {len(split)} reviews")
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(split), size=min(n, len(split)), replace=False))
+    idx = np.sort(rng.choice(len(split), size=n, replace=False))
     return split.iloc[idx].reset_index(drop=True)
 
 

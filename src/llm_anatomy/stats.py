@@ -32,8 +32,10 @@ class Interval:
     lo: float
     hi: float
 
-    def to_dict(self, prefix: str) -> dict:
-        return {prefix: self.value, f"{prefix}_lo": self.lo, f"{prefix}_hi": self.hi}
+    def to_dict(self, prefix: str, bounds: str | None = None) -> dict:
+        """{prefix: value, <bounds>_lo, <bounds>_hi}; `bounds` defaults to `prefix`."""
+        bounds = bounds or prefix
+        return {prefix: self.value, f"{bounds}_lo": self.lo, f"{bounds}_hi": self.hi}
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,20 @@ class Difference:
     @property
     def detectable(self) -> bool:
         """False when the interval contains 0: report "no detectable difference"."""
-        return not (self.lo <= 0.0 <= self.hi)
+        return verdict(self.diff, self.lo, self.hi) not in ("", NO_DIFFERENCE)
+
+
+NO_DIFFERENCE = "no detectable difference"
+
+
+def verdict(diff: float | None, lo: float | None, hi: float | None) -> str:
+    """How a difference may be worded: its sign only when its 95% interval excludes 0 ("" when unknown).
+    Takes plain numbers, so values read back from JSON are judged by the same rule."""
+    if diff is None or lo is None or hi is None or diff != diff:
+        return ""
+    if lo <= 0.0 <= hi:
+        return NO_DIFFERENCE
+    return "higher" if diff > 0 else "lower"
 
 
 def _bootstrap(data: tuple, statistic, seed: int, paired: bool) -> tuple[float, float]:

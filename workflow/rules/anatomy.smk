@@ -35,6 +35,8 @@ ANATOMY_TARGETS = (
 
 
 rule extract:
+    """Every layer's hidden state and every FFN neuron's activation at the target token, for the probes and
+    the sampled calibration and test reviews, to Parquet (paper sections 3.1-3.2)."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         train=f"{DATA}/train.parquet",
@@ -65,6 +67,8 @@ rule extract:
 
 
 rule score:
+    """Layer-to-final cosines, per-neuron scores (the paper's and the decoder scoring variants), direct
+    contributions, the neuron graph and the classifier lens, from the extracted Parquet (no model pass)."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         hidden=f"{RES}/{{model}}/hidden_states.parquet",
@@ -122,6 +126,7 @@ rule ablate:
 
 
 rule anatomy_figures:
+    """The anatomy figures of every model (layer cosine curves, neuron shares, graphs, lens, ablation)."""
     input:
         layer_scores=expand(f"{RES}/{{model}}/layer_scores.parquet", model=MODELS),
         lens=expand(f"{RES}/{{model}}/anatomy/lens.csv", model=MODELS),

@@ -7,9 +7,10 @@ from pathlib import Path
 ROOT = Path(workflow.basedir)
 sys.path.insert(0, str(ROOT / "src"))  # the package works from a clone even before `pip install -e .`
 
-from llm_anatomy.config import resolve_path, validate
+from llm_anatomy.config import resolve_path, retype_overrides, validate
 from llm_anatomy.pruning.targets import CURVE_PATTERN as TARGETS_CURVE_PATTERN, PruneTargets
 
+retype_overrides(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None) or {})
 PROFILE = validate(config, ROOT / "workflow/schemas/params.schema.yaml", ROOT)  # fills schema defaults
 PROFILE_NAME = config["profile"]
 MODELS = list(PROFILE["models"])

@@ -1,4 +1,6 @@
 rule split_data:
+    """Seeded, class-balanced train/val/test splits of IMDB (mirror or hub); texts shared across splits
+    are dropped, reported or an error (split.overlap)."""
     output:
         train=f"{DATA}/train.parquet",
         val=f"{DATA}/val.parquet",

@@ -1,4 +1,6 @@
 rule finetune:
+    """Fine-tune the backbone + head as a sentiment classifier on the train split, resumably; reports
+    validation accuracy only (the test split is not an input)."""
     input:
         train=f"{DATA}/train.parquet",
         val=f"{DATA}/val.parquet",
@@ -24,6 +26,7 @@ rule finetune:
 
 
 rule finetune_summary:
+    """One DVC metrics file with every model's validation accuracy."""
     input:
         expand(f"{RES}/{{model}}/finetune_metrics.json", model=MODELS),
     output:

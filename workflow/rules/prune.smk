@@ -55,6 +55,7 @@ def prune_targets():
 
 
 rule ffn_stats:
+    """FFN activation statistics on calibration train reviews (FLAP's mean and variance per neuron)."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         train=f"{DATA}/train.parquet",
@@ -77,6 +78,8 @@ rule ffn_stats:
 
 
 rule prune_plan:
+    """Which neurons a target prunes (plan.parquet) and its random baselines (one plan per seed); no
+    forward pass."""
     input:
         unpack(plan_inputs),
     output:
@@ -99,6 +102,7 @@ rule prune_plan:
 
 
 rule materialise:
+    """The physically pruned classifier folder of a plan (smaller FFN matrices), DVC-cached."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         plan=f"{PRUNE_DIR}/plan.parquet",
@@ -117,6 +121,7 @@ rule materialise:
 
 
 rule evaluate_dense:
+    """Per-review logits of the dense fine-tuned classifier, once per model and split."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         split=f"{DATA}/{{split}}.parquet",
@@ -170,6 +175,7 @@ rule evaluate_pruned:
 
 
 rule time_pruned:
+    """Dense, removed (and, where the sizing asks, zeroed) models timed alternately in one process."""
     input:
         dense=f"{RES}/{{model}}/finetuned",
         pruned=PRUNED_DIR,
@@ -224,6 +230,7 @@ rule flap_allocation_choice:
 
 
 rule prune_metrics:
+    """One target's PruneMetrics record (accuracies with intervals, gaps, timing) from its artifacts."""
     input:
         unpack(metrics_inputs),
     output:
@@ -235,6 +242,7 @@ rule prune_metrics:
 
 
 rule prune_collect:
+    """The DVC metrics file of one named Figure-5a configuration, across the models it applies to."""
     input:
         config_metrics_inputs,
     output:
@@ -246,6 +254,7 @@ rule prune_collect:
 
 
 rule prune_report:
+    """Summary table, method-vs-method comparisons and Figures 4/5 of the prune stage."""
     input:
         metrics=TARGETS.all_metrics(),
         outcomes=TARGETS.all_outcomes(),

@@ -16,11 +16,10 @@ import pandas as pd
 from ..batching import encode_reviews
 from ..evaluate import predict_logits
 from ..models import load_classifier, set_threads
-from ..stats import accuracy_interval, correct, paired_difference
+from ..stats import accuracy_interval, correct, paired_difference, verdict
 from .flap import ALLOCATIONS
 from .materialise import pruned_copy
 from .plan import plan_flap
-from .report import verdict
 
 log = logging.getLogger(__name__)
 

@@ -190,9 +190,7 @@ def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str,
     rand = np.stack([variants[f"random-{s}"] for s in seeds])
     out["accuracy_random"] = [float(r.mean()) for r in rand]
     out["accuracy_random_std"] = float(np.std(out["accuracy_random"], ddof=1)) if len(seeds) > 1 else 0.0
-    out.update(seeded_accuracy(rand).to_dict("accuracy_random_mean"))
-    out["accuracy_random_lo"] = out.pop("accuracy_random_mean_lo")
-    out["accuracy_random_hi"] = out.pop("accuracy_random_mean_hi")
+    out.update(seeded_accuracy(rand).to_dict("accuracy_random_mean", bounds="accuracy_random"))
     out.update(seeded_difference(pruned, rand).to_dict("gap_random"))
     if "uncompensated" in variants:
         unc = variants["uncompensated"]
@@ -200,9 +198,8 @@ def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str,
         out.update(accuracy_interval(unc).to_dict("accuracy_uncompensated"))
         out.update(paired_difference(pruned, unc).to_dict("gap_compensation"))
         out["accuracy_random_uncompensated"] = [float(r.mean()) for r in rand_unc]
-        out.update(seeded_accuracy(rand_unc).to_dict("accuracy_random_uncompensated_mean"))
-        out["accuracy_random_uncompensated_lo"] = out.pop("accuracy_random_uncompensated_mean_lo")
-        out["accuracy_random_uncompensated_hi"] = out.pop("accuracy_random_uncompensated_mean_hi")
+        out.update(seeded_accuracy(rand_unc).to_dict("accuracy_random_uncompensated_mean",
+                                                      bounds="accuracy_random_uncompensated"))
         out.update(seeded_difference(unc, rand_unc).to_dict("gap_selection"))
     return out
 

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import write_parquet
+from ..io import dumps, write_parquet
 from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
 from .flap import flap_masks, fluctuation_scores, read_stats, score_thresholds
 from .random_baseline import random_masks
@@ -153,7 +153,7 @@ def _frame(plan: Plan) -> pd.DataFrame:
 def _table(df: pd.DataFrame, info: dict) -> pa.Table:
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
-    meta[META_KEY] = json.dumps(info, default=float).encode()
+    meta[META_KEY] = dumps(info).encode()
     return table.replace_schema_metadata(meta)
 
 

@@ -1,7 +1,7 @@
 """Summary table, method-vs-method comparisons and Figures 4/5 of the prune stage.
 
 Every accuracy carries its 95% interval and every gap its paired interval and exact McNemar
-p-value (`llm_anatomy.stats`, computed per target in metrics.json); `verdict` turns a gap into
+p-value (`llm_anatomy.stats`, computed per target in metrics.json); `stats.verdict` turns a gap into
 the words the docs use: "no detectable difference" whenever its interval contains 0.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..logits import read_logits  # noqa: E402
-from ..stats import correct, paired_difference  # noqa: E402
+from ..stats import correct, paired_difference, verdict  # noqa: E402
 from .targets import CURVE_ORDER  # noqa: E402
 
 HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy_hi", "gap_dense", "gap_dense_lo",
@@ -44,15 +44,6 @@ EVIDENCE = ["accuracy_dense", "accuracy_dense_lo", "accuracy_dense_hi", "accurac
             "accuracy_random_uncompensated_mean", "accuracy_random_uncompensated_lo",
             "accuracy_random_uncompensated_hi",
             "gap_selection", "gap_selection_lo", "gap_selection_hi", "gap_selection_p"]
-
-
-def verdict(diff: float | None, lo: float | None, hi: float | None) -> str:
-    """How a gap may be worded: its sign only when its 95% interval excludes 0."""
-    if diff is None or lo is None or hi is None or diff != diff:
-        return ""
-    if lo <= 0.0 <= hi:
-        return "no detectable difference"
-    return "higher" if diff > 0 else "lower"
 
 
 def summary_table(runs: list[dict]) -> pd.DataFrame:

@@ -108,7 +108,8 @@ class PruneTargets:
                            f"(sweep-<pct>, flap-<pct>)")
         if cfg["rule"] not in (kind, "flap"):
             raise ValueError(f"configuration {name!r} is for {cfg['rule']} models; {model} is a {kind}")
-        cfg.setdefault("focus_multiplier", self.pruning["focus_multiplier"])
+        if cfg["rule"] != "flap":  # only the threshold rules read k: FLAP's plans must not rerun when it changes
+            cfg.setdefault("focus_multiplier", self.pruning["focus_multiplier"])
         return cfg
 
     def needs_ffn_stats(self, name: str) -> bool:
