@@ -189,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compensation", action="store_true", help="skip the bias compensation")
     p.add_argument("--high-threshold", type=float, default=0.35)
     p.add_argument("--out", required=True, help="pruned classifier folder to write")
-    common(p, 16)
+    common(p, 32)  # the pipeline's batch size: in bf16 the statistics depend on the batching
     p.set_defaults(run=_prune)
 
     p = sub.add_parser("evaluate", help="accuracy (95%% interval) and per-review logits")
