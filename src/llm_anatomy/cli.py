@@ -1,0 +1,228 @@
+"""`llm-anatomy`: the pipeline's steps on one's own checkpoint, from the command line.
+
+    llm-anatomy finetune embedded:minilm --train train.parquet --val val.parquet --out runs/minilm
+    llm-anatomy score runs/minilm --train train.parquet --test test.parquet --out runs/minilm-scores
+    llm-anatomy prune runs/minilm --scores runs/minilm-scores --calibration train.parquet --sparsity 0.5 --out runs/minilm-flap50
+    llm-anatomy evaluate runs/minilm-flap50 --data test.parquet --limit 1000
+    llm-anatomy bench runs/minilm runs/minilm-flap50 --data test.parquet --reviews 1000
+
+Every subcommand calls the same functions as the Snakemake rules (`finetune.finetune`,
+`anatomy.extract_stage` / `score_stage`, `pruning.calibration`, `pruning.plan`, `pruning.materialise`,
+`evaluate.evaluate_stage`, `pruning.timing`), so a folder it writes is the folder the pipeline would
+write, and loads with `llm_anatomy.models.load_classifier(folder)`. Data files are Parquet tables
+with `text` and `label` columns (the pipeline's `data/processed/<profile>/*.parquet`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+SUPPORTED = "BERT, GPT-2 and Llama backbones (llm_anatomy.adapters.ADAPTERS)"
+
+
+class CliError(Exception):
+    """A bad argument; the message names it and the fix."""
+
+
+def _classifier_dir(path: str) -> Path:
+    folder = Path(path)
+    if not (folder / "classifier.json").exists():
+        raise CliError(f"{path}: not a classifier folder (no classifier.json). Give a folder written by "
+                       "`llm-anatomy finetune` or `llm-anatomy prune`, or the pipeline's results/<profile>/<model>/finetuned")
+    return folder
+
+
+def _split(path: str):
+    from .data import read_split
+    if not Path(path).exists():
+        raise CliError(f"{path}: no such file; give a Parquet table with `text` and `label` columns")
+    return read_split(path)
+
+
+def _default_probes() -> str:
+    """The project's own probe sentences, from a source checkout (an installed wheel has none: pass --probes)."""
+    repo = Path(__file__).resolve().parents[2] / "resources" / "probes.tsv"
+    if not repo.exists():
+        raise CliError("no default probe file next to this installation; pass --probes <TSV with columns "
+                       "input_id, subtask, variant, text>")
+    return str(repo)
+
+
+def _finetune(args) -> dict:
+    from .finetune import FinetuneParams, finetune
+    p = FinetuneParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                       max_length=args.max_length, precision=args.precision, seed=args.seed, threads=args.threads,
+                       truncation_side=args.truncation_side, padding_side=args.padding_side)
+    out = Path(args.out)
+    return finetune(args.source, args.tokenizer or args.source, _split(args.train), _split(args.val), out,
+                    out.with_name(out.name + ".metrics.json"), out.with_name(out.name + ".checkpoint.pt"), p,
+                    model_name=out.name, device=args.device)
+
+
+def _score(args) -> dict:
+    from .anatomy import extract_stage, score_stage
+    model = _classifier_dir(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    probes = args.probes or _default_probes()
+    ex = dict(hidden=out / "hidden_states.parquet", ffn=out / "ffn_activations.parquet", inputs=out / "anatomy_inputs.parquet")
+    extract_stage(model, probes, _split(args.train), _split(args.test), ex,
+                  dict(calibration_size=args.calibration_size, test_size=args.test_size, seed=args.seed,
+                       batch_size=args.batch_size, precision=args.precision, threads=args.threads, device=args.device))
+    files = {n: out / f"{n}.parquet" for n in ("layer_scores", "neuron_scores", "contributions")}
+    files.update({n: out / f"{n}.csv" for n in ("neuron_share", "high_neurons", "neuron_overlap", "graph_counts", "lens",
+                                                "rank_agreement")})
+    files.update(graph=out / "neuron_graph.graphml", summary=out / "summary.json")
+    return score_stage(model, ex["hidden"], ex["ffn"], ex["inputs"], files, args.threshold, args.threads)
+
+
+def _prune(args) -> dict:
+    from .pruning.calibration import calibration_stage
+    from .pruning.materialise import materialise
+    from .pruning.plan import plan_stage
+    model = _classifier_dir(args.model)
+    scores = Path(args.scores)
+    for name in ("layer_scores.parquet", "neuron_scores.parquet"):
+        if not (scores / name).exists():
+            raise CliError(f"--scores {args.scores}: no {name}; run `llm-anatomy score` on this model first")
+    if not 0.0 < args.sparsity < 1.0:
+        raise CliError(f"--sparsity {args.sparsity}: give the fraction of FFN neurons to remove, in (0, 1)")
+    cfg = dict(rule="flap", target=args.sparsity, allocation=args.allocation, bias_compensation=not args.no_compensation)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        calibration_stage(model, _split(args.calibration), tmp / "ffn_stats.parquet", args.calibration_reviews,
+                          args.batch_size, args.threads, args.device)
+        plan_stage(cfg, scores / "layer_scores.parquet", scores / "neuron_scores.parquet", tmp / "plan.parquet",
+                   tmp / "random_plans.parquet", [0], args.high_threshold, ffn_stats_path=tmp / "ffn_stats.parquet")
+        info = materialise(model, tmp / "plan.parquet", args.out, target=f"{args.criterion}-{args.sparsity:g}")
+        shutil.copy(tmp / "plan.parquet", Path(args.out) / "plan.parquet")
+    return info
+
+
+def _evaluate(args) -> dict:
+    import numpy as np
+
+    from .evaluate import evaluate_stage
+    from .logits import read_logits
+    from .stats import accuracy_interval, correct
+    model = _classifier_dir(args.model)
+    out = args.out or str(Path(tempfile.mkdtemp()) / "eval.parquet")
+    evaluate_stage(model, _split(args.data), out, args.limit, args.batch_size, args.threads, args.device)
+    df, info = read_logits(out)
+    acc = accuracy_interval(correct(df["logit"].to_numpy(), df["label"].to_numpy()))
+    return dict(model=str(model), reviews=int(len(df)), accuracy=acc.value, accuracy_lo=acc.lo, accuracy_hi=acc.hi,
+                seconds=info.get("seconds"), logits=out, positive_share=float(np.mean(df["logit"] > 0)))
+
+
+def _bench(args) -> dict:
+    import numpy as np
+
+    from .batching import encode_reviews
+    from .device import machine_info, model_device
+    from .logits import first_reviews
+    from .models import load_classifier, set_threads
+    from .pruning.timing import ratio_spread, time_variants
+    set_threads(args.threads)
+    dense, tok, meta = load_classifier(_classifier_dir(args.dense), args.device)
+    pruned, _, _ = load_classifier(_classifier_dir(args.pruned), args.device)
+    encoded = encode_reviews(tok, meta, first_reviews(_split(args.data), args.reviews, "--reviews")["text"])
+    times = time_variants({"dense": dense, "pruned": pruned}, encoded, tok.pad_token_id, args.batch_size,
+                          meta.get("precision", "fp32"), meta.get("padding_side", "right"), args.repeats)
+    return dict(machine=machine_info(model_device(dense)), reviews=len(encoded), repeats=args.repeats,
+                seconds=times, median_s={k: float(np.median(v)) for k, v in times.items()},
+                speedup=ratio_spread(times["dense"], times["pruned"]))
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llm-anatomy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p, batch=32):
+        p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<i> or auto")
+        p.add_argument("--batch-size", type=int, default=batch)
+
+    p = sub.add_parser("finetune", help="fine-tune a backbone + head as a sentiment classifier")
+    p.add_argument("source", help="hub:<id>, path:<folder>, embedded:minilm|smollm2 or tiny:bert|gpt2|llama; " + SUPPORTED)
+    p.add_argument("--tokenizer", default=None, help="tokenizer source (default: the model's)")
+    p.add_argument("--train", required=True)
+    p.add_argument("--val", required=True)
+    p.add_argument("--out", required=True, help="classifier folder to write")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--truncation-side", choices=["left", "right"], default="right")
+    p.add_argument("--padding-side", choices=["left", "right"], default="right")
+    p.add_argument("--seed", type=int, default=42)
+    common(p, 16)
+    p.set_defaults(run=_finetune)
+
+    p = sub.add_parser("score", help="layer and neuron scores, graph, lens (the anatomy stage)")
+    p.add_argument("model", help="classifier folder")
+    p.add_argument("--train", required=True, help="calibration reviews are sampled from it")
+    p.add_argument("--test", required=True, help="lens reviews are sampled from it")
+    p.add_argument("--probes", default=None, help="probe TSV (default: the project's own)")
+    p.add_argument("--out", required=True, help="folder for the score tables")
+    p.add_argument("--threshold", type=float, default=0.35)
+    p.add_argument("--calibration-size", type=int, default=64)
+    p.add_argument("--test-size", type=int, default=192)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
+    common(p, 16)
+    p.set_defaults(run=_score)
+
+    p = sub.add_parser("prune", help="remove FFN neurons (FLAP: fluctuation criterion), write a smaller classifier")
+    p.add_argument("model", help="classifier folder")
+    p.add_argument("--scores", required=True, help="folder written by `llm-anatomy score` for this model")
+    p.add_argument("--criterion", choices=["flap"], default="flap")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of FFN neurons to remove, e.g. 0.5")
+    p.add_argument("--calibration", required=True, help="Parquet reviews for the activation statistics (train split)")
+    p.add_argument("--calibration-reviews", type=int, default=128)
+    p.add_argument("--allocation", choices=["uniform", "global"], default="uniform")
+    p.add_argument("--no-compensation", action="store_true", help="skip the bias compensation")
+    p.add_argument("--high-threshold", type=float, default=0.35)
+    p.add_argument("--out", required=True, help="pruned classifier folder to write")
+    common(p, 32)  # the pipeline's batch size: in bf16 the statistics depend on the batching
+    p.set_defaults(run=_prune)
+
+    p = sub.add_parser("evaluate", help="accuracy (95%% interval) and per-review logits")
+    p.add_argument("model", help="classifier folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--limit", type=int, default=None, help="the first N reviews")
+    p.add_argument("--out", default=None, help="logits Parquet to write")
+    common(p)
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("bench", help="time a dense and a pruned classifier alternately")
+    p.add_argument("dense")
+    p.add_argument("pruned")
+    p.add_argument("--data", required=True)
+    p.add_argument("--reviews", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    common(p)
+    p.set_defaults(run=_bench)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        from .logs import setup_logging
+        setup_logging()
+        result = args.run(args)
+    except (CliError, FileNotFoundError, ValueError) as err:
+        print(f"llm-anatomy {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

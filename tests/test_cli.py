@@ -1,0 +1,70 @@
+"""The command-line tool: help, clear errors, and the whole chain on a tiny model, whose pruned folder
+loads with the documented call and computes what the plan it carries says."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from llm_anatomy.cli import main
+
+
+@pytest.mark.parametrize("command", ["finetune", "score", "prune", "evaluate", "bench"])
+def test_every_subcommand_has_help(command):
+    run = subprocess.run([sys.executable, "-m", "llm_anatomy.cli", command, "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert run.returncode == 0 and f"llm-anatomy {command}" in run.stdout
+
+
+def test_a_bad_model_folder_and_a_bad_file_are_named(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--data", str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: not a classifier folder (no classifier.json)" in err and "llm-anatomy finetune" in err
+    assert main(["finetune", "tiny:bert", "--tokenizer", "embedded:minilm", "--train", str(tmp_path / "none.parquet"),
+                 "--val", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "m")]) == 2
+    assert "none.parquet: no such file" in capsys.readouterr().err
+
+
+def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, tokenizer, capsys):
+    from llm_anatomy.batching import encode_reviews, pad
+    from llm_anatomy.models import load_classifier
+    from llm_anatomy.pruning.materialise import pruned_copy
+    from llm_anatomy.pruning.plan import read_plan
+
+    files = {}
+    for name, df in splits.items():
+        files[name] = str(tmp_path / f"{name}.parquet")
+        df.to_parquet(files[name])
+    model = tmp_path / "model"
+    assert main(["finetune", "tiny:bert", "--tokenizer", "embedded:minilm", "--train", files["train"],
+                 "--val", files["val"], "--out", str(model), "--max-length", "32", "--precision", "fp32",
+                 "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_train"] == len(splits["train"])
+    assert main(["score", str(model), "--train", files["train"], "--test", files["test"], "--out",
+                 str(tmp_path / "scores"), "--calibration-size", "8", "--test-size", "8", "--threads", "1"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "pruned"
+    assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+                 "--calibration-reviews", "16", "--sparsity", "0.5", "--out", str(out), "--threads", "1"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    dense, tok, meta = load_classifier(model)
+    pruned, _, _ = load_classifier(out)  # the documented call
+    assert pruned.adapter.ffn_widths() == info["ffn_widths"] == [w // 2 for w in dense.adapter.ffn_widths()]
+    # it computes what its own plan applied to the dense model computes
+    enc = encode_reviews(tok, meta, splits["test"]["text"])
+    ids, mask = pad(enc, tok.pad_token_id, "right")
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids, mask), pruned_copy(dense, read_plan(out / "plan.parquet"))(ids, mask),
+                                   atol=1e-5, rtol=1e-5)
+    assert main(["evaluate", str(out), "--data", files["test"], "--out", str(tmp_path / "eval.parquet")]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    with torch.no_grad():
+        direct = float(((pruned(ids, mask) > 0).numpy() == splits["test"]["label"].to_numpy()).mean())
+    assert ev["reviews"] == len(splits["test"]) and ev["accuracy"] == pytest.approx(direct)
+    assert ev["accuracy_lo"] <= ev["accuracy"] <= ev["accuracy_hi"]
+    assert main(["bench", str(model), str(out), "--data", files["test"], "--reviews", "8", "--repeats", "2"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["reviews"] == 8 and np.isfinite(bench["speedup"]["median"])
