@@ -147,7 +147,7 @@ rule evaluate_dense:
 rule evaluate_pruned:
     """The materialised folder and the plan's baselines (random plans per seed; compensated plans also
     without compensation) on the same reviews, in one job: the baselines are built in memory from the
-    dense checkpoint, so one process start and one tokenisation serve both."""
+    dense checkpoint, so one process start and one read of the split serve both."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         pruned=PRUNED_DIR,
