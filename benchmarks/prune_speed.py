@@ -19,6 +19,7 @@ from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
 from llm_anatomy.models import load_classifier, set_threads
 from llm_anatomy.device import machine_info
+from llm_anatomy.evaluate import inference_model
 from llm_anatomy.pruning.timing import ratio_spread, time_variants
 from llm_anatomy.surgery import remove_masked, zero_masked
 
@@ -56,7 +57,8 @@ def main():
     zero_masked(zeroed.adapter, pruned)
     remove_masked(removed.adapter, pruned)
     precision = args.precision or meta.get("precision", "fp32")
-    times = time_variants({"dense": model, "zeroed": zeroed, "removed": removed}, encoded, tok.pad_token_id,
+    variants = {n: inference_model(m, precision) for n, m in (("dense", model), ("zeroed", zeroed), ("removed", removed))}
+    times = time_variants(variants, encoded, tok.pad_token_id,
                           args.batch_size, precision, meta.get("padding_side", "right"), args.repeats)
     med = {name: float(np.median(t)) for name, t in times.items()}
     machine = machine_info(torch.device("cpu"))

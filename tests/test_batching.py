@@ -28,3 +28,33 @@ def test_nothing_cut_logs_nothing(tokenizer, caplog):
     with caplog.at_level(logging.INFO):
         enc = encode(tokenizer, ["short", "also short"], max_length=64)
     assert enc.cut == [0, 0] and enc.truncation()["truncated"] == 0 and "cut to" not in caplog.text
+
+
+class _NoOverflow:
+    """A tokenizer that ignores return_overflowing_tokens (as slow tokenizers may): encode's two-pass path."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def __setattr__(self, name, value):
+        if name == "tok":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.tok, name, value)
+
+    def __call__(self, texts, return_overflowing_tokens=False, **kw):
+        return self.tok(texts, **kw)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("overflow", [True, False])
+def test_ids_are_the_tokenizers_own_truncation(tokenizer, side, overflow):
+    texts = ["", "one", "a short review", " ".join(f"w{i}" for i in range(300)), "x " * 17, "good " * 40]
+    tok = tokenizer if overflow else _NoOverflow(tokenizer)
+    enc = encode(tok, texts, max_length=12, truncation_side=side)
+    tokenizer.truncation_side = side
+    assert list(enc) == tokenizer(texts, truncation=True, max_length=12)["input_ids"]
+    assert enc.cut == [max(0, len(tokenizer(t)["input_ids"]) - 12) for t in texts]

@@ -1,5 +1,6 @@
 """The `device` setting: resolution on a CPU-only machine (auto falls back to CPU, cuda is refused with
 the fix), autocast dtypes per device, the fp16 loss scaler, and fine-tuning with device cpu and auto."""
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,31 @@ def test_finetune_with_device_cpu_and_auto_on_a_cpu_machine(tmp_path, splits, to
     mb, _, _ = load_classifier(tmp_path / "auto", device="auto")
     for (name, x), (_, y) in zip(ma.state_dict().items(), mb.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_bf16_inference_stores_backbone_weights_once(arch, tokenizer):
+    from conftest import make_tiny
+    from llm_anatomy.batching import encode
+    from llm_anatomy.evaluate import inference_model, predict_logits
+
+    model = make_tiny(arch, tokenizer).eval()
+    cast = inference_model(model, "bf16")
+    assert cast is not model and inference_model(cast, "bf16") is cast and inference_model(model, "fp32") is model
+    assert {p.dtype for p in cast.backbone.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.backbone.parameters()} == {torch.float32}  # the original is untouched
+    assert cast.head.weight.dtype == torch.float32
+    assert all(b.dtype == model.backbone.get_buffer(n).dtype for n, b in cast.backbone.named_buffers())
+    texts = ["a fine film", "dull and far too long, i left early", "ok"]
+    encoded = encode(tokenizer, texts, 32)
+    side = "left" if arch != "bert" else "right"
+    f32 = predict_logits(model, encoded, tokenizer.pad_token_id, precision="fp32", padding_side=side)
+    # independent: the weights rounded to bf16 by hand, everything computed in float32
+    rounded = make_tiny(arch, tokenizer).eval()
+    with torch.no_grad():
+        for p in rounded.backbone.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    ref = predict_logits(rounded, encoded, tokenizer.pad_token_id, precision="fp32", padding_side=side)
+    got = predict_logits(model, encoded, tokenizer.pad_token_id, precision="bf16", padding_side=side)
+    assert got.dtype == np.float32
+    assert np.abs(got - ref).max() < 0.05 * max(1.0, np.abs(f32).max())

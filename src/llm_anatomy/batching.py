@@ -29,12 +29,28 @@ class Encoded(list):
 def encode(tokenizer, texts: Sequence[str], max_length: int, truncation_side: str = "right",
            what: str = "texts") -> Encoded:
     """Token ids per text, special tokens included, truncated to `max_length` on the given side; how
-    many texts were cut, and by how much, is logged and kept on the result."""
+    many texts were cut, and by how much, is logged and kept on the result.
+
+    One tokenisation pass: a fast tokenizer returns what truncation cut as overflow rows (stride 0), whose
+    content tokens are counted and dropped. A tokenizer without that support is run twice (cut and uncut).
+    """
     texts = list(texts)
     tokenizer.truncation_side = truncation_side
-    out = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
-    full = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]  # verbose: no too-long warning
-    encoded = Encoded(out, [len(f) - len(o) for f, o in zip(full, out)], max_length, truncation_side)
+    out = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
+                    return_overflowing_tokens=True)
+    if "overflow_to_sample_mapping" in out:
+        special = tokenizer.num_special_tokens_to_add(pair=False)
+        ids, cut = [None] * len(texts), [0] * len(texts)
+        for row, text in zip(out["input_ids"], out["overflow_to_sample_mapping"]):
+            if ids[text] is None:  # a text's first row is the kept part, whichever side was cut
+                ids[text] = row
+            else:
+                cut[text] += len(row) - special
+    else:
+        ids = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+        full = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]  # verbose: no too-long warning
+        cut = [len(f) - len(o) for f, o in zip(full, ids)]
+    encoded = Encoded(ids, cut, max_length, truncation_side)
     t = encoded.truncation()
     if t["truncated"]:
         log.info("%s: %d of %d cut to %d tokens on the %s (%d tokens dropped, at most %d from one)", what,

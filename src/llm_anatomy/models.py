@@ -144,7 +144,7 @@ class SentimentClassifier(nn.Module):
         return last_hidden[rows, self.adapter.target_positions(attention_mask)]  # [batch, hidden]
 
     def head_logits(self, target: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(target)).squeeze(-1)
+        return self.head(self.dropout(target.to(self.head.weight.dtype))).squeeze(-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         last = self.adapter.last_hidden_state(input_ids, attention_mask)

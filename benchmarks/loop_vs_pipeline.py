@@ -1,0 +1,94 @@
+"""The project's evaluation loop against `transformers.pipeline("text-classification")`: the same
+fine-tuned model, reviews, threads, batch size and precision, tokenisation included, timed
+alternately in one process after a warm-up of each.
+
+    .venv/bin/python benchmarks/loop_vs_pipeline.py results/offline/minilm/finetuned --reviews 1000 --precision bf16
+
+The pipeline gets the standard `*ForSequenceClassification` model of the architecture holding the
+fine-tuned backbone's weights and the project's head as its one-label classifier (BERT's extra
+pooler, 384x384, is left as built: its cost is negligible and this compares speed, not accuracy).
+Precision: fp32 on both sides, or bf16 (the loop: bf16 autocast as in the pipeline's evaluation; the
+pipeline: `torch_dtype=bfloat16` weights). Prints the median seconds of each, the ratio
+pipeline / loop per repeat (min, median, max) and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, pipeline
+
+from llm_anatomy.batching import encode_reviews
+from llm_anatomy.data import read_split
+from llm_anatomy.device import machine_info
+from llm_anatomy.evaluate import predict_logits
+from llm_anatomy.models import load_classifier, set_threads
+
+
+def hf_classifier(model, dtype: torch.dtype):
+    """The architecture's *ForSequenceClassification with the fine-tuned backbone and head."""
+    config = model.backbone.config
+    config.num_labels = 1
+    hf = AutoModelForSequenceClassification.from_config(config)
+    missing = hf.base_model.load_state_dict(model.backbone.state_dict(), strict=False)
+    unexpected = [k for k in missing.unexpected_keys]
+    if unexpected:
+        raise RuntimeError(f"backbone weights the classifier model does not know: {unexpected[:5]}")
+    head = getattr(hf, "classifier", None) or getattr(hf, "score")
+    with torch.no_grad():
+        head.weight.copy_(model.head.weight)
+        if getattr(head, "bias", None) is not None:
+            head.bias.copy_(model.head.bias)
+    return hf.to(dtype).eval()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--test", default="data/processed/offline/test.parquet")
+    ap.add_argument("--reviews", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    args = ap.parse_args()
+
+    set_threads(args.threads)
+    model, tok, meta = load_classifier(args.checkpoint)
+    texts = read_split(args.test)["text"].iloc[: args.reviews].tolist()
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    if tok.pad_token_id is not None:
+        model.backbone.config.pad_token_id = tok.pad_token_id
+    pipe = pipeline("text-classification", model=hf_classifier(model, dtype), tokenizer=tok, device="cpu")
+    tok_kwargs = dict(truncation=True, max_length=meta["max_length"])
+    side = meta.get("padding_side", "right")
+
+    def loop():
+        encoded = encode_reviews(tok, meta, texts)  # tokenisation is part of the timed work on both sides
+        return predict_logits(model, encoded, tok.pad_token_id, args.batch_size, args.precision, side)
+
+    def pipe_run():
+        return pipe(texts, batch_size=args.batch_size, function_to_apply="none", **tok_kwargs)
+
+    runs = {"loop": loop, "pipeline": pipe_run}
+    for fn in runs.values():  # warm-up: kernels, allocator, the pipeline's lazy set-up
+        fn()
+    times = {n: [] for n in runs}
+    for r in range(args.repeats):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    ratio = np.asarray(times["pipeline"]) / np.asarray(times["loop"])
+    print(json.dumps(dict(machine=machine_info(torch.device("cpu")), reviews=len(texts), precision=args.precision,
+                          batch_size=args.batch_size, repeats=args.repeats, seconds=times,
+                          median_s={n: float(np.median(t)) for n, t in times.items()},
+                          pipeline_over_loop=dict(min=float(ratio.min()), median=float(np.median(ratio)),
+                                                  max=float(ratio.max()))), indent=2))
+
+
+if __name__ == "__main__":
+    main()
