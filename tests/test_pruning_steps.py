@@ -133,6 +133,12 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert t["zeroed_vs_removed_max_abs_logit_diff_fp32"] < 1e-5
     assert t["speedup_removed_spread"]["min"] <= t["speedup_removed_spread"]["median"] <= t["speedup_removed_spread"]["max"]
     assert t["macs_removed"] < t["macs_dense"] and t["machine"]["cpu"]
+    # roofline: measured in the job; the fractions recomputed from the recorded work and medians
+    rate = t["roofline"]["attainable_gflops"]
+    assert rate > 0 and t["roofline"]["precision"] == t["precision"]
+    for name, macs in (("dense", t["macs_dense"]), ("removed", t["macs_removed"])):
+        assert t[f"roofline_fraction_{name}"] == pytest.approx(2 * macs / t[f"time_{name}_s"] / (rate * 1e9))
+    assert m.roofline_fraction_dense == t["roofline_fraction_dense"] and "roofline_fraction_zeroed" not in t
     assert m.neurons_pruned == m.neurons_total // 2 and m.pruned_per_layer == read_plan(p["plan"]).counts
     json.dumps(m.to_dict(), allow_nan=False)
 
