@@ -34,6 +34,7 @@ import torch
 
 from .batching import encode_reviews, iter_padded, sorted_batches
 from .device import model_device
+from .io import read_parquet
 from .models import SentimentClassifier
 from .progress import progress as progress_bar
 from .stats import spearman_interval
@@ -292,10 +293,10 @@ def score_agreement(table: pd.DataFrame, reviews: int, seed: int = 0) -> pd.Data
 
 def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
     """Importance of every neuron by the anatomy's and FLAP's scores, one row per (layer, neuron)."""
-    cos = (pd.read_parquet(neuron_scores, columns=["layer", "neuron", "score"])
+    cos = (read_parquet(neuron_scores, columns=["layer", "neuron", "score"])
            .groupby(["layer", "neuron"])["score"].mean().abs().rename("cosine"))
-    con = pd.read_parquet(contributions).set_index(["layer", "neuron"])["mean_abs_contribution"].rename("contribution")
-    st = pd.read_parquet(ffn_stats).set_index(["layer", "neuron"])
+    con = read_parquet(contributions).set_index(["layer", "neuron"])["mean_abs_contribution"].rename("contribution")
+    st = read_parquet(ffn_stats).set_index(["layer", "neuron"])
     flu = (st["var"] * st["value_norm_sq"]).rename("fluctuation")
     df = pd.concat([cos, con, flu], axis=1)
     if df.isna().any().any():

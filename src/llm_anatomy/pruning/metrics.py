@@ -7,7 +7,6 @@ same reviews later.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..logits import read_logits
+from ..io import read_json
 from ..stats import accuracy_interval, correct, paired_difference, seeded_accuracy, seeded_difference
 from .plan import read_plan
 from .targets import curve_of
@@ -154,8 +154,8 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
     seeds = sorted(int(m.group(1)) for v in outcomes if (m := re.fullmatch(r"random-(\d+)", v)))
     evidence = accuracy_evidence(correct(dense_df["logit"], dense_df["label"]),
                                  correct(pruned_df["logit"], pruned_df["label"]), outcomes, seeds)
-    folder = json.loads((Path(pruned_dir) / "pruning.json").read_text())
-    timing = json.loads(Path(timing_path).read_text())
+    folder = read_json(Path(pruned_dir) / "pruning.json")
+    timing = read_json(timing_path)
     widths = [int(w) for w in plan.table["width"]]
     counts = plan.counts
     info = plan.info
@@ -212,4 +212,4 @@ def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str,
 
 
 def _arch(folder) -> str:
-    return json.loads((Path(folder) / "classifier.json").read_text())["arch"]
+    return read_json(Path(folder) / "classifier.json")["arch"]
