@@ -12,8 +12,10 @@ its best: softmax, GELU, norms, residual adds, bias copies, padding, tokenisatio
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -55,17 +57,37 @@ def measure(adapter, precision: str, tokens: int, repeats: int = 5) -> dict:
     """The roofline of this backbone's linear maps on this machine (see the module doc)."""
     if precision not in DTYPES:
         raise ValueError(f"precision {precision!r} is not one of {sorted(DTYPES)}")
-    dtype = DTYPES[precision]
-    shapes, flops, seconds = [], 0.0, 0.0
-    for (k, n), count in sorted(linear_shapes(adapter).items()):
-        rate = gemm_gflops(tokens, k, n, dtype, repeats)
-        work = 2.0 * tokens * k * n * count / 1e9
-        flops, seconds = flops + work, seconds + work / rate
-        shapes.append(dict(in_features=k, out_features=n, maps=count, gflops=round(rate, 1)))
-    return dict(machine=machine_info(torch.device("cpu")), precision=precision, tokens=tokens,
-                repeats=repeats, shapes=shapes, attainable_gflops=round(flops / seconds, 1))
+    shapes = tuple(sorted(linear_shapes(adapter).items()))
+    rates = [gemm_gflops(tokens, k, n, DTYPES[precision], repeats) for (k, n), _ in shapes]
+    return dict(machine=machine_info(torch.device("cpu")), precision=precision, tokens=tokens, repeats=repeats,
+                shapes=[dict(in_features=k, out_features=n, maps=count, gflops=round(rate, 1))
+                        for ((k, n), count), rate in zip(shapes, rates)],
+                attainable_gflops=round(attainable(shapes, rates), 1))
+
+
+def attainable(shapes: Sequence, rates: Sequence[float]) -> float:
+    """Total flops / the time each shape's share takes at its own rate (((k, n), maps), GFLOP/s)."""
+    work = [k * n * count for (k, n), count in shapes]
+    return sum(work) / sum(w / r for w, r in zip(work, rates))
 
 
 def fraction(macs: int, seconds: float, attainable_gflops: float) -> float:
     """The share of the roofline a pass of `macs` multiply-adds reached in `seconds`."""
     return 2.0 * macs / seconds / 1e9 / attainable_gflops
+
+
+@functools.lru_cache(maxsize=8)
+def _attainable_cached(shapes: tuple, precision: str, tokens: int) -> float:
+    return attainable(shapes, [gemm_gflops(tokens, k, n, DTYPES[precision]) for (k, n), _ in shapes])
+
+
+def pass_speed(adapter, lengths: Sequence[int], batch_size: int, precision: str, seconds: float) -> dict:
+    """An inference pass's multiply-adds and its fraction of the roofline (measured once per process
+    and shapes, at rows = batch x the mean length), for an evaluation's record."""
+    from .pruning.costs import forward_macs
+
+    macs = forward_macs(adapter, lengths)
+    tokens = batch_size * max(1, round(sum(lengths) / max(1, len(lengths))))
+    rate = _attainable_cached(tuple(sorted(linear_shapes(adapter).items())), precision, tokens)
+    return dict(macs=macs, roofline_gflops=rate, roofline_tokens=tokens,
+                roofline_fraction=fraction(macs, seconds, rate))
