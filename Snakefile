@@ -16,6 +16,13 @@ include: "workflow/rules/anatomy.smk"
 include: "workflow/rules/prune.smk"
 
 
+onstart:
+    # Not on dry runs: a hub profile stops here, before its first job, when the hub is out of reach.
+    from llm_anatomy.hub import check_hub
+
+    check_hub(config)
+
+
 rule all:
     """Everything the offline default (or the chosen profile) produces."""
     input:

@@ -7,8 +7,8 @@ alternately in one process after a warm-up of each.
 The pipeline gets the standard `*ForSequenceClassification` model of the architecture holding the
 fine-tuned backbone's weights and the project's head as its one-label classifier (BERT's extra
 pooler, 384x384, is left as built: its cost is negligible and this compares speed, not accuracy).
-Precision: fp32 on both sides, or bf16 (the loop: bf16 autocast as in the pipeline's evaluation; the
-pipeline: `torch_dtype=bfloat16` weights). Prints the median seconds of each, the ratio
+Precision: fp32 on both sides, or bf16 weights on both sides (the loop: `inference_model`, the
+backbone cast once; the pipeline: the whole model cast to bfloat16). Prints the median seconds of each, the ratio
 pipeline / loop per repeat (min, median, max) and the machine.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, pipeline
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
 from llm_anatomy.device import machine_info
-from llm_anatomy.evaluate import predict_logits
+from llm_anatomy.evaluate import inference_model, predict_logits
 from llm_anatomy.models import load_classifier, set_threads
 
 
@@ -66,16 +66,18 @@ def main():
     tok_kwargs = dict(truncation=True, max_length=meta["max_length"])
     side = meta.get("padding_side", "right")
 
+    runner = inference_model(model, args.precision)  # cast once, as the pipeline's model is
+
     def loop():
         encoded = encode_reviews(tok, meta, texts)  # tokenisation is part of the timed work on both sides
-        return predict_logits(model, encoded, tok.pad_token_id, args.batch_size, args.precision, side)
+        return predict_logits(runner, encoded, tok.pad_token_id, args.batch_size, args.precision, side)
 
     def pipe_run():
         return pipe(texts, batch_size=args.batch_size, function_to_apply="none", **tok_kwargs)
 
     runs = {"loop": loop, "pipeline": pipe_run}
-    for fn in runs.values():  # warm-up: kernels, allocator, the pipeline's lazy set-up
-        fn()
+    outputs = {name: fn() for name, fn in runs.items()}  # warm-up: kernels, allocator, the pipeline's set-up
+    agree = float(np.mean((outputs["loop"] > 0) == (np.array([o["score"] for o in outputs["pipeline"]]) > 0)))
     times = {n: [] for n in runs}
     for r in range(args.repeats):
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
@@ -85,6 +87,7 @@ def main():
     ratio = np.asarray(times["pipeline"]) / np.asarray(times["loop"])
     print(json.dumps(dict(machine=machine_info(torch.device("cpu")), reviews=len(texts), precision=args.precision,
                           batch_size=args.batch_size, repeats=args.repeats, seconds=times,
+                          same_predictions=agree,
                           median_s={n: float(np.median(t)) for n, t in times.items()},
                           pipeline_over_loop=dict(min=float(ratio.min()), median=float(np.median(ratio)),
                                                   max=float(ratio.max()))), indent=2))

@@ -1,12 +1,12 @@
-"""This machine's attainable matrix-multiply rate at the shapes the models use: the roofline that
-evaluation times are measured against.
+"""This machine's roofline at a classifier's linear shapes (`llm_anatomy.roofline`), and how close the
+evaluation loop comes to it.
 
-    .venv/bin/python benchmarks/roofline.py --threads 2 --hidden 384 --ffn 1536 --tokens 8192
+    .venv/bin/python benchmarks/roofline.py results/offline/minilm/finetuned --reviews 1000 --threads 2
 
-For each shape (tokens x hidden -> ffn, tokens x ffn -> hidden, tokens x hidden -> hidden) and each
-precision (float32, and bfloat16 tensors: the weights stored in bf16, no autocast), times
-`--repeats` multiplications after a warm-up and prints the best rate in GFLOP/s (2 m n k / seconds)
-with the CPU model and its AMX / AVX-512 BF16 flags. Prints one JSON object; `--out` writes it too.
+Measures the attainable rate of the backbone's linear maps in fp32 and bf16 (rows = batch x the
+reviews' mean length), then times `--repeats` evaluation passes over the first `--reviews` test
+reviews at each precision (tokenised once, outside the clock) and prints, per precision, the best
+pass, its multiply-adds and its fraction of the roofline, with the CPU it ran on. One JSON object.
 """
 from __future__ import annotations
 
@@ -14,46 +14,50 @@ import argparse
 import json
 import time
 
-import torch
+import numpy as np
 
-from llm_anatomy.device import machine_info
-
-
-def rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """Best GFLOP/s of x [m, k] @ w [k, n] over `repeats` runs (the weight transposed, as nn.Linear holds it)."""
-    x = torch.randn(m, k).to(dtype)
-    w = torch.randn(n, k).to(dtype)
-    torch.nn.functional.linear(x, w)  # warm-up: kernel selection, allocator
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.nn.functional.linear(x, w)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * m * k * n / best / 1e9
+from llm_anatomy import roofline
+from llm_anatomy.batching import encode_reviews
+from llm_anatomy.data import read_split
+from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.pruning.costs import forward_macs
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--test", default="data/processed/offline/test.parquet")
+    ap.add_argument("--reviews", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--hidden", type=int, default=384)
-    ap.add_argument("--ffn", type=int, default=1536)
-    ap.add_argument("--tokens", type=int, default=8192, help="rows per multiplication (batch x sequence length)")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precisions", default="bf16,fp32")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    shapes = {"ffn_in": (args.tokens, args.hidden, args.ffn), "ffn_out": (args.tokens, args.ffn, args.hidden),
-              "attention_proj": (args.tokens, args.hidden, args.hidden)}
-    result = dict(machine=machine_info(torch.device("cpu")), threads=args.threads, shapes={}, gflops={})
-    for name, (m, k, n) in shapes.items():
-        result["shapes"][name] = dict(m=m, k=k, n=n)
-        result["gflops"][name] = {p: round(rate(m, k, n, dt, args.repeats), 1)
-                                  for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+
+    set_threads(args.threads)
+    model, tok, meta = load_classifier(args.checkpoint)
+    encoded = encode_reviews(tok, meta, read_split(args.test)["text"].iloc[: args.reviews])
+    lengths = [len(e) for e in encoded]
+    macs = forward_macs(model.adapter, lengths)
+    rows = args.batch_size * round(float(np.mean(lengths)))
+    side = meta.get("padding_side", "right")
+    out = dict(reviews=len(encoded), batch_size=args.batch_size, macs=macs, precisions={})
+    for precision in args.precisions.split(","):
+        limit = roofline.measure(model.adapter, precision, rows)
+        runner = inference_model(model, precision)
+        predict_logits(runner, encoded[: args.batch_size], tok.pad_token_id, args.batch_size, precision, side)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            predict_logits(runner, encoded, tok.pad_token_id, args.batch_size, precision, side)
+            times.append(time.perf_counter() - start)
+        out["machine"] = limit.pop("machine")
+        out["precisions"][precision] = dict(
+            roofline=limit, seconds=[round(t, 3) for t in times], best_s=min(times),
+            achieved_gflops=round(2 * macs / min(times) / 1e9, 1),
+            roofline_fraction=round(roofline.fraction(macs, min(times), limit["attainable_gflops"]), 3))
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

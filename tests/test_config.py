@@ -166,3 +166,13 @@ def test_a_bad_probe_file_stops_validation(params, tmp_path):
     ("test_size", 1001, "anatomy.test_size = 1001 exceeds profiles.offline.split.test = 1000")])
 def test_anatomy_samples_beyond_the_split_are_errors_not_clamps(params, key, value, message):
     assert message in _bad(params, lambda p: p["anatomy"].update({key: value}))
+
+
+def test_params_yaml_has_no_anchors_or_merge_keys():
+    """`dvc exp run -S` rewrites params.yaml and expands anchors and `<<:` merges into copies; written
+    out in full, the file stays what a reader sees, and a -S diff shows only the changed key."""
+    import yaml
+
+    text = (ROOT / "params.yaml").read_text()
+    anchored = [e for e in yaml.parse(text) if getattr(e, "anchor", None)]
+    assert not anchored and "<<:" not in text

@@ -93,6 +93,15 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     with torch.no_grad():
         direct = model(ids, mask).numpy()
     np.testing.assert_allclose(dense["logit"].to_numpy(), direct, atol=1e-5)
+    # the evaluation's speed record: its work recounted by hand (tiny Llama: q, o, gate, up, down are
+    # hidden x hidden or hidden x ffn; k, v project to half the heads) and its fraction of the roofline
+    h, f, L = model.adapter.hidden_size, model.adapter.ffn_width(0), model.adapter.num_layers
+    per_token = L * (2 * h * h + 2 * h * (h // 2) + 3 * h * f)
+    lengths = [len(t) for t in tokenizer(test["text"].tolist())["input_ids"]]
+    assert info["macs"] == sum(T * per_token + 2 * L * T * T * h for T in lengths)
+    assert info["roofline_fraction"] == pytest.approx(2 * info["macs"] / info["inference_seconds"]
+                                                      / (info["roofline_gflops"] * 1e9))
+    assert info["machine"]["cpu"] and info["inference_seconds"] < info["seconds"]
     # accuracies recomputed from the per-review logits equal the reported ones
     pruned, _ = read_logits(p["eval"])
     assert m.accuracy_dense == out["accuracy_dense"] == _count_correct(dense["logit"], dense["label"])
@@ -133,6 +142,12 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert t["zeroed_vs_removed_max_abs_logit_diff_fp32"] < 1e-5
     assert t["speedup_removed_spread"]["min"] <= t["speedup_removed_spread"]["median"] <= t["speedup_removed_spread"]["max"]
     assert t["macs_removed"] < t["macs_dense"] and t["machine"]["cpu"]
+    # roofline: measured in the job; the fractions recomputed from the recorded work and medians
+    rate = t["roofline"]["attainable_gflops"]
+    assert rate > 0 and t["roofline"]["precision"] == t["precision"]
+    for name, macs in (("dense", t["macs_dense"]), ("removed", t["macs_removed"])):
+        assert t[f"roofline_fraction_{name}"] == pytest.approx(2 * macs / t[f"time_{name}_s"] / (rate * 1e9))
+    assert m.roofline_fraction_dense == t["roofline_fraction_dense"] and "roofline_fraction_zeroed" not in t
     assert m.neurons_pruned == m.neurons_total // 2 and m.pruned_per_layer == read_plan(p["plan"]).counts
     json.dumps(m.to_dict(), allow_nan=False)
 

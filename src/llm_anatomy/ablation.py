@@ -34,7 +34,9 @@ import torch
 
 from .batching import encode_reviews, iter_padded, sorted_batches
 from .device import model_device
+from .io import read_parquet
 from .models import SentimentClassifier
+from .progress import progress as progress_bar
 from .stats import spearman_interval
 
 log = logging.getLogger(__name__)
@@ -291,10 +293,10 @@ def score_agreement(table: pd.DataFrame, reviews: int, seed: int = 0) -> pd.Data
 
 def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
     """Importance of every neuron by the anatomy's and FLAP's scores, one row per (layer, neuron)."""
-    cos = (pd.read_parquet(neuron_scores, columns=["layer", "neuron", "score"])
+    cos = (read_parquet(neuron_scores, columns=["layer", "neuron", "score"])
            .groupby(["layer", "neuron"])["score"].mean().abs().rename("cosine"))
-    con = pd.read_parquet(contributions).set_index(["layer", "neuron"])["mean_abs_contribution"].rename("contribution")
-    st = pd.read_parquet(ffn_stats).set_index(["layer", "neuron"])
+    con = read_parquet(contributions).set_index(["layer", "neuron"])["mean_abs_contribution"].rename("contribution")
+    st = read_parquet(ffn_stats).set_index(["layer", "neuron"])
     flu = (st["var"] * st["value_norm_sq"]).rename("fluctuation")
     df = pd.concat([cos, con, flu], axis=1)
     if df.isna().any().any():
@@ -307,8 +309,6 @@ def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
 def ablation_stage(model_dir, val: pd.DataFrame, neuron_scores, contributions, ffn_stats, graph_nodes, out: dict,
                    p: dict) -> dict:
     """p: reviews, neurons, top_fraction, random_draws, seed, batch_size, threads, device."""
-    from tqdm.auto import tqdm
-
     from .io import write_csv, write_json, write_parquet
     from .models import load_classifier, set_threads
 
@@ -324,7 +324,7 @@ def ablation_stage(model_dir, val: pd.DataFrame, neuron_scores, contributions, f
     scores = score_frame(neuron_scores, contributions, ffn_stats)
     table, agreement, tops = ablation_tables(
         ablator, scores, graph_nodes, p["neurons"], p["top_fraction"], p["random_draws"], p["seed"],
-        progress=lambda xs: tqdm(xs, desc="ablate", mininterval=10, disable=None))
+        progress=lambda xs: progress_bar(xs, desc="ablate"))
     write_parquet(table, out["table"])
     write_csv(agreement, out["agreement"])
     write_csv(tops, out["top"])

@@ -12,7 +12,7 @@ import torch
 
 from .extract import extract_inputs, read_vectors, write_extraction
 from .graph import layer_counts, neuron_graph
-from .io import write_csv, write_json, write_parquet
+from .io import read_parquet, write_csv, write_json, write_parquet
 from .lens import head_direction, lens_logits, lens_table, normed_states
 from .models import load_classifier, set_threads
 from .probes import anatomy_inputs, read_probes, sample_reviews
@@ -48,7 +48,7 @@ def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, thresh
     start = time.perf_counter()
     model, _, _ = load_classifier(model_dir)
     adapter = model.adapter
-    inputs = pd.read_parquet(inputs_path)
+    inputs = read_parquet(inputs_path)
     keys, hidden = read_vectors(hidden_path, "vector")
     if not keys.reset_index(drop=True).equals(inputs[["input_set", "input_id"]].reset_index(drop=True)):
         raise ValueError(f"{hidden_path} and {inputs_path} list different inputs; rerun the extract rule")

@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,6 @@ def progress_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: 
                      ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """Length-sorted, dynamically padded batches for inference, with a progress bar when `desc` is given."""
     batches = sorted_batches([len(s) for s in encoded], batch_size)
-    return tqdm(iter_padded(encoded, batches, pad_id, side, device), total=len(batches), desc=desc,
-                disable=True if desc is None else None, mininterval=mininterval)
+    return progress(iter_padded(encoded, batches, pad_id, side, device), total=len(batches), desc=desc,
+                    mininterval=mininterval)
 

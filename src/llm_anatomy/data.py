@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .io import read_parquet
+
 REQUIRED = {"text", "label"}
 SPLIT_COLUMNS = ["text", "label", "source_split", "source_index"]
 
@@ -178,4 +180,4 @@ def read_split(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} not found; build it with `snakemake --cores all {path}`")
-    return check_frame(pd.read_parquet(path), str(path))
+    return check_frame(read_parquet(path), str(path))

@@ -13,9 +13,10 @@ import pandas as pd
 import torch
 
 from .batching import encode_reviews, progress_batches
-from .device import amp_dtype, autocast, describe, model_device
+from .device import amp_dtype, autocast, describe, machine_info, model_device
 from .logits import accuracy_of, first_reviews, logits_frame, write_logits
 from .models import SentimentClassifier, load_classifier, set_threads
+from .roofline import pass_speed
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def inference_model(model: SentimentClassifier, precision: str) -> SentimentClas
     parameters are stored in bf16, made once. The buffers (rotary frequencies) and the head stay in float32.
 
     Stored bf16 weights replace autocast, which re-casts every weight on every call: measured on
-    MiniLM, 1,000 reviews, that cast is about a quarter of the time (docs/SPEED.md). Float16 (the CUDA
+    MiniLM and SmolLM2 the stored weights run about 1.2x faster at the same accuracy (docs/SPEED.md). Float16 (the CUDA
     fallback where bf16 is missing) keeps autocast, which keeps LayerNorm and softmax in float32.
     """
     dtype = amp_dtype(precision, model_device(model))
@@ -65,15 +66,22 @@ def evaluate_stage(model_dir, split: pd.DataFrame, out_path, limit: int | None =
     set_threads(threads)
     model, tokenizer, meta = load_classifier(model_dir, device)
     reviews = first_reviews(split, limit, f"{out_path}")
+    precision = meta.get("precision", "fp32")
     start = time.perf_counter()
     encoded = encode_reviews(tokenizer, meta, reviews["text"], what=f"{out_path} reviews")
-    logits = predict_logits(model, encoded, tokenizer.pad_token_id,
-                            batch_size, meta.get("precision", "fp32"), meta.get("padding_side", "right"),
-                            desc=f"evaluate {Path(model_dir).name}")
+    tokenised = time.perf_counter()
+    runner = inference_model(model, precision)
+    ready = time.perf_counter()
+    logits = predict_logits(runner, encoded, tokenizer.pad_token_id, batch_size, precision,
+                            meta.get("padding_side", "right"), desc=f"evaluate {Path(model_dir).name}")
+    done = time.perf_counter()
     df = logits_frame(logits, reviews["label"])
-    info = dict(model=str(model_dir), reviews=len(df), device=describe(model_device(model)),
-                precision=meta.get("precision", "fp32"), batch_size=batch_size, truncation=encoded.truncation(),
-                seconds=time.perf_counter() - start)
+    device_ = model_device(model)
+    info = dict(model=str(model_dir), reviews=len(df), device=describe(device_), machine=machine_info(device_),
+                precision=precision, batch_size=batch_size, truncation=encoded.truncation(),
+                seconds=done - start, tokenise_seconds=tokenised - start, inference_seconds=done - ready)
+    if device_.type == "cpu":
+        info.update(pass_speed(model.adapter, [len(e) for e in encoded], batch_size, precision, done - ready))
     write_logits(df, out_path, info)
     acc = accuracy_of(df)
     log.info("%s on %d reviews: accuracy %.4f (%.1f s)", model_dir, len(df), acc, info["seconds"])

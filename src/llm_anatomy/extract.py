@@ -32,7 +32,7 @@ import torch
 
 from .batching import encode_reviews, progress_batches
 from .device import autocast, model_device
-from .io import write_parquet
+from .io import read_back, write_parquet
 from .models import SentimentClassifier
 
 
@@ -136,7 +136,7 @@ def read_vectors(path, column: str, input_set: str | None = None) -> tuple[pd.Da
     Ragged (variable-width) tables come back as a list over layers of [N, D_l] arrays.
     """
     filters = [("input_set", "=", input_set)] if input_set else None
-    table = pq.read_table(path, filters=filters)
+    table = read_back(path, lambda p: pq.read_table(p, filters=filters))
     if table.num_rows == 0:
         raise ValueError(f"{path}: no rows" + (f" for input_set {input_set!r}" if input_set else ""))
     layers = table.column("layer").to_numpy().astype(np.int64)

@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .batching import encode, grouped_batches, iter_padded
@@ -30,6 +29,7 @@ from .logits import accuracy
 from .stats import accuracy_interval, correct
 from .io import atomic_dir, write_json
 from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
     n_trainable = sum(prm.numel() for prm in model.parameters() if prm.requires_grad)
     log.info("%s: %d train reviews, %d steps, %.1fM trainable parameters, %s on %s",
              model_name, len(lengths), total_steps, n_trainable / 1e6, p.precision, describe(device))
-    bar = tqdm(total=total_steps, initial=step, desc=f"fine-tune {model_name}", disable=None, mininterval=10)
+    bar = progress(total=total_steps, initial=step, desc=f"fine-tune {model_name}")
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         batches = grouped_batches(lengths, p.batch_size, seed=p.seed * 1000 + epoch)
@@ -240,7 +240,7 @@ def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.Da
             if step % p.checkpoint_every == 0 or step % steps_per_epoch == 0:
                 train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
-                # A log line per checkpoint: the tqdm bar is hidden when stderr is not a terminal.
+                # A log line per checkpoint, whether or not a terminal shows the bar.
                 log.info("step %d/%d, loss %.4f, %.0f s of training so far", step, total_steps, loss.item(),
                          train_seconds)
                 if step % steps_per_epoch == 0:

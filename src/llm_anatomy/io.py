@@ -1,10 +1,13 @@
-"""Atomic writers: every artifact appears complete or not at all."""
+"""Atomic writers: every artifact appears complete or not at all. Readers of cached intermediates:
+a file that exists but cannot be read is moved aside and named, so the next run rebuilds it."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import shutil
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,10 +82,55 @@ def write_parquet(df: pd.DataFrame, path: str | Path, schema=None, info: dict | 
 
 def parquet_info(path: str | Path) -> dict:
     """The `info` a file was written with ({} when none)."""
+    meta = parquet_metadata(path)
+    return json.loads(meta[PARQUET_INFO]) if PARQUET_INFO in meta else {}
+
+
+class UnreadableFile(RuntimeError):
+    """A cached intermediate that exists but cannot be read (a kill mid-copy, a full disk, a foreign file)."""
+
+
+def read_back(path: str | Path, reader: Callable):
+    """`reader(path)`, except that an unreadable file is moved to `<name>.unreadable-<time>` (kept for
+    inspection, not deleted) and reported by name: with the file gone, rerunning Snakemake runs the
+    rule that writes it again. A missing file is the caller's error as before (FileNotFoundError)."""
+    path = Path(path)
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 (Arrow, JSON and OS errors alike mean "cannot be read")
+        if not path.is_file():
+            raise
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        raise UnreadableFile(f"{path} cannot be read ({type(err).__name__}: {str(err)[:200]}); moved it to {aside}. "
+                             "Rerun Snakemake: the file is now missing, so the rule that writes it runs again.") from None
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None, **kwargs) -> pd.DataFrame:
+    """pandas.read_parquet of a cached intermediate (see `read_back`). Asking for a column the file does
+    not have is a ValueError naming both (a file from another version is readable, not corrupt)."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[PARQUET_INFO]) if PARQUET_INFO in meta else {}
+    names = read_back(path, pq.read_schema).names
+    missing = [c for c in columns or [] if c not in names]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing} (it has {names}); it was written by another version: "
+                         "delete it and rerun Snakemake")
+    return read_back(path, lambda p: pd.read_parquet(p, columns=columns, **kwargs))
+
+
+def read_json(path: str | Path):
+    """A JSON file the pipeline wrote (see `read_back`)."""
+    return read_back(path, lambda p: json.loads(p.read_text()))
+
+
+def parquet_metadata(path: str | Path) -> dict:
+    """A Parquet file's schema metadata (bytes -> bytes; {} when none; see `read_back`)."""
+    import pyarrow.parquet as pq
+
+    return read_back(path, lambda p: pq.read_schema(p).metadata or {})
 
 
 def write_csv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .io import dumps, write_parquet
+from .io import dumps, parquet_metadata, read_parquet, write_parquet
 
 EVAL_META = b"llm_anatomy.eval"
 
@@ -45,8 +44,8 @@ def write_logits(df: pd.DataFrame, path, info: dict) -> None:
 
 
 def read_logits(path) -> tuple[pd.DataFrame, dict]:
-    meta = pq.read_schema(path).metadata or {}
-    return pd.read_parquet(path), json.loads(meta.get(EVAL_META, b"{}"))
+    meta = parquet_metadata(path)
+    return read_parquet(path), json.loads(meta.get(EVAL_META, b"{}"))
 
 
 def accuracy_of(df: pd.DataFrame) -> float:

@@ -25,6 +25,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from .io import read_parquet
+
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine over the last axis, broadcasting; 0 where a vector is all zeros."""
@@ -69,7 +71,7 @@ def layer_score_table(keys: pd.DataFrame, cos: np.ndarray, cos_normed: np.ndarra
 
 def mean_layer_scores(path, input_set: str = "probe", column: str = "cosine") -> np.ndarray:
     """c_l averaged over the inputs of `input_set` (default: the probes): array [L+1], index = layer."""
-    df = pd.read_parquet(path, columns=["input_set", "layer", column])
+    df = read_parquet(path, columns=["input_set", "layer", column])
     df = df[df["input_set"] == input_set]
     if df.empty:
         raise ValueError(f"{path}: no layer scores for input_set {input_set!r}")
@@ -123,7 +125,7 @@ def per_layer(values: pd.Series, path) -> list[np.ndarray]:
 
 def mean_neuron_scores(path, column: str = "score") -> list[np.ndarray]:
     """s_lj averaged over the probe inputs: one array [F_l] per block, index = neuron."""
-    df = pd.read_parquet(path, columns=["layer", "neuron", column])
+    df = read_parquet(path, columns=["layer", "neuron", column])
     if df.empty:
         raise ValueError(f"{path}: no neuron scores")
     return per_layer(df.groupby(["layer", "neuron"])[column].mean(), path)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
+from ..io import read_parquet
 from ..scores import per_layer
 
 ALLOCATIONS = ("uniform", "global")
@@ -54,5 +54,5 @@ def score_thresholds(scores: Sequence[np.ndarray], pruned: Sequence[np.ndarray])
 
 def read_stats(path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """(mean, var, value_norm_sq), each a list over layers 0..L-1 of arrays indexed by neuron."""
-    df = pd.read_parquet(path).set_index(["layer", "neuron"])
+    df = read_parquet(path).set_index(["layer", "neuron"])
     return per_layer(df["mean"], path), per_layer(df["var"], path), per_layer(df["value_norm_sq"], path)

@@ -7,7 +7,6 @@ same reviews later.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..logits import read_logits
+from ..io import read_json
 from ..stats import accuracy_interval, correct, paired_difference, seeded_accuracy, seeded_difference
 from .plan import read_plan
 from .targets import curve_of
@@ -101,7 +101,7 @@ class PruneMetrics:
     machine: dict = _f("CPU model and bf16 features, threads, device, torch version of the timing run", None)
     timed_reviews: int = _f("reviews per timed pass (the first of the test reviews)", 0)
     batch_size: int = _f("inference batch size (length-sorted, dynamically padded)", 0)
-    precision: str = _f("fp32 | bf16 (autocast), as the checkpoint was fine-tuned", "fp32")
+    precision: str = _f("fp32 | bf16 (backbone weights stored in bf16), as the checkpoint was fine-tuned", "fp32")
     repeats: int = _f("alternating timed passes per variant", 0)
     times_s: dict = _f("seconds of every timed pass, per variant (dense, zeroed, removed)", None)
     time_dense_s: float = _f("median seconds, dense", 0.0)
@@ -118,6 +118,11 @@ class PruneMetrics:
     speedup_bound: float = _f("1 / macs_ratio: the speedup if time followed multiply-adds", 0.0)
     ffn_macs_dense: int = _f("FFN multiply-adds of the dense model over the timed reviews", 0)
     ffn_macs_removed: int = _f("the same for the removed model", 0)
+    roofline: dict | None = _f("this machine's attainable matmul rate at the dense model's linear shapes, measured "
+                               "in the timing job (llm_anatomy.roofline); null on a GPU", None)
+    roofline_fraction_dense: float | None = _f("2 macs_dense / time_dense_s / attainable rate", None)
+    roofline_fraction_zeroed: float | None = _f("the same for zeroed (dense multiply-adds: zeroing removes none)", None)
+    roofline_fraction_removed: float | None = _f("2 macs_removed / time_removed_s / attainable rate", None)
     # cost of each step (from the artifacts' own records)
     seconds_materialise: float = _f("seconds to load, prune and save the folder", 0.0)
     seconds_evaluate: float = _f("seconds of inference to evaluate the pruned folder", 0.0)
@@ -149,8 +154,8 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
     seeds = sorted(int(m.group(1)) for v in outcomes if (m := re.fullmatch(r"random-(\d+)", v)))
     evidence = accuracy_evidence(correct(dense_df["logit"], dense_df["label"]),
                                  correct(pruned_df["logit"], pruned_df["label"]), outcomes, seeds)
-    folder = json.loads((Path(pruned_dir) / "pruning.json").read_text())
-    timing = json.loads(Path(timing_path).read_text())
+    folder = read_json(Path(pruned_dir) / "pruning.json")
+    timing = read_json(timing_path)
     widths = [int(w) for w in plan.table["width"]]
     counts = plan.counts
     info = plan.info
@@ -173,6 +178,8 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
                                   "speedup_removed", "speedup_zeroed_spread", "speedup_removed_spread",
                                   "zeroed_vs_removed_max_abs_logit_diff_fp32", "macs_dense", "macs_removed",
                                   "macs_ratio", "speedup_bound", "ffn_macs_dense", "ffn_macs_removed")},
+        **{k: timing.get(k) for k in ("roofline", "roofline_fraction_dense", "roofline_fraction_zeroed",
+                                      "roofline_fraction_removed")},
     )
     return m
 
@@ -205,4 +212,4 @@ def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str,
 
 
 def _arch(folder) -> str:
-    return json.loads((Path(folder) / "classifier.json").read_text())["arch"]
+    return read_json(Path(folder) / "classifier.json")["arch"]

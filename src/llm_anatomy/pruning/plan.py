@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..io import dumps, write_parquet
+from ..io import dumps, parquet_metadata, read_parquet, write_parquet
 from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
 from .flap import flap_masks, fluctuation_scores, read_stats, score_thresholds
 from .random_baseline import random_masks
@@ -179,18 +178,18 @@ def _from_frame(df: pd.DataFrame, info: dict, path) -> Plan:
 
 
 def _meta(path) -> dict:
-    meta = pq.read_schema(path).metadata or {}
+    meta = parquet_metadata(path)
     if META_KEY not in meta:
         raise ValueError(f"{path} is not a plan written by llm_anatomy (no {META_KEY.decode()} metadata)")
     return json.loads(meta[META_KEY])
 
 
 def read_plan(path) -> Plan:
-    return _from_frame(pd.read_parquet(path), _meta(path), path)
+    return _from_frame(read_parquet(path), _meta(path), path)
 
 
 def read_random_plans(path) -> list[Plan]:
-    df, meta = pd.read_parquet(path), _meta(path)
+    df, meta = read_parquet(path), _meta(path)
     return [_from_frame(df[df["seed"] == seed], info, path) for seed, info in zip(meta["seeds"], meta["plans"])]
 
 

@@ -64,7 +64,10 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
                          speedup_removed_min=m["speedup_removed_spread"]["min"],
                          speedup_removed_max=m["speedup_removed_spread"]["max"], speedup_bound=m["speedup_bound"],
                          params_dense=m["params_dense"], params_removed=m["params_removed"],
-                         model_mb=m["model_bytes"] / 1e6, macs_ratio=m["macs_ratio"], timed_reviews=m["timed_reviews"], cpu=m["machine"]["cpu"]))
+                         model_mb=m["model_bytes"] / 1e6, macs_ratio=m["macs_ratio"], timed_reviews=m["timed_reviews"],
+                         roofline_gflops=(m.get("roofline") or {}).get("attainable_gflops"),
+                         roofline_fraction_dense=m.get("roofline_fraction_dense"),
+                         roofline_fraction_removed=m.get("roofline_fraction_removed"), cpu=m["machine"]["cpu"]))
     df = pd.DataFrame(rows)
     if not df.empty:
         df["order"] = df["curve"].map(CURVE_ORDER)

@@ -20,6 +20,7 @@ from ..batching import encode_reviews
 from ..evaluate import inference_model, predict_logits
 from ..logits import first_reviews
 from ..models import load_classifier, set_threads
+from .. import roofline
 from .costs import count_parameters, ffn_macs, forward_macs
 from .materialise import pruned_copy
 from .plan import read_plan
@@ -100,8 +101,19 @@ def timing_stage(dense_dir, pruned_dir, plan_path, test: pd.DataFrame, sizing: S
     )
     out["macs_ratio"] = out["macs_removed"] / out["macs_dense"]
     out["speedup_bound"] = 1 / out["macs_ratio"]
+    if model_device(dense).type == "cpu":  # the ceiling is measured on CPU matmuls only
+        rows = sizing.batch_size * max(1, round(sum(lengths) / len(lengths)))
+        out["roofline"] = roofline.measure(dense.adapter, precision, rows)
+        for name in median:
+            out[f"roofline_fraction_{name}"] = roofline.fraction(
+                out["macs_dense" if name != "removed" else "macs_removed"], median[name],
+                out["roofline"]["attainable_gflops"])
     out["seconds"] = time.perf_counter() - start
     zeroed_note = f", zeroed {out['speedup_zeroed']:.3f}x" if timed_zeroed else " (zeroed not timed)"
+    if "roofline" in out:
+        log.info("roofline at %d rows, %s: %.0f GFLOP/s attainable; dense reached %.0f%%, removed %.0f%%",
+                 out["roofline"]["tokens"], precision, out["roofline"]["attainable_gflops"],
+                 100 * out["roofline_fraction_dense"], 100 * out["roofline_fraction_removed"])
     log.info("time dense %.2fs removed %.2fs: speedup removed %.3fx (repeats %.3f-%.3f)%s; multiply-add bound "
              "%.3fx", median["dense"], median["removed"], out["speedup_removed"], out["speedup_removed_spread"]["min"],
              out["speedup_removed_spread"]["max"], zeroed_note, out["speedup_bound"])

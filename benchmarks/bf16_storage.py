@@ -1,0 +1,76 @@
+"""bf16 inference two ways on the same reviews: float32 weights under bf16 autocast (the loop before
+`inference_model`) and the backbone's weights stored in bf16 (the loop now).
+
+    .venv/bin/python benchmarks/bf16_storage.py results/offline/minilm/finetuned --reviews 1000
+
+Tokenises once, warms both up, then times `--repeats` alternating passes of each. Prints the
+median seconds, the ratio, both accuracies, the paired difference (stored minus autocast) with its
+95% interval and McNemar p, how many predictions differ, the largest logit difference and the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from llm_anatomy.batching import encode_reviews, progress_batches
+from llm_anatomy.data import read_split
+from llm_anatomy.device import autocast, machine_info
+from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.stats import paired_difference
+
+
+@torch.inference_mode()
+def autocast_logits(model, encoded, pad_id, batch_size, side) -> np.ndarray:
+    out = np.empty(len(encoded), np.float32)
+    with autocast("bf16"):
+        for idx, ids, mask in progress_batches(encoded, batch_size, pad_id, side):
+            out[idx] = model(ids, mask).float().numpy()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--test", default="data/processed/offline/test.parquet")
+    ap.add_argument("--reviews", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    set_threads(args.threads)
+    model, tok, meta = load_classifier(args.checkpoint)
+    test = read_split(args.test).iloc[: args.reviews]
+    labels = test["label"].to_numpy()
+    encoded = encode_reviews(tok, meta, test["text"])
+    side, pad = meta.get("padding_side", "right"), tok.pad_token_id
+    stored = inference_model(model, "bf16")
+    runs = {"autocast": lambda: autocast_logits(model, encoded, pad, args.batch_size, side),
+            "stored": lambda: predict_logits(stored, encoded, pad, args.batch_size, "bf16", side)}
+    for name in runs:  # warm-up
+        runs[name]()
+    times, logits = {n: [] for n in runs}, {}
+    for r in range(args.repeats):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            start = time.perf_counter()
+            logits[name] = runs[name]()
+            times[name].append(time.perf_counter() - start)
+    right = {n: (l > 0) == labels for n, l in logits.items()}
+    d = paired_difference(right["stored"], right["autocast"])
+    median = {n: float(np.median(t)) for n, t in times.items()}
+    print(json.dumps(dict(
+        machine=machine_info(torch.device("cpu")), reviews=len(encoded), seconds=times, median_s=median,
+        autocast_over_stored=median["autocast"] / median["stored"],
+        accuracy={n: float(r.mean()) for n, r in right.items()},
+        stored_minus_autocast=dict(diff=d.diff, lo=d.lo, hi=d.hi, p_mcnemar=d.p_mcnemar),
+        predictions_that_differ=int(((logits["stored"] > 0) != (logits["autocast"] > 0)).sum()),
+        max_abs_logit_diff=float(np.abs(logits["stored"] - logits["autocast"]).max())), indent=2))
+
+
+if __name__ == "__main__":
+    main()
