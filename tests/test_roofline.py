@@ -21,7 +21,15 @@ def test_linear_shapes_follow_the_config(arch, tokenizer):
     assert dict(roofline.linear_shapes(model.adapter)) == {s: n * L for s, n in expected.items()}
 
 
-def test_attainable_rate_weights_each_shape_by_its_work(monkeypatch, tokenizer):
+@pytest.fixture
+def fresh_cache():
+    """Measurements are cached per process: neither a real one nor the fake below may answer for the other."""
+    roofline._measure_shapes.cache_clear()
+    yield
+    roofline._measure_shapes.cache_clear()
+
+
+def test_attainable_rate_weights_each_shape_by_its_work(monkeypatch, tokenizer, fresh_cache):
     model = make_tiny("bert", tokenizer)
     h, f = TINY_DIMS["hidden"], TINY_DIMS["ffn"]
     rates = {(h, h): 100.0, (h, f): 400.0, (f, h): 200.0}

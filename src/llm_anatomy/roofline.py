@@ -54,15 +54,25 @@ def gemm_gflops(rows: int, k: int, n: int, dtype: torch.dtype, repeats: int = 5)
 
 
 def measure(adapter, precision: str, tokens: int, repeats: int = 5) -> dict:
-    """The roofline of this backbone's linear maps on this machine (see the module doc)."""
+    """The roofline of this backbone's linear maps on this machine (see the module doc); measured once
+    per process for the same shapes, precision, rows and repeats."""
     if precision not in DTYPES:
         raise ValueError(f"precision {precision!r} is not one of {sorted(DTYPES)}")
-    shapes = tuple(sorted(linear_shapes(adapter).items()))
+    return dict(_measure_shapes(tuple(sorted(linear_shapes(adapter).items())), precision, tokens, repeats))
+
+
+@functools.lru_cache(maxsize=8)
+def _measure_shapes(shapes: tuple, precision: str, tokens: int, repeats: int) -> dict:
     rates = [gemm_gflops(tokens, k, n, DTYPES[precision], repeats) for (k, n), _ in shapes]
     return dict(machine=machine_info(torch.device("cpu")), precision=precision, tokens=tokens, repeats=repeats,
                 shapes=[dict(in_features=k, out_features=n, maps=count, gflops=round(rate, 1))
                         for ((k, n), count), rate in zip(shapes, rates)],
                 attainable_gflops=round(attainable(shapes, rates), 1))
+
+
+def batch_rows(batch_size: int, lengths: Sequence[int]) -> int:
+    """Rows of a typical batch: batch size x the reviews' mean length (the shape the roofline is measured at)."""
+    return batch_size * max(1, round(sum(lengths) / max(1, len(lengths))))
 
 
 def attainable(shapes: Sequence, rates: Sequence[float]) -> float:
@@ -76,18 +86,12 @@ def fraction(macs: int, seconds: float, attainable_gflops: float) -> float:
     return 2.0 * macs / seconds / 1e9 / attainable_gflops
 
 
-@functools.lru_cache(maxsize=8)
-def _attainable_cached(shapes: tuple, precision: str, tokens: int) -> float:
-    return attainable(shapes, [gemm_gflops(tokens, k, n, DTYPES[precision]) for (k, n), _ in shapes])
-
-
 def pass_speed(adapter, lengths: Sequence[int], batch_size: int, precision: str, seconds: float) -> dict:
-    """An inference pass's multiply-adds and its fraction of the roofline (measured once per process
-    and shapes, at rows = batch x the mean length), for an evaluation's record."""
+    """An inference pass's multiply-adds and its fraction of the roofline, for an evaluation's record."""
     from .pruning.costs import forward_macs
 
     macs = forward_macs(adapter, lengths)
-    tokens = batch_size * max(1, round(sum(lengths) / max(1, len(lengths))))
-    rate = _attainable_cached(tuple(sorted(linear_shapes(adapter).items())), precision, tokens)
+    tokens = batch_rows(batch_size, lengths)
+    rate = measure(adapter, precision, tokens)["attainable_gflops"]
     return dict(macs=macs, roofline_gflops=rate, roofline_tokens=tokens,
                 roofline_fraction=fraction(macs, seconds, rate))

@@ -102,8 +102,7 @@ def timing_stage(dense_dir, pruned_dir, plan_path, test: pd.DataFrame, sizing: S
     out["macs_ratio"] = out["macs_removed"] / out["macs_dense"]
     out["speedup_bound"] = 1 / out["macs_ratio"]
     if model_device(dense).type == "cpu":  # the ceiling is measured on CPU matmuls only
-        rows = sizing.batch_size * max(1, round(sum(lengths) / len(lengths)))
-        out["roofline"] = roofline.measure(dense.adapter, precision, rows)
+        out["roofline"] = roofline.measure(dense.adapter, precision, roofline.batch_rows(sizing.batch_size, lengths))
         for name in median:
             out[f"roofline_fraction_{name}"] = roofline.fraction(
                 out["macs_dense" if name != "removed" else "macs_removed"], median[name],
