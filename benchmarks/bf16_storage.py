@@ -9,18 +9,16 @@ median seconds, the ratio, both accuracies, the paired difference (stored minus 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
 import torch
 
+from common import load, parser
 from llm_anatomy.batching import encode_reviews, progress_batches
-from llm_anatomy.data import read_split
 from llm_anatomy.device import autocast, machine_info
 from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.models import load_classifier, set_threads
 from llm_anatomy.stats import paired_difference
 
 
@@ -34,18 +32,10 @@ def autocast_logits(model, encoded, pad_id, batch_size, side) -> np.ndarray:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("--test", default="data/processed/offline/test.parquet")
-    ap.add_argument("--reviews", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = parser(__doc__, reviews=1000, repeats=3)
     args = ap.parse_args()
 
-    set_threads(args.threads)
-    model, tok, meta = load_classifier(args.checkpoint)
-    test = read_split(args.test).iloc[: args.reviews]
+    model, tok, meta, test = load(args)
     labels = test["label"].to_numpy()
     encoded = encode_reviews(tok, meta, test["text"])
     side, pad = meta.get("padding_side", "right"), tok.pad_token_id

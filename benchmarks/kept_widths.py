@@ -10,37 +10,28 @@ the odd one, the kernels do not favour it. The CPU is printed with the result.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 
 import numpy as np
 import torch
 
+from common import load, parser
 from llm_anatomy.batching import encode_reviews
-from llm_anatomy.data import read_split
 from llm_anatomy.device import machine_info
 from llm_anatomy.evaluate import inference_model
-from llm_anatomy.models import load_classifier, set_threads
 from llm_anatomy.pruning.costs import forward_macs
 from llm_anatomy.pruning.timing import time_variants
 from llm_anatomy.surgery import remove_masked
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("--test", default="data/processed/offline/test.parquet")
+    ap = parser(__doc__, reviews=500, repeats=5)
     ap.add_argument("--widths", default="845,848,832,896")
-    ap.add_argument("--reviews", type=int, default=500)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
-    set_threads(args.threads)
-    model, tok, meta = load_classifier(args.checkpoint)
-    encoded = encode_reviews(tok, meta, read_split(args.test)["text"].iloc[: args.reviews])
+    model, tok, meta, reviews = load(args)
+    encoded = encode_reviews(tok, meta, reviews["text"])
     lengths = [len(e) for e in encoded]
     precision = meta.get("precision", "fp32")
     rng = np.random.default_rng(0)

@@ -13,7 +13,6 @@ pipeline / loop per repeat (min, median, max) and the machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -21,11 +20,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
+from common import load, parser
 from llm_anatomy.batching import encode_reviews
-from llm_anatomy.data import read_split
 from llm_anatomy.device import machine_info
 from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.models import load_classifier, set_threads
 
 
 def hf_classifier(model, dtype: torch.dtype):
@@ -46,19 +44,12 @@ def hf_classifier(model, dtype: torch.dtype):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("--test", default="data/processed/offline/test.parquet")
-    ap.add_argument("--reviews", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = parser(__doc__, reviews=1000, repeats=5)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = ap.parse_args()
 
-    set_threads(args.threads)
-    model, tok, meta = load_classifier(args.checkpoint)
-    texts = read_split(args.test)["text"].iloc[: args.reviews].tolist()
+    model, tok, meta, reviews = load(args)
+    texts = reviews["text"].tolist()
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     if tok.pad_token_id is not None:
         model.backbone.config.pad_token_id = tok.pad_token_id

@@ -12,41 +12,32 @@ the bound reached, (speedup - 1) / (bound - 1), with the CPU it ran on.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 
 import numpy as np
 import torch
 
+from common import load, parser
 from llm_anatomy.batching import encode_reviews
-from llm_anatomy.data import read_split
 from llm_anatomy.device import machine_info
 from llm_anatomy.evaluate import inference_model
-from llm_anatomy.models import load_classifier, set_threads
 from llm_anatomy.pruning.costs import forward_macs
 from llm_anatomy.pruning.timing import ratio_spread, time_variants
 from llm_anatomy.surgery import remove_masked, zero_masked
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("--test", default="data/processed/offline/test.parquet")
+    ap = parser(__doc__, reviews=1000, repeats=5)
     ap.add_argument("--fractions", default="0.5", help="comma-separated shares of each layer's FFN neurons to remove")
-    ap.add_argument("--reviews", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: the checkpoint's")
     ap.add_argument("--neuron-scores", default=None)
     ap.add_argument("--zeroed", action="store_true", help="also time the zeroed copy of each fraction")
     ap.add_argument("--multiple-of", type=int, default=1, help="round each layer's kept width up to a multiple")
     args = ap.parse_args()
 
-    set_threads(args.threads)
-    model, tok, meta = load_classifier(args.checkpoint)
-    encoded = encode_reviews(tok, meta, read_split(args.test)["text"].iloc[: args.reviews])
+    model, tok, meta, reviews = load(args)
+    encoded = encode_reviews(tok, meta, reviews["text"])
     lengths = [len(e) for e in encoded]
     precision = args.precision or meta.get("precision", "fp32")
     if args.neuron_scores:

@@ -10,34 +10,25 @@ pass, its multiply-adds and its fraction of the roofline, with the CPU it ran on
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
 
+from common import load, parser
 from llm_anatomy import roofline
 from llm_anatomy.batching import encode_reviews
-from llm_anatomy.data import read_split
 from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.models import load_classifier, set_threads
 from llm_anatomy.pruning.costs import forward_macs
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("--test", default="data/processed/offline/test.parquet")
-    ap.add_argument("--reviews", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = parser(__doc__, reviews=1000, repeats=3)
     ap.add_argument("--precisions", default="bf16,fp32")
     args = ap.parse_args()
 
-    set_threads(args.threads)
-    model, tok, meta = load_classifier(args.checkpoint)
-    encoded = encode_reviews(tok, meta, read_split(args.test)["text"].iloc[: args.reviews])
+    model, tok, meta, reviews = load(args)
+    encoded = encode_reviews(tok, meta, reviews["text"])
     lengths = [len(e) for e in encoded]
     macs = forward_macs(model.adapter, lengths)
     rows = args.batch_size * round(float(np.mean(lengths)))
