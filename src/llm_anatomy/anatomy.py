@@ -1,6 +1,8 @@
-"""The anatomy stage end to end: `extract_stage` (model -> Parquet) and `score_stage` (Parquet -> scores)."""
+"""The anatomy stage end to end: `extract_stage` (model -> Parquet), `score_stage` (Parquet -> the
+threshold-free scores) and `neuron_sets_stage` (scores + anatomy.threshold -> high neurons, graph, summary)."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ from .lens import head_direction, lens_logits, lens_table, normed_states
 from .models import load_classifier, set_threads
 from .probes import anatomy_inputs, read_probes, sample_reviews
 from .scores import (contributions, high_neuron_lists, layer_cosines, layer_score_table, neuron_cosines,
-                     neuron_overlap, neuron_score_table, neuron_share, pairwise_mean_cosine, rank_agreement)
+                     neuron_overlap, neuron_score_table, neuron_share, pairwise_mean_cosine, rank_agreement,
+                     read_probe_scores)
 
 log = logging.getLogger("llm_anatomy.anatomy")
 
@@ -41,9 +44,11 @@ def extract_stage(model_dir, probes_path, train: pd.DataFrame, test: pd.DataFram
     return info
 
 
-def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, threshold: float,
-                threads: int | None = None) -> dict:
-    """Every score table, the graph and the lens from the extracted Parquet files (see docs/ANATOMY.md)."""
+def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, threads: int | None = None) -> dict:
+    """The threshold-free tables from the extracted Parquet files: layer and neuron scores, the
+    classifier lens, direct contributions, and `score_summary` (see docs/ANATOMY.md). What depends on
+    anatomy.threshold is `neuron_sets_stage`'s, so changing the threshold leaves these files, and the
+    pruning plans that read them, alone."""
     set_threads(threads)
     start = time.perf_counter()
     model, _, _ = load_classifier(model_dir)
@@ -73,6 +78,41 @@ def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, thresh
     gained = [adapter.norm_linear_part(torch.from_numpy(v)).numpy() for v in values]
     s_gain = neuron_cosines(gained, final)
     write_parquet(neuron_score_table(probe_ids, s, score_prenorm=s_prenorm, score_gain=s_gain), out["neuron_scores"])
+
+    # Beyond the paper: the classifier lens and direct contributions
+    lens_parts = []
+    for name in ("calibration", "test"):
+        sel = (keys["input_set"] == name).to_numpy()
+        if sel.any():
+            lens_parts.append(lens_table(name, lens_logits(model, hidden[sel]), inputs.loc[sel, "label"]))
+    lens = pd.concat(lens_parts, ignore_index=True)
+    write_csv(lens, out["lens"])
+    _, acts = read_vectors(ffn_path, "activation", input_set="calibration")
+    acts = [acts[:, l] for l in range(acts.shape[1])] if isinstance(acts, np.ndarray) else acts
+    s_mean = [x.astype(np.float64).mean(0) for x in s]
+    write_parquet(contributions(acts, values, head_direction(model), s_mean), out["contributions"])
+
+    summary = dict(
+        layers=adapter.num_layers, probes=int(is_probe.sum()),
+        mean_layer_cosine=cos[is_probe].mean(0).tolist(),
+        mean_layer_cosine_normed=cos_normed[is_probe].mean(0).tolist(),
+        final_target_pairwise_cosine=pairwise_mean_cosine(final),
+        lens_test_accuracy=lens.loc[lens["input_set"] == "test", "accuracy"].tolist(),
+        score_seconds=time.perf_counter() - start,
+    )
+    write_json(out["score_summary"], summary)
+    log.info("scored in %.1f s; lens test accuracy by layer %s", summary["score_seconds"],
+             [round(x, 3) for x in summary["lens_test_accuracy"]])
+    return summary
+
+
+def neuron_sets_stage(neuron_scores_path, contributions_path, score_summary_path, out: dict,
+                      threshold: float) -> dict:
+    """What anatomy.threshold decides, from the score tables: the high and negative neuron shares and
+    lists, their overlap across inputs, section 3.2's graph, the rank agreement of the cosine with the
+    direct contribution, and the model's anatomy `summary` (the score summary included)."""
+    start = time.perf_counter()
+    probe_ids, s = read_probe_scores(neuron_scores_path)
     share = neuron_share(probe_ids, s, threshold)
     write_csv(share, out["neuron_share"])
     write_csv(high_neuron_lists(probe_ids, s, threshold), out["high_neurons"])
@@ -88,41 +128,28 @@ def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, thresh
     tmp.replace(out["graph"])
     counts = layer_counts(g)
     write_csv(counts, out["graph_counts"])
-
-    # Beyond the paper: the classifier lens, direct contributions and their ranking
-    lens_parts = []
-    for name in ("calibration", "test"):
-        sel = (keys["input_set"] == name).to_numpy()
-        if sel.any():
-            lens_parts.append(lens_table(name, lens_logits(model, hidden[sel]), inputs.loc[sel, "label"]))
-    lens = pd.concat(lens_parts, ignore_index=True)
-    write_csv(lens, out["lens"])
-    _, acts = read_vectors(ffn_path, "activation", input_set="calibration")
-    acts = [acts[:, l] for l in range(acts.shape[1])] if isinstance(acts, np.ndarray) else acts
-    contrib = contributions(acts, values, head_direction(model), s_mean)
-    write_parquet(contrib, out["contributions"])
-    ranks = rank_agreement(contrib, threshold)
+    ranks = rank_agreement(pd.read_parquet(contributions_path), threshold)
     write_csv(ranks, out["rank_agreement"])
 
     per_layer = share.groupby("layer")[["share_high", "share_negative"]].mean()
+    scored = json.loads(Path(score_summary_path).read_text())
     summary = dict(
-        threshold=threshold, layers=adapter.num_layers, probes=int(is_probe.sum()),
-        mean_layer_cosine=cos[is_probe].mean(0).tolist(),
-        mean_layer_cosine_normed=cos_normed[is_probe].mean(0).tolist(),
+        threshold=threshold, layers=scored["layers"], probes=scored["probes"],
+        mean_layer_cosine=scored["mean_layer_cosine"], mean_layer_cosine_normed=scored["mean_layer_cosine_normed"],
         share_high_per_layer=per_layer["share_high"].tolist(),
         share_negative_per_layer=per_layer["share_negative"].tolist(),
         max_share_high=float(share["share_high"].max()),
         layers_all_inputs_below_5pct=int((share.groupby("layer")["share_high"].max() < 0.05).sum()),
         mean_jaccard_per_layer=overlap["mean_jaccard"].tolist(),
         random_jaccard_per_layer=overlap["random_jaccard"].tolist(),
-        final_target_pairwise_cosine=pairwise_mean_cosine(final),
+        final_target_pairwise_cosine=scored["final_target_pairwise_cosine"],
         graph_high_nodes=counts["n_high"].tolist(), graph_offset_nodes=counts["n_offset"].tolist(),
         funnel_necks=counts.loc[counts["funnel_neck"], "layer"].tolist(),
-        lens_test_accuracy=lens.loc[lens["input_set"] == "test", "accuracy"].tolist(),
+        lens_test_accuracy=scored["lens_test_accuracy"],
         spearman_signed=ranks["spearman_signed"].tolist(), spearman_abs=ranks["spearman_abs"].tolist(),
-        score_seconds=time.perf_counter() - start,
+        score_seconds=scored["score_seconds"] + time.perf_counter() - start,
     )
     write_json(out["summary"], summary)
-    log.info("scored in %.1f s; share>%.2f per layer: %s", summary["score_seconds"], threshold,
-             np.round(summary["share_high_per_layer"], 4).tolist())
+    log.info("neuron sets at threshold %.2f: share high per layer %s, funnel necks %s", threshold,
+             np.round(summary["share_high_per_layer"], 4).tolist(), summary["funnel_necks"])
     return summary

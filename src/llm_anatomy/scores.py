@@ -107,6 +107,23 @@ def neuron_score_table(input_ids: np.ndarray, scores: list[np.ndarray], **varian
     return pd.concat(parts, ignore_index=True).astype({"layer": "int16"})
 
 
+def read_probe_scores(path, column: str = "score") -> tuple[np.ndarray, list[np.ndarray]]:
+    """Inverse of `neuron_score_table`: (probe ids [P], per layer the scores [P, F_l])."""
+    df = pd.read_parquet(path, columns=["input_id", "layer", "neuron", column])
+    if df.empty:
+        raise ValueError(f"{path}: no neuron scores")
+    out, ids = [], None
+    for layer, g in df.groupby("layer", sort=True):
+        if layer != len(out):
+            raise ValueError(f"{path}: layers are not 0..L-1; rebuild it with the score rule")
+        layer_ids = pd.unique(g["input_id"])
+        ids = layer_ids if ids is None else ids
+        if not np.array_equal(layer_ids, ids) or len(g) % len(ids):
+            raise ValueError(f"{path}: layer {layer} lists other probes than layer 0; rebuild it with the score rule")
+        out.append(g[column].to_numpy().reshape(len(ids), -1))
+    return np.asarray(ids, dtype=np.int64), out
+
+
 def per_layer(values: pd.Series, path) -> list[np.ndarray]:
     """A series indexed by (layer, neuron) as one float64 array per layer, index = neuron; the
     layers must be 0..L-1 and each layer's neurons 0..F-1 (`path` names the file in errors)."""

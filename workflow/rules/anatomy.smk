@@ -1,18 +1,25 @@
 # Anatomy (paper sections 3.1-3.3, 5.1-5.2; docs/ANATOMY.md):
-# extract (model -> Parquet) -> score (Parquet -> scores, graph, lens) -> anatomy_figures.
+# extract (model -> Parquet) -> score (Parquet -> scores, lens, contributions) -> neuron_sets
+# (anatomy.threshold -> high neurons, graph, summary) -> ablate -> anatomy_figures.
 ANATOMY = {**config["anatomy"], **PROFILE.get("anatomy", {})}  # a profile may override any key
 ANATOMY_PROBES = str(resolve_path(ANATOMY["probes"], ROOT))
 
+# Threshold-free: the pruning plans read these, so anatomy.threshold must not rewrite them.
 ANATOMY_SCORES = {
     "layer_scores": f"{RES}/{{model}}/layer_scores.parquet",
     "neuron_scores": f"{RES}/{{model}}/neuron_scores.parquet",
+    "lens": f"{RES}/{{model}}/anatomy/lens.csv",
+    "contributions": f"{RES}/{{model}}/anatomy/contributions.parquet",
+    "score_summary": f"{RES}/{{model}}/anatomy/score_summary.json",
+}
+
+# What anatomy.threshold decides.
+NEURON_SETS = {
     "neuron_share": f"{RES}/{{model}}/anatomy/neuron_share.csv",
     "high_neurons": f"{RES}/{{model}}/anatomy/high_neurons.csv",
     "neuron_overlap": f"{RES}/{{model}}/anatomy/neuron_overlap.csv",
     "graph": f"{RES}/{{model}}/anatomy/neuron_graph.graphml",
     "graph_counts": f"{RES}/{{model}}/anatomy/graph_counts.csv",
-    "lens": f"{RES}/{{model}}/anatomy/lens.csv",
-    "contributions": f"{RES}/{{model}}/anatomy/contributions.parquet",
     "rank_agreement": f"{RES}/{{model}}/anatomy/rank_agreement.csv",
     "summary": f"{RES}/{{model}}/anatomy/summary.json",
 }
@@ -27,6 +34,7 @@ ABLATION = {
 
 ANATOMY_TARGETS = (
     expand(list(ANATOMY_SCORES.values()), model=MODELS)
+    + expand(list(NEURON_SETS.values()), model=MODELS)
     + expand(list(ABLATION.values()), model=MODELS)
     + [f"{RES}/anatomy/ablation.png"]
     + [f"{RES}/anatomy/figure1_layer_cosine.png", f"{RES}/anatomy/lens_vs_cosine.png", f"{RES}/metrics/anatomy.json"]
@@ -67,8 +75,8 @@ rule extract:
 
 
 rule score:
-    """Layer-to-final cosines, per-neuron scores (the paper's and the decoder scoring variants), direct
-    contributions, the neuron graph and the classifier lens, from the extracted Parquet (no model pass)."""
+    """Layer-to-final cosines, per-neuron scores (the paper's and the decoder scoring variants), the
+    classifier lens and direct contributions, from the extracted Parquet (no model pass, no threshold)."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         hidden=f"{RES}/{{model}}/hidden_states.parquet",
@@ -77,7 +85,6 @@ rule score:
     output:
         **ANATOMY_SCORES,
     params:
-        threshold=ANATOMY["threshold"],
         threads=THREADS,
     threads: THREADS
     resources:
@@ -89,6 +96,23 @@ rule score:
         f"{RES}/{{model}}/benchmarks/score.tsv"
     script:
         "../scripts/score.py"
+
+
+rule neuron_sets:
+    """High and negative neurons at anatomy.threshold: shares, lists, overlap across inputs, section
+    3.2's graph, rank agreement with the direct contribution, and the model's anatomy summary."""
+    input:
+        neuron_scores=ANATOMY_SCORES["neuron_scores"],
+        contributions=ANATOMY_SCORES["contributions"],
+        score_summary=ANATOMY_SCORES["score_summary"],
+    output:
+        **NEURON_SETS,
+    params:
+        threshold=ANATOMY["threshold"],
+    log:
+        f"{LOGS}/{{model}}/neuron_sets.log",
+    script:
+        "../scripts/neuron_sets.py"
 
 
 def ablation_params(wildcards):
