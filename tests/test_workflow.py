@@ -84,6 +84,14 @@ def test_tiny_profile_end_to_end(tmp_path):
     second = snakemake(tmp_path, "--config", "profile=tiny")
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
+    # a parameter reruns only what reads it: the anatomy threshold leaves the scores and every prune
+    # job alone; FLAP's plans do not read k (focus_multiplier), the threshold rules' 28 plans do
+    out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "anatomy={threshold: 0.3}")
+    jobs = job_counts(out.stdout + out.stderr)
+    assert jobs["neuron_sets"] == 3 and not {"score", "prune_plan", "evaluate_pruned", "time_pruned"} & set(jobs)
+    out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "pruning={focus_multiplier: 2}")
+    jobs = job_counts(out.stdout + out.stderr)
+    assert jobs["prune_plan"] == 5 + 7 + 7 + 3 + 1 + 1 + 2 + 2 and "flap_allocation_choice" not in jobs
 
 
 def test_nested_config_overrides_are_read_as_yaml(tmp_path):
