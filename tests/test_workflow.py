@@ -1,7 +1,11 @@
 """The Snakemake workflow: dry runs of every profile, and a real run of the tiny profile."""
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -55,10 +59,18 @@ def test_dense_model_is_evaluated_once_per_model_and_split(tmp_path):
     assert jobs["prune_collect"] == 12
 
 
-@pytest.mark.slow
-def test_tiny_profile_end_to_end(tmp_path):
-    first = snakemake(tmp_path, "--config", "profile=tiny")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished run of the tiny profile, shared by the end-to-end and the kill tests."""
+    work = tmp_path_factory.mktemp("tiny-run")
+    first = snakemake(work, "--config", "profile=tiny")
     assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
+    return work
+
+
+@pytest.mark.slow
+def test_tiny_profile_end_to_end(tiny_run):
+    tmp_path = tiny_run
     # every output of the tiny profile lies in its own folders
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["tiny"]
     assert sorted(p.name for p in (tmp_path / "data/processed").iterdir()) == ["tiny"]
@@ -100,3 +112,69 @@ def test_nested_config_overrides_are_read_as_yaml(tmp_path):
     assert good.returncode == 0, good.stderr[-3000:]
     bad = snakemake(tmp_path, "-n", "--config", "profile=tiny", "anatomy={threshold: 1.5}")
     assert bad.returncode != 0 and "anatomy.threshold: 1.5 is greater than the maximum of 1" in bad.stderr + bad.stdout
+
+
+# (target to rebuild, outputs removed first, a file that exists only once the job is under way)
+KILL_POINTS = {
+    "finetune": ("results/tiny/tiny-bert/finetune_metrics.json",
+                 ["results/tiny/tiny-bert/finetuned", "results/tiny/tiny-bert/finetune_metrics.json"],
+                 "results/tiny/tiny-bert/checkpoints/last.pt"),
+    "extract": ("results/tiny/tiny-gpt2/hidden_states.parquet",
+                ["results/tiny/tiny-gpt2/hidden_states.parquet", "results/tiny/tiny-gpt2/ffn_activations.parquet",
+                 "results/tiny/tiny-gpt2/anatomy_inputs.parquet"], "logs/tiny/tiny-gpt2/extract.log"),
+    "statistics": ("results/tiny/tiny-llama/ffn_stats.parquet", ["results/tiny/tiny-llama/ffn_stats.parquet"],
+                   "logs/tiny/tiny-llama/ffn_stats.log"),
+    "evaluate": ("results/tiny/tiny-llama/prune/flap-50/eval_test.parquet",
+                 ["results/tiny/tiny-llama/prune/flap-50/eval_test.parquet",
+                  "results/tiny/tiny-llama/prune/flap-50/baselines_test.parquet"],
+                 "logs/tiny/tiny-llama/prune/flap-50/evaluate_test.log"),
+}
+TIMING_KEYS = ("seconds", "per_second", "resumed_from_step")
+
+
+def _same_output(a: Path, b: Path) -> None:
+    """Equal content, timings and run metadata aside."""
+    if a.is_dir():
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir()), a
+        for child in a.iterdir():
+            _same_output(child, b / child.name)
+    elif a.suffix == ".parquet":
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    elif a.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        x, y = load_file(a), load_file(b)
+        assert x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x), a
+    elif a.suffix == ".json":
+        def strip(obj):
+            if isinstance(obj, dict):
+                return {k: strip(v) for k, v in obj.items() if not any(t in k for t in TIMING_KEYS)}
+            return [strip(v) for v in obj] if isinstance(obj, list) else obj
+        assert strip(json.loads(a.read_text())) == strip(json.loads(b.read_text())), a
+    else:
+        assert a.read_bytes() == b.read_bytes(), a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, point):
+    target, outputs, under_way = KILL_POINTS[point]
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    for rel in outputs:
+        path = work / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    cmd = [*SNAKEMAKE, "--directory", str(work), "--cores", "2", "--config", "profile=tiny", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not ((work / under_way).exists() and (work / under_way).stat().st_size > 0):
+        assert proc.poll() is None, f"{point}: the job ended before it could be killed"
+        assert time.monotonic() < deadline, f"{point}: {under_way} never appeared"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the job, as a lost node would
+    proc.wait()
+    # the documented recovery (docs/WORKFLOW.md, "After a hard kill"), then the same command
+    assert snakemake(work, "--unlock", "--config", "profile=tiny").returncode == 0
+    rerun = snakemake(work, "--config", "profile=tiny", target)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    for rel in outputs:
+        _same_output(work / rel, tiny_run / rel)
