@@ -163,6 +163,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, p
     for rel in outputs:
         path = work / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (work / under_way).unlink(missing_ok=True)  # the first run's log: the marker must be this job's
     cmd = [*SNAKEMAKE, "--directory", str(work), "--cores", "2", "--config", "profile=tiny", target]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
