@@ -164,7 +164,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, p
         path = work / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     (work / under_way).unlink(missing_ok=True)  # the first run's log: the marker must be this job's
-    cmd = [*SNAKEMAKE, "--directory", str(work), "--cores", "2", "--config", "profile=tiny", target]
+    cmd = [*SNAKEMAKE, "--directory", str(work), "--cores", "2", target, "--config", "profile=tiny"]  # targets before --config
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     while not (work / under_way).exists():  # a job's log file is created when its script starts
@@ -175,7 +175,61 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, p
     proc.wait()
     # the documented recovery (docs/WORKFLOW.md, "After a hard kill"), then the same command
     assert snakemake(work, "--unlock", "--config", "profile=tiny").returncode == 0
-    rerun = snakemake(work, "--config", "profile=tiny", target)
+    rerun = snakemake(work, target, "--config", "profile=tiny")
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     for rel in outputs:
         _same_output(work / rel, tiny_run / rel)
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path):
+    """`dvc repro` of the anatomy stage killed while its Snakemake extracts, then the documented recovery."""
+    repo = tmp_path / "repo"
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for rel in tracked:
+        if (ROOT / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, repo / rel)
+    params = (repo / "params.yaml").read_text()
+    params = params.replace("\nprofile: offline", "\nprofile: tiny", 1).replace(
+        "mirror_dir: ../shared/data/imdb", f"mirror_dir: {(ROOT / '../shared/data/imdb').resolve()}", 1)
+    (repo / "params.yaml").write_text(params)
+    for rel in ("data", "results", "logs", ".snakemake"):
+        if (tiny_run / rel).exists():
+            shutil.copytree(tiny_run / rel, repo / rel, symlinks=True, dirs_exist_ok=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
+
+    def dvc(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=1800)
+
+    # the stages before it, recorded (their Snakemake targets are up to date: nothing is computed)
+    first = dvc("repro", "finetune")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    target, outputs, under_way = KILL_POINTS["extract"]
+    for rel in outputs:
+        (repo / rel).unlink()
+    (repo / under_way).unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "anatomy"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (repo / under_way).exists():
+        assert proc.poll() is None, "dvc repro ended before its Snakemake job could be killed"
+        assert time.monotonic() < deadline, f"{under_way} never appeared"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # DVC, its Snakemake and the job
+    proc.wait()
+    unlock = subprocess.run([sys.executable, "-m", "snakemake", "--unlock", "--cores", "1"], cwd=repo, env=env,
+                            capture_output=True, text=True)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    rerun = dvc("repro", "anatomy")
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    for rel in [*outputs, "results/tiny/metrics/anatomy.json"]:
+        _same_output(repo / rel, tiny_run / rel)
+    status = dvc("status", "anatomy")
+    assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
