@@ -64,7 +64,7 @@ def _finetune(args) -> dict:
 
 
 def _score(args) -> dict:
-    from .anatomy import extract_stage, score_stage
+    from .anatomy import extract_stage, neuron_sets_stage, score_stage
     model = _classifier_dir(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,10 +74,12 @@ def _score(args) -> dict:
                   dict(calibration_size=args.calibration_size, test_size=args.test_size, seed=args.seed,
                        batch_size=args.batch_size, precision=args.precision, threads=args.threads, device=args.device))
     files = {n: out / f"{n}.parquet" for n in ("layer_scores", "neuron_scores", "contributions")}
-    files.update({n: out / f"{n}.csv" for n in ("neuron_share", "high_neurons", "neuron_overlap", "graph_counts", "lens",
-                                                "rank_agreement")})
-    files.update(graph=out / "neuron_graph.graphml", summary=out / "summary.json")
-    return score_stage(model, ex["hidden"], ex["ffn"], ex["inputs"], files, args.threshold, args.threads)
+    files.update(lens=out / "lens.csv", score_summary=out / "score_summary.json")
+    sets = {n: out / f"{n}.csv" for n in ("neuron_share", "high_neurons", "neuron_overlap", "graph_counts",
+                                          "rank_agreement")}
+    sets.update(graph=out / "neuron_graph.graphml", summary=out / "summary.json")
+    score_stage(model, ex["hidden"], ex["ffn"], ex["inputs"], files, args.threads)
+    return neuron_sets_stage(files["neuron_scores"], files["contributions"], files["score_summary"], sets, args.threshold)
 
 
 def _prune(args) -> dict:
