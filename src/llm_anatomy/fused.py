@@ -1,5 +1,5 @@
-"""bf16 inference on CPU with oneDNN's fused linear + bias + activation for each FFN's input map
-(WIP, not yet used by `evaluate.inference_model`; docs/SPEED.md, "Measured, not built yet").
+"""Inference on CPU with oneDNN's fused linear + bias + activation for each FFN's input map, as
+`evaluate.inference_model` runs every prediction (docs/SPEED.md).
 
 Eager PyTorch runs an FFN's input map as `addmm` (which first copies the bias into its output) and
 then the activation as a separate pass over the [tokens, FFN] tensor; on an AMX CPU those two
@@ -19,6 +19,10 @@ ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pyt
 
 def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def is_fused(model: nn.Module) -> bool:
+    return any(isinstance(m, FusedLinearAct) for m in model.modules())
 
 
 class FusedLinearAct(nn.Module):
