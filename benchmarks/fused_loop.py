@@ -1,25 +1,67 @@
-"""WIP: the loop with stored bf16 weights, with and without the fused FFN input maps (llm_anatomy.fused),
-alternating, 3 passes each; prints times, ratio, accuracies and how many predictions differ.
+"""The evaluation loop with and without the fused FFN input maps (`llm_anatomy.fused`): the same
+checkpoint, reviews and precision; the unfused side is `inference_model(..., fuse=False)`.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/fused_loop.py results/offline/minilm/finetuned 1000
+    .venv/bin/python benchmarks/fused_loop.py results/offline/minilm/finetuned --reviews 1000 --precision bf16
+
+Tokenises once, warms both up, then times `--repeats` alternating passes of each. Prints the
+median seconds, the ratio per repeat (min, median, max), both accuracies, the paired difference
+(fused minus eager) with its 95% interval and McNemar p, how many predictions differ, the largest
+logit difference and the CPU.
 """
-import copy, sys, time, numpy as np
-from llm_anatomy.models import load_classifier, set_threads
-from llm_anatomy.batching import encode_reviews
-from llm_anatomy.data import read_split
-from llm_anatomy.evaluate import inference_model, predict_logits
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from common import load, parser
 from llm_anatomy import fused
-set_threads(2)
-ck, n = sys.argv[1], int(sys.argv[2])
-model, tok, meta = load_classifier(ck)
-test = read_split("data/processed/offline/test.parquet").iloc[:n]; y = test["label"].to_numpy()
-enc = encode_reviews(tok, meta, test["text"]); side = meta.get("padding_side", "right")
-a = inference_model(model, "bf16"); b = copy.deepcopy(a); print("swapped", fused.fuse_ffn_inputs(b))
-run = lambda m: predict_logits(m, enc, tok.pad_token_id, 32, "bf16", side)
-run(a); run(b)
-t = {"stored": [], "fused": []}; out = {}
-for r in range(3):
-    for name, m in ((("stored", a), ("fused", b)) if r % 2 == 0 else (("fused", b), ("stored", a))):
-        s = time.perf_counter(); out[name] = run(m); t[name].append(time.perf_counter() - s)
-print({k: [round(x, 2) for x in v] for k, v in t.items()}, "ratio", np.median(t["stored"]) / np.median(t["fused"]))
-print("acc", ((out["stored"] > 0) == y).mean(), ((out["fused"] > 0) == y).mean(), "differ", int(((out["stored"] > 0) != (out["fused"] > 0)).sum()), "max dlogit", float(np.abs(out["stored"] - out["fused"]).max()))
+from llm_anatomy.batching import encode_reviews
+from llm_anatomy.device import machine_info
+from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.stats import paired_difference
+
+
+def main():
+    ap = parser(__doc__, reviews=1000, repeats=5)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    args = ap.parse_args()
+    if not fused.available():
+        raise SystemExit("this torch build has no oneDNN fused linear (torch.ops.mkldnn._linear_pointwise)")
+
+    model, tok, meta, test = load(args)
+    labels = test["label"].to_numpy()
+    encoded = encode_reviews(tok, meta, test["text"])
+    side, pad = meta.get("padding_side", "right"), tok.pad_token_id
+    runners = {"eager": inference_model(model, args.precision, fuse=False),
+               "fused": inference_model(model, args.precision)}
+    assert fused.is_fused(runners["fused"]) and not fused.is_fused(runners["eager"])
+
+    def run(name):
+        return predict_logits(runners[name], encoded, pad, args.batch_size, args.precision, side)
+
+    for name in runners:  # warm-up
+        run(name)
+    times, logits = {n: [] for n in runners}, {}
+    for r in range(args.repeats):
+        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+            start = time.perf_counter()
+            logits[name] = run(name)
+            times[name].append(time.perf_counter() - start)
+    right = {n: (l > 0) == labels for n, l in logits.items()}
+    d = paired_difference(right["fused"], right["eager"])
+    ratio = np.asarray(times["eager"]) / np.asarray(times["fused"])
+    print(json.dumps(dict(
+        machine=machine_info(torch.device("cpu")), reviews=len(encoded), precision=args.precision,
+        repeats=args.repeats, seconds=times, median_s={n: float(np.median(t)) for n, t in times.items()},
+        eager_over_fused=dict(min=float(ratio.min()), median=float(np.median(ratio)), max=float(ratio.max())),
+        accuracy={n: float(r.mean()) for n, r in right.items()},
+        fused_minus_eager=dict(diff=d.diff, lo=d.lo, hi=d.hi, p_mcnemar=d.p_mcnemar),
+        predictions_that_differ=int(((logits["fused"] > 0) != (logits["eager"] > 0)).sum()),
+        max_abs_logit_diff=float(np.abs(logits["fused"] - logits["eager"]).max())), indent=2))
+
+
+if __name__ == "__main__":
+    main()

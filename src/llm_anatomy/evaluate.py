@@ -22,7 +22,7 @@ from .roofline import pass_speed
 log = logging.getLogger(__name__)
 
 
-def inference_model(model: SentimentClassifier, precision: str) -> SentimentClassifier:
+def inference_model(model: SentimentClassifier, precision: str, fuse: bool = True) -> SentimentClassifier:
     """The model as inference runs it at `precision`, made once: a copy whose backbone parameters are
     stored in bf16 (for bf16) and, on a CPU with oneDNN, whose FFN input maps run with their activation
     fused into the matmul (`llm_anatomy.fused`). The buffers (rotary frequencies) and the head stay in
@@ -31,12 +31,13 @@ def inference_model(model: SentimentClassifier, precision: str) -> SentimentClas
     Stored bf16 weights replace autocast, which re-casts every weight on every call; the fused input map
     drops the separate bias and activation passes over the [tokens, FFN] tensor. Measured on MiniLM and
     SmolLM2, each is faster at the same accuracy (docs/SPEED.md). Float16 (the CUDA fallback where bf16
-    is missing) keeps autocast, which keeps LayerNorm and softmax in float32.
+    is missing) keeps autocast, which keeps LayerNorm and softmax in float32. `fuse=False` keeps the
+    eager FFN modules (benchmarks/fused_loop.py times the two).
     """
     device = model_device(model)
     dtype = amp_dtype(precision, device)
     cast = dtype == torch.bfloat16 and backbone_dtype(model) != dtype
-    fuse = device.type == "cpu" and dtype in (None, torch.bfloat16) and fused.available() and not fused.is_fused(model)
+    fuse = fuse and device.type == "cpu" and dtype in (None, torch.bfloat16) and fused.available() and not fused.is_fused(model)
     if not (cast or fuse):
         return model
     runner = copy.deepcopy(model)
