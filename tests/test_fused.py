@@ -52,5 +52,7 @@ def test_inference_model_fuses_a_copy_once(precision, tokenizer):
     runner = inference_model(model, precision)
     assert runner is not model and fused.is_fused(runner) and not fused.is_fused(model)
     assert inference_model(runner, precision) is runner  # already in its inference form
+    eager = inference_model(model, precision, fuse=False)  # kept unfused by whoever calls it later
+    assert not fused.is_fused(eager) and inference_model(eager, precision) is eager
     # the fused maps still count as the linear maps they replace (the roofline's multiply-adds)
     assert linear_shapes(runner.adapter) == shapes

@@ -26,7 +26,8 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
     """The model as inference runs it at `precision`, made once: a copy whose backbone parameters are
     stored in bf16 (for bf16) and, on a CPU with oneDNN, whose FFN input maps run with their activation
     fused into the matmul (`llm_anatomy.fused`). The buffers (rotary frequencies) and the head stay in
-    float32. The model passed in is never changed; a model already in this form is returned as is.
+    float32. The model passed in is never changed; a copy this function made for `precision` is
+    returned as is (so `predict_logits` keeps what its caller prepared, `fuse=False` included).
 
     Stored bf16 weights replace autocast, which re-casts every weight on every call; the fused input map
     drops the separate bias and activation passes over the [tokens, FFN] tensor. Measured on MiniLM and
@@ -34,11 +35,14 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
     is missing) keeps autocast, which keeps LayerNorm and softmax in float32. `fuse=False` keeps the
     eager FFN modules (benchmarks/fused_loop.py times the two).
     """
+    if getattr(model, "_inference_form", None) == precision:
+        return model
     device = model_device(model)
     dtype = amp_dtype(precision, device)
     cast = dtype == torch.bfloat16 and backbone_dtype(model) != dtype
+    pin = not fuse  # a copy even with nothing to change, marked so later calls do not fuse it
     fuse = fuse and device.type == "cpu" and dtype in (None, torch.bfloat16) and fused.available() and not fused.is_fused(model)
-    if not (cast or fuse):
+    if not (cast or fuse or pin):
         return model
     runner = copy.deepcopy(model)
     if cast:
@@ -46,6 +50,7 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
             param.data = param.data.to(dtype)
     if fuse:
         fused.fuse_ffn_inputs(runner)
+    runner._inference_form = precision
     return runner
 
 
