@@ -44,15 +44,18 @@ def test_fused_module_against_a_hand_computation():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_inference_model_fuses_a_copy_once(precision, tokenizer):
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_inference_model_fuses_a_copy_once(arch, precision, tokenizer):
     from llm_anatomy.roofline import linear_shapes
 
-    model = make_tiny("gpt2", tokenizer).eval()
+    model = make_tiny(arch, tokenizer).eval()
     shapes = linear_shapes(model.adapter)
     runner = inference_model(model, precision)
     assert runner is not model and fused.is_fused(runner) and not fused.is_fused(model)
     assert inference_model(runner, precision) is runner  # already in its inference form
     eager = inference_model(model, precision, fuse=False)  # kept unfused by whoever calls it later
     assert not fused.is_fused(eager) and inference_model(eager, precision) is eager
-    # the fused maps still count as the linear maps they replace (the roofline's multiply-adds)
+    # the fused maps still count as the linear maps they replace (the roofline's multiply-adds), and
+    # the adapter finds every FFN where it was
     assert linear_shapes(runner.adapter) == shapes
+    assert runner.adapter.ffn_widths() == model.adapter.ffn_widths()

@@ -48,8 +48,9 @@ def fuse_ffn_inputs(model) -> int:
     for layer in range(adapter.num_layers):
         block = adapter.layers()[layer]
         if adapter.arch == "bert" and config.hidden_act in ACTIVATIONS:
-            dense = block.intermediate.dense
-            block.intermediate = FusedLinearAct(dense.weight, dense.bias, config.hidden_act)
+            dense = block.intermediate.dense  # the same attribute path, so the adapter still finds the map
+            block.intermediate.dense = FusedLinearAct(dense.weight, dense.bias, config.hidden_act)
+            block.intermediate.intermediate_act_fn = nn.Identity()
         elif adapter.arch == "gpt2" and config.activation_function in ACTIVATIONS:
             c_fc = block.mlp.c_fc  # Conv1D: weight [in, out]
             block.mlp.c_fc = FusedLinearAct(c_fc.weight.t(), c_fc.bias, config.activation_function)
