@@ -39,7 +39,7 @@ def main():
     labels = test["label"].to_numpy()
     encoded = encode_reviews(tok, meta, test["text"])
     side, pad = meta.get("padding_side", "right"), tok.pad_token_id
-    stored = inference_model(model, "bf16")
+    stored = inference_model(model, "bf16", fuse=False)  # this compares storage alone
     runs = {"autocast": lambda: autocast_logits(model, encoded, pad, args.batch_size, side),
             "stored": lambda: predict_logits(stored, encoded, pad, args.batch_size, "bf16", side)}
     for name in runs:  # warm-up

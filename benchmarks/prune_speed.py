@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--neuron-scores", default=None)
     ap.add_argument("--zeroed", action="store_true", help="also time the zeroed copy of each fraction")
     ap.add_argument("--multiple-of", type=int, default=1, help="round each layer's kept width up to a multiple")
+    ap.add_argument("--eager", action="store_true",
+                    help="the eager FFN modules (inference_model(fuse=False)), not the fused loop")
     args = ap.parse_args()
 
     model, tok, meta, reviews = load(args)
@@ -46,7 +48,8 @@ def main():
     else:
         rng = np.random.default_rng(0)
         order = [rng.permutation(w) for w in model.adapter.ffn_widths()]
-    variants, macs = {"dense": inference_model(model, precision)}, {"dense": forward_macs(model.adapter, lengths)}
+    variants = {"dense": inference_model(model, precision, fuse=not args.eager)}
+    macs = {"dense": forward_macs(model.adapter, lengths)}
     for fraction in (float(f) for f in args.fractions.split(",")):
         pruned = []
         for w, o in zip(model.adapter.ffn_widths(), order):
@@ -56,11 +59,12 @@ def main():
         removed = copy.deepcopy(model)
         remove_masked(removed.adapter, pruned)
         name = f"removed-{100 * fraction:g}"
-        variants[name], macs[name] = inference_model(removed, precision), forward_macs(removed.adapter, lengths)
+        variants[name] = inference_model(removed, precision, fuse=not args.eager)
+        macs[name] = forward_macs(removed.adapter, lengths)
         if args.zeroed:
             zeroed = copy.deepcopy(model)
             zero_masked(zeroed.adapter, pruned)
-            variants[f"zeroed-{100 * fraction:g}"] = inference_model(zeroed, precision)
+            variants[f"zeroed-{100 * fraction:g}"] = inference_model(zeroed, precision, fuse=not args.eager)
             macs[f"zeroed-{100 * fraction:g}"] = macs["dense"]
     times = time_variants(variants, encoded, tok.pad_token_id, args.batch_size, precision,
                           meta.get("padding_side", "right"), args.repeats)
@@ -73,7 +77,7 @@ def main():
                           bound=bound, share_of_bound=(speedup - 1) / (bound - 1) if bound > 1 else None,
                           widths=variants[name].adapter.ffn_widths()[:3] + ["..."])
     print(json.dumps(dict(machine=machine_info(torch.device("cpu")), checkpoint=args.checkpoint, reviews=len(encoded),
-                          batch_size=args.batch_size, precision=precision, repeats=args.repeats,
+                          batch_size=args.batch_size, precision=precision, fused=not args.eager, repeats=args.repeats,
                           multiple_of=args.multiple_of, seconds=times, models=rows), indent=2))
 
 

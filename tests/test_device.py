@@ -72,7 +72,7 @@ def test_bf16_inference_stores_backbone_weights_once(arch, tokenizer):
 
     model = make_tiny(arch, tokenizer).eval()
     cast = inference_model(model, "bf16")
-    assert cast is not model and inference_model(cast, "bf16") is cast and inference_model(model, "fp32") is model
+    assert cast is not model and inference_model(cast, "bf16") is cast
     assert {p.dtype for p in cast.backbone.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.backbone.parameters()} == {torch.float32}  # the original is untouched
     assert cast.head.weight.dtype == torch.float32

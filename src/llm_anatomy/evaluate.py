@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import fused
 from .batching import encode_reviews, progress_batches
 from .device import amp_dtype, autocast, describe, machine_info, model_device
 from .logits import accuracy_of, first_reviews, logits_frame, write_logits
@@ -21,21 +22,36 @@ from .roofline import pass_speed
 log = logging.getLogger(__name__)
 
 
-def inference_model(model: SentimentClassifier, precision: str) -> SentimentClassifier:
-    """The model as inference runs it at `precision`: float32 as it is; bf16 as a copy whose backbone
-    parameters are stored in bf16, made once. The buffers (rotary frequencies) and the head stay in float32.
+def inference_model(model: SentimentClassifier, precision: str, fuse: bool = True) -> SentimentClassifier:
+    """The model as inference runs it at `precision`, made once: a copy whose backbone parameters are
+    stored in bf16 (for bf16) and, on a CPU with oneDNN, whose FFN input maps run with their activation
+    fused into the matmul (`llm_anatomy.fused`). The buffers (rotary frequencies) and the head stay in
+    float32. The model passed in is never changed; a copy this function made for `precision` is
+    returned as is (so `predict_logits` keeps what its caller prepared, `fuse=False` included).
 
-    Stored bf16 weights replace autocast, which re-casts every weight on every call: measured on
-    MiniLM and SmolLM2 the stored weights run about 1.2x faster at the same accuracy (docs/SPEED.md). Float16 (the CUDA
-    fallback where bf16 is missing) keeps autocast, which keeps LayerNorm and softmax in float32.
+    Stored bf16 weights replace autocast, which re-casts every weight on every call; the fused input map
+    drops the separate bias and activation passes over the [tokens, FFN] tensor. Measured on MiniLM and
+    SmolLM2, each is faster at the same accuracy (docs/SPEED.md). Float16 (the CUDA fallback where bf16
+    is missing) keeps autocast, which keeps LayerNorm and softmax in float32. `fuse=False` keeps the
+    eager FFN modules (benchmarks/fused_loop.py times the two).
     """
-    dtype = amp_dtype(precision, model_device(model))
-    if dtype != torch.bfloat16 or backbone_dtype(model) == dtype:
+    if getattr(model, "_inference_form", None) == precision:
         return model
-    cast = copy.deepcopy(model)
-    for param in cast.backbone.parameters():
-        param.data = param.data.to(dtype)
-    return cast
+    device = model_device(model)
+    dtype = amp_dtype(precision, device)
+    cast = dtype == torch.bfloat16 and backbone_dtype(model) != dtype
+    pin = not fuse  # a copy even with nothing to change, marked so later calls do not fuse it
+    fuse = fuse and device.type == "cpu" and dtype in (None, torch.bfloat16) and fused.available() and not fused.is_fused(model)
+    if not (cast or fuse or pin):
+        return model
+    runner = copy.deepcopy(model)
+    if cast:
+        for param in runner.backbone.parameters():
+            param.data = param.data.to(dtype)
+    if fuse:
+        fused.fuse_ffn_inputs(runner)
+    runner._inference_form = precision
+    return runner
 
 
 def backbone_dtype(model: SentimentClassifier) -> torch.dtype:
