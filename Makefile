@@ -10,7 +10,7 @@ TORCH   ?= cpu
 TORCH_PIP_ARGS ?=
 STAMP   := $(VENV)/.installed-$(TORCH)
 
-.PHONY: setup run test dry-run report clean-venv
+.PHONY: setup run lint test dry-run report clean-venv
 
 setup: $(STAMP)
 
@@ -33,8 +33,17 @@ endif
 run: setup
 	$(BIN)/snakemake --cores $(CORES)
 
-test: setup
+# The order of docs/CONVENTIONS.md: lint and format, the workflow's lint, then the tests (dry runs of
+# every profile and a real run of the tiny one among them), then DVC's view of the pipeline (a dry
+# `dvc repro` needs the data split, which a fresh clone has not made yet).
+lint: setup
+	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+test: lint
 	$(BIN)/python -m pytest -q
+	$(BIN)/dvc dag > /dev/null  # dvc.yaml parses, interpolates and forms a graph
 
 dry-run: setup
 	$(BIN)/snakemake -n --cores $(CORES)

@@ -24,7 +24,7 @@ onstart:
 
 
 rule all:
+    default_target: True
     """Everything the offline default (or the chosen profile) produces."""
     input:
         all_targets(),
-    default_target: True

@@ -54,7 +54,7 @@ def main():
             packed = mk._reorder_linear_weight(w, args.rows)
             diff = (mk._linear_pointwise(x, packed, b, act, [], algorithm).float() - eager().float()).abs().max()
             print(f"{k:>5} -> {n:<5} {act:5s} eager {best_ms(eager, args.repeats):6.2f} ms  "
-                  f"fused packed {best_ms(lambda: mk._linear_pointwise(x, packed, b, act, [], algorithm), args.repeats):6.2f} ms  "
+                  f"fused packed {best_ms(lambda: mk._linear_pointwise(x, packed, b, act, [], algorithm), args.repeats):6.2f} ms  "  # noqa: E501
                   f"fused as is {best_ms(lambda: mk._linear_pointwise(x, w, b, act, [], algorithm), args.repeats):6.2f} ms  "
                   f"max diff {float(diff):.3g}")
 

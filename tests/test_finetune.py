@@ -18,7 +18,8 @@ PARAMS = dict(epochs=2, batch_size=8, lr=1e-3, head_lr=1e-3, max_length=32, prec
 
 def run(tmp, splits, name="m", device="cpu", **over):
     p = ft.FinetuneParams(**dict(PARAMS, **over))
-    return ft.finetune("tiny:gpt2", "embedded:minilm", splits["train"], splits["val"], tmp / name, tmp / f"{name}.json", tmp / f"{name}.ckpt", p, model_name=name, device=device)
+    return ft.finetune("tiny:gpt2", "embedded:minilm", splits["train"], splits["val"], tmp / name, tmp / f"{name}.json",
+                       tmp / f"{name}.ckpt", p, model_name=name, device=device)
 
 
 class Interrupt(Exception):

@@ -10,7 +10,8 @@ Every accuracy the pipeline reports is a mean of per-review 0/1 outcomes, so:
                       (a two-level bootstrap), so the interval covers both the draw of the neurons
                       and the draw of the reviews; scipy has no nested bootstrap, hence the numpy
                       resampler below, checked against scipy's one-level bootstrap in the tests.
-The per-review outcome is `logits.correct` (the one accuracy definition). The percentile method is used throughout: BCa is undefined on degenerate samples (two classifiers
+The per-review outcome is `logits.correct` (the one accuracy definition). The percentile method is
+used throughout: BCa is undefined on degenerate samples (two classifiers
 that agree everywhere), which here must give the point interval [0, 0].
 """
 from __future__ import annotations

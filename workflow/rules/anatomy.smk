@@ -54,7 +54,18 @@ rule extract:
         hidden=f"{RES}/{{model}}/hidden_states.parquet",
         ffn=f"{RES}/{{model}}/ffn_activations.parquet",
         inputs=f"{RES}/{{model}}/anatomy_inputs.parquet",
+    log:
+        f"{LOGS}/{{model}}/extract.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/extract.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=6000,
+        runtime=60,
     params:
+        code=source_digest("extract.py"),
         calibration_size=ANATOMY["calibration_size"],
         test_size=ANATOMY["test_size"],
         seed=ANATOMY["seed"],
@@ -62,14 +73,6 @@ rule extract:
         precision=ANATOMY["precision"],
         threads=THREADS,
         device=DEVICE,
-    threads: THREADS
-    resources:
-        mem_mb=6000,
-        runtime=60,
-    log:
-        f"{LOGS}/{{model}}/extract.log",
-    benchmark:
-        f"{RES}/{{model}}/benchmarks/extract.tsv"
     script:
         "../scripts/extract.py"
 
@@ -84,16 +87,19 @@ rule score:
         inputs=f"{RES}/{{model}}/anatomy_inputs.parquet",
     output:
         **ANATOMY_SCORES,
-    params:
-        threads=THREADS,
-    threads: THREADS
-    resources:
-        mem_mb=6000,
-        runtime=60,
     log:
         f"{LOGS}/{{model}}/score.log",
     benchmark:
         f"{RES}/{{model}}/benchmarks/score.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    params:
+        code=source_digest("score.py"),
+        threads=THREADS,
     script:
         "../scripts/score.py"
 
@@ -107,18 +113,15 @@ rule neuron_sets:
         score_summary=ANATOMY_SCORES["score_summary"],
     output:
         **NEURON_SETS,
-    params:
-        threshold=ANATOMY["threshold"],
     log:
         f"{LOGS}/{{model}}/neuron_sets.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=source_digest("neuron_sets.py"),
+        threshold=ANATOMY["threshold"],
     script:
         "../scripts/neuron_sets.py"
-
-
-def ablation_params(wildcards):
-    p = dict(ANATOMY["ablation"])
-    p["neurons"] = p["neurons"][TARGETS.kinds[wildcards.model]]
-    return p
 
 
 rule ablate:
@@ -133,18 +136,21 @@ rule ablate:
         graph=f"{RES}/{{model}}/anatomy/neuron_graph.graphml",
     output:
         **ABLATION,
-    params:
-        p=ablation_params,
-        threads=THREADS,
-        device=DEVICE,
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=60,
     log:
         f"{LOGS}/{{model}}/ablate.log",
     benchmark:
         f"{RES}/{{model}}/benchmarks/ablate.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        code=source_digest("ablate.py"),
+        p=ablation_params,
+        threads=THREADS,
+        device=DEVICE,
     script:
         "../scripts/ablate.py"
 
@@ -161,17 +167,23 @@ rule anatomy_figures:
         ablation_top=expand(f"{RES}/{{model}}/anatomy/ablation_top.csv", model=MODELS),
         probes=ANATOMY_PROBES,
     output:
-        figure1=report(f"{RES}/anatomy/figure1_layer_cosine.png", category="Anatomy",
-                       caption="../report/anatomy_figure1.rst"),
-        lens=report(f"{RES}/anatomy/lens_vs_cosine.png", category="Anatomy",
-                    caption="../report/anatomy_lens.rst"),
-        graphs=report(expand(f"{RES}/anatomy/neuron_graph_{{model}}.png", model=MODELS), category="Anatomy",
-                      caption="../report/anatomy_graph.rst"),
+        figure1=report(
+            f"{RES}/anatomy/figure1_layer_cosine.png", category="Anatomy", caption="../report/anatomy_figure1.rst"
+        ),
+        lens=report(f"{RES}/anatomy/lens_vs_cosine.png", category="Anatomy", caption="../report/anatomy_lens.rst"),
+        graphs=report(
+            expand(f"{RES}/anatomy/neuron_graph_{{model}}.png", model=MODELS),
+            category="Anatomy",
+            caption="../report/anatomy_graph.rst",
+        ),
         ablation=report(f"{RES}/anatomy/ablation.png", category="Anatomy", caption="../report/anatomy_ablation.rst"),
         metrics=f"{RES}/metrics/anatomy.json",
-    params:
-        models=MODELS,
     log:
         f"{LOGS}/anatomy_figures.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=source_digest("anatomy_figures.py"),
+        models=MODELS,
     script:
         "../scripts/anatomy_figures.py"

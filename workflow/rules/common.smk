@@ -7,6 +7,7 @@ from pathlib import Path
 ROOT = Path(workflow.basedir)
 sys.path.insert(0, str(ROOT / "src"))  # the package works from a clone even before `pip install -e .`
 
+from llm_anatomy.provenance import code_digest
 from llm_anatomy.config import resolve_path, retype_overrides, validate
 from llm_anatomy.pruning.targets import CURVE_PATTERN as TARGETS_CURVE_PATTERN, PruneTargets
 
@@ -22,6 +23,7 @@ RES = f"results/{PROFILE_NAME}"
 TARGETS = PruneTargets(config, RES)
 LOGS = f"logs/{PROFILE_NAME}"
 DEVICE = PROFILE["device"]
+CONDA_ENV = "../envs/llm-anatomy.yaml"  # used only under `--sdm conda`; relative to workflow/rules/
 THREADS = PROFILE["threads"]
 
 
@@ -37,3 +39,53 @@ def model_spec(wildcards):
 def all_targets():
     targets = expand(f"{RES}/{{model}}/finetune_metrics.json", model=MODELS) + [f"{RES}/metrics/finetune.json"]
     return targets + ANATOMY_TARGETS + prune_targets()  # workflow/rules/anatomy.smk, prune.smk
+
+
+# Input and parameter functions of the rules (workflow/rules/anatomy.smk, prune.smk).
+def ablation_params(wildcards):
+    p = dict(ANATOMY["ablation"])
+    p["neurons"] = p["neurons"][TARGETS.kinds[wildcards.model]]
+    return p
+
+
+def sizing(wildcards):
+    return asdict(TARGETS.sizing(wildcards.model, wildcards.get("target")))
+
+
+def calibration_reviews(wildcards):
+    return TARGETS.sizing(wildcards.model).calibration_reviews
+
+
+def eval_limit(wildcards):
+    """Pruning is judged on the first test_limit test reviews; other splits are read whole."""
+    return TARGETS.sizing(wildcards.model).test_limit if wildcards.split == "test" else None
+
+
+def random_seeds(wildcards):
+    return TARGETS.random_seeds(wildcards.model)
+
+
+def rule_config(wildcards):
+    return TARGETS.rule_config(wildcards.model, wildcards.target)
+
+
+def plan_inputs(wildcards):
+    return TARGETS.plan_inputs(wildcards.model, wildcards.target)
+
+
+def metrics_inputs(wildcards):
+    return TARGETS.metrics_inputs(wildcards.model, wildcards.target)
+
+
+def config_metrics_inputs(wildcards):
+    return TARGETS.config_metrics_inputs(wildcards.target)
+
+
+def prune_targets():
+    return TARGETS.final_outputs()
+
+
+def source_digest(script):
+    """A digest of a rule's script and the package modules it imports: a params entry, so Snakemake
+    reruns the rule when that code changes (llm_anatomy.provenance)."""
+    return code_digest(ROOT / "workflow/scripts" / script, ROOT / "src")

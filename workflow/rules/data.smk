@@ -5,12 +5,15 @@ rule split_data:
         train=f"{DATA}/train.parquet",
         val=f"{DATA}/val.parquet",
         test=f"{DATA}/test.parquet",
+    log:
+        f"{LOGS}/split_data.log",
+    conda:
+        CONDA_ENV
     params:
+        code=source_digest("split_data.py"),
         source=config["data"]["source"],
         mirror_dir=str(resolve_path(config["data"]["mirror_dir"], ROOT)),
         hub_name=config["data"]["hub_name"],
         split=PROFILE["split"],
-    log:
-        f"{LOGS}/split_data.log",
     script:
         "../scripts/split_data.py"

@@ -7,20 +7,23 @@ rule finetune:
     output:
         model=directory(f"{RES}/{{model}}/finetuned"),
         metrics=f"{RES}/{{model}}/finetune_metrics.json",
+    log:
+        f"{LOGS}/{{model}}/finetune.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/finetune.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=240,
     params:
+        code=source_digest("finetune.py"),
         spec=model_spec,
         threads=THREADS,
         device=DEVICE,
         # Not an output: it must survive a killed job so the rerun resumes from it.
         checkpoint=f"{RES}/{{model}}/checkpoints/last.pt",
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=240,
-    log:
-        f"{LOGS}/{{model}}/finetune.log",
-    benchmark:
-        f"{RES}/{{model}}/benchmarks/finetune.tsv"
     script:
         "../scripts/finetune.py"
 
@@ -33,5 +36,9 @@ rule finetune_summary:
         f"{RES}/metrics/finetune.json",
     log:
         f"{LOGS}/finetune_summary.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=source_digest("collect_metrics.py"),
     script:
         "../scripts/collect_metrics.py"

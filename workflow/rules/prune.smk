@@ -17,43 +17,6 @@ wildcard_constraints:
     target="|".join([re.escape(c) for c in TARGETS.named] + [TARGETS_CURVE_PATTERN]),
 
 
-def sizing(wildcards):
-    return asdict(TARGETS.sizing(wildcards.model, wildcards.get("target")))
-
-
-def calibration_reviews(wildcards):
-    return TARGETS.sizing(wildcards.model).calibration_reviews
-
-
-def eval_limit(wildcards):
-    """Pruning is judged on the first test_limit test reviews; other splits are read whole."""
-    return TARGETS.sizing(wildcards.model).test_limit if wildcards.split == "test" else None
-
-
-def random_seeds(wildcards):
-    return TARGETS.random_seeds(wildcards.model)
-
-
-def rule_config(wildcards):
-    return TARGETS.rule_config(wildcards.model, wildcards.target)
-
-
-def plan_inputs(wildcards):
-    return TARGETS.plan_inputs(wildcards.model, wildcards.target)
-
-
-def metrics_inputs(wildcards):
-    return TARGETS.metrics_inputs(wildcards.model, wildcards.target)
-
-
-def config_metrics_inputs(wildcards):
-    return TARGETS.config_metrics_inputs(wildcards.target)
-
-
-def prune_targets():
-    return TARGETS.final_outputs()
-
-
 rule ffn_stats:
     """FFN activation statistics on calibration train reviews (FLAP's mean and variance per neuron)."""
     input:
@@ -61,18 +24,21 @@ rule ffn_stats:
         train=f"{DATA}/train.parquet",
     output:
         f"{RES}/{{model}}/ffn_stats.parquet",
-    params:
-        reviews=calibration_reviews,
-        batch_size=PROFILE["pruning"]["batch_size"],
-        device=DEVICE,
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=30,
     log:
         f"{LOGS}/{{model}}/ffn_stats.log",
     benchmark:
         f"{RES}/{{model}}/benchmarks/ffn_stats.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        code=source_digest("ffn_stats.py"),
+        reviews=calibration_reviews,
+        batch_size=PROFILE["pruning"]["batch_size"],
+        device=DEVICE,
     script:
         "../scripts/ffn_stats.py"
 
@@ -85,18 +51,21 @@ rule prune_plan:
     output:
         plan=f"{PRUNE_DIR}/plan.parquet",
         random_plans=f"{PRUNE_DIR}/random_plans.parquet",
-    params:
-        cfg=rule_config,
-        high_threshold=config["pruning"]["high_threshold"],
-        average_over=config["pruning"]["average_over"],
-        seeds=random_seeds,
-    resources:
-        mem_mb=2000,
-        runtime=10,
     log:
         f"{LOGS}/{{model}}/prune/{{target}}/plan.log",
     benchmark:
         f"{PRUNE_DIR}/benchmarks/plan.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=source_digest("prune_plan.py"),
+        cfg=rule_config,
+        high_threshold=config["pruning"]["high_threshold"],
+        average_over=config["pruning"]["average_over"],
+        seeds=random_seeds,
     script:
         "../scripts/prune_plan.py"
 
@@ -108,14 +77,18 @@ rule materialise:
         plan=f"{PRUNE_DIR}/plan.parquet",
     output:
         directory(PRUNED_DIR),
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=20,
     log:
         f"{LOGS}/{{model}}/prune/{{target}}/materialise.log",
     benchmark:
         f"{PRUNE_DIR}/benchmarks/materialise.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    params:
+        code=source_digest("materialise.py"),
     script:
         "../scripts/materialise.py"
 
@@ -127,19 +100,22 @@ rule evaluate_dense:
         split=f"{DATA}/{{split}}.parquet",
     output:
         f"{RES}/{{model}}/eval_{{split}}.parquet",
-    params:
-        limit=eval_limit,
-        batch_size=PROFILE["pruning"]["batch_size"],
-        threads=THREADS,
-        device=DEVICE,
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=60,
     log:
         f"{LOGS}/{{model}}/evaluate_{{split}}.log",
     benchmark:
         f"{RES}/{{model}}/benchmarks/evaluate_{{split}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        code=source_digest("evaluate.py"),
+        limit=eval_limit,
+        batch_size=PROFILE["pruning"]["batch_size"],
+        threads=THREADS,
+        device=DEVICE,
     script:
         "../scripts/evaluate.py"
 
@@ -157,19 +133,22 @@ rule evaluate_pruned:
     output:
         eval=f"{PRUNE_DIR}/eval_{{split}}.parquet",
         baselines=f"{PRUNE_DIR}/baselines_{{split}}.parquet",
-    params:
-        limit=eval_limit,
-        batch_size=PROFILE["pruning"]["batch_size"],
-        threads=THREADS,
-        device=DEVICE,
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=90,
     log:
         f"{LOGS}/{{model}}/prune/{{target}}/evaluate_{{split}}.log",
     benchmark:
         f"{PRUNE_DIR}/benchmarks/evaluate_{{split}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=90,
+    params:
+        code=source_digest("evaluate_pruned.py"),
+        limit=eval_limit,
+        batch_size=PROFILE["pruning"]["batch_size"],
+        threads=THREADS,
+        device=DEVICE,
     script:
         "../scripts/evaluate_pruned.py"
 
@@ -183,19 +162,22 @@ rule time_pruned:
         test=f"{DATA}/test.parquet",
     output:
         f"{PRUNE_DIR}/timing.json",
-    params:
-        sizing=sizing,
-        threads=THREADS,
-        device=DEVICE,
+    log:
+        f"{LOGS}/{{model}}/prune/{{target}}/time.log",
+    benchmark:
+        f"{PRUNE_DIR}/benchmarks/time.tsv"
+    conda:
+        CONDA_ENV
     threads: THREADS
     resources:
         mem_mb=8000,
         runtime=60,
         prune_timing=1,  # profiles/default caps it at 1: timed jobs never overlap, even with spare cores
-    log:
-        f"{LOGS}/{{model}}/prune/{{target}}/time.log",
-    benchmark:
-        f"{PRUNE_DIR}/benchmarks/time.tsv"
+    params:
+        code=source_digest("time_pruned.py"),
+        sizing=sizing,
+        threads=THREADS,
+        device=DEVICE,
     script:
         "../scripts/time_pruned.py"
 
@@ -210,21 +192,24 @@ rule flap_allocation_choice:
         neuron_scores=f"{RES}/{{model}}/neuron_scores.parquet",
     output:
         f"{RES}/{{model}}/choices/flap_allocation.csv",
+    log:
+        f"{LOGS}/{{model}}/flap_allocation_choice.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/flap_allocation_choice.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
+        code=source_digest("flap_allocation_choice.py"),
         fractions=lambda wildcards: TARGETS.flap_fractions(wildcards.model),
         flap=config["pruning"]["flap"],
         high_threshold=config["pruning"]["high_threshold"],
         batch_size=PROFILE["pruning"]["batch_size"],
         threads=THREADS,
         device=DEVICE,
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    log:
-        f"{LOGS}/{{model}}/flap_allocation_choice.log",
-    benchmark:
-        f"{RES}/{{model}}/benchmarks/flap_allocation_choice.tsv"
     script:
         "../scripts/flap_allocation_choice.py"
 
@@ -237,6 +222,10 @@ rule prune_metrics:
         f"{PRUNE_DIR}/metrics.json",
     log:
         f"{LOGS}/{{model}}/prune/{{target}}/metrics.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=source_digest("prune_metrics.py"),
     script:
         "../scripts/prune_metrics.py"
 
@@ -249,12 +238,17 @@ rule prune_collect:
         f"{RES}/metrics/prune/{{target}}.json",
     log:
         f"{LOGS}/prune_collect/{{target}}.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=source_digest("prune_collect.py"),
     script:
         "../scripts/prune_collect.py"
 
 
 rule prune_report:
-    """Summary table, method-vs-method comparisons and Figures 4/5 of the prune stage."""
+    """Summary table, method-vs-method comparisons, Figures 4/5 of the prune stage, and what DVC compares
+    across experiments (headline metrics, data plots)."""
     input:
         metrics=TARGETS.all_metrics(),
         outcomes=TARGETS.all_outcomes(),
@@ -262,13 +256,17 @@ rule prune_report:
         summary=f"{RES}/summary.csv",
         summary_md=f"{RES}/summary.md",
         comparisons=f"{RES}/comparisons.csv",
-        accuracy=report(f"{RES}/figures/prune_accuracy.png", category="Pruning",
-                        caption="../report/prune_accuracy.rst"),
+        accuracy=report(f"{RES}/figures/prune_accuracy.png", category="Pruning", caption="../report/prune_accuracy.rst"),
         time=report(f"{RES}/figures/prune_time.png", category="Pruning", caption="../report/prune_time.rst"),
-    params:
-        results=RES,
+        headline=f"{RES}/metrics/headline.json",
+        plot_accuracy=f"{RES}/plots/prune_accuracy.csv",
+        plot_speedup=f"{RES}/plots/prune_speedup.csv",
     log:
         f"{LOGS}/prune_report.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=source_digest("prune_report.py"),
     script:
         "../scripts/prune_report.py"
 

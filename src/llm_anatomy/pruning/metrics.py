@@ -109,7 +109,8 @@ class PruneMetrics:
     time_removed_s: float = _f("median seconds, physically removed", 0.0)
     speedup_zeroed: float | None = _f("time_dense_s / time_zeroed_s; null where not timed", None)
     speedup_removed: float = _f("time_dense_s / time_removed_s", 0.0)
-    speedup_zeroed_spread: dict | None = _f("min, median, max over repeats of the per-repeat ratio dense/zeroed; null where not timed", None)
+    speedup_zeroed_spread: dict | None = _f(
+        "min, median, max over repeats of the per-repeat ratio dense/zeroed; null where not timed", None)
     speedup_removed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/removed", None)
     zeroed_vs_removed_max_abs_logit_diff_fp32: float = _f("float32 check that zeroing and removal agree", 0.0)
     macs_dense: int = _f("multiply-adds of the dense backbone over the timed reviews", 0)

@@ -258,3 +258,38 @@ def plot_time(runs: list[dict], path) -> None:
                xlabel="% FFN neurons pruned", ylabel="inference time, % of dense (median of alternating runs)")
         ax.legend(fontsize=7)
     _save(fig, path)
+
+
+SERIES_NAMES = {"named": "paper rule (Fig. 5a)", "sweep": "paper rule", "flap": "FLAP",
+                "sweep-prenorm": "paper rule, prenorm scoring", "sweep-gain": "paper rule, gain scoring"}
+
+
+def experiment_headline(runs: list[dict]) -> dict:
+    """The numbers `dvc exp show` and `dvc metrics diff` compare, in percent: each model's dense test
+    accuracy and, per Figure-5a configuration and model, the accuracy with its 95% interval, the share
+    of FFN neurons pruned and the measured speedup of the physically pruned model."""
+    pct = lambda v: None if v is None else round(100 * v, 2)  # noqa: E731
+    out: dict = {"dense": {}}
+    for m in sorted(runs, key=lambda m: (m["target"], m["model"])):
+        out["dense"][m["model"]] = dict(accuracy=pct(m["accuracy_dense"]), accuracy_lo=pct(m.get("accuracy_dense_lo")),
+                                        accuracy_hi=pct(m.get("accuracy_dense_hi")))
+        if m["curve"] == "named":
+            out.setdefault(m["target"], {})[m["model"]] = dict(
+                accuracy=pct(m["accuracy"]), accuracy_lo=pct(m["accuracy_lo"]), accuracy_hi=pct(m["accuracy_hi"]),
+                pruned_pct=round(m["pruned_pct"], 2), speedup=round(m["speedup_removed"], 3))
+    return out
+
+
+def plot_series(runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long tables (series, pruned_pct, accuracy | speedup) for DVC's data plots: one series per model
+    and method, points in order of % pruned; the random baseline at FLAP's sizes as its own series."""
+    acc, speed = [], []
+    for m in runs:
+        series = f"{m['model']} · {SERIES_NAMES.get(m['curve'], m['curve'])}"
+        acc.append(dict(series=series, pruned_pct=round(m["pruned_pct"], 2), accuracy=round(100 * m["accuracy"], 2)))
+        speed.append(dict(series=series, pruned_pct=round(m["pruned_pct"], 2), speedup=round(m["speedup_removed"], 3)))
+        if m["curve"] == "flap" and m.get("accuracy_random_mean") is not None:
+            acc.append(dict(series=f"{m['model']} · random (FLAP's sizes)", pruned_pct=round(m["pruned_pct"], 2),
+                            accuracy=round(100 * m["accuracy_random_mean"], 2)))
+    order = lambda df: df.sort_values(["series", "pruned_pct"], kind="stable").reset_index(drop=True)  # noqa: E731
+    return order(pd.DataFrame(acc)), order(pd.DataFrame(speed))

@@ -187,9 +187,11 @@ class PruneTargets:
 
     def final_outputs(self) -> list[str]:
         """What `snakemake` builds for the prune stage: the DVC metrics per named configuration, every
-        pruned folder, the summary and Figures 4/5, the validation evidence of the method settings."""
+        pruned folder, the summary and Figures 4/5, the validation evidence of the method settings, and
+        what DVC compares across experiments (headline metrics, data plots)."""
         r = self.results
         return ([f"{r}/metrics/prune/{c}.json" for c in self.named_with_models()] + self.all_pruned_dirs()
                 + self.choice_files()
                 + [f"{r}/summary.csv", f"{r}/summary.md", f"{r}/comparisons.csv", f"{r}/figures/prune_accuracy.png",
-                   f"{r}/figures/prune_time.png"])
+                   f"{r}/figures/prune_time.png", f"{r}/metrics/headline.json", f"{r}/plots/prune_accuracy.csv",
+                   f"{r}/plots/prune_speedup.csv"])

@@ -1,0 +1,36 @@
+"""What DVC compares across experiments: the headline metrics and the data-plot tables."""
+import pandas as pd
+
+from llm_anatomy.pruning.report import experiment_headline, plot_series
+
+
+def run(model, target, curve, acc, pct, speedup, dense=0.86, rand=None):
+    return dict(model=model, target=target, curve=curve, accuracy=acc, accuracy_lo=acc - 0.02, accuracy_hi=acc + 0.02,
+                accuracy_dense=dense, accuracy_dense_lo=dense - 0.02, accuracy_dense_hi=dense + 0.02,
+                pruned_pct=pct, speedup_removed=speedup, accuracy_random_mean=rand)
+
+
+RUNS = [run("enc", "enc-a0.05-b0.001", "named", 0.815, 75.7595, 1.67123),
+        run("enc", "flap-50", "flap", 0.858, 50.0, 1.41, rand=0.767),
+        run("enc", "flap-30", "flap", 0.86, 30.0, 1.2, rand=0.8),
+        run("dec", "dec-a0.1-f1", "named", 0.9, 12.5, 1.05, dense=0.94)]
+
+
+def test_headline_holds_dense_and_named_configurations_in_percent():
+    h = experiment_headline(RUNS)
+    assert h["dense"] == {"enc": {"accuracy": 86.0, "accuracy_lo": 84.0, "accuracy_hi": 88.0},
+                          "dec": {"accuracy": 94.0, "accuracy_lo": 92.0, "accuracy_hi": 96.0}}
+    assert h["enc-a0.05-b0.001"] == {"enc": {"accuracy": 81.5, "accuracy_lo": 79.5, "accuracy_hi": 83.5,
+                                             "pruned_pct": 75.76, "speedup": 1.671}}
+    assert set(h) == {"dense", "enc-a0.05-b0.001", "dec-a0.1-f1"}  # curves stay out of the headline
+
+
+def test_plot_series_one_line_per_model_and_method_in_pruning_order():
+    acc, speed = plot_series(RUNS)
+    flap = acc[acc.series == "enc · FLAP"]
+    assert flap.pruned_pct.tolist() == [30.0, 50.0] and flap.accuracy.tolist() == [86.0, 85.8]
+    assert acc[acc.series == "enc · random (FLAP's sizes)"].accuracy.tolist() == [80.0, 76.7]
+    assert set(acc.series) == {"enc · FLAP", "enc · random (FLAP's sizes)", "enc · paper rule (Fig. 5a)",
+                               "dec · paper rule (Fig. 5a)"}
+    pd.testing.assert_series_equal(speed[speed.series == "enc · FLAP"].speedup.reset_index(drop=True),
+                                   pd.Series([1.2, 1.41], name="speedup"))
