@@ -9,6 +9,9 @@ min_version("8.0")
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
@@ -23,8 +26,9 @@ onstart:
     check_hub(config)
 
 
+# Everything the offline default (or the chosen profile) produces. (A comment, not a docstring:
+# snakefmt moves default_target above a docstring and then cannot parse the result.)
 rule all:
     default_target: True
-    """Everything the offline default (or the chosen profile) produces."""
     input:
         all_targets(),

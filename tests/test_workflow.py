@@ -88,6 +88,17 @@ def test_tiny_profile_end_to_end(tiny_run):
         assert flap["gap_random_lo"] <= flap["gap_random"] <= flap["gap_random_hi"]
     curves = pd.read_csv(res / "summary.csv").groupby("curve")["target"].count().to_dict()
     assert curves == {"named": 5 + 7 + 7, "sweep": 3 + 1 + 1, "sweep-prenorm": 2, "sweep-gain": 2, "flap": 3}
+    # what DVC compares: the headline holds the summary's numbers for every named configuration
+    table = pd.read_csv(res / "summary.csv")
+    headline = json.loads((res / "metrics/headline.json").read_text())
+    assert set(headline["dense"]) == set(summary)
+    named = table[table.curve == "named"]
+    assert {t for t in headline if t != "dense"} == set(named.target)
+    for row in named.itertuples():
+        point = headline[row.target][row.model]
+        assert abs(point["accuracy"] - 100 * row.accuracy) < 0.01 and abs(point["pruned_pct"] - row.pruned_pct) < 0.01
+    plotted = pd.read_csv(res / "plots/prune_accuracy.csv")
+    assert list(plotted.columns) == ["series", "pruned_pct", "accuracy"] and len(plotted) == len(table) + 3
     comparisons = pd.read_csv(res / "comparisons.csv")
     assert {"flap-50", "flap-50 uncompensated", "sweep-gain-50"} <= set(comparisons["a"])
     for name in ("tiny-bert", "tiny-gpt2", "tiny-llama"):
@@ -104,6 +115,19 @@ def test_tiny_profile_end_to_end(tiny_run):
     out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "pruning={focus_multiplier: 2}")
     jobs = job_counts(out.stdout + out.stderr)
     assert jobs["prune_plan"] == 5 + 7 + 7 + 3 + 1 + 1 + 2 + 2 and "flap_allocation_choice" not in jobs
+
+
+def test_the_conda_environment_lists_the_package_dependencies():
+    """`--sdm conda` builds workflow/envs/llm-anatomy.yaml: the same requirements as pyproject.toml."""
+    import tomllib
+
+    import yaml
+
+    env = yaml.safe_load((ROOT / "workflow/envs/llm-anatomy.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    # all of them but DVC, which drives the workflow from outside and never runs inside a job
+    assert [r for r in pip if not r.startswith("--")] == [r for r in declared if not r.startswith("dvc")]
 
 
 def test_nested_config_overrides_are_read_as_yaml(tmp_path):
@@ -181,10 +205,13 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, p
         _same_output(work / rel, tiny_run / rel)
 
 
-@pytest.mark.slow
-def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path):
-    """`dvc repro` of the anatomy stage killed while its Snakemake extracts, then the documented recovery."""
-    repo = tmp_path / "repo"
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def repo_copy(tiny_run: Path, repo: Path) -> Path:
+    """A git repository holding this checkout's files, its params.yaml set to the tiny profile, and the
+    finished tiny run's outputs and Snakemake records: what a user's clone looks like after a run."""
     tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.split()
     for rel in tracked:
@@ -198,24 +225,30 @@ def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(ti
     for rel in ("data", "results", "logs", ".snakemake"):
         if (tiny_run / rel).exists():
             shutil.copytree(tiny_run / rel, repo / rel, symlinks=True, dirs_exist_ok=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "tiny"], cwd=repo, check=True)
+    return repo
 
-    def dvc(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
-                              text=True, timeout=1800)
 
+def run_in(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
+    """`python -m <cmd>` (dvc, snakemake) in `repo`, with this interpreter's tools on PATH."""
+    return subprocess.run([sys.executable, "-m", *cmd], cwd=repo, env=ENV, capture_output=True, text=True,
+                          timeout=1800)
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path):
+    """`dvc repro` of the anatomy stage killed while its Snakemake extracts, then the documented recovery."""
+    repo = repo_copy(tiny_run, tmp_path / "repo")
     # the stages before it, recorded (their Snakemake targets are up to date: nothing is computed)
-    first = dvc("repro", "finetune")
+    first = run_in(repo, "dvc", "repro", "finetune")
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     target, outputs, under_way = KILL_POINTS["extract"]
     for rel in outputs:
         (repo / rel).unlink()
     (repo / under_way).unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "anatomy"], cwd=repo, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "anatomy"], cwd=repo, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     while not (repo / under_way).exists():
@@ -224,12 +257,57 @@ def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(ti
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # DVC, its Snakemake and the job
     proc.wait()
-    unlock = subprocess.run([sys.executable, "-m", "snakemake", "--unlock", "--cores", "1"], cwd=repo, env=env,
-                            capture_output=True, text=True)
+    unlock = run_in(repo, "snakemake", "--unlock", "--cores", "1")
     assert unlock.returncode == 0, unlock.stderr[-3000:]
-    rerun = dvc("repro", "anatomy")
+    rerun = run_in(repo, "dvc", "repro", "anatomy")
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     for rel in [*outputs, "results/tiny/metrics/anatomy.json"]:
         _same_output(repo / rel, tiny_run / rel)
-    status = dvc("status", "anatomy")
+    status = run_in(repo, "dvc", "status", "anatomy")
     assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
+
+
+@pytest.mark.slow
+def test_editing_a_module_reruns_the_rules_that_import_it(tiny_run, tmp_path):
+    repo = repo_copy(tiny_run, tmp_path / "repo")
+    assert "Nothing to be done" in run_in(repo, "snakemake", "-n", "--cores", "1").stdout
+    rules = repo / "src/llm_anatomy/pruning/rules.py"
+    original = rules.read_text()
+    rules.write_text(original.replace("def ", "def _edited():\n    pass\n\n\ndef ", 1))
+    out = run_in(repo, "snakemake", "-n", "--cores", "1")
+    jobs = job_counts(out.stdout + out.stderr)
+    # the scripts importing llm_anatomy.pruning.rules (llm_anatomy.provenance): plans, materialised
+    # folders, their evaluation and timing, metrics and the report; not the fine-tune or the anatomy
+    targets = 5 + 3 + 1 + 2 * (7 + 1 + 2 + 1)
+    assert jobs["prune_plan"] == jobs["materialise"] == jobs["evaluate_pruned"] == targets, jobs
+    assert jobs["prune_report"] == 1
+    assert not {"split_data", "finetune", "extract", "score", "neuron_sets", "ablate", "evaluate_dense",
+                "ffn_stats"} & set(jobs), jobs
+    rules.write_text(original)  # the same code again: nothing to rerun
+    assert "Nothing to be done" in run_in(repo, "snakemake", "-n", "--cores", "1").stdout
+
+
+@pytest.mark.slow
+def test_dvc_pull_in_a_fresh_clone_leaves_nothing_to_do(tiny_run, tmp_path):
+    repo = repo_copy(tiny_run, tmp_path / "repo")
+    remote = tmp_path / "remote"
+    # the documented setting: where the shared remote lives (docs/WORKFLOW.md, "Sharing results")
+    assert run_in(repo, "dvc", "remote", "modify", "--local", "local", "url", str(remote)).returncode == 0
+    repro = run_in(repo, "dvc", "repro")  # records every stage; Snakemake has nothing to compute
+    assert repro.returncode == 0, (repro.stdout + repro.stderr)[-4000:]
+    assert "Nothing to be done" in repro.stdout + repro.stderr
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "tiny results"], cwd=repo, check=True)
+    push = run_in(repo, "dvc", "push")
+    assert push.returncode == 0, (push.stdout + push.stderr)[-4000:]
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    missing = run_in(clone, "llm_anatomy.cli", "pull")  # the committed default remote is not there from here
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "dvc remote modify" in missing.stderr
+    assert run_in(clone, "dvc", "remote", "modify", "--local", "local", "url", str(remote)).returncode == 0
+    pull = run_in(clone, "llm_anatomy.cli", "pull")  # the documented command: dvc pull, then snakemake --touch
+    assert pull.returncode == 0, (pull.stdout + pull.stderr)[-4000:]
+    _same_output(clone / "results/tiny/metrics", tiny_run / "results/tiny/metrics")
+    dry = run_in(clone, "snakemake", "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]

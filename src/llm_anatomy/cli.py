@@ -5,6 +5,7 @@
     llm-anatomy prune runs/minilm --scores runs/minilm-scores --calibration train.parquet --sparsity 0.5 --out runs/minilm-flap50
     llm-anatomy evaluate runs/minilm-flap50 --data test.parquet --limit 1000
     llm-anatomy bench runs/minilm runs/minilm-flap50 --data test.parquet --reviews 1000
+    llm-anatomy pull          # in a clone: a pushed run's outputs from the DVC remote, up to date for Snakemake
 
 Every subcommand calls the same functions as the Snakemake rules (`finetune.finetune`,
 `anatomy.extract_stage` / `score_stage`, `pruning.calibration`, `pruning.plan`, `pruning.materialise`,
@@ -139,6 +140,11 @@ def _bench(args) -> dict:
                 speedup=ratio_spread(times["dense"], times["pruned"]))
 
 
+def _pull(args) -> dict:
+    from .share import pull
+    return pull(Path(args.repo), args.jobs)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llm-anatomy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +216,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     common(p)
     p.set_defaults(run=_bench)
+
+    p = sub.add_parser("pull", help="restore a pushed run's outputs from the DVC remote (dvc pull + snakemake --touch)")
+    p.add_argument("--repo", default=".", help="the clone (default: here)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel downloads (DVC's default if not given)")
+    p.set_defaults(run=_pull)
     return ap
 
 
@@ -219,7 +230,7 @@ def main(argv=None) -> int:
         from .logs import setup_logging
         setup_logging()
         result = args.run(args)
-    except (CliError, FileNotFoundError, ValueError) as err:
+    except (CliError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"llm-anatomy {args.command}: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))

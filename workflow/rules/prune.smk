@@ -253,7 +253,7 @@ rule prune_report:
         metrics=TARGETS.all_metrics(),
         outcomes=TARGETS.all_outcomes(),
     output:
-        summary=f"{RES}/summary.csv",
+        summary=report(f"{RES}/summary.csv", category="Pruning", caption="../report/prune_summary.rst"),
         summary_md=f"{RES}/summary.md",
         comparisons=f"{RES}/comparisons.csv",
         accuracy=report(f"{RES}/figures/prune_accuracy.png", category="Pruning", caption="../report/prune_accuracy.rst"),
