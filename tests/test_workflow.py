@@ -59,20 +59,57 @@ def test_dense_model_is_evaluated_once_per_model_and_split(tmp_path):
     assert jobs["prune_collect"] == 12
 
 
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def repo_copy(repo: Path) -> Path:
+    """A git repository holding this checkout's files, its params.yaml set to the tiny profile (the
+    mirror's path made absolute): a user's clone. Runs happen inside it, as a user's do, so a copy of
+    the whole folder is the same run (input paths inside the checkout are recorded relative to it)."""
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for rel in tracked:
+        if (ROOT / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, repo / rel)
+    params = (repo / "params.yaml").read_text()
+    params = params.replace("\nprofile: offline", "\nprofile: tiny", 1).replace(
+        "mirror_dir: ../shared/data/imdb", f"mirror_dir: {(ROOT / '../shared/data/imdb').resolve()}", 1)
+    (repo / "params.yaml").write_text(params)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "tiny"], cwd=repo, check=True)
+    return repo
+
+
+def run_in(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
+    """`python -m <cmd>` (dvc, snakemake) in `repo`, with this interpreter's tools on PATH."""
+    return subprocess.run([sys.executable, "-m", *cmd], cwd=repo, env=ENV, capture_output=True, text=True,
+                          timeout=1800)
+
+
+def run_copy(tiny_run: Path, dest: Path) -> Path:
+    """A copy of the finished run's whole folder: checkout, outputs, Snakemake records, git."""
+    shutil.copytree(tiny_run, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """A finished run of the tiny profile, shared by the end-to-end and the kill tests."""
-    work = tmp_path_factory.mktemp("tiny-run")
-    first = snakemake(work, "--config", "profile=tiny")
+    """A finished run of the tiny profile inside a copy of the checkout, shared by the end-to-end,
+    kill, code-change and DVC tests."""
+    repo = repo_copy(tmp_path_factory.mktemp("tiny-run"))
+    first = run_in(repo, "snakemake", "--cores", "2")
     assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
-    return work
+    return repo
 
 
 @pytest.mark.slow
 def test_tiny_profile_end_to_end(tiny_run):
     tmp_path = tiny_run
     # every output of the tiny profile lies in its own folders
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")) == ["tiny"]
     assert sorted(p.name for p in (tmp_path / "data/processed").iterdir()) == ["tiny"]
     res = tmp_path / "results/tiny"
     summary = json.loads((res / "metrics/finetune.json").read_text())
@@ -104,15 +141,15 @@ def test_tiny_profile_end_to_end(tiny_run):
     for name in ("tiny-bert", "tiny-gpt2", "tiny-llama"):
         assert (res / f"{name}/anatomy/ablation.parquet").exists()
         assert (res / f"{name}/choices/flap_allocation.csv").exists()
-    second = snakemake(tmp_path, "--config", "profile=tiny")
+    second = run_in(tmp_path, "snakemake", "--cores", "2")
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
     # a parameter reruns only what reads it: the anatomy threshold leaves the scores and every prune
     # job alone; FLAP's plans do not read k (focus_multiplier), the threshold rules' 28 plans do
-    out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "anatomy={threshold: 0.3}")
+    out = run_in(tmp_path, "snakemake", "-n", "--cores", "2", "--config", "anatomy={threshold: 0.3}")
     jobs = job_counts(out.stdout + out.stderr)
     assert jobs["neuron_sets"] == 3 and not {"score", "prune_plan", "evaluate_pruned", "time_pruned"} & set(jobs)
-    out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "pruning={focus_multiplier: 2}")
+    out = run_in(tmp_path, "snakemake", "-n", "--cores", "2", "--config", "pruning={focus_multiplier: 2}")
     jobs = job_counts(out.stdout + out.stderr)
     assert jobs["prune_plan"] == 5 + 7 + 7 + 3 + 1 + 1 + 2 + 2 and "flap_allocation_choice" not in jobs
 
@@ -182,14 +219,13 @@ def _same_output(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, point):
     target, outputs, under_way = KILL_POINTS[point]
-    work = tmp_path / "work"
-    shutil.copytree(tiny_run, work, symlinks=True)
+    work = run_copy(tiny_run, tmp_path / "work")
     for rel in outputs:
         path = work / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     (work / under_way).unlink(missing_ok=True)  # the first run's log: the marker must be this job's
-    cmd = [*SNAKEMAKE, "--directory", str(work), "--cores", "2", target, "--config", "profile=tiny"]  # targets before --config
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", target], cwd=work, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     while not (work / under_way).exists():  # a job's log file is created when its script starts
         assert proc.poll() is None, f"{point}: the job ended before it could be killed"
@@ -198,49 +234,17 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, p
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the job, as a lost node would
     proc.wait()
     # the documented recovery (docs/WORKFLOW.md, "After a hard kill"), then the same command
-    assert snakemake(work, "--unlock", "--config", "profile=tiny").returncode == 0
-    rerun = snakemake(work, target, "--config", "profile=tiny")
+    assert run_in(work, "snakemake", "--unlock", "--cores", "1").returncode == 0
+    rerun = run_in(work, "snakemake", "--cores", "2", target)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     for rel in outputs:
         _same_output(work / rel, tiny_run / rel)
 
 
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def repo_copy(tiny_run: Path, repo: Path) -> Path:
-    """A git repository holding this checkout's files, its params.yaml set to the tiny profile, and the
-    finished tiny run's outputs and Snakemake records: what a user's clone looks like after a run."""
-    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
-    for rel in tracked:
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
-    params = (repo / "params.yaml").read_text()
-    params = params.replace("\nprofile: offline", "\nprofile: tiny", 1).replace(
-        "mirror_dir: ../shared/data/imdb", f"mirror_dir: {(ROOT / '../shared/data/imdb').resolve()}", 1)
-    (repo / "params.yaml").write_text(params)
-    for rel in ("data", "results", "logs", ".snakemake"):
-        if (tiny_run / rel).exists():
-            shutil.copytree(tiny_run / rel, repo / rel, symlinks=True, dirs_exist_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*GIT, "commit", "-qm", "tiny"], cwd=repo, check=True)
-    return repo
-
-
-def run_in(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
-    """`python -m <cmd>` (dvc, snakemake) in `repo`, with this interpreter's tools on PATH."""
-    return subprocess.run([sys.executable, "-m", *cmd], cwd=repo, env=ENV, capture_output=True, text=True,
-                          timeout=1800)
-
-
 @pytest.mark.slow
 def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path):
     """`dvc repro` of the anatomy stage killed while its Snakemake extracts, then the documented recovery."""
-    repo = repo_copy(tiny_run, tmp_path / "repo")
+    repo = run_copy(tiny_run, tmp_path / "repo")
     # the stages before it, recorded (their Snakemake targets are up to date: nothing is computed)
     first = run_in(repo, "dvc", "repro", "finetune")
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
@@ -269,7 +273,7 @@ def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(ti
 
 @pytest.mark.slow
 def test_editing_a_module_reruns_the_rules_that_import_it(tiny_run, tmp_path):
-    repo = repo_copy(tiny_run, tmp_path / "repo")
+    repo = run_copy(tiny_run, tmp_path / "repo")
     assert "Nothing to be done" in run_in(repo, "snakemake", "-n", "--cores", "1").stdout
     rules = repo / "src/llm_anatomy/pruning/rules.py"
     original = rules.read_text()
@@ -289,7 +293,7 @@ def test_editing_a_module_reruns_the_rules_that_import_it(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_dvc_pull_in_a_fresh_clone_leaves_nothing_to_do(tiny_run, tmp_path):
-    repo = repo_copy(tiny_run, tmp_path / "repo")
+    repo = run_copy(tiny_run, tmp_path / "repo")
     remote = tmp_path / "remote"
     # the documented setting: where the shared remote lives (docs/WORKFLOW.md, "Sharing results")
     assert run_in(repo, "dvc", "remote", "modify", "--local", "local", "url", str(remote)).returncode == 0

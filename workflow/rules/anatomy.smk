@@ -2,7 +2,7 @@
 # extract (model -> Parquet) -> score (Parquet -> scores, lens, contributions) -> neuron_sets
 # (anatomy.threshold -> high neurons, graph, summary) -> ablate -> anatomy_figures.
 ANATOMY = {**config["anatomy"], **PROFILE.get("anatomy", {})}  # a profile may override any key
-ANATOMY_PROBES = str(resolve_path(ANATOMY["probes"], ROOT))
+ANATOMY_PROBES = workdir_path(ANATOMY["probes"])
 
 # Threshold-free: the pruning plans read these, so anatomy.threshold must not rewrite them.
 ANATOMY_SCORES = {

@@ -32,6 +32,16 @@ wildcard_constraints:
     split="|".join(SPLITS),
 
 
+def workdir_path(path):
+    """A file's path relative to the working directory when it lies inside it, else absolute: a copied
+    or cloned checkout then records the same input paths, and Snakemake does not rerun for a move."""
+    path = resolve_path(path, ROOT).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def model_spec(wildcards):
     return PROFILE["models"][wildcards.model]
 

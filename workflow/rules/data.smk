@@ -12,7 +12,7 @@ rule split_data:
     params:
         code=source_digest("split_data.py"),
         source=config["data"]["source"],
-        mirror_dir=str(resolve_path(config["data"]["mirror_dir"], ROOT)),
+        mirror_dir=workdir_path(config["data"]["mirror_dir"]),
         hub_name=config["data"]["hub_name"],
         split=PROFILE["split"],
     script:
