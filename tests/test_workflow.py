@@ -243,16 +243,16 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path, p
 
 @pytest.mark.slow
 def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(tiny_run, tmp_path):
-    """`dvc repro` of the anatomy stage killed while its Snakemake extracts, then the documented recovery."""
+    """`dvc repro finetune` killed while its Snakemake fine-tunes, then the documented recovery."""
     repo = run_copy(tiny_run, tmp_path / "repo")
-    # the stages before it, recorded (their Snakemake targets are up to date: nothing is computed)
-    first = run_in(repo, "dvc", "repro", "finetune")
+    first = run_in(repo, "dvc", "repro", "data")  # recorded; its Snakemake target is up to date
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
-    target, outputs, under_way = KILL_POINTS["extract"]
+    _, outputs, under_way = KILL_POINTS["finetune"]
+    outputs = [*outputs, "results/tiny/metrics/finetune.json"]  # the stage's target, so the job is needed
     for rel in outputs:
-        (repo / rel).unlink()
-    (repo / under_way).unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "anatomy"], cwd=repo, env=ENV,
+        path = repo / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "finetune"], cwd=repo, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     while not (repo / under_way).exists():
@@ -263,11 +263,12 @@ def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(ti
     proc.wait()
     unlock = run_in(repo, "snakemake", "--unlock", "--cores", "1")
     assert unlock.returncode == 0, unlock.stderr[-3000:]
-    rerun = run_in(repo, "dvc", "repro", "anatomy")
+    rerun = run_in(repo, "dvc", "repro", "finetune")
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
-    for rel in [*outputs, "results/tiny/metrics/anatomy.json"]:
+    assert "resumed" in (repo / "logs/tiny/tiny-bert/finetune.log").read_text()  # from the killed run's checkpoint
+    for rel in outputs:
         _same_output(repo / rel, tiny_run / rel)
-    status = run_in(repo, "dvc", "status", "anatomy")
+    status = run_in(repo, "dvc", "status", "finetune")
     assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
 
 
