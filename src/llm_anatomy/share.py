@@ -26,11 +26,12 @@ def default_remote(repo: Path) -> tuple[str, str]:
     name = answer.stdout.strip() if answer.returncode == 0 else ""
     if not name:
         raise ValueError(f"{repo}: no default DVC remote. Add one: `dvc remote add -d shared <path or url>`")
-    for line in _run(repo, "dvc", "remote", "list").stdout.splitlines():
-        parts = line.split()
-        if parts and parts[0] == name:
-            return name, parts[1]
-    raise ValueError(f"{repo}: the default DVC remote {name!r} is not in `dvc remote list`")
+    # `dvc remote list` wraps long urls at the terminal width; `dvc config` prints one tab-separated line
+    answer = _run(repo, "dvc", "config", "--show-origin", f"remote.{name}.url", check=False)
+    if answer.returncode != 0 or not answer.stdout.strip():
+        raise ValueError(f"{repo}: the default DVC remote {name!r} has no url; set one: "
+                         f"`dvc remote modify --local {name} url <path or url>`")
+    return name, answer.stdout.strip().split("\t")[-1]
 
 
 def check_remote(repo: Path) -> str:
