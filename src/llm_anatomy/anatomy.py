@@ -2,7 +2,6 @@
 threshold-free scores) and `neuron_sets_stage` (scores + anatomy.threshold -> high neurons, graph, summary)."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from .extract import extract_inputs, read_vectors, write_extraction
 from .graph import layer_counts, neuron_graph
-from .io import read_parquet, write_csv, write_json, write_parquet
+from .io import read_json, read_parquet, write_csv, write_json, write_parquet
 from .lens import head_direction, lens_logits, lens_table, normed_states
 from .models import load_classifier, set_threads
 from .probes import anatomy_inputs, read_probes, sample_reviews
@@ -128,11 +127,11 @@ def neuron_sets_stage(neuron_scores_path, contributions_path, score_summary_path
     tmp.replace(out["graph"])
     counts = layer_counts(g)
     write_csv(counts, out["graph_counts"])
-    ranks = rank_agreement(pd.read_parquet(contributions_path), threshold)
+    ranks = rank_agreement(read_parquet(contributions_path), threshold)
     write_csv(ranks, out["rank_agreement"])
 
     per_layer = share.groupby("layer")[["share_high", "share_negative"]].mean()
-    scored = json.loads(Path(score_summary_path).read_text())
+    scored = read_json(score_summary_path)
     summary = dict(
         threshold=threshold, layers=scored["layers"], probes=scored["probes"],
         mean_layer_cosine=scored["mean_layer_cosine"], mean_layer_cosine_normed=scored["mean_layer_cosine_normed"],

@@ -109,7 +109,7 @@ def neuron_score_table(input_ids: np.ndarray, scores: list[np.ndarray], **varian
 
 def read_probe_scores(path, column: str = "score") -> tuple[np.ndarray, list[np.ndarray]]:
     """Inverse of `neuron_score_table`: (probe ids [P], per layer the scores [P, F_l])."""
-    df = pd.read_parquet(path, columns=["input_id", "layer", "neuron", column])
+    df = read_parquet(path, columns=["input_id", "layer", "neuron", column])
     if df.empty:
         raise ValueError(f"{path}: no neuron scores")
     out, ids = [], None
