@@ -1,6 +1,7 @@
 """Which package modules a workflow script runs, and a digest of their source: the workflow passes the
 digest to each rule as a parameter, so editing a module reruns exactly the rules whose scripts import
-it (Snakemake's params rerun trigger), and a test checks that DVC's stage deps name the same files.
+it (Snakemake's params rerun trigger). DVC's stages depend on the whole package instead and leave the
+choice to Snakemake.
 
 The import graph is read statically (every `import` statement of a file, also those inside functions,
 so the set errs on the side of more modules), following only modules of this package.
