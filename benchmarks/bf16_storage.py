@@ -10,16 +10,14 @@ median seconds, the ratio, both accuracies, the paired difference (stored minus 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import torch
 
-from common import load, parser
+from common import alternate, compare_predictions, load, parser
 from llm_anatomy.batching import encode_reviews, progress_batches
 from llm_anatomy.device import autocast, machine_info
 from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.stats import paired_difference
 
 
 @torch.inference_mode()
@@ -42,24 +40,15 @@ def main():
     stored = inference_model(model, "bf16", fuse=False)  # this compares storage alone
     runs = {"autocast": lambda: autocast_logits(model, encoded, pad, args.batch_size, side),
             "stored": lambda: predict_logits(stored, encoded, pad, args.batch_size, "bf16", side)}
-    for name in runs:  # warm-up
-        runs[name]()
-    times, logits = {n: [] for n in runs}, {}
-    for r in range(args.repeats):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            start = time.perf_counter()
-            logits[name] = runs[name]()
-            times[name].append(time.perf_counter() - start)
-    right = {n: (l > 0) == labels for n, l in logits.items()}
-    d = paired_difference(right["stored"], right["autocast"])
+    times, logits = alternate(runs, args.repeats)
+    same = compare_predictions(logits["stored"], logits["autocast"], labels)
     median = {n: float(np.median(t)) for n, t in times.items()}
     print(json.dumps(dict(
         machine=machine_info(torch.device("cpu")), reviews=len(encoded), seconds=times, median_s=median,
         autocast_over_stored=median["autocast"] / median["stored"],
-        accuracy={n: float(r.mean()) for n, r in right.items()},
-        stored_minus_autocast=dict(diff=d.diff, lo=d.lo, hi=d.hi, p_mcnemar=d.p_mcnemar),
-        predictions_that_differ=int(((logits["stored"] > 0) != (logits["autocast"] > 0)).sum()),
-        max_abs_logit_diff=float(np.abs(logits["stored"] - logits["autocast"]).max())), indent=2))
+        accuracy=dict(zip(("stored", "autocast"), same["accuracy"])), stored_minus_autocast=same["difference"],
+        predictions_that_differ=same["predictions_that_differ"], max_abs_logit_diff=same["max_abs_logit_diff"]),
+        indent=2))
 
 
 if __name__ == "__main__":

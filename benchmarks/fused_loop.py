@@ -11,17 +11,16 @@ logit difference and the CPU.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import torch
 
-from common import load, parser
+from common import alternate, compare_predictions, load, parser
 from llm_anatomy import fused
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.device import machine_info
 from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.stats import paired_difference
+from llm_anatomy.pruning.timing import ratio_spread
 
 
 def main():
@@ -39,28 +38,17 @@ def main():
                "fused": inference_model(model, args.precision)}
     assert fused.is_fused(runners["fused"]) and not fused.is_fused(runners["eager"])
 
-    def run(name):
-        return predict_logits(runners[name], encoded, pad, args.batch_size, args.precision, side)
-
-    for name in runners:  # warm-up
-        run(name)
-    times, logits = {n: [] for n in runners}, {}
-    for r in range(args.repeats):
-        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-            start = time.perf_counter()
-            logits[name] = run(name)
-            times[name].append(time.perf_counter() - start)
-    right = {n: (l > 0) == labels for n, l in logits.items()}
-    d = paired_difference(right["fused"], right["eager"])
-    ratio = np.asarray(times["eager"]) / np.asarray(times["fused"])
+    times, logits = alternate({name: (lambda r=runner: predict_logits(r, encoded, pad, args.batch_size,
+                                                                      args.precision, side))
+                               for name, runner in runners.items()}, args.repeats)
+    same = compare_predictions(logits["fused"], logits["eager"], labels)
     print(json.dumps(dict(
         machine=machine_info(torch.device("cpu")), reviews=len(encoded), precision=args.precision,
         repeats=args.repeats, seconds=times, median_s={n: float(np.median(t)) for n, t in times.items()},
-        eager_over_fused=dict(min=float(ratio.min()), median=float(np.median(ratio)), max=float(ratio.max())),
-        accuracy={n: float(r.mean()) for n, r in right.items()},
-        fused_minus_eager=dict(diff=d.diff, lo=d.lo, hi=d.hi, p_mcnemar=d.p_mcnemar),
-        predictions_that_differ=int(((logits["fused"] > 0) != (logits["eager"] > 0)).sum()),
-        max_abs_logit_diff=float(np.abs(logits["fused"] - logits["eager"]).max())), indent=2))
+        eager_over_fused=ratio_spread(times["eager"], times["fused"]),
+        accuracy=dict(zip(("fused", "eager"), same["accuracy"])), fused_minus_eager=same["difference"],
+        predictions_that_differ=same["predictions_that_differ"], max_abs_logit_diff=same["max_abs_logit_diff"]),
+        indent=2))
 
 
 if __name__ == "__main__":

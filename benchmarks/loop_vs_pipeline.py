@@ -14,16 +14,16 @@ pipeline / loop per repeat (min, median, max) and the machine.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from common import load, parser
+from common import alternate, load, parser
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.device import machine_info
 from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.pruning.timing import ratio_spread
 
 
 def hf_classifier(model, dtype: torch.dtype):
@@ -66,22 +66,13 @@ def main():
     def pipe_run():
         return pipe(texts, batch_size=args.batch_size, function_to_apply="none", **tok_kwargs)
 
-    runs = {"loop": loop, "pipeline": pipe_run}
-    outputs = {name: fn() for name, fn in runs.items()}  # warm-up: kernels, allocator, the pipeline's set-up
+    times, outputs = alternate({"loop": loop, "pipeline": pipe_run}, args.repeats)
     agree = float(np.mean((outputs["loop"] > 0) == (np.array([o["score"] for o in outputs["pipeline"]]) > 0)))
-    times = {n: [] for n in runs}
-    for r in range(args.repeats):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    ratio = np.asarray(times["pipeline"]) / np.asarray(times["loop"])
     print(json.dumps(dict(machine=machine_info(torch.device("cpu")), reviews=len(texts), precision=args.precision,
                           batch_size=args.batch_size, repeats=args.repeats, seconds=times,
                           same_predictions=agree,
                           median_s={n: float(np.median(t)) for n, t in times.items()},
-                          pipeline_over_loop=dict(min=float(ratio.min()), median=float(np.median(ratio)),
-                                                  max=float(ratio.max()))), indent=2))
+                          pipeline_over_loop=ratio_spread(times["pipeline"], times["loop"])), indent=2))
 
 
 if __name__ == "__main__":
