@@ -12,7 +12,7 @@ from conftest import ROOT
 from llm_anatomy.cli import main
 
 
-@pytest.mark.parametrize("command", ["finetune", "score", "prune", "evaluate", "bench"])
+@pytest.mark.parametrize("command", ["finetune", "score", "prune", "evaluate", "bench", "pull"])
 def test_every_subcommand_has_help(command):
     run = subprocess.run([sys.executable, "-m", "llm_anatomy.cli", command, "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
@@ -26,6 +26,12 @@ def test_a_bad_model_folder_and_a_bad_file_are_named(tmp_path, capsys):
     assert main(["finetune", "tiny:bert", "--tokenizer", "embedded:minilm", "--train", str(tmp_path / "none.parquet"),
                  "--val", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "m")]) == 2
     assert "none.parquet: no such file" in capsys.readouterr().err
+
+
+def test_pull_outside_a_clone_names_the_folder_and_the_fix(tmp_path, capsys):
+    assert main(["pull", "--repo", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"--repo {tmp_path / 'nowhere'}: not a clone of this project (no .dvc folder)" in err and "--repo <clone>" in err
 
 
 def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, tokenizer, capsys):

@@ -49,6 +49,9 @@ def pull(repo: Path = Path("."), jobs: int | None = None) -> dict:
     """`dvc pull`, then `snakemake --touch`: the pulled files get times in the workflow's order, so
     Snakemake (which has no record of runs made elsewhere) sees every output as up to date."""
     repo = Path(repo)
+    if not (repo / ".dvc").is_dir():
+        raise ValueError(f"--repo {repo}: not a clone of this project (no .dvc folder); run `llm-anatomy pull` "
+                         "inside the clone, or pass --repo <clone>")
     url = check_remote(repo)
     pulled = _run(repo, "dvc", "pull", *([f"--jobs={jobs}"] if jobs else []), check=False)
     if pulled.returncode != 0:
