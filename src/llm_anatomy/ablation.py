@@ -37,6 +37,7 @@ from .device import model_device
 from .io import read_parquet
 from .models import SentimentClassifier
 from .progress import progress as progress_bar
+from .replay import replay_below
 from .stats import spearman_interval
 
 log = logging.getLogger(__name__)
@@ -58,19 +59,6 @@ class Batch:
         self.ids, self.mask, self.sign = ids, mask, sign
         self.block_outputs: list = []
         self.margin: torch.Tensor | None = None
-
-
-@contextmanager
-def _replay_below(model: SentimentClassifier, layer: int, outputs: Sequence) -> None:
-    """Blocks 0..layer-1 return their cached outputs instead of computing."""
-    blocks = model.adapter.layers()[:layer]
-    for block, out in zip(blocks, outputs):
-        block.forward = (lambda cached: (lambda *args, **kwargs: cached))(out)
-    try:
-        yield
-    finally:
-        for block in blocks:
-            del block.forward
 
 
 @contextmanager
@@ -151,7 +139,7 @@ class Ablator:
         lowest = min(neurons) if neurons else self.adapter.num_layers
         total = 0.0
         for batch in self.batches:
-            with _replay_below(self.model, lowest, batch.block_outputs), _pin(self.model, neurons, self.means):
+            with replay_below(self.model, lowest, batch.block_outputs), _pin(self.model, neurons, self.means):
                 total += float((_margin(self.model, batch) - batch.margin).sum())
         return total / self.n_reviews
 

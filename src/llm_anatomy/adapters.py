@@ -74,6 +74,22 @@ class ModelAdapter:
         weight = out.weight.detach()
         return weight if weight_rows_are_neurons(out, "output") else weight.T
 
+    def input_norm_sq(self, layer: int) -> torch.Tensor:
+        """Per neuron, the squared norm of everything that maps the hidden state onto it: [neurons].
+        Summed over the input projections (Llama: gate and up rows)."""
+        total = None
+        for module in self.ffn(layer).inputs:
+            w = module.weight.detach().double()
+            rows = w if weight_rows_are_neurons(module, "input") else w.T
+            sq = (rows ** 2).sum(1)
+            total = sq if total is None else total + sq
+        return total
+
+    def residual_site(self, layer: int) -> tuple[nn.Module, int]:
+        """(module, argument index): the forward input of `module` at that position is the residual
+        stream the FFN's output is added to in `layer` (the attention sublayer's output)."""
+        raise NotImplementedError
+
     @contextmanager
     def activation_hooks(self, make_hook: Callable[[int], Callable]) -> Iterator[None]:
         """Forward pre-hooks `make_hook(layer)` on every FFN output projection, whose input is the
@@ -147,6 +163,9 @@ class BertAdapter(ModelAdapter):
         block = self.backbone.encoder.layer[layer]
         return FFNBlock(inputs=(block.intermediate.dense,), output=block.output.dense)
 
+    def residual_site(self, layer):
+        return self.backbone.encoder.layer[layer].output, 1  # BertOutput(hidden, input_tensor): LN(dense + input)
+
 
 class GPT2Adapter(ModelAdapter):
     arch = "gpt2"
@@ -158,6 +177,9 @@ class GPT2Adapter(ModelAdapter):
     def ffn(self, layer):
         mlp = self.backbone.h[layer].mlp
         return FFNBlock(inputs=(mlp.c_fc,), output=mlp.c_proj)
+
+    def residual_site(self, layer):
+        return self.backbone.h[layer].ln_2, 0  # residual = hidden; hidden = residual + mlp(ln_2(hidden))
 
     def final_norm_module(self):
         return self.backbone.ln_f
@@ -177,6 +199,9 @@ class LlamaAdapter(ModelAdapter):
     def ffn(self, layer):
         mlp = self.backbone.layers[layer].mlp
         return FFNBlock(inputs=(mlp.gate_proj, mlp.up_proj), output=mlp.down_proj)
+
+    def residual_site(self, layer):
+        return self.backbone.layers[layer].post_attention_layernorm, 0  # as GPT-2, with RMSNorm
 
     def final_norm_module(self):
         return self.backbone.norm

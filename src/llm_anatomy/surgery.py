@@ -100,3 +100,19 @@ def remove_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> Non
 def zero_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:
     for layer, drop in enumerate(pruned):
         zero_neurons(adapter, layer, list(drop))
+
+
+@torch.no_grad()
+def set_outputs(adapter: ModelAdapter, layer: int, neurons: Sequence[int], values: torch.Tensor,
+                bias: torch.Tensor) -> None:
+    """Overwrite the value vectors of `neurons` (rows of `values` [len(neurons), hidden], same order)
+    and the output projection's bias of `layer`; an FFN without biases is given them first."""
+    adapter.ensure_ffn_biases()
+    out = adapter.ffn(layer).output
+    idx = torch.as_tensor(list(neurons), dtype=torch.long, device=out.weight.device)
+    values = values.to(device=out.weight.device, dtype=out.weight.dtype)
+    if _neuron_dim(out, "output") == 0:
+        out.weight[idx] = values
+    else:
+        out.weight[:, idx] = values.T
+    out.bias.copy_(bias.to(device=out.bias.device, dtype=out.bias.dtype))

@@ -4,7 +4,9 @@ ffn_stats.parquet, one row per (block, neuron):
   layer int16, neuron int32,
   mean           float64  mean activation over every real (non-pad) token of the calibration reviews
   var            float64  its variance (population) over the same tokens
+  mean_abs       float64  mean |activation| over the same tokens
   value_norm_sq  float64  ||v_lj||^2, the squared norm of the neuron's value vector
+  in_norm_sq     float64  squared norm of the neuron's input weights (Llama: gate and up rows summed)
   tokens         int64    tokens the statistics are taken over
 
 "Activation" is the input of the FFN's output projection, as in ffn_activations.parquet
@@ -41,6 +43,7 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
     device = model_device(model)
     s1 = [torch.zeros(adapter.ffn_width(l), dtype=torch.float64, device=device) for l in range(L)]
     s2 = [torch.zeros_like(s) for s in s1]
+    sabs = [torch.zeros_like(s) for s in s1]
     state: dict = {"tokens": 0}
 
     def grab(layer):
@@ -51,6 +54,7 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
             d = x - shift[layer]
             s1[layer] += d.sum(0)
             s2[layer] += (d * d).sum(0)
+            sabs[layer] += x.abs().sum(0)
         return hook
 
     bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10, device=device)
@@ -67,8 +71,9 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
         var = (s2[l].cpu() / n - m1 * m1).clamp(min=0.0)
         vnorm = (adapter.value_vectors(l).double().cpu() ** 2).sum(1)
         frames.append(pd.DataFrame({"layer": np.int16(l), "neuron": np.arange(len(mean), dtype=np.int32),
-                                    "mean": mean.numpy(), "var": var.numpy(), "value_norm_sq": vnorm.numpy(),
-                                    "tokens": np.int64(n)}))
+                                    "mean": mean.numpy(), "var": var.numpy(), "mean_abs": (sabs[l].cpu() / n).numpy(),
+                                    "value_norm_sq": vnorm.numpy(),
+                                    "in_norm_sq": adapter.input_norm_sq(l).cpu().numpy(), "tokens": np.int64(n)}))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -1,0 +1,118 @@
+"""Retraining-free compensation of a pruned FFN layer, in closed form from calibration tokens.
+
+For one layer, over the calibration tokens t: a_t [F] the neurons' activations as the pruned model
+computes them, y_t [H] what the layer's output projection should produce there (the dense FFN
+output, plus any drift of the residual it is added to: see `target`). With K the kept neurons and
+V [F, H] the value vectors (rows of the output projection), b its bias, each method picks the kept
+neurons' output weights W [|K|, H] and a bias c [H]:
+
+  none    W = V_K, c = b: the pruned neurons are simply gone.
+  bias    W = V_K, c = the least-squares bias: b plus the pruned neurons' mean output (FLAP's fold,
+          An et al. 2024), when y is the dense output.
+  rescale W = diag(s) V_K: one scale per kept neuron, and c, by ridge least squares toward s = 1
+          (Kwon et al. 2022's mask tuning, with the bias left free as well).
+  refit   W and c by ridge least squares toward V_K: per output dimension an ordinary regression
+          of y on the kept activations (K-prune-style sublayer refit).
+
+Each minimises the squared reconstruction error E(W, c) = sum_t ||a_t,K W + c - y_t||^2 (plus a
+ridge penalty that is zero at W = V_K) over a family that contains bias's solution, so on the
+calibration tokens E(refit), E(rescale) <= E(bias) <= E(none): compensation never makes the layer's
+reconstruction worse than leaving the pruned neurons out. (With ridge = 0, E(refit) <= E(rescale)
+too; with a ridge the two penalties differ and either may come out lower.) Everything is
+computed from sufficient statistics accumulated over batches (`LayerStats`), so a layer costs one
+pass whatever the method. The ridge is relative: lambda = ridge x trace(centred Gram) / |K|.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+METHODS = ("none", "bias", "rescale", "refit")
+
+
+@dataclass
+class LayerStats:
+    """Sums over calibration tokens: n, sum a [F], sum a a^T [F, F], sum a y^T [F, H], sum y [H], sum ||y||^2."""
+
+    width: int
+    hidden: int
+    n: int = 0
+    sa: np.ndarray = field(init=False)
+    saa: np.ndarray = field(init=False)
+    say: np.ndarray = field(init=False)
+    sy: np.ndarray = field(init=False)
+    syy: float = 0.0
+
+    def __post_init__(self):
+        self.sa = np.zeros(self.width)
+        self.saa = np.zeros((self.width, self.width))
+        self.say = np.zeros((self.width, self.hidden))
+        self.sy = np.zeros(self.hidden)
+
+    def add(self, a: np.ndarray, y: np.ndarray) -> None:
+        """a [T, F] activations and y [T, H] targets of T real tokens."""
+        a, y = np.asarray(a, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if a.shape != (len(a), self.width) or y.shape != (len(a), self.hidden):
+            raise ValueError(f"expected a [T, {self.width}] and y [T, {self.hidden}], got {a.shape} and {y.shape}")
+        self.n += len(a)
+        self.sa += a.sum(0)
+        self.saa += a.T @ a
+        self.say += a.T @ y
+        self.sy += y.sum(0)
+        self.syy += float((y * y).sum())
+
+    def error(self, kept: np.ndarray, w: np.ndarray, c: np.ndarray) -> float:
+        """E(W, c) = sum_t ||a_t,K W + c - y_t||^2, from the sums alone."""
+        k = np.asarray(kept)
+        g, sa, say = self.saa[np.ix_(k, k)], self.sa[k], self.say[k]
+        return float(np.einsum("ih,ij,jh->", w, g, w) + 2 * c @ (w.T @ sa) + self.n * c @ c
+                     - 2 * np.einsum("ih,ih->", w, say) - 2 * c @ self.sy + self.syy)
+
+    def _centred(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(mean a_K, mean y, centred Gram [K, K], centred cross moments [K, H])."""
+        if self.n == 0:
+            raise ValueError("no calibration tokens were added")
+        ma, my = self.sa[k] / self.n, self.sy / self.n
+        g = self.saa[np.ix_(k, k)] - self.n * np.outer(ma, ma)
+        cross = self.say[k] - self.n * np.outer(ma, my)
+        return ma, my, g, cross
+
+
+def _ridge(g: np.ndarray, ridge: float) -> float:
+    return ridge * float(np.trace(g)) / max(len(g), 1)
+
+
+def compensate(stats: LayerStats, kept: np.ndarray, values: np.ndarray, bias: np.ndarray, method: str,
+               ridge: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """(W [|K|, H], c [H]) for the kept neurons by `method` (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"compensation {method!r} is not one of {METHODS}")
+    if ridge < 0:
+        raise ValueError(f"ridge = {ridge} must be >= 0")
+    k = np.asarray(kept, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64)[k]
+    b = np.asarray(bias, dtype=np.float64)
+    if method == "none":
+        return v.copy(), b.copy()
+    ma, my, g, cross = stats._centred(k)
+    if method == "bias":
+        return v.copy(), my - ma @ v
+    lam = _ridge(g, ridge)
+    if method == "rescale":
+        # E over s with c free: the centred problem in s, M s = r, M_ij = G_ij (v_i . v_j)
+        m = g * (v @ v.T) + lam * np.eye(len(k))
+        r = np.einsum("ih,ih->i", cross, v) + lam
+        s = _solve(m, r)
+        w = s[:, None] * v
+    else:  # refit: (G + lambda I) W = C + lambda V_K, one solve for every output dimension
+        w = _solve(g + lam * np.eye(len(k)), cross + lam * v)
+    return w, my - ma @ w
+
+
+def _solve(m: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Symmetric positive semi-definite solve; least squares where m is singular (ridge = 0, dead neurons)."""
+    try:
+        return np.linalg.solve(m, r)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(m, r, rcond=None)[0]

@@ -1,0 +1,68 @@
+"""Layer-by-layer compensation on tiny models: what the fit reports is what a plain forward pass of the
+compensated model measures, compensation never raises the reconstruction error, and an unpruned
+model is left as it was."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import ARCHS, make_tiny
+from llm_anatomy.batching import encode, pad
+from llm_anatomy.pruning.refit import fit_compensation
+
+REVIEWS = ["a wonderful film with superb acting and a lovely score", "dull, I walked out after twenty minutes",
+           "the plot twists kept me guessing until the very last scene", "not bad at all",
+           "an overlong mess that wastes a talented cast", "funny, warm and far too short",
+           "I have seen better student films", "a masterpiece of quiet, patient storytelling"]
+
+
+def _sums(model, ids, mask):
+    """Per layer, FFN output + residual at every position: a full forward pass, no replay."""
+    a, seen, hooks = model.adapter, {}, []
+    for l in range(a.num_layers):
+        site, arg = a.residual_site(l)
+        hooks.append(site.register_forward_pre_hook(lambda _m, args, l=l, arg=arg: seen.__setitem__(("r", l), args[arg])))
+        hooks.append(a.ffn(l).output.register_forward_hook(lambda _m, _a, out, l=l: seen.__setitem__(("y", l), out)))
+    with torch.no_grad():
+        logits = model(ids, mask)
+    for h in hooks:
+        h.remove()
+    return [(seen[("y", l)] + seen[("r", l)]).double() for l in range(a.num_layers)], logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_reported_error_is_what_the_compensated_model_computes(arch, tokenizer):
+    dense = make_tiny(arch, tokenizer)
+    enc = encode(tokenizer, REVIEWS, 24)
+    rng = np.random.default_rng(0)
+    widths = dense.adapter.ffn_widths()
+    pruned = [np.sort(rng.choice(w, size=w // 2, replace=False)) for w in widths]
+    student, report = fit_compensation(dense, pruned, enc, tokenizer.pad_token_id, batch_size=3, method="refit",
+                                       ridge=1e-3)
+    ids, mask = pad(enc, tokenizer.pad_token_id, "right")
+    teacher_sums, _ = _sums(dense.float(), ids, mask)
+    student_sums, _ = _sums(student, ids, mask)
+    m = mask.bool()
+    last = torch.zeros_like(m)
+    last[torch.arange(len(m)), dense.adapter.target_positions(mask)] = True
+    for l, row in enumerate(report):
+        sel = last if l == len(report) - 1 else m
+        # the target at layer l: the teacher's sum; the student's sum differs by its FFN's error alone
+        direct = float(((student_sums[l] - teacher_sums[l])[sel] ** 2).sum())
+        assert row["error_refit"] == pytest.approx(direct, rel=1e-4, abs=1e-8), l
+        assert row["error_refit"] <= row["error_bias"] * (1 + 1e-9) <= row["error_none"] * (1 + 1e-9) + 1e-12
+        assert row["kept"] == widths[l] - len(pruned[l]) and row["tokens"] == int(sel.sum())
+    # pruned neurons stay pruned: their value vectors are zero in the student
+    for l, drop in enumerate(pruned):
+        assert student.adapter.value_vectors(l)[torch.as_tensor(drop)].abs().max() == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_unpruned_model_is_left_as_it_was(arch, tokenizer):
+    dense = make_tiny(arch, tokenizer)
+    enc = encode(tokenizer, REVIEWS, 24)
+    student, report = fit_compensation(dense, [np.array([], dtype=np.int64)] * dense.adapter.num_layers, enc,
+                                       tokenizer.pad_token_id, batch_size=4, method="refit", ridge=1e-2)
+    ids, mask = pad(enc, tokenizer.pad_token_id, "right")
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids, mask), dense.float()(ids, mask), atol=1e-4, rtol=1e-4)
+    assert all(r["error_none"] < 1e-6 for r in report)
