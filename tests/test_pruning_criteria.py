@@ -61,15 +61,16 @@ def test_fisher_and_taylor_equal_finite_differences_of_the_loss(tokenizer, revie
         finally:
             h.remove()
 
-    eps = 1e-4
+    eps = 1e-2  # smooth in m; Llama computes its rotary embedding in float32 even in a float64 model, so a
+    # smaller step drowns in that rounding, and the agreement is to about 1%
     for layer, neuron in ((0, 3), (1, 7)):
         g = (loss(layer, neuron, 1 + eps) - loss(layer, neuron, 1 - eps)) / (2 * eps)
         row = table[(table["layer"] == layer) & (table["neuron"] == neuron)].iloc[0]
-        assert row["grad_sum"] == pytest.approx(g, rel=1e-3, abs=1e-7)
-        assert row["grad_sq"] == pytest.approx(g * g, rel=2e-3, abs=1e-12)
+        assert row["grad_sum"] == pytest.approx(g, rel=1e-2, abs=1e-8)
+        assert row["grad_sq"] == pytest.approx(g * g, rel=2e-2, abs=1e-14)
         s = NeuronStats({k: [table[table["layer"] == l][k].to_numpy() for l in range(2)]
                          for k in ("grad_sum", "grad_sq", "batches")})
-        assert importance("taylor", s)[layer][neuron] == pytest.approx(abs(g), rel=1e-3, abs=1e-7)
+        assert importance("taylor", s)[layer][neuron] == pytest.approx(abs(g), rel=1e-2, abs=1e-8)
 
 
 def test_weight_norms_and_activation_statistics_match_a_direct_computation(tokenizer, reviews):
