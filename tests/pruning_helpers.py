@@ -5,6 +5,7 @@ neuron, score = cos(value vector, final target token).
 """
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -40,6 +41,10 @@ def quick_scores(model, tokenizer, texts, max_length: int = 64) -> tuple[pd.Data
     return layer, pd.concat(parts, ignore_index=True)
 
 
+def calibration_frame(reviews) -> pd.DataFrame:
+    return pd.DataFrame({"text": list(reviews), "label": [1, 0, 1, 1, 0][:len(reviews)]})
+
+
 def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), time_limit: int | None = None,
               high: float = HIGH, time_zeroed: bool = True) -> dict:
     """Every prune step on one tiny model, as the workflow chains them; returns the artifacts' paths
@@ -48,6 +53,7 @@ def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), t
     from llm_anatomy.models import save_classifier
     from llm_anatomy.pruning.calibration import ffn_activation_stats
     from llm_anatomy.pruning.evaluate import baselines_stage
+    from llm_anatomy.pruning.gradients import mask_gradients
     from llm_anatomy.pruning.materialise import materialise
     from llm_anatomy.pruning.metrics import collect_target
     from llm_anatomy.pruning.plan import plan_stage
@@ -56,7 +62,8 @@ def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), t
 
     p = {k: tmp_path / v for k, v in dict(
         dense="dense", layer="layer_scores.parquet", neuron="neuron_scores.parquet", stats="ffn_stats.parquet",
-        plan="plan.parquet", random="random_plans.parquet", pruned="pruned", dense_eval="eval_dense.parquet",
+        grads="mask_gradients.parquet", plan="plan.parquet", random="random_plans.parquet", pruned="pruned",
+        dense_eval="eval_dense.parquet",
         eval="eval_pruned.parquet", baselines="baselines.parquet").items()}
     save_classifier(model, tokenizer, p["dense"], dict(max_length=64, truncation_side="right", padding_side="right",
                                                        precision="fp32"))
@@ -65,14 +72,21 @@ def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), t
     neuron.to_parquet(p["neuron"])
     ffn_activation_stats(model, tokenizer(reviews)["input_ids"], tokenizer.pad_token_id).to_parquet(p["stats"])
     cfg = dict(cfg, focus_multiplier=cfg.get("focus_multiplier", 3))
+    calibrated = cfg["rule"] in ("flap", "criterion")
+    if cfg["rule"] == "criterion":
+        mask_gradients(copy.deepcopy(model), tokenizer(reviews)["input_ids"], [1, 0, 1, 1, 0][:len(reviews)],
+                       tokenizer.pad_token_id, batch_size=2).to_parquet(p["grads"])
     plan = plan_stage(cfg, p["layer"], p["neuron"], p["plan"], p["random"], list(seeds), high,
-                      ffn_stats_path=p["stats"] if cfg["rule"] == "flap" else None)
-    materialise(p["dense"], p["plan"], p["pruned"], target="t")
+                      ffn_stats_path=p["stats"] if calibrated else None,
+                      mask_gradients_path=p["grads"] if cfg["rule"] == "criterion" else None)
+    train = calibration_frame(reviews)  # what a fitted compensation is fitted on (the workflow: the train split)
+    materialise(p["dense"], p["plan"], p["pruned"], target="t", train=train, calibration_reviews=len(train),
+                batch_size=2)
     test = pd.DataFrame({"text": reviews * 4, "label": [1, 0, 1, 1, 0] * 4})
     acc = evaluate_stage(p["dense"], test, p["dense_eval"], batch_size=4, threads=1, device="cpu")
     acc_pruned = evaluate_stage(p["pruned"], test, p["eval"], batch_size=4, threads=1, device="cpu")
     baselines = baselines_stage(p["dense"], test, p["plan"], p["random"], p["baselines"], batch_size=4, threads=1,
-                                device="cpu")
+                                device="cpu", train=train, calibration_reviews=len(train))
     sizing = Sizing(test_limit=len(test), time_limit=time_limit or len(test), batch_size=4, repeats=3,
                     time_zeroed=time_zeroed, random_seeds=len(seeds), equality_check_reviews=8, calibration_reviews=len(reviews))
     timing = timing_stage(p["dense"], p["pruned"], p["plan"], test, sizing, threads=1, device="cpu")

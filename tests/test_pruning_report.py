@@ -34,3 +34,25 @@ def test_plot_series_one_line_per_model_and_method_in_pruning_order():
                                "dec · paper rule (Fig. 5a)"}
     pd.testing.assert_series_equal(speed[speed.series == "enc · FLAP"].speedup.reset_index(drop=True),
                                    pd.Series([1.2, 1.41], name="speedup"))
+
+
+def test_the_frontier_keeps_the_points_no_other_beats_on_both_axes():
+    from llm_anatomy.pruning.report import frontier_table
+
+    def point(target, curve, acc, pct, speedup):
+        m = run("enc", target, curve, acc, pct, speedup)
+        return dict(m, gap_dense=acc - 0.86, speedup_removed_spread=dict(min=speedup - 0.1, median=speedup,
+                                                                           max=speedup + 0.1), test_reviews=1000)
+    runs = [point("flap-50", "flap", 0.85, 50.0, 1.40),
+            point("flap-70", "flap", 0.83, 70.0, 1.60),
+            point("fisher-uniform-refit-70", "fisher-uniform-refit", 0.85, 70.0, 1.55),  # beats flap-50 on sparsity
+            point("sweep-70", "sweep", 0.80, 70.0, 1.70),  # least accurate, but the fastest
+            point("enc-a0.05-b0.001", "named", 0.90, 75.0, 1.9)]  # named configurations are not curve points
+    f = frontier_table(runs).set_index("target")
+    # by hand, (on the sparsity frontier, on the speedup frontier); flap-50 is beaten on both axes by
+    # fisher-uniform-refit-70 (as accurate, sparser, faster), so it is not in the table
+    expected = {"fisher-uniform-refit-70": (True, True),
+                "flap-70": (False, True),  # sweep-70 is faster but less accurate; fisher-...-70 more accurate, slower
+                "sweep-70": (False, True)}  # the fastest point
+    assert {t: (bool(r.frontier_sparsity), bool(r.frontier_speedup)) for t, r in f.iterrows()} == expected
+    assert f.loc["flap-70", "speedup_removed_min"] == 1.5

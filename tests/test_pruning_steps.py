@@ -15,13 +15,18 @@ from llm_anatomy.logits import read_logits
 from llm_anatomy.models import load_classifier
 from llm_anatomy.pruning.materialise import pruned_copy
 from llm_anatomy.pruning.plan import read_plan, read_random_plans
-from pruning_helpers import run_chain
+from llm_anatomy.pruning.refit import CalibrationSet
+from pruning_helpers import calibration_frame, run_chain
 
 from conftest import ROOT, make_tiny
 
 ENCODER = {"rule": "encoder", "alpha": 0.0, "beta": 0.001, "focusing": "even-from-third+last", "target": 0.5}
 DECODER = {"rule": "decoder", "alpha": 0.2, "focusing": "last-2/12"}
 FLAP = {"rule": "flap", "target": 0.5, "allocation": "uniform", "bias_compensation": True}
+REFIT = {"rule": "criterion", "criterion": "fisher", "allocation": "global", "compensation": "refit", "ridge": 1e-3,
+         "target": 0.5}
+RESCALE = {"rule": "criterion", "criterion": "wanda-sp", "allocation": "uniform", "compensation": "rescale",
+           "ridge": 1e-2, "target": 0.5}
 
 # Loads a folder with the documented call in a new interpreter and prints its logits.
 FRESH = """
@@ -35,13 +40,16 @@ with torch.no_grad():
 """
 
 
-@pytest.mark.parametrize("arch,cfg", [("bert", ENCODER), ("gpt2", DECODER), ("llama", FLAP), ("gpt2", FLAP)])
+@pytest.mark.parametrize("arch,cfg", [("bert", ENCODER), ("gpt2", DECODER), ("llama", FLAP), ("gpt2", FLAP),
+                                      ("bert", REFIT), ("llama", RESCALE)])
 def test_materialised_folder_reloads_in_a_fresh_process(arch, cfg, tokenizer, reviews, tmp_path):
     model = make_tiny(arch, tokenizer)
     out = run_chain(model, tokenizer, reviews, tmp_path, cfg)
     p = out["paths"]
     plan = read_plan(p["plan"])
-    in_memory = pruned_copy(model, plan, "removed")
+    meta = load_classifier(p["dense"])[2]
+    calibration = CalibrationSet.from_split(calibration_frame(reviews), tokenizer, meta, len(reviews), 2)
+    in_memory = pruned_copy(model, plan, "removed", calibration)
     ids, mask = pad(tokenizer(reviews)["input_ids"], tokenizer.pad_token_id, "right")
     with torch.no_grad():
         expect = in_memory(ids, mask)
@@ -54,7 +62,12 @@ def test_materialised_folder_reloads_in_a_fresh_process(arch, cfg, tokenizer, re
     assert info["params_pruned"] == sum(t.numel() for t in in_memory.parameters()) < info["params_dense"]
     assert info["bytes"] == sum(f.stat().st_size for f in p["pruned"].rglob("*") if f.is_file() and
                                 f.name != "pruning.json")
-    if cfg["rule"] == "flap" and arch == "llama":  # compensation gave Llama's FFN biases, and they reload
+    if plan.fitted:  # the fitted value vectors are in the folder: not the dense model's rows
+        kept = np.setdiff1d(np.arange(model.adapter.ffn_width(0)), plan.pruned[0])
+        dense_rows = model.adapter.value_vectors(0)[torch.as_tensor(kept)]
+        assert not torch.allclose(in_memory.adapter.value_vectors(0), dense_rows, atol=1e-4)
+        assert info["calibration_reviews"] == len(reviews)
+    if cfg.get("compensation", "bias") != "none" and arch == "llama":  # compensation gave Llama's FFN biases
         reloaded, _, _ = load_classifier(p["pruned"])
         assert reloaded.adapter.config.mlp_bias and reloaded.adapter.ffn(0).output.bias.abs().sum() > 0
 

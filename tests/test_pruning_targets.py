@@ -128,3 +128,63 @@ def test_a_configuration_chooses_its_decoder_scoring():
     assert t.rule_config("smollm2", "sweep-prenorm-50")["scoring"] == "prenorm"
     with pytest.raises(ValueError, match="scoring"):
         targets_for("offline", lambda p: p["pruning"]["configs"]["dec-a0.05-f1"].update(scoring="post"))
+
+
+def test_method_curves_name_their_criterion_allocation_and_compensation():
+    from llm_anatomy.pruning.targets import ALL_METHODS, method_of
+    assert curve_of("wanda-sp-global-refit-70") == ("wanda-sp-global-refit", 70)
+    assert method_of("wanda-sp-global-refit") == ("wanda-sp", "global", "refit")
+    assert method_of("flap") is None and curve_of("wanda-sp-sideways-refit-70") == ("named", None)
+    assert len(ALL_METHODS) == 8 * 2 * 4 and len(set(ALL_METHODS)) == len(ALL_METHODS)
+
+
+def test_method_targets_configurations_and_inputs():
+    def edit(p):
+        p["profiles"]["offline"]["pruning"]["encoder"]["methods"] = dict(
+            curves=["fisher-global-refit", "contribution-uniform-bias"], percents=[40, 90], random_seeds=2)
+    t = targets_for("offline", edit)
+    assert t.names("minilm")[-4:] == ["fisher-global-refit-40", "fisher-global-refit-90", "contribution-uniform-bias-40",
+                                      "contribution-uniform-bias-90"]
+    assert t.rule_config("minilm", "fisher-global-refit-90") == dict(
+        rule="criterion", criterion="fisher", allocation="global", compensation="refit", target=0.9, ridge=0.01)
+    # only fitted compensations read the ridge, so changing it leaves the other methods' plans alone
+    assert "ridge" not in t.rule_config("minilm", "contribution-uniform-bias-40")
+    assert t.needs_train("minilm", "fisher-global-refit-40") and not t.needs_train("minilm", "contribution-uniform-bias-40")
+    assert not t.needs_train("minilm", "flap-50")
+    r = "results/offline/minilm"
+    assert t.plan_inputs("minilm", "fisher-global-refit-40") == dict(
+        layer_scores=f"{r}/layer_scores.parquet", neuron_scores=f"{r}/neuron_scores.parquet",
+        ffn_stats=f"{r}/ffn_stats.parquet", mask_gradients=f"{r}/mask_gradients.parquet")
+    assert t.plan_inputs("minilm", "contribution-uniform-bias-40")["contributions"] == \
+        f"{r}/anatomy/contributions.parquet"
+    assert t.sizing("minilm", "fisher-global-refit-40").random_seeds == 2
+    assert t.sizing("minilm", "flap-50").random_seeds == 5  # the other curves keep theirs
+    assert set(t.benchmark_files("minilm", "fisher-global-refit-40")) == {"plan", "materialise", "ffn_stats",
+                                                                         "mask_gradients"}
+
+
+def test_the_full_grid_and_a_misspelled_method():
+    def full(p):
+        p["profiles"]["offline"]["pruning"]["decoder"]["methods"] = dict(curves="all", percents=[50])
+    from llm_anatomy.pruning.targets import method_of
+    names = targets_for("offline", full).names("smollm2")
+    assert len([n for n in names if method_of(curve_of(n)[0])]) == 64
+
+    def typo(p):
+        p["profiles"]["offline"]["pruning"]["decoder"]["methods"] = dict(curves=["fischer-uniform-refit"], percents=[50])
+    with pytest.raises(Exception, match="'fischer-uniform-refit' is not <criterion>-<allocation>-<compensation>"):
+        targets_for("offline", typo)
+
+
+def test_the_cost_of_a_point_comes_from_its_benchmark_files(tmp_path):
+    from llm_anatomy.pruning.metrics import cost_fields
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    files = {}
+    for job, s in dict(plan=1.25, materialise=17.5, ffn_stats=13.0, mask_gradients=9.0).items():
+        files[job] = tmp_path / f"{job}.tsv"
+        files[job].write_text(header + f"{s}\t0:00:{int(s):02d}\t1\t1\t1\t1\t0\t0\t0\t{s}\n")
+    assert cost_fields(files) == dict(seconds_plan=1.25, seconds_materialise_job=17.5, seconds_point=18.75,
+                                      seconds_calibration=22.0)
+    (tmp_path / "bad.tsv").write_text("nothing here\n")
+    with pytest.raises(ValueError, match="bad.tsv is not a Snakemake benchmark file"):
+        cost_fields(dict(plan=tmp_path / "bad.tsv"))

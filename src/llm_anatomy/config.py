@@ -53,6 +53,20 @@ def _unknown_keys(err) -> list[str]:
     return lines
 
 
+def _check_method_curves(curves, key: str) -> None:
+    if curves == "all":
+        return
+    from .pruning.compensation import METHODS
+    from .pruning.criteria import CRITERIA
+    from .pruning.flap import ALLOCATIONS
+    from .pruning.targets import method_of
+    for curve in curves:
+        if method_of(curve) is None:
+            raise ParamsError(f"{key}: {curve!r} is not <criterion>-<allocation>-<compensation>; criteria "
+                              f"{sorted(CRITERIA)}, allocations {list(ALLOCATIONS)}, compensations {list(METHODS)} "
+                              "(e.g. fluctuation-uniform-refit)")
+
+
 def check_schema(config: dict, schema_path: str | Path) -> None:
     """Validate `config` against the schema, filling in the schema's defaults for absent keys."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -192,9 +206,12 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
             continue
         key = f"profiles.{name}.pruning.{kind}"
         reviews = sizing.get("calibration_reviews", 0)
-        if sizing.get("flap") and reviews > prof["split"]["train"]:
+        methods = sizing.get("methods", {})
+        if (sizing.get("flap") or methods.get("percents")) and reviews > prof["split"]["train"]:
             raise ParamsError(f"{key}.calibration_reviews = {reviews} exceeds "
-                              f"split.train = {prof['split']['train']}; lower it (FLAP statistics come from the train split)")
+                              f"split.train = {prof['split']['train']}; lower it (calibration statistics come from "
+                              "the train split)")
+        _check_method_curves(methods.get("curves", []), f"{key}.methods.curves")
         if sizing.get("test_limit", 0) > prof["split"]["test"]:
             raise ParamsError(f"{key}.test_limit = {sizing['test_limit']} exceeds split.test = "
                               f"{prof['split']['test']}; lower it or enlarge profiles.{name}.split.test")

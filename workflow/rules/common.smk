@@ -72,7 +72,19 @@ def eval_limit(wildcards):
 
 
 def random_seeds(wildcards):
-    return TARGETS.random_seeds(wildcards.model)
+    return TARGETS.random_seeds(wildcards.model, wildcards.target)
+
+
+def fitted_inputs(wildcards):
+    """The train split, for targets whose compensation is fitted on calibration reviews."""
+    return dict(train=f"{DATA}/train.parquet") if TARGETS.needs_train(wildcards.model, wildcards.target) else {}
+
+
+def fit_params(wildcards):
+    """Calibration sizing of a fitted compensation (None for every other target)."""
+    if not TARGETS.needs_train(wildcards.model, wildcards.target):
+        return None
+    return dict(reviews=TARGETS.sizing(wildcards.model).calibration_reviews, batch_size=16)
 
 
 def rule_config(wildcards):
@@ -85,6 +97,10 @@ def plan_inputs(wildcards):
 
 def metrics_inputs(wildcards):
     return TARGETS.metrics_inputs(wildcards.model, wildcards.target)
+
+
+def benchmark_inputs(wildcards):
+    return {f"benchmark_{k}": v for k, v in TARGETS.benchmark_files(wildcards.model, wildcards.target).items()}
 
 
 def config_metrics_inputs(wildcards):

@@ -1,7 +1,9 @@
 # Structured pruning (paper section 3.4, Figures 4, 5, 4a, 5a; docs/PRUNING.md), one artifact per step:
 #   ffn_stats     finetuned -> {RES}/{model}/ffn_stats.parquet        activation statistics (FLAP's input)
+#   mask_gradients finetuned -> {RES}/{model}/mask_gradients.parquet per-neuron mask gradients (Taylor, Fisher)
 #   prune_plan    scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
-#   materialise   finetuned + plan -> {RES}/pruned/{model}/{target}/  a smaller classifier folder (DVC-tracked)
+#   materialise   finetuned + plan (+ train, for a fitted compensation) -> {RES}/pruned/{model}/{target}/
+#                 a smaller classifier folder (DVC-tracked)
 #   evaluate_dense  finetuned + a split -> per-review logits, once per model and split
 #   evaluate_pruned pruned folder + finetuned + random plans (+ the plan without compensation) + a split ->
 #                 prune/{target}/eval_<split>.parquet and baselines_<split>.parquet, per-review logits
@@ -43,6 +45,33 @@ rule ffn_stats:
         "../scripts/ffn_stats.py"
 
 
+rule mask_gradients:
+    """Per-neuron mask gradients of the classification loss on labelled calibration train reviews: the
+    Taylor and Fisher criteria's input (Kwon et al. 2022)."""
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        train=f"{DATA}/train.parquet",
+    output:
+        f"{RES}/{{model}}/mask_gradients.parquet",
+    log:
+        f"{LOGS}/{{model}}/mask_gradients.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/mask_gradients.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        code=source_digest("mask_gradients.py"),
+        reviews=calibration_reviews,
+        batch_size=16,
+        device=DEVICE,
+    script:
+        "../scripts/mask_gradients.py"
+
+
 rule prune_plan:
     """Which neurons a target prunes (plan.parquet) and its random baselines (one plan per seed); no
     forward pass."""
@@ -71,8 +100,10 @@ rule prune_plan:
 
 
 rule materialise:
-    """The physically pruned classifier folder of a plan (smaller FFN matrices), DVC-cached."""
+    """The physically pruned classifier folder of a plan (smaller FFN matrices, any compensation in its
+    weights), DVC-cached."""
     input:
+        unpack(fitted_inputs),
         model=f"{RES}/{{model}}/finetuned",
         plan=f"{PRUNE_DIR}/plan.parquet",
     output:
@@ -89,6 +120,7 @@ rule materialise:
         runtime=20,
     params:
         code=source_digest("materialise.py"),
+        fit=fit_params,
     script:
         "../scripts/materialise.py"
 
@@ -125,6 +157,7 @@ rule evaluate_pruned:
     without compensation) on the same reviews, in one job: the baselines are built in memory from the
     dense checkpoint, so one process start and one read of the split serve both."""
     input:
+        unpack(fitted_inputs),
         model=f"{RES}/{{model}}/finetuned",
         pruned=PRUNED_DIR,
         split=f"{DATA}/{{split}}.parquet",
@@ -145,6 +178,7 @@ rule evaluate_pruned:
         runtime=90,
     params:
         code=source_digest("evaluate_pruned.py"),
+        fit=fit_params,
         limit=eval_limit,
         batch_size=PROFILE["pruning"]["batch_size"],
         threads=THREADS,
@@ -218,6 +252,7 @@ rule prune_metrics:
     """One target's PruneMetrics record (accuracies with intervals, gaps, timing) from its artifacts."""
     input:
         unpack(metrics_inputs),
+        unpack(benchmark_inputs),
     output:
         f"{PRUNE_DIR}/metrics.json",
     log:
@@ -256,6 +291,8 @@ rule prune_report:
         summary=report(f"{RES}/summary.csv", category="Pruning", caption="../report/prune_summary.rst"),
         summary_md=f"{RES}/summary.md",
         comparisons=f"{RES}/comparisons.csv",
+        frontier=f"{RES}/frontier.csv",
+        pareto=report(f"{RES}/figures/prune_pareto.png", category="Pruning", caption="../report/prune_pareto.rst"),
         accuracy=report(f"{RES}/figures/prune_accuracy.png", category="Pruning", caption="../report/prune_accuracy.rst"),
         time=report(f"{RES}/figures/prune_time.png", category="Pruning", caption="../report/prune_time.rst"),
         headline=f"{RES}/metrics/headline.json",

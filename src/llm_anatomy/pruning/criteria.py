@@ -7,7 +7,7 @@ its name in params; `NeuronStats` gathers the measurements from the files the wo
   ffn_stats.parquet       mean, var, mean_abs (activation over calibration tokens), value_norm_sq,
                           in_norm_sq (weights)                        -> pruning.calibration
   mask_gradients.parquet  grad_sum, grad_sq, batches                  -> pruning.gradients
-  neuron_scores.parquet   cosine (the paper's s_lj, averaged over the probes)  -> scores
+  neuron_scores.parquet   cosine (the paper's s_lj, averaged over the probes)  -> plan.load_scores
   contributions.parquet   contribution (mean |a_lj (v_lj . head direction)|) -> scores
 
 Notation: a the neuron's activation (the input of the FFN's output projection), v its value vector
@@ -19,15 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-
+from ..io import read_parquet
 from ..scores import per_layer
 
 SOURCES = {
     "mean": "ffn_stats.parquet", "var": "ffn_stats.parquet", "mean_abs": "ffn_stats.parquet",
     "value_norm_sq": "ffn_stats.parquet", "in_norm_sq": "ffn_stats.parquet",
     "grad_sum": "mask_gradients.parquet", "grad_sq": "mask_gradients.parquet", "batches": "mask_gradients.parquet",
-    "cosine": "neuron_scores.parquet", "contribution": "contributions.parquet",
+    "cosine": "neuron_scores.parquet", "contribution": "anatomy/contributions.parquet",
 }
 
 
@@ -46,19 +45,21 @@ class NeuronStats:
         return self.columns[name]
 
     @classmethod
-    def from_files(cls, ffn_stats=None, mask_gradients=None, neuron_scores=None, contributions=None) -> "NeuronStats":
+    def from_files(cls, ffn_stats=None, mask_gradients=None, contributions=None,
+                   cosine: Sequence[np.ndarray] | None = None) -> "NeuronStats":
+        """From the workflow's files; `cosine` is the per-layer mean neuron score as the plans read it
+        (`plan.load_scores`), so the criterion and the threshold rules see the same s_lj."""
         cols: dict[str, list[np.ndarray]] = {}
         for path, names in ((ffn_stats, ("mean", "var", "mean_abs", "value_norm_sq", "in_norm_sq")),
                             (mask_gradients, ("grad_sum", "grad_sq", "batches"))):
             if path is not None:
-                df = pd.read_parquet(path).set_index(["layer", "neuron"])
+                df = read_parquet(path).set_index(["layer", "neuron"])
                 cols.update({n: per_layer(df[n].astype(np.float64), path) for n in names if n in df.columns})
-        if neuron_scores is not None:
-            df = pd.read_parquet(neuron_scores, columns=["layer", "neuron", "score"])
-            cols["cosine"] = per_layer(df.groupby(["layer", "neuron"])["score"].mean(), neuron_scores)
         if contributions is not None:
-            df = pd.read_parquet(contributions).set_index(["layer", "neuron"])
+            df = read_parquet(contributions).set_index(["layer", "neuron"])
             cols["contribution"] = per_layer(df["mean_abs_contribution"], contributions)
+        if cosine is not None:
+            cols["cosine"] = list(cosine)
         return cls(cols)
 
 

@@ -2,9 +2,9 @@
 
 baselines_<split>.parquet (the eval schema of `llm_anatomy.evaluate`, with a `variant` column):
   random-<seed>   the plan's random baseline for that seed (its per-layer counts, high neurons kept),
-                  treated as the plan is: bias-compensated when the plan is
+                  treated as the plan is: compensated the same way (bias fold, or fitted) when the plan is
 compensated plans only, so that choosing the neurons and compensating are separated in every row:
-  uncompensated                the plan itself without its bias compensation
+  uncompensated                the plan itself without its compensation
   random-<seed>-uncompensated  the random baseline without compensation
 """
 from __future__ import annotations
@@ -21,13 +21,17 @@ from ..logits import accuracy_of, first_reviews, logits_frame, write_logits
 from ..models import load_classifier, set_threads
 from .materialise import pruned_copy
 from .plan import read_plan, read_random_plans
+from .refit import CalibrationSet
 
 log = logging.getLogger(__name__)
 
 
 def baselines_stage(dense_dir, split: pd.DataFrame, plan_path, random_path, out_path, limit: int | None = None,
-                    batch_size: int = 32, threads: int | None = None, device: str = "auto") -> dict[str, float]:
-    """Per-review logits of every baseline variant of a plan; returns {variant: accuracy}."""
+                    batch_size: int = 32, threads: int | None = None, device: str = "auto",
+                    train: pd.DataFrame | None = None, calibration_reviews: int = 0) -> dict[str, float]:
+    """Per-review logits of every baseline variant of a plan; returns {variant: accuracy}. A plan with a
+    fitted compensation has its random baselines fitted the same way, on the first `calibration_reviews`
+    reviews of `train`."""
     set_threads(threads)
     start = time.perf_counter()
     model, tokenizer, meta = load_classifier(dense_dir, device)
@@ -38,12 +42,18 @@ def baselines_stage(dense_dir, split: pd.DataFrame, plan_path, random_path, out_
     randoms = read_random_plans(random_path)
     variants = {f"random-{p.info['seed']}": p for p in randoms}
     plan = read_plan(plan_path)
+    calibration = None
+    if plan.fitted:
+        if train is None:
+            raise ValueError(f"{plan_path}: the random baselines of a {plan.compensation}-compensated plan are fitted "
+                             "on the train split's calibration reviews; pass train")
+        calibration = CalibrationSet.from_split(train, tokenizer, meta, calibration_reviews)  # as materialise fits
     if plan.compensated:
         variants["uncompensated"] = plan.without_compensation()
         variants.update({f"random-{p.info['seed']}-uncompensated": p.without_compensation() for p in randoms})
     frames, acc = [], {}
     for name, variant_plan in variants.items():
-        pruned = pruned_copy(model, variant_plan, "removed")
+        pruned = pruned_copy(model, variant_plan, "removed", calibration)
         logits = predict_logits(pruned, encoded, tokenizer.pad_token_id, **kw, desc=name)
         del pruned
         frames.append(logits_frame(logits, reviews["label"], variant=name))

@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..batching import iter_padded, sorted_batches
+from ..batching import encode_reviews, iter_padded, sorted_batches
 from ..device import model_device
-from ..models import SentimentClassifier
+from ..io import write_parquet
+from ..models import SentimentClassifier, load_classifier, set_threads
 
 
 def mask_gradients(model: SentimentClassifier, encoded: Sequence[Sequence[int]], labels, pad_id: int,
@@ -38,7 +39,7 @@ def mask_gradients(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
     masks = [torch.ones(w, device=device, requires_grad=True) for w in widths]
     gsum = [torch.zeros(w, dtype=torch.float64) for w in widths]
     gsq = [torch.zeros(w, dtype=torch.float64) for w in widths]
-    targets = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    targets = torch.as_tensor(np.asarray(labels, dtype=np.float32))
     loss_fn = nn.BCEWithLogitsLoss()
 
     def scale(layer):
@@ -66,3 +67,20 @@ def mask_gradients(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
                                     "grad_sum": gsum[l].numpy(), "grad_sq": gsq[l].numpy(),
                                     "batches": np.int64(len(batches)), "reviews": np.int64(len(encoded))})
                       for l, w in enumerate(widths)], ignore_index=True)
+
+
+def gradients_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
+                    threads: int | None = None, device: str = "auto") -> dict:
+    """mask_gradients.parquet from the first `reviews` labelled reviews of the train split (the reviews
+    ffn_stats.parquet measures), tokenised as in training."""
+    if reviews > len(train):
+        raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
+                         "lower it or enlarge split.train")
+    set_threads(threads)
+    model, tokenizer, meta = load_classifier(model_dir, device)
+    head = train.iloc[:reviews]
+    encoded = encode_reviews(tokenizer, meta, head["text"].tolist())
+    grads = mask_gradients(model, encoded, head["label"].to_numpy(), tokenizer.pad_token_id,
+                           meta.get("padding_side", "right"), batch_size)
+    write_parquet(grads, out_path)
+    return dict(reviews=len(encoded), batches=int(grads["batches"].iloc[0]), neurons=len(grads))

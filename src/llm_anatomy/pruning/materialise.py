@@ -1,8 +1,9 @@
 """Apply a plan to a fine-tuned classifier: in memory (zeroed or removed) or as a saved, smaller folder.
 
 A materialised folder is a classifier checkpoint like the fine-tuned one (safetensors,
-config, tokenizer, head, classifier.json with the per-layer FFN widths), with any bias
-compensation folded into the FFN output biases, plus `pruning.json` (the plan's
+config, tokenizer, head, classifier.json with the per-layer FFN widths), with any
+compensation already in its weights (the bias fold, or the fitted value vectors and output
+biases of rescale/refit), plus `pruning.json` (the plan's
 parameters, parameter counts and the folder's size). It loads in a fresh process with
 `llm_anatomy.load_pruned(folder)` (the same call as `load_classifier`).
 """
@@ -15,14 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..adapters import ModelAdapter
 from ..io import atomic_dir, write_json
 from ..models import SentimentClassifier, load_classifier, save_classifier
-from ..surgery import remove_masked, zero_masked
+from ..surgery import remove_masked, set_outputs, zero_masked
 from .costs import count_parameters
 from .plan import Plan, read_plan
+from .refit import CalibrationSet, fit_compensation
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +54,42 @@ def compensate_bias(adapter: ModelAdapter, pruned: Sequence[Sequence[int]], prun
         out.bias += delta.to(out.bias.dtype)
 
 
-def pruned_copy(model: SentimentClassifier, plan: Plan, how: str = "removed") -> SentimentClassifier:
+def pruned_copy(model: SentimentClassifier, plan: Plan, how: str = "removed",
+                calibration: CalibrationSet | None = None) -> SentimentClassifier:
     """A deep copy of `model` with the plan's neurons zeroed (same shapes) or removed (smaller matrices),
-    the plan's bias compensation applied first when it has one."""
+    the plan's compensation applied first: the bias fold from the plan's means, or a fitted one (rescale,
+    refit) computed here on `calibration`, layer by layer (`refit.fit_compensation`)."""
     if how not in ("zeroed", "removed"):
         raise ValueError(f"how={how!r}: choose zeroed or removed")
-    out = copy.deepcopy(model)
-    if plan.compensated:
-        compensate_bias(out.adapter, plan.pruned, plan.pruned_means)
+    if plan.fitted:
+        if calibration is None:
+            raise ValueError(f"{plan.compensation} compensation is fitted on calibration reviews; none were given")
+        dtype = next(model.parameters()).dtype
+        out, _report = fit_compensation(model, plan.pruned, calibration.encoded, calibration.pad_id,
+                                        calibration.padding_side, calibration.batch_size, plan.compensation,
+                                        plan.info["ridge"])
+        out.to(dtype)
+    else:
+        out = copy.deepcopy(model)
+        if plan.compensation == "bias":
+            compensate_bias(out.adapter, plan.pruned, plan.pruned_means)
     (zero_masked if how == "zeroed" else remove_masked)(out.adapter, plan.pruned)
+    return out
+
+
+def zeroed_like(dense: SentimentClassifier, removed: SentimentClassifier, plan: Plan) -> SentimentClassifier:
+    """The zeroed counterpart of a materialised model: the dense shapes with the plan's neurons zeroed and
+    every kept neuron's value vector and the output biases taken from `removed`, so a fitted compensation
+    (which needs the calibration reviews to recompute) is carried over as the folder holds it."""
+    out = copy.deepcopy(dense)
+    out.adapter.ensure_ffn_biases()
+    zero_masked(out.adapter, plan.pruned)
+    for layer, drop in enumerate(plan.pruned):
+        kept = np.setdiff1d(np.arange(dense.adapter.ffn_width(layer)), np.asarray(drop, dtype=np.int64))
+        bias = removed.adapter.ffn(layer).output.bias
+        if bias is None:
+            bias = torch.zeros(dense.adapter.hidden_size)
+        set_outputs(out.adapter, layer, kept.tolist(), removed.adapter.value_vectors(layer).detach(), bias.detach())
     return out
 
 
@@ -67,17 +97,26 @@ def folder_bytes(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def materialise(model_dir, plan_path, out_dir, target: str = "") -> dict:
-    """Write the physically pruned classifier of `plan_path` to `out_dir` (atomically); return pruning.json."""
+def materialise(model_dir, plan_path, out_dir, target: str = "", train: pd.DataFrame | None = None,
+                calibration_reviews: int = 0, batch_size: int = 16) -> dict:
+    """Write the physically pruned classifier of `plan_path` to `out_dir` (atomically); return pruning.json.
+    A fitted compensation is computed on the first `calibration_reviews` reviews of `train`."""
     start = time.perf_counter()
     model, tokenizer, meta = load_classifier(model_dir)
     plan = read_plan(plan_path)
+    calibration = None
+    if plan.fitted:
+        if train is None:
+            raise ValueError(f"{plan_path}: {plan.compensation} compensation needs the train split's calibration "
+                             "reviews; pass train (the materialise rule does for fitted plans)")
+        calibration = CalibrationSet.from_split(train, tokenizer, meta, calibration_reviews, batch_size)
     widths = model.adapter.ffn_widths()
     if [int(w) for w in plan.table["width"]] != widths:
         raise ValueError(f"{plan_path} was planned for FFN widths {plan.table['width'].tolist()}, but {model_dir} "
                          f"has {widths}; rebuild the plan from this checkpoint's scores")
-    pruned = pruned_copy(model, plan, "removed")
+    pruned = pruned_copy(model, plan, "removed", calibration)
     info = dict(target=target, source=str(model_dir), plan=plan.info, ffn_widths_dense=widths,
+                calibration_reviews=len(calibration.encoded) if calibration else 0,
                 ffn_widths=pruned.adapter.ffn_widths(), neurons_pruned=int(sum(plan.counts)),
                 params_dense=count_parameters(model), params_pruned=count_parameters(pruned))
     with atomic_dir(out_dir) as tmp:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..logits import read_logits
 from ..io import read_json
@@ -28,18 +29,22 @@ def _f(doc: str, default=None):
 class PruneMetrics:
     # identity
     model: str = _f("model name (profiles.<p>.models)")
-    target: str = _f("named Figure-5a configuration, sweep-<pct> or flap-<pct>")
-    curve: str = _f("named | sweep | flap")
+    target: str = _f("named Figure-5a configuration, sweep-<pct>, flap-<pct> or <criterion>-<allocation>-"
+                     "<compensation>-<pct>")
+    curve: str = _f("named | sweep | sweep-<scoring> | flap | <criterion>-<allocation>-<compensation>")
     arch: str = _f("bert | gpt2 | llama")
     # the plan (plan.parquet)
-    rule: str = _f("encoder | decoder (the paper's threshold rules) | flap")
+    rule: str = _f("encoder | decoder (the paper's threshold rules) | flap | criterion (the registry's methods)")
     alpha: float | None = _f("threshold rules: alpha (bisected for sweep points)")
     beta: float | None = _f("encoder rule: beta")
     focusing: list | None = _f("threshold rules: focusing layer indices")
     focusing_spec: object = _f("threshold rules: focusing as configured")
     focus_multiplier: float | None = _f("threshold rules: k_l on focusing layers")
     sides: list | None = _f("threshold rules: two | one per layer")
-    allocation: str | None = _f("flap: uniform | global")
+    allocation: str | None = _f("flap and the registry's methods: uniform | global")
+    criterion: str | None = _f("the registry's methods: the criterion ranking the neurons (llm_anatomy.pruning.criteria)")
+    compensation: str = _f("none | bias (mean-output fold) | rescale | refit (fitted on calibration tokens)", "none")
+    ridge: float | None = _f("rescale/refit: the relative ridge of the fit")
     bias_compensation: bool = _f("whether the pruned neurons' mean output is folded into the output bias", False)
     thresholds: list | None = _f("per layer: t_l (threshold rules) or the highest pruned fluctuation score (flap)")
     search: dict | None = _f("sparsity search: target_fraction, alpha, pruned, reached")
@@ -64,7 +69,7 @@ class PruneMetrics:
     gap_dense_hi: float = _f("95% paired bootstrap interval of gap_dense, high end", 0.0)
     gap_dense_p: float = _f("exact McNemar p-value, pruned vs dense", 1.0)
     accuracy_random: list = _f("random baseline per seed (the plan's per-layer counts, high neurons kept), "
-                               "treated as the plan is (bias-compensated when it is)", None)
+                               "treated as the plan is (compensated the same way when it is)", None)
     accuracy_random_mean: float = _f("mean of accuracy_random", 0.0)
     accuracy_random_std: float = _f("sample standard deviation of accuracy_random over seeds (0 for one seed)", 0.0)
     accuracy_random_lo: float = _f("95% interval of accuracy_random_mean, seeds and reviews resampled", 0.0)
@@ -129,6 +134,14 @@ class PruneMetrics:
     seconds_evaluate: float = _f("seconds of inference to evaluate the pruned folder", 0.0)
     seconds_baselines: float = _f("seconds to evaluate every baseline variant", 0.0)
     seconds_time: float = _f("seconds of the timing step, loading and checks included", 0.0)
+    # what one point costs before evaluation, from the jobs' Snakemake benchmark files (wall seconds)
+    seconds_plan: float | None = _f("the plan job: scoring and allocation (process start included)")
+    seconds_materialise_job: float | None = _f("the materialise job: compensation, removal and saving "
+                                               "(process start and model load included)")
+    seconds_point: float | None = _f("seconds_plan + seconds_materialise_job: scoring, allocation and compensation "
+                                     "of this point")
+    seconds_calibration: float | None = _f("the per-model calibration jobs the plan reads (ffn_stats, "
+                                           "mask_gradients), shared by every point of the model")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,9 +152,28 @@ def metrics_keys() -> dict[str, str]:
     return {f.name: f.metadata["doc"] for f in fields(PruneMetrics)}
 
 
+def benchmark_seconds(path) -> float:
+    """Wall seconds of one job from its Snakemake benchmark file (column `s`, first row)."""
+    df = pd.read_csv(path, sep="\t")
+    if "s" not in df.columns or df.empty:
+        raise ValueError(f"{path} is not a Snakemake benchmark file (no `s` column); rerun the job that writes it")
+    return float(df["s"].iloc[0])
+
+
+def cost_fields(benchmarks: dict[str, str] | None) -> dict:
+    """The seconds_* cost fields from the benchmark files by job (plan, materialise, ffn_stats, mask_gradients)."""
+    if not benchmarks:
+        return {}
+    sec = {k: benchmark_seconds(v) for k, v in benchmarks.items()}
+    shared = [sec[k] for k in ("ffn_stats", "mask_gradients") if k in sec]
+    return dict(seconds_plan=sec.get("plan"), seconds_materialise_job=sec.get("materialise"),
+                seconds_point=sec["plan"] + sec["materialise"] if {"plan", "materialise"} <= sec.keys() else None,
+                seconds_calibration=sum(shared) if shared else None)
+
+
 def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, baselines, pruned_dir,
-                   timing_path, split: str = "test") -> PruneMetrics:
-    """One target's PruneMetrics from its step artifacts."""
+                   timing_path, split: str = "test", benchmarks: dict[str, str] | None = None) -> PruneMetrics:
+    """One target's PruneMetrics from its step artifacts (and the benchmark files of its jobs)."""
     plan = read_plan(plan_path)
     dense_df, _ = read_logits(dense_eval)
     pruned_df, pruned_info = read_logits(pruned_eval)
@@ -164,7 +196,8 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
         model=model, target=target, curve=curve_of(target)[0], arch=_arch(pruned_dir),
         rule=info["rule"], alpha=info.get("alpha"), beta=info.get("beta"), focusing=info.get("focusing"),
         focusing_spec=info.get("focusing_spec"), focus_multiplier=info.get("focus_multiplier"),
-        sides=info.get("sides"), allocation=info.get("allocation"),
+        sides=info.get("sides"), allocation=info.get("allocation"), criterion=info.get("criterion"),
+        compensation=plan.compensation, ridge=info.get("ridge") if plan.fitted else None,
         bias_compensation=bool(info.get("bias_compensation")), thresholds=info.get("thresholds"),
         search=info.get("search"), neurons_total=sum(widths), neurons_pruned=sum(counts),
         pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,
@@ -181,6 +214,7 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
                                   "macs_ratio", "speedup_bound", "ffn_macs_dense", "ffn_macs_removed")},
         **{k: timing.get(k) for k in ("roofline", "roofline_fraction_dense", "roofline_fraction_zeroed",
                                       "roofline_fraction_removed")},
+        **cost_fields(benchmarks),
     )
     return m
 

@@ -1,15 +1,18 @@
 """Plans: which FFN neurons one target prunes, decided from scores alone (no forward pass).
 
-Three kinds of plan choose the neurons: the paper's threshold rules (`encoder`, `decoder`,
+Four kinds of plan choose the neurons: the paper's threshold rules (`encoder`, `decoder`,
 on the neuron scores s_lj), FLAP (`flap`, on calibration activation statistics, carrying
 the pruned neurons' mean activations so their mean output can be folded into the bias),
-and the random baseline (`random`, one plan per seed, matched to a plan's per-layer counts).
+any criterion of the registry with an allocation and a compensation (`criterion`,
+`pruning.criteria`; a fitted compensation, rescale or refit, is computed when the plan is
+materialised, since it needs a forward pass), and the random baseline (`random`, one plan
+per seed, matched to a plan's per-layer counts and compensated as the plan is).
 
 plan.parquet, one row per layer (the Figure-4a table):
   layer int, width int, masked int, masked_pct float, high int (neurons with score > high_threshold),
-  threshold float (the rule's t_l, or FLAP's highest pruned fluctuation score; NaN where none),
+  threshold float (the rule's t_l, or the highest pruned criterion score; NaN where none),
   pruned list<int32>       the sorted indices of the pruned neurons
-  pruned_mean list<float64> their mean activations (compensated plans only, else null)
+  pruned_mean list<float64> their mean activations (bias-compensated plans only, else null)
   + rule-specific columns (c, focusing, sided for the threshold rules; high_masked for FLAP)
 and, in the file's metadata under `llm_anatomy.plan`, a JSON object: the rule's parameters,
 the sparsity search and the per-layer counts (`Plan.info`).
@@ -26,12 +29,15 @@ import pyarrow as pa
 
 from ..io import dumps, parquet_metadata, read_parquet, write_parquet
 from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
+from .compensation import METHODS as COMPENSATIONS
+from .criteria import NeuronStats, importance
 from .flap import flap_masks, fluctuation_scores, read_stats, score_thresholds
 from .random_baseline import random_masks
 from .rules import apply_rule, figure4a_lines, layer_table, rule_from_config
 from .search import bisect_alpha
 
 META_KEY = b"llm_anatomy.plan"
+FITTED = ("rescale", "refit")  # compensations fitted on calibration tokens when the plan is materialised
 
 
 @dataclass
@@ -45,15 +51,25 @@ class Plan:
     pruned_means: list[np.ndarray] | None = None  # per layer, mean activation of each pruned neuron
 
     @property
+    def compensation(self) -> str:
+        """none | bias (the mean-output fold, from `pruned_means`) | rescale | refit (fitted when materialised)."""
+        return self.info.get("compensation") or ("bias" if self.pruned_means is not None else "none")
+
+    @property
     def compensated(self) -> bool:
-        return self.pruned_means is not None
+        return self.compensation != "none"
+
+    @property
+    def fitted(self) -> bool:
+        return self.compensation in FITTED
 
     @property
     def counts(self) -> list[int]:
         return [len(p) for p in self.pruned]
 
     def without_compensation(self) -> "Plan":
-        return Plan(self.pruned, self.table, dict(self.info, bias_compensation=False), self.log_lines, None)
+        return Plan(self.pruned, self.table, dict(self.info, bias_compensation=False, compensation="none"),
+                    self.log_lines, None)
 
 
 def load_scores(layer_path, neuron_path, input_set: str = "probe", scoring: str = "paper"
@@ -116,9 +132,44 @@ def plan_flap(cfg: dict, stats_path, scores, high: float) -> Plan:
     return Plan(pruned, table, info, lines, pruned_means)
 
 
-def make_plan(cfg: dict, c, scores, high: float, ffn_stats_path=None) -> Plan:
+def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float) -> Plan:
+    """The lowest `cfg['criterion']` importances, `cfg['target']` of all neurons, allocated by
+    `cfg['allocation']` (uniform | global, as FLAP's), compensated by `cfg['compensation']`."""
+    if cfg.get("target") is None:
+        raise ValueError("rule criterion needs a target fraction of neurons to prune (e.g. target: 0.5)")
+    compensation = cfg["compensation"]
+    if compensation not in COMPENSATIONS:
+        raise ValueError(f"compensation {compensation!r} is not one of {COMPENSATIONS}")
+    imp = importance(cfg["criterion"], stats)
+    if [len(v) for v in imp] != [len(s) for s in scores]:
+        raise ValueError(f"criterion {cfg['criterion']!r}: {[len(v) for v in imp]} neurons per layer do not match "
+                         f"the neuron scores' {[len(s) for s in scores]}; rebuild both from the same checkpoint")
+    pruned = flap_masks(imp, float(cfg["target"]), cfg["allocation"])
+    cut = score_thresholds(imp, pruned)
+    table = pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(imp[l]), masked=len(pruned[l]),
+                               masked_pct=100.0 * len(pruned[l]) / len(imp[l]),
+                               high=int((np.asarray(scores[l]) > high).sum()),
+                               high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
+                          for l in range(len(imp))])
+    info = dict(rule="criterion", criterion=cfg["criterion"], allocation=cfg["allocation"], compensation=compensation,
+                ridge=float(cfg.get("ridge", 0.0)), bias_compensation=compensation == "bias", thresholds=cut,
+                search=dict(target_fraction=float(cfg["target"]), pruned=int(sum(len(p) for p in pruned)),
+                            reached=True))
+    lines = [f"layer {r.layer}: {cfg['criterion']} threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
+             for r in table.itertuples()]
+    pruned_means = None
+    if compensation == "bias":
+        pruned_means = [np.asarray(m, dtype=np.float64)[p] for m, p in zip(stats["mean"], pruned)]
+    return Plan(pruned, table, info, lines, pruned_means)
+
+
+def make_plan(cfg: dict, c, scores, high: float, ffn_stats_path=None, stats: NeuronStats | None = None) -> Plan:
     if cfg["rule"] == "flap":
         return plan_flap(cfg, ffn_stats_path, scores, high)
+    if cfg["rule"] == "criterion":
+        if stats is None:
+            raise ValueError("rule criterion needs the per-neuron measurements (NeuronStats); none were given")
+        return plan_criterion(cfg, stats, scores, high)
     return plan_threshold(cfg, c, scores, high)
 
 
@@ -129,22 +180,26 @@ def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarr
     the same calibration statistics), so the baseline is treated exactly as the method is; the
     uncompensated reading of both is one `without_compensation()` away.
     """
-    if plan.compensated and means is None:
+    folded = plan.compensation == "bias"
+    if folded and means is None:
         raise ValueError("a compensated plan's random baseline needs the calibration means (ffn_stats.parquet)")
     masks = random_masks(scores, plan.counts, seed, high)
-    pruned_means = [np.asarray(m, dtype=np.float64)[k] for m, k in zip(means, masks)] if plan.compensated else None
+    pruned_means = [np.asarray(m, dtype=np.float64)[k] for m, k in zip(means, masks)] if folded else None
     table = pd.DataFrame([dict(layer=l, width=len(s), masked=len(m), masked_pct=100.0 * len(m) / len(s),
                                high=int((np.asarray(s) > high).sum()), threshold=float("nan"))
                           for l, (s, m) in enumerate(zip(scores, masks))])
-    return Plan(masks, table, dict(rule="random", seed=int(seed), matched_to=plan.info.get("rule"),
-                                   bias_compensation=plan.compensated, high_threshold=high), pruned_means=pruned_means)
+    info = dict(rule="random", seed=int(seed), matched_to=plan.info.get("rule"), bias_compensation=folded,
+                compensation=plan.compensation, high_threshold=high)
+    if plan.fitted:
+        info["ridge"] = plan.info["ridge"]
+    return Plan(masks, table, info, pruned_means=pruned_means)
 
 
 # ---- files ------------------------------------------------------------------------------
 def _frame(plan: Plan) -> pd.DataFrame:
     df = plan.table.copy()
     df["pruned"] = [np.asarray(p, dtype=np.int32) for p in plan.pruned]
-    df["pruned_mean"] = ([np.asarray(m, dtype=np.float64) for m in plan.pruned_means] if plan.compensated
+    df["pruned_mean"] = ([np.asarray(m, dtype=np.float64) for m in plan.pruned_means] if plan.pruned_means is not None
                          else [None] * len(df))
     return df
 
@@ -194,13 +249,17 @@ def read_random_plans(path) -> list[Plan]:
 
 
 def plan_stage(cfg: dict, layer_scores_path, neuron_scores_path, plan_path, random_path, seeds, high: float,
-               average_over: str = "probe", ffn_stats_path=None) -> Plan:
+               average_over: str = "probe", ffn_stats_path=None, mask_gradients_path=None,
+               contributions_path=None) -> Plan:
     """plan.parquet and random_plans.parquet (one plan per seed) of one target."""
     scoring = cfg.get("scoring", "paper")
     c, scores = load_scores(layer_scores_path, neuron_scores_path, average_over, scoring)
-    plan = make_plan(cfg, c, scores, high, ffn_stats_path)
+    stats = None
+    if cfg["rule"] == "criterion":
+        stats = NeuronStats.from_files(ffn_stats_path, mask_gradients_path, contributions_path, cosine=scores)
+    plan = make_plan(cfg, c, scores, high, ffn_stats_path, stats)
     plan.info["scoring"] = scoring
-    means = read_stats(ffn_stats_path)[0] if plan.compensated else None
+    means = read_stats(ffn_stats_path)[0] if plan.compensation == "bias" else None
     write_plan(plan, plan_path)
     write_random_plans([random_plan(plan, scores, s, high, means) for s in seeds], random_path)
     return plan

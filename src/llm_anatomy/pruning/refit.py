@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
-from ..batching import iter_padded, sorted_batches
+from ..batching import encode_reviews, iter_padded, sorted_batches
 from ..device import model_device
 from ..models import SentimentClassifier
 from ..replay import StopForward, replay_below, stop_after
@@ -26,6 +28,27 @@ from ..surgery import set_outputs, zero_masked
 from .compensation import LayerStats, compensate
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The tokenised calibration reviews a fitted compensation is computed on."""
+
+    encoded: Sequence[Sequence[int]]
+    pad_id: int
+    padding_side: str = "right"
+    batch_size: int = 16
+
+    @classmethod
+    def from_split(cls, train: pd.DataFrame, tokenizer, meta: dict, reviews: int, batch_size: int = 16
+                   ) -> "CalibrationSet":
+        """The first `reviews` reviews of the train split, tokenised as the checkpoint was fine-tuned (the same
+        reviews `ffn_stats` and `mask_gradients` measure)."""
+        if reviews > len(train):
+            raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
+                             "lower it or enlarge split.train")
+        return cls(encode_reviews(tokenizer, meta, train["text"].iloc[:reviews].tolist()), tokenizer.pad_token_id,
+                   meta.get("padding_side", "right"), batch_size)
 
 
 def _run(model, ids, mask) -> None:

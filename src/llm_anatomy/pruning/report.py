@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 from ..logits import read_logits  # noqa: E402
 from ..stats import correct, paired_difference, verdict  # noqa: E402
-from .targets import CURVE_ORDER  # noqa: E402
+from .targets import curve_order, method_of  # noqa: E402
 
 HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy_hi", "gap_dense", "gap_dense_lo",
             "gap_dense_hi", "accuracy_random_mean", "accuracy_random_lo", "accuracy_random_hi", "gap_random",
@@ -51,7 +51,9 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
     for m in runs:
         rows.append(dict(model=m["model"], target=m["target"], curve=m["curve"], rule=m["rule"], alpha=m.get("alpha"),
                          beta=m.get("beta"), focusing=" ".join(map(str, m.get("focusing") or [])),
-                         allocation=m.get("allocation"), bias_compensation=m.get("bias_compensation"),
+                         allocation=m.get("allocation"), criterion=m.get("criterion"),
+                         compensation=m.get("compensation", "bias" if m.get("bias_compensation") else "none"),
+                         bias_compensation=m.get("bias_compensation"),
                          target_pct=100 * m["search"]["target_fraction"] if m.get("search") else None,
                          target_reached=m["search"]["reached"] if m.get("search") else None,
                          pruned_pct=m["pruned_pct"], test_reviews=m["test_reviews"],
@@ -67,10 +69,11 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
                          model_mb=m["model_bytes"] / 1e6, macs_ratio=m["macs_ratio"], timed_reviews=m["timed_reviews"],
                          roofline_gflops=(m.get("roofline") or {}).get("attainable_gflops"),
                          roofline_fraction_dense=m.get("roofline_fraction_dense"),
-                         roofline_fraction_removed=m.get("roofline_fraction_removed"), cpu=m["machine"]["cpu"]))
+                         roofline_fraction_removed=m.get("roofline_fraction_removed"),
+                         seconds_point=m.get("seconds_point"), cpu=m["machine"]["cpu"]))
     df = pd.DataFrame(rows)
     if not df.empty:
-        df["order"] = df["curve"].map(CURVE_ORDER)
+        df["order"] = df["curve"].map(curve_order)
         df = df.sort_values(["model", "order", "pruned_pct"]).drop(columns="order").reset_index(drop=True)
     return df
 
@@ -94,11 +97,11 @@ def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | 
         pct_a, pct_b = a["search"]["target_fraction"], b["search"]["target_fraction"]
         if a["model"] != b["model"] or pct_a != pct_b:
             continue
-        if CURVE_ORDER[a["curve"]] < CURVE_ORDER[b["curve"]]:
+        if curve_order(a["curve"]) < curve_order(b["curve"]):
             a, b = b, a  # the later curve (the stronger method) first: a positive gap favours it
         dir_a, dir_b = Path(target_dir(a["model"], a["target"])), Path(target_dir(b["model"], b["target"]))
         readings = [(a["target"], _outcomes(dir_a))]
-        if a.get("bias_compensation"):
+        if _compensated(a):
             readings.append((f"{a['target']} uncompensated", _outcomes(dir_a, "uncompensated")))
         out_b = _outcomes(dir_b)
         for name, out_a in readings:
@@ -109,6 +112,41 @@ def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | 
                              **d.to_dict("gap"), a_only=d.a_only, b_only=d.b_only,
                              verdict=verdict(d.diff, d.lo, d.hi), reviews=len(out_b)))
     return pd.DataFrame(rows)
+
+
+def _compensated(m: dict) -> bool:
+    return m.get("compensation", "bias" if m.get("bias_compensation") else "none") != "none"
+
+
+def _dominated(points: list[tuple[float, float]], i: int) -> bool:
+    """Whether another point is at least as good on both axes (larger is better) and better on one."""
+    x, y = points[i]
+    return any(u >= x and v >= y and (u > x or v > y) for j, (u, v) in enumerate(points) if j != i)
+
+
+FRONTIER_COLUMNS = ["model", "target", "curve", "pruned_pct", "accuracy", "accuracy_lo", "accuracy_hi", "gap_dense",
+                    "gap_dense_lo", "gap_dense_hi", "speedup_removed", "speedup_removed_min", "speedup_removed_max",
+                    "seconds_point", "frontier_sparsity", "frontier_speedup", "test_reviews"]
+
+
+def frontier_table(runs: list[dict]) -> pd.DataFrame:
+    """Every curve point (paper rule, FLAP, the registry's methods) of each model that no other point of the
+    model beats on both accuracy and % pruned (`frontier_sparsity`) or on both accuracy and measured speedup
+    (`frontier_speedup`). Point estimates decide membership; the intervals say which differences are noise."""
+    rows = []
+    _, groups = _by_model([m for m in runs if m["curve"] != "named"])
+    for mod, rs in groups.items():
+        by_sparsity = [(m["pruned_pct"], m["accuracy"]) for m in rs]
+        by_speed = [(m["speedup_removed"], m["accuracy"]) for m in rs]
+        for i, m in enumerate(rs):
+            on_sparsity, on_speed = not _dominated(by_sparsity, i), not _dominated(by_speed, i)
+            if on_sparsity or on_speed:
+                spread = m["speedup_removed_spread"]
+                rows.append({**{k: m.get(k) for k in FRONTIER_COLUMNS if k in m}, "model": mod,
+                             "speedup_removed_min": spread["min"], "speedup_removed_max": spread["max"],
+                             "frontier_sparsity": on_sparsity, "frontier_speedup": on_speed})
+    df = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
+    return df.sort_values(["model", "pruned_pct"]).reset_index(drop=True) if len(df) else df
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -168,10 +206,10 @@ def _accuracy_curve(ax, runs, color, name, band_color):
     x = np.array([m["pruned_pct"] for m in runs])
     ax.plot(x, [m["accuracy"] for m in runs], "o-", color=color, label=f"{name} (removed)")
     _band(ax, x, [m["accuracy_lo"] for m in runs], [m["accuracy_hi"] for m in runs], color)
-    compensated = any(m.get("bias_compensation") for m in runs)
+    compensated = any(_compensated(m) for m in runs)
     if compensated:
         ax.plot(x, [m["accuracy_uncompensated"] for m in runs], "x:", color=color,
-                label=f"{name} without bias compensation")
+                label=f"{name} without compensation")
     _random_curve(ax, runs, "accuracy_random", band_color,
                   f"random, {name}'s counts" + (", compensated" if compensated else ""))
     if compensated:
@@ -266,17 +304,20 @@ SERIES_NAMES = {"named": "paper rule (Fig. 5a)", "sweep": "paper rule", "flap": 
 
 def experiment_headline(runs: list[dict]) -> dict:
     """The numbers `dvc exp show` and `dvc metrics diff` compare, in percent: each model's dense test
-    accuracy and, per Figure-5a configuration and model, the accuracy with its 95% interval, the share
-    of FFN neurons pruned and the measured speedup of the physically pruned model."""
+    accuracy and, per Figure-5a configuration and model (and under `methods`, per model and point of the
+    registry's methods), the accuracy with its 95% interval, the share of FFN neurons pruned and the
+    measured speedup of the physically pruned model."""
     pct = lambda v: None if v is None else round(100 * v, 2)  # noqa: E731
     out: dict = {"dense": {}}
     for m in sorted(runs, key=lambda m: (m["target"], m["model"])):
         out["dense"][m["model"]] = dict(accuracy=pct(m["accuracy_dense"]), accuracy_lo=pct(m.get("accuracy_dense_lo")),
                                         accuracy_hi=pct(m.get("accuracy_dense_hi")))
+        point = dict(accuracy=pct(m["accuracy"]), accuracy_lo=pct(m["accuracy_lo"]), accuracy_hi=pct(m["accuracy_hi"]),
+                     pruned_pct=round(m["pruned_pct"], 2), speedup=round(m["speedup_removed"], 3))
         if m["curve"] == "named":
-            out.setdefault(m["target"], {})[m["model"]] = dict(
-                accuracy=pct(m["accuracy"]), accuracy_lo=pct(m["accuracy_lo"]), accuracy_hi=pct(m["accuracy_hi"]),
-                pruned_pct=round(m["pruned_pct"], 2), speedup=round(m["speedup_removed"], 3))
+            out.setdefault(m["target"], {})[m["model"]] = point
+        elif method_of(m["curve"]):
+            out.setdefault("methods", {}).setdefault(m["model"], {})[m["target"]] = point
     return out
 
 
@@ -293,3 +334,45 @@ def plot_series(runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                             accuracy=round(100 * m["accuracy_random_mean"], 2)))
     order = lambda df: df.sort_values(["series", "pruned_pct"], kind="stable").reset_index(drop=True)  # noqa: E731
     return order(pd.DataFrame(acc)), order(pd.DataFrame(speed))
+
+
+def _frontier_line(ax, pts, color):
+    pts = sorted(pts)
+    ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=color, lw=2, alpha=0.35,
+            label="frontier")
+
+
+def plot_pareto(runs: list[dict], path) -> None:
+    """Per model, accuracy against % FFN neurons removed (left) and against the measured speedup of the
+    physically pruned model (right): the paper rule, FLAP, the random baseline at FLAP's sizes and every
+    method of the registry on the same axes; error bars are 95% intervals, the shaded step the frontier."""
+    models, groups = _by_model([m for m in runs if m["curve"] != "named"])
+    fig, axes = plt.subplots(max(len(models), 1), 2, figsize=(13, 4.8 * max(len(models), 1)), squeeze=False)
+    for row, mod in zip(axes, models):
+        rs = groups[mod]
+        curves = sorted({m["curve"] for m in rs}, key=lambda c: (curve_order(c), c))
+        for i, curve in enumerate(curves):
+            pts = _curve_runs(rs, curve)
+            style = dict(color=f"C{i % 10}", ms=4, capsize=2, lw=1,
+                         fmt=("o-" if curve == "sweep" else "s-" if curve == "flap" else "^--"),
+                         label=SERIES_NAMES.get(curve, curve))
+            for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
+                ax.errorbar([m[key] for m in pts], [m["accuracy"] for m in pts],
+                            yerr=[[m["accuracy"] - m["accuracy_lo"] for m in pts],
+                                  [m["accuracy_hi"] - m["accuracy"] for m in pts]], **style)
+        flap = _curve_runs(rs, "flap")
+        if flap:
+            row[0].plot([m["pruned_pct"] for m in flap], [m["accuracy_random_mean"] for m in flap], "kx:",
+                        label="random (FLAP's sizes, compensated)" if _compensated(flap[0]) else "random (FLAP's sizes)")
+        for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
+            pts = [(m[key], m["accuracy"]) for m in rs]
+            _frontier_line(ax, [p for i, p in enumerate(pts) if not _dominated(pts, i)], "k")
+            d = rs[0]
+            ax.axhline(d["accuracy_dense"], ls="--", color="grey", label="dense")
+            ax.axhspan(d["accuracy_dense_lo"], d["accuracy_dense_hi"], color="grey", alpha=0.1, lw=0)
+        row[0].set(title=f"{mod}: test accuracy ({rs[0]['test_reviews']} reviews) vs sparsity",
+                   xlabel="% FFN neurons removed", ylabel="test accuracy")
+        row[1].set(title=f"{mod}: test accuracy vs measured speedup ({rs[0]['machine']['cpu']})",
+                   xlabel="speedup of the physically pruned model (median of alternating runs)")
+        row[0].legend(fontsize=6, loc="lower left", ncol=2)
+    _save(fig, path)

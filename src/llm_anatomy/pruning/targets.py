@@ -6,26 +6,53 @@ A target is one name on one model:
   sweep-<scoring>-<pct>  decoders only: the same in another decoder scoring (`pruning.sweep.
                decoder_scorings`, at the sizing's `scoring_sweep` percentages; docs/ANATOMY.md)
   flap-<pct>   FLAP at pct% (every model)
+  <criterion>-<allocation>-<compensation>-<pct>   a method of the registry at pct% (the Pareto sweep:
+               `pruning.criteria`, `flap.ALLOCATIONS`, `compensation.METHODS`; curves and percentages
+               from the sizing's `methods`), e.g. fluctuation-uniform-refit-70
 
 Everything here reads the validated params (schema defaults already filled in, see
 `config.check_schema`), so no default is restated.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
 from ..config import model_kind
+from .compensation import METHODS as COMPENSATIONS
+from .criteria import CRITERIA, SOURCES
+from .flap import ALLOCATIONS
+from .plan import FITTED
 
+
+def _alternatives(names) -> str:
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
+METHOD_PATTERN = rf"(?:{_alternatives(CRITERIA)})-(?:{_alternatives(ALLOCATIONS)})-(?:{_alternatives(COMPENSATIONS)})"
+ALL_METHODS = [f"{c}-{a}-{m}" for c, a, m in itertools.product(CRITERIA, ALLOCATIONS, COMPENSATIONS)]
 CURVE_ORDER = {"named": 0, "sweep": 1, "sweep-prenorm": 2, "sweep-gain": 3, "flap": 4}
-CURVE_PATTERN = r"(sweep|sweep-prenorm|sweep-gain|flap)-\d+"
+CURVE_PATTERN = rf"(?:sweep|sweep-prenorm|sweep-gain|flap|{METHOD_PATTERN})-\d+"
 
 
 def curve_of(name: str) -> tuple[str, int | None]:
-    """(curve, target percentage) for a curve point's name (curve: sweep, sweep-<scoring>, flap),
-    else ('named', None)."""
-    m = re.fullmatch(r"(sweep|sweep-prenorm|sweep-gain|flap)-(\d+)", name)
+    """(curve, target percentage) for a curve point's name (curve: sweep, sweep-<scoring>, flap, or a
+    method <criterion>-<allocation>-<compensation>), else ('named', None)."""
+    m = re.fullmatch(rf"(sweep|sweep-prenorm|sweep-gain|flap|{METHOD_PATTERN})-(\d+)", name)
     return (m.group(1), int(m.group(2))) if m else ("named", None)
+
+
+def curve_order(curve: str) -> int:
+    """Sort key of curves in tables and comparisons: the paper's, then FLAP, then the registry's methods."""
+    return CURVE_ORDER.get(curve, len(CURVE_ORDER))
+
+
+def method_of(curve: str) -> tuple[str, str, str] | None:
+    """(criterion, allocation, compensation) of a method curve, else None."""
+    m = re.fullmatch(rf"({_alternatives(CRITERIA)})-({_alternatives(ALLOCATIONS)})-({_alternatives(COMPENSATIONS)})",
+                     curve)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
 @dataclass(frozen=True)
@@ -71,7 +98,13 @@ class PruneTargets:
             sweep += [f"sweep-{v}-{p}" for v in self.pruning["sweep"]["decoder_scorings"]
                       for p in sizing.get("scoring_sweep", [])]
         flap = [f"flap-{p}" for p in sizing.get("flap", [])]
-        return named + sweep + flap
+        return named + sweep + flap + [f"{c}-{p}" for c in self.method_curves(model)
+                                       for p in sizing.get("methods", {}).get("percents", [])]
+
+    def method_curves(self, model: str) -> list[str]:
+        """The model's method curves (<criterion>-<allocation>-<compensation>); `all` is the full grid."""
+        curves = self.sizing_tree[self.kinds[model]].get("methods", {}).get("curves", [])
+        return list(ALL_METHODS) if curves == "all" else list(curves)
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every (model, target) of the profile."""
@@ -101,22 +134,36 @@ class PruneTargets:
                        negative_alpha=self.pruning["sweep"]["negative_alpha"], scoring=scoring)
         elif curve == "flap":
             cfg = dict(rule="flap", target=pct / 100, **self.pruning["flap"])
+        elif method_of(curve):
+            criterion, allocation, compensation = method_of(curve)
+            cfg = dict(rule="criterion", criterion=criterion, allocation=allocation, compensation=compensation,
+                       target=pct / 100)
+            if compensation in FITTED:  # only fitted plans read the ridge: the others must not rerun when it changes
+                cfg["ridge"] = self.pruning["methods"]["ridge"]
         elif name in self.pruning["configs"]:
             cfg = dict(self.pruning["configs"][name])
         else:
             raise KeyError(f"{name!r} is neither a configuration under pruning.configs nor a curve point "
                            f"(sweep-<pct>, flap-<pct>)")
-        if cfg["rule"] not in (kind, "flap"):
+        if cfg["rule"] not in (kind, "flap", "criterion"):
             raise ValueError(f"configuration {name!r} is for {cfg['rule']} models; {model} is a {kind}")
-        if cfg["rule"] != "flap":  # only the threshold rules read k: FLAP's plans must not rerun when it changes
+        if cfg["rule"] in ("encoder", "decoder"):  # only the threshold rules read k: the others must not rerun when it changes
             cfg.setdefault("focus_multiplier", self.pruning["focus_multiplier"])
         return cfg
 
     def needs_ffn_stats(self, name: str) -> bool:
-        return curve_of(name)[0] == "flap"
+        curve = curve_of(name)[0]
+        return curve == "flap" or method_of(curve) is not None
+
+    def needs_train(self, model: str, name: str) -> bool:
+        """Whether the target's compensation is fitted on calibration reviews (materialise, baselines)."""
+        method = method_of(curve_of(name)[0])
+        return method is not None and method[2] in FITTED
 
     def compensated(self, model: str, name: str) -> bool:
         cfg = self.rule_config(model, name)
+        if cfg["rule"] == "criterion":
+            return cfg["compensation"] != "none"
         return cfg["rule"] == "flap" and bool(cfg.get("bias_compensation"))
 
     def sizing(self, model: str, name: str | None = None) -> Sizing:
@@ -127,14 +174,17 @@ class PruneTargets:
         curve_point = name is not None and curve_of(name)[0] != "named"
         if curve_point:
             time_limit = kind.get("sweep_time_limit", time_limit)
+        seeds = kind["random_seeds"]
+        if name is not None and method_of(curve_of(name)[0]):
+            seeds = kind["methods"]["random_seeds"]
         return Sizing(test_limit=kind["test_limit"], time_limit=time_limit,
                       batch_size=tree["batch_size"], repeats=tree["repeats"],
-                      time_zeroed=tree["time_zeroed"] == "all" or not curve_point, random_seeds=kind["random_seeds"],
+                      time_zeroed=tree["time_zeroed"] == "all" or not curve_point, random_seeds=seeds,
                       equality_check_reviews=kind["equality_check_reviews"],
                       calibration_reviews=kind["calibration_reviews"])
 
-    def random_seeds(self, model: str) -> list[int]:
-        return list(range(self.sizing(model).random_seeds))
+    def random_seeds(self, model: str, name: str | None = None) -> list[int]:
+        return list(range(self.sizing(model, name).random_seeds))
 
     # ---- files (the layout docs/PRUNING.md draws) ------------------------------------------
     def target_dir(self, model: str, target: str) -> str:
@@ -144,11 +194,19 @@ class PruneTargets:
         return f"{self.results}/pruned/{model}/{target}"
 
     def plan_inputs(self, model: str, target: str) -> dict[str, str]:
-        """Scores for every plan; FLAP's calibration statistics for flap-<pct>."""
-        inputs = dict(layer_scores=f"{self.results}/{model}/layer_scores.parquet",
-                      neuron_scores=f"{self.results}/{model}/neuron_scores.parquet")
+        """Scores for every plan; the calibration statistics for FLAP and the methods, and what a method's
+        criterion measures besides (mask gradients, direct contributions)."""
+        r = f"{self.results}/{model}"
+        inputs = dict(layer_scores=f"{r}/layer_scores.parquet", neuron_scores=f"{r}/neuron_scores.parquet")
         if self.needs_ffn_stats(target):
-            inputs["ffn_stats"] = f"{self.results}/{model}/ffn_stats.parquet"
+            inputs["ffn_stats"] = f"{r}/ffn_stats.parquet"
+        method = method_of(curve_of(target)[0])
+        if method:
+            files = {SOURCES[n] for n in CRITERIA[method[0]].needs}
+            if "mask_gradients.parquet" in files:
+                inputs["mask_gradients"] = f"{r}/mask_gradients.parquet"
+            if "anatomy/contributions.parquet" in files:
+                inputs["contributions"] = f"{r}/anatomy/contributions.parquet"
         return inputs
 
     def metrics_inputs(self, model: str, target: str, split: str = "test") -> dict[str, str]:
@@ -182,6 +240,18 @@ class PruneTargets:
         return [f"{self.results}/{m}/choices/flap_allocation.csv" for m in self.models
                 if self.sizing_tree[self.kinds[m]].get("flap")]
 
+    def benchmark_files(self, model: str, target: str) -> dict[str, str]:
+        """The benchmark records of what one point costs before evaluation: its plan and materialise jobs, and
+        the per-model calibration passes it reads (shared by every point of the model)."""
+        d, r = self.target_dir(model, target), f"{self.results}/{model}/benchmarks"
+        files = dict(plan=f"{d}/benchmarks/plan.tsv", materialise=f"{d}/benchmarks/materialise.tsv")
+        inputs = self.plan_inputs(model, target)
+        if "ffn_stats" in inputs:
+            files["ffn_stats"] = f"{r}/ffn_stats.tsv"
+        if "mask_gradients" in inputs:
+            files["mask_gradients"] = f"{r}/mask_gradients.tsv"
+        return files
+
     def flap_fractions(self, model: str) -> list[float]:
         return [p / 100 for p in self.sizing_tree[self.kinds[model]].get("flap", [])]
 
@@ -192,6 +262,7 @@ class PruneTargets:
         r = self.results
         return ([f"{r}/metrics/prune/{c}.json" for c in self.named_with_models()] + self.all_pruned_dirs()
                 + self.choice_files()
-                + [f"{r}/summary.csv", f"{r}/summary.md", f"{r}/comparisons.csv", f"{r}/figures/prune_accuracy.png",
+                + [f"{r}/summary.csv", f"{r}/summary.md", f"{r}/comparisons.csv", f"{r}/frontier.csv",
+                   f"{r}/figures/prune_pareto.png", f"{r}/figures/prune_accuracy.png",
                    f"{r}/figures/prune_time.png", f"{r}/metrics/headline.json", f"{r}/plots/prune_accuracy.csv",
                    f"{r}/plots/prune_speedup.csv"])

@@ -22,7 +22,7 @@ from ..logits import first_reviews
 from ..models import load_classifier, set_threads
 from .. import roofline
 from .costs import count_parameters, ffn_macs, forward_macs
-from .materialise import pruned_copy
+from .materialise import pruned_copy, zeroed_like
 from .plan import read_plan
 from .targets import Sizing
 
@@ -63,7 +63,8 @@ def timing_stage(dense_dir, pruned_dir, plan_path, test: pd.DataFrame, sizing: S
     start = time.perf_counter()
     dense, tokenizer, meta = load_classifier(dense_dir, device)
     removed, _, _ = load_classifier(pruned_dir, device)
-    zeroed = pruned_copy(dense, read_plan(plan_path), "zeroed")
+    plan = read_plan(plan_path)
+    zeroed = zeroed_like(dense, removed, plan) if plan.fitted else pruned_copy(dense, plan, "zeroed")
     reviews = first_reviews(test, sizing.time_limit, "time_limit")
     encoded = encode_reviews(tokenizer, meta, reviews["text"])
     pad_id, side = tokenizer.pad_token_id, meta.get("padding_side", "right")
