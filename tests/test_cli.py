@@ -74,3 +74,19 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
     assert main(["bench", str(model), str(out), "--data", files["test"], "--reviews", "8", "--repeats", "2"]) == 0
     bench = json.loads(capsys.readouterr().out)
     assert bench["reviews"] == 8 and np.isfinite(bench["speedup"]["median"])
+    # a criterion of the registry with a fitted compensation: the folder holds the plan's neurons removed and
+    # the fitted output weights, which are not the dense model's value vectors
+    refit = tmp_path / "refit"
+    assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+                 "--calibration-reviews", "16", "--sparsity", "0.5", "--criterion", "fisher", "--compensation",
+                 "refit", "--out", str(refit), "--threads", "1"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    plan = read_plan(refit / "plan.parquet")
+    assert (plan.info["criterion"], plan.compensation, info["calibration_reviews"]) == ("fisher", "refit", 16)
+    fitted, _, _ = load_classifier(refit)
+    kept = np.setdiff1d(np.arange(dense.adapter.ffn_width(0)), plan.pruned[0])
+    assert fitted.adapter.ffn_widths() == [w // 2 for w in dense.adapter.ffn_widths()]
+    assert not torch.allclose(fitted.adapter.value_vectors(0), dense.adapter.value_vectors(0)[torch.as_tensor(kept)])
+    assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+                 "--sparsity", "0.5", "--criterion", "flap", "--compensation", "refit", "--out", str(tmp_path / "x")]) == 2
+    assert "for a fitted compensation use --criterion fluctuation" in capsys.readouterr().err

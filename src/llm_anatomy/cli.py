@@ -3,6 +3,8 @@
     llm-anatomy finetune embedded:minilm --train train.parquet --val val.parquet --out runs/minilm
     llm-anatomy score runs/minilm --train train.parquet --test test.parquet --out runs/minilm-scores
     llm-anatomy prune runs/minilm --scores runs/minilm-scores --calibration train.parquet --sparsity 0.5 --out runs/minilm-flap50
+    llm-anatomy prune runs/minilm --scores runs/minilm-scores --calibration train.parquet --sparsity 0.7 \
+        --criterion fluctuation --compensation refit --out runs/minilm-refit70
     llm-anatomy evaluate runs/minilm-flap50 --data test.parquet --limit 1000
     llm-anatomy bench runs/minilm runs/minilm-flap50 --data test.parquet --reviews 1000
     llm-anatomy pull          # in a clone: a pushed run's outputs from the DVC remote, up to date for Snakemake
@@ -85,8 +87,9 @@ def _score(args) -> dict:
 
 def _prune(args) -> dict:
     from .pruning.calibration import calibration_stage
+    from .pruning.gradients import gradients_stage
     from .pruning.materialise import materialise
-    from .pruning.plan import plan_stage
+    from .pruning.plan import FITTED, plan_stage
     model = _classifier_dir(args.model)
     scores = Path(args.scores)
     for name in ("layer_scores.parquet", "neuron_scores.parquet"):
@@ -94,14 +97,35 @@ def _prune(args) -> dict:
             raise CliError(f"--scores {args.scores}: no {name}; run `llm-anatomy score` on this model first")
     if not 0.0 < args.sparsity < 1.0:
         raise CliError(f"--sparsity {args.sparsity}: give the fraction of FFN neurons to remove, in (0, 1)")
-    cfg = dict(rule="flap", target=args.sparsity, allocation=args.allocation, bias_compensation=not args.no_compensation)
+    if args.criterion == "flap":
+        if args.compensation not in ("bias", "none"):
+            raise CliError(f"--criterion flap --compensation {args.compensation}: FLAP folds the mean output (bias) "
+                           "or nothing; for a fitted compensation use --criterion fluctuation (FLAP's score)")
+        cfg = dict(rule="flap", target=args.sparsity, allocation=args.allocation,
+                   bias_compensation=args.compensation == "bias")
+    else:
+        cfg = dict(rule="criterion", criterion=args.criterion, allocation=args.allocation,
+                   compensation=args.compensation, target=args.sparsity)
+        if args.compensation in FITTED:
+            cfg["ridge"] = args.ridge
+    contributions = scores / "contributions.parquet"
+    if args.criterion == "contribution" and not contributions.exists():
+        raise CliError(f"--criterion contribution: no {contributions}; run `llm-anatomy score` on this model first")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        calibration_stage(model, _split(args.calibration), tmp / "ffn_stats.parquet", args.calibration_reviews,
+        train = _split(args.calibration)
+        calibration_stage(model, train, tmp / "ffn_stats.parquet", args.calibration_reviews,
                           args.batch_size, args.threads, args.device)
+        grads = None
+        if args.criterion in ("taylor", "fisher"):
+            grads = tmp / "mask_gradients.parquet"
+            gradients_stage(model, train, grads, args.calibration_reviews, 16, args.threads, args.device)
         plan_stage(cfg, scores / "layer_scores.parquet", scores / "neuron_scores.parquet", tmp / "plan.parquet",
-                   tmp / "random_plans.parquet", [0], args.high_threshold, ffn_stats_path=tmp / "ffn_stats.parquet")
-        info = materialise(model, tmp / "plan.parquet", args.out, target=f"{args.criterion}-{args.sparsity:g}")
+                   tmp / "random_plans.parquet", [0], args.high_threshold, ffn_stats_path=tmp / "ffn_stats.parquet",
+                   mask_gradients_path=grads,
+                   contributions_path=contributions if args.criterion == "contribution" else None)
+        info = materialise(model, tmp / "plan.parquet", args.out, target=f"{args.criterion}-{args.sparsity:g}",
+                           train=train, calibration_reviews=args.calibration_reviews)
         shutil.copy(tmp / "plan.parquet", Path(args.out) / "plan.parquet")
     return info
 
@@ -186,15 +210,20 @@ def parser() -> argparse.ArgumentParser:
     common(p, 16)
     p.set_defaults(run=_score)
 
-    p = sub.add_parser("prune", help="remove FFN neurons (FLAP: fluctuation criterion), write a smaller classifier")
+    from .pruning.compensation import METHODS
+    from .pruning.criteria import CRITERIA
+    p = sub.add_parser("prune", help="remove FFN neurons by a criterion of the registry, write a smaller classifier")
     p.add_argument("model", help="classifier folder")
     p.add_argument("--scores", required=True, help="folder written by `llm-anatomy score` for this model")
-    p.add_argument("--criterion", choices=["flap"], default="flap")
+    p.add_argument("--criterion", choices=["flap", *CRITERIA], default="flap",
+                   help="flap: FLAP as the pipeline's flap-<pct>; otherwise a criterion (docs/PRUNING.md, Methods)")
+    p.add_argument("--compensation", choices=METHODS, default="bias",
+                   help="none, bias (fold the mean output), rescale or refit (fitted on the calibration reviews)")
+    p.add_argument("--ridge", type=float, default=0.01, help="relative ridge of rescale/refit")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of FFN neurons to remove, e.g. 0.5")
     p.add_argument("--calibration", required=True, help="Parquet reviews for the activation statistics (train split)")
     p.add_argument("--calibration-reviews", type=int, default=128)
     p.add_argument("--allocation", choices=["uniform", "global"], default="uniform")
-    p.add_argument("--no-compensation", action="store_true", help="skip the bias compensation")
     p.add_argument("--high-threshold", type=float, default=0.35)
     p.add_argument("--out", required=True, help="pruned classifier folder to write")
     common(p, 32)  # the pipeline's batch size: in bf16 the statistics depend on the batching
