@@ -159,3 +159,36 @@ def test_compensation_never_increases_the_reconstruction_error(seed, ridge):
     assert err["bias"] <= err["none"]
     if ridge == 0.0:
         assert err["refit"] <= err["rescale"] * (1 + 1e-9)
+
+
+def test_the_obs_order_is_the_greedy_least_squares_order():
+    """obs removes first the neuron whose loss, the kept ones refitted by least squares (bias free), adds
+    the least error to the layer's output; checked by brute-force regressions for the first two steps.
+    A neuron with a zero value vector or a constant activation costs nothing and goes first."""
+    from llm_anatomy.pruning.obs import obs_order
+    rng = np.random.default_rng(0)
+    f, h, t = 10, 4, 300
+    a = rng.normal(size=(t, f)) @ rng.normal(size=(f, f)) * 0.5 + rng.normal(size=f)
+    v = rng.normal(size=(f, h))
+    y = a @ v
+
+    def refit_error(keep):
+        x = np.c_[a[:, keep], np.ones(t)]
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        return ((x @ coef - y) ** 2).sum() / t
+
+    rank, delta = obs_order(v, np.cov(a.T, bias=True), ridge=0.0)
+    assert sorted(rank) == list(range(f))
+    errors = {j: refit_error([k for k in range(f) if k != j]) for j in range(f)}
+    first = min(errors, key=errors.get)
+    assert rank[first] == 0 and delta[first] == pytest.approx(errors[first], rel=1e-6)
+    rest = [k for k in range(f) if k != first]
+    errors2 = {j: refit_error([k for k in rest if k != j]) for j in rest}
+    second = min(errors2, key=errors2.get)
+    assert rank[second] == 1 and delta[second] == pytest.approx(errors2[second] - errors[first], rel=1e-6)
+
+    a[:, 3] = 2.0  # constant: the refitted bias replaces it exactly
+    v[7] = 0.0  # writes nothing
+    rank, delta = obs_order(v, np.cov(a.T, bias=True), ridge=0.0)
+    assert set(np.argsort(rank)[:2]) == {3, 7} and delta[3] == pytest.approx(0, abs=1e-9) and delta[7] == 0
+    assert importance("obs", _stats(obs_rank=rank))[0].tolist() == rank.tolist()

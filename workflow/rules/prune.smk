@@ -1,6 +1,7 @@
 # Structured pruning (paper section 3.4, Figures 4, 5, 4a, 5a; docs/PRUNING.md), one artifact per step:
 #   ffn_stats     finetuned -> {RES}/{model}/ffn_stats.parquet        activation statistics (FLAP's input)
 #   mask_gradients finetuned -> {RES}/{model}/mask_gradients.parquet per-neuron mask gradients (Taylor, Fisher)
+#   obs_scores    finetuned -> {RES}/{model}/obs_scores.parquet      optimal-brain-surgeon removal order (obs)
 #   prune_plan    scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
 #   materialise   finetuned + plan (+ train, for a fitted compensation) -> {RES}/pruned/{model}/{target}/
 #                 a smaller classifier folder (DVC-tracked)
@@ -70,6 +71,34 @@ rule mask_gradients:
         device=DEVICE,
     script:
         "../scripts/mask_gradients.py"
+
+
+rule obs_scores:
+    """The optimal-brain-surgeon removal order of every layer's FFN neurons (criterion obs), from the dense
+    model's activation covariance on the calibration train reviews and its value vectors."""
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        train=f"{DATA}/train.parquet",
+    output:
+        f"{RES}/{{model}}/obs_scores.parquet",
+    log:
+        f"{LOGS}/{{model}}/obs_scores.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/obs_scores.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        code=source_digest("obs_scores.py"),
+        reviews=calibration_reviews,
+        ridge=config["pruning"]["methods"]["ridge"],
+        batch_size=16,
+        device=DEVICE,
+    script:
+        "../scripts/obs_scores.py"
 
 
 rule prune_plan:

@@ -9,6 +9,7 @@ its name in params; `NeuronStats` gathers the measurements from the files the wo
   mask_gradients.parquet  grad_sum, grad_sq, batches                  -> pruning.gradients
   neuron_scores.parquet   cosine (the paper's s_lj, averaged over the probes)  -> plan.load_scores
   contributions.parquet   contribution (mean |a_lj (v_lj . head direction)|) -> scores
+  obs_scores.parquet      obs_rank (the optimal-brain-surgeon removal order)   -> pruning.obs
 
 Notation: a the neuron's activation (the input of the FFN's output projection), v its value vector
 (its row of the output projection), w_in its input weights, g the loss gradient of a mask on it.
@@ -27,6 +28,7 @@ SOURCES = {
     "value_norm_sq": "ffn_stats.parquet", "in_norm_sq": "ffn_stats.parquet",
     "grad_sum": "mask_gradients.parquet", "grad_sq": "mask_gradients.parquet", "batches": "mask_gradients.parquet",
     "cosine": "neuron_scores.parquet", "contribution": "anatomy/contributions.parquet",
+    "obs_rank": "obs_scores.parquet",
 }
 
 
@@ -46,12 +48,12 @@ class NeuronStats:
 
     @classmethod
     def from_files(cls, ffn_stats=None, mask_gradients=None, contributions=None,
-                   cosine: Sequence[np.ndarray] | None = None) -> "NeuronStats":
+                   cosine: Sequence[np.ndarray] | None = None, obs_scores=None) -> "NeuronStats":
         """From the workflow's files; `cosine` is the per-layer mean neuron score as the plans read it
         (`plan.load_scores`), so the criterion and the threshold rules see the same s_lj."""
         cols: dict[str, list[np.ndarray]] = {}
         for path, names in ((ffn_stats, ("mean", "var", "mean_abs", "value_norm_sq", "in_norm_sq")),
-                            (mask_gradients, ("grad_sum", "grad_sq", "batches"))):
+                            (mask_gradients, ("grad_sum", "grad_sq", "batches")), (obs_scores, ("obs_rank",))):
             if path is not None:
                 df = read_parquet(path).set_index(["layer", "neuron"])
                 cols.update({n: per_layer(df[n].astype(np.float64), path) for n in names if n in df.columns})
@@ -137,6 +139,15 @@ def contribution(stats):
     """Mean |a_lj (v_lj . d)| over the calibration reviews at the target token, d the classifier head direction:
     the anatomy stage's direct contribution of the neuron to the logit (docs/ANATOMY.md)."""
     return stats["contribution"]
+
+
+@_criterion("obs", "obs_rank")
+def obs(stats):
+    """Position in the layer's greedy optimal-brain-surgeon removal order: at each step the neuron whose
+    removal, with the kept neurons' output weights refitted by least squares, adds the least squared
+    error to the layer's output (Hassibi and Stork 1993; structured as in ZipLM, Kurtic et al. 2023).
+    Made for the refit compensation. A per-layer order: global allocation gives the same cut as uniform."""
+    return stats["obs_rank"]
 
 
 def importance(name: str, stats: NeuronStats) -> list[np.ndarray]:

@@ -250,13 +250,14 @@ def read_random_plans(path) -> list[Plan]:
 
 def plan_stage(cfg: dict, layer_scores_path, neuron_scores_path, plan_path, random_path, seeds, high: float,
                average_over: str = "probe", ffn_stats_path=None, mask_gradients_path=None,
-               contributions_path=None) -> Plan:
+               contributions_path=None, obs_scores_path=None) -> Plan:
     """plan.parquet and random_plans.parquet (one plan per seed) of one target."""
     scoring = cfg.get("scoring", "paper")
     c, scores = load_scores(layer_scores_path, neuron_scores_path, average_over, scoring)
     stats = None
     if cfg["rule"] == "criterion":
-        stats = NeuronStats.from_files(ffn_stats_path, mask_gradients_path, contributions_path, cosine=scores)
+        stats = NeuronStats.from_files(ffn_stats_path, mask_gradients_path, contributions_path, cosine=scores,
+                                       obs_scores=obs_scores_path)
     plan = make_plan(cfg, c, scores, high, ffn_stats_path, stats)
     plan.info["scoring"] = scoring
     means = read_stats(ffn_stats_path)[0] if plan.compensation == "bias" else None

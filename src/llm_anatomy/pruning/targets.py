@@ -31,7 +31,9 @@ def _alternatives(names) -> str:
 
 
 METHOD_PATTERN = rf"(?:{_alternatives(CRITERIA)})-(?:{_alternatives(ALLOCATIONS)})-(?:{_alternatives(COMPENSATIONS)})"
-ALL_METHODS = [f"{c}-{a}-{m}" for c, a, m in itertools.product(CRITERIA, ALLOCATIONS, COMPENSATIONS)]
+# obs ranks within a layer (its removal order), so its global cut equals its uniform one: one curve, not two
+ALL_METHODS = [f"{c}-{a}-{m}" for c, a, m in itertools.product(CRITERIA, ALLOCATIONS, COMPENSATIONS)
+               if not (c == "obs" and a == "global")]
 CURVE_ORDER = {"named": 0, "sweep": 1, "sweep-prenorm": 2, "sweep-gain": 3, "flap": 4}
 CURVE_PATTERN = rf"(?:sweep|sweep-prenorm|sweep-gain|flap|{METHOD_PATTERN})-\d+"
 
@@ -207,6 +209,8 @@ class PruneTargets:
                 inputs["mask_gradients"] = f"{r}/mask_gradients.parquet"
             if "anatomy/contributions.parquet" in files:
                 inputs["contributions"] = f"{r}/anatomy/contributions.parquet"
+            if "obs_scores.parquet" in files:
+                inputs["obs_scores"] = f"{r}/obs_scores.parquet"
         return inputs
 
     def metrics_inputs(self, model: str, target: str, split: str = "test") -> dict[str, str]:
@@ -248,8 +252,9 @@ class PruneTargets:
         inputs = self.plan_inputs(model, target)
         if "ffn_stats" in inputs:
             files["ffn_stats"] = f"{r}/ffn_stats.tsv"
-        if "mask_gradients" in inputs:
-            files["mask_gradients"] = f"{r}/mask_gradients.tsv"
+        for job in ("mask_gradients", "obs_scores"):
+            if job in inputs:
+                files[job] = f"{r}/{job}.tsv"
         return files
 
     def flap_fractions(self, model: str) -> list[float]:
