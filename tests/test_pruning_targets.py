@@ -135,7 +135,7 @@ def test_method_curves_name_their_criterion_allocation_and_compensation():
     assert curve_of("wanda-sp-global-refit-70") == ("wanda-sp-global-refit", 70)
     assert method_of("wanda-sp-global-refit") == ("wanda-sp", "global", "refit")
     assert method_of("flap") is None and curve_of("wanda-sp-sideways-refit-70") == ("named", None)
-    assert len(ALL_METHODS) == 9 * 2 * 4 - 4 and len(set(ALL_METHODS)) == len(ALL_METHODS)
+    assert len(ALL_METHODS) == 9 * 3 * 4 - 4 and len(set(ALL_METHODS)) == len(ALL_METHODS)
 
 
 def test_method_targets_configurations_and_inputs():
@@ -168,7 +168,7 @@ def test_the_full_grid_and_a_misspelled_method():
         p["profiles"]["offline"]["pruning"]["decoder"]["methods"] = dict(curves="all", percents=[50])
     from llm_anatomy.pruning.targets import method_of
     names = targets_for("offline", full).names("smollm2")
-    assert len([n for n in names if method_of(curve_of(n)[0])]) == 68
+    assert len([n for n in names if method_of(curve_of(n)[0])]) == 104
 
     def typo(p):
         p["profiles"]["offline"]["pruning"]["decoder"]["methods"] = dict(curves=["fischer-uniform-refit"], percents=[50])

@@ -62,7 +62,7 @@ class Batch:
 
 
 @contextmanager
-def _pin(model: SentimentClassifier, neurons: dict[int, np.ndarray], means: list[torch.Tensor]) -> None:
+def pin_to_means(model: SentimentClassifier, neurons: dict[int, np.ndarray], means: list[torch.Tensor]) -> None:
     """Set the given neurons' activations (per layer) to their means, at every position."""
     def make(layer):
         idx = torch.as_tensor(neurons.get(layer, []), dtype=torch.long)
@@ -78,7 +78,7 @@ def _pin(model: SentimentClassifier, neurons: dict[int, np.ndarray], means: list
         yield
 
 
-def _margin(model, batch: Batch) -> torch.Tensor:
+def margin_of(model, batch: Batch) -> torch.Tensor:
     return batch.sign * model(batch.ids, batch.mask).float()
 
 
@@ -123,7 +123,7 @@ class Ablator:
             state["mask"] = batch.mask.bool()
             try:
                 with self.adapter.activation_hooks(grab):
-                    batch.margin = _margin(self.model, batch)
+                    batch.margin = margin_of(self.model, batch)
             finally:
                 for h in hooks:
                     h.remove()
@@ -139,8 +139,8 @@ class Ablator:
         lowest = min(neurons) if neurons else self.adapter.num_layers
         total = 0.0
         for batch in self.batches:
-            with replay_below(self.model, lowest, batch.block_outputs), _pin(self.model, neurons, self.means):
-                total += float((_margin(self.model, batch) - batch.margin).sum())
+            with replay_below(self.model, lowest, batch.block_outputs), pin_to_means(self.model, neurons, self.means):
+                total += float((margin_of(self.model, batch) - batch.margin).sum())
         return total / self.n_reviews
 
     def attribution(self) -> list[np.ndarray]:
@@ -163,7 +163,7 @@ class Ablator:
                         args[0].retain_grad()
                     return hook
                 with torch.enable_grad(), self.adapter.activation_hooks(keep):
-                    _margin(self.model, batch).sum().backward()
+                    margin_of(self.model, batch).sum().backward()
                 self._accumulate(acc, acts, batch)
         finally:
             embed.remove()

@@ -58,7 +58,7 @@ def _check_method_curves(curves, key: str) -> None:
         return
     from .pruning.compensation import METHODS
     from .pruning.criteria import CRITERIA
-    from .pruning.flap import ALLOCATIONS
+    from .pruning.allocation import ALLOCATIONS
     from .pruning.targets import method_of
     for curve in curves:
         if method_of(curve) is None:
@@ -212,6 +212,11 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
                               f"split.train = {prof['split']['train']}; lower it (calibration statistics come from "
                               "the train split)")
         _check_method_curves(methods.get("curves", []), f"{key}.methods.curves")
+        curves = methods.get("curves", [])
+        searched = curves == "all" or any(c.split("-")[-2] == "searched" for c in curves)
+        if searched and methods.get("percents") and methods.get("search_reviews", 0) > prof["split"]["val"]:
+            raise ParamsError(f"{key}.methods.search_reviews = {methods['search_reviews']} exceeds split.val = "
+                              f"{prof['split']['val']}; lower it (the searched allocation reads the validation split)")
         if sizing.get("test_limit", 0) > prof["split"]["test"]:
             raise ParamsError(f"{key}.test_limit = {sizing['test_limit']} exceeds split.test = "
                               f"{prof['split']['test']}; lower it or enlarge profiles.{name}.split.test")

@@ -9,6 +9,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the package works from a clone even bef
 
 from llm_anatomy.provenance import code_digest
 from llm_anatomy.config import resolve_path, retype_overrides, validate
+from llm_anatomy.pruning.criteria import CRITERIA
 from llm_anatomy.pruning.targets import CURVE_PATTERN as TARGETS_CURVE_PATTERN, PruneTargets
 
 retype_overrides(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None) or {})
@@ -97,6 +98,14 @@ def plan_inputs(wildcards):
 
 def metrics_inputs(wildcards):
     return TARGETS.metrics_inputs(wildcards.model, wildcards.target)
+
+
+def criterion_inputs(wildcards):
+    return TARGETS.criterion_inputs(wildcards.model, wildcards.criterion)
+
+
+def search_reviews(wildcards):
+    return TARGETS.sizing_tree[TARGETS.kinds[wildcards.model]]["methods"]["search_reviews"]
 
 
 def benchmark_inputs(wildcards):

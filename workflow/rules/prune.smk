@@ -2,6 +2,7 @@
 #   ffn_stats     finetuned -> {RES}/{model}/ffn_stats.parquet        activation statistics (FLAP's input)
 #   mask_gradients finetuned -> {RES}/{model}/mask_gradients.parquet per-neuron mask gradients (Taylor, Fisher)
 #   obs_scores    finetuned -> {RES}/{model}/obs_scores.parquet      optimal-brain-surgeon removal order (obs)
+#   layer_sensitivity finetuned + val -> {RES}/{model}/choices/sensitivity_{criterion}.parquet (searched allocation)
 #   prune_plan    scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
 #   materialise   finetuned + plan (+ train, for a fitted compensation) -> {RES}/pruned/{model}/{target}/
 #                 a smaller classifier folder (DVC-tracked)
@@ -18,6 +19,7 @@ PRUNED_DIR = TARGETS.pruned_dir("{model}", "{target}")
 
 wildcard_constraints:
     target="|".join([re.escape(c) for c in TARGETS.named] + [TARGETS_CURVE_PATTERN]),
+    criterion="|".join(re.escape(c) for c in CRITERIA),
 
 
 rule ffn_stats:
@@ -99,6 +101,35 @@ rule obs_scores:
         device=DEVICE,
     script:
         "../scripts/obs_scores.py"
+
+
+rule layer_sensitivity:
+    """Validation loss increase per layer and fraction, each layer pruned alone by one criterion (mean output
+    kept): the evidence the searched allocation allocates from (the test split is not read)."""
+    input:
+        unpack(criterion_inputs),
+        model=f"{RES}/{{model}}/finetuned",
+        val=f"{DATA}/val.parquet",
+    output:
+        TARGETS.sensitivity_file("{model}", "{criterion}"),
+    log:
+        f"{LOGS}/{{model}}/layer_sensitivity_{{criterion}}.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/sensitivity_{{criterion}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        code=source_digest("layer_sensitivity.py"),
+        reviews=search_reviews,
+        fractions=config["pruning"]["methods"]["search_fractions"],
+        batch_size=16,
+        device=DEVICE,
+    script:
+        "../scripts/layer_sensitivity.py"
 
 
 rule prune_plan:

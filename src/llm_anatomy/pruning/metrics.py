@@ -140,8 +140,8 @@ class PruneMetrics:
                                                "(process start and model load included)")
     seconds_point: float | None = _f("seconds_plan + seconds_materialise_job: scoring, allocation and compensation "
                                      "of this point")
-    seconds_calibration: float | None = _f("the per-model calibration jobs the plan reads (ffn_stats, "
-                                           "mask_gradients, obs_scores), shared by every point of the model")
+    seconds_calibration: float | None = _f("the per-model jobs the plan reads (ffn_stats, mask_gradients, "
+                                           "obs_scores, layer_sensitivity), shared by the model's points")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,11 +162,11 @@ def benchmark_seconds(path) -> float:
 
 def cost_fields(benchmarks: dict[str, str] | None) -> dict:
     """The seconds_* cost fields from the benchmark files by job (plan, materialise, and the per-model
-    ffn_stats, mask_gradients, obs_scores)."""
+    ffn_stats, mask_gradients, obs_scores, layer_sensitivity)."""
     if not benchmarks:
         return {}
     sec = {k: benchmark_seconds(v) for k, v in benchmarks.items()}
-    shared = [sec[k] for k in ("ffn_stats", "mask_gradients", "obs_scores") if k in sec]
+    shared = [sec[k] for k in ("ffn_stats", "mask_gradients", "obs_scores", "layer_sensitivity") if k in sec]
     return dict(seconds_plan=sec.get("plan"), seconds_materialise_job=sec.get("materialise"),
                 seconds_point=sec["plan"] + sec["materialise"] if {"plan", "materialise"} <= sec.keys() else None,
                 seconds_calibration=sum(shared) if shared else None)

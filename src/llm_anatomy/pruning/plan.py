@@ -31,6 +31,7 @@ from ..io import dumps, parquet_metadata, read_parquet, write_parquet
 from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
 from .compensation import METHODS as COMPENSATIONS
 from .criteria import NeuronStats, importance
+from .allocation import allocate
 from .flap import flap_masks, fluctuation_scores, read_stats, score_thresholds
 from .random_baseline import random_masks
 from .rules import apply_rule, figure4a_lines, layer_table, rule_from_config
@@ -132,9 +133,10 @@ def plan_flap(cfg: dict, stats_path, scores, high: float) -> Plan:
     return Plan(pruned, table, info, lines, pruned_means)
 
 
-def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float) -> Plan:
+def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float, sensitivity: pd.DataFrame | None = None) -> Plan:
     """The lowest `cfg['criterion']` importances, `cfg['target']` of all neurons, allocated by
-    `cfg['allocation']` (uniform | global, as FLAP's), compensated by `cfg['compensation']`."""
+    `cfg['allocation']` (uniform | global, as FLAP's | searched, from the validation `sensitivity`),
+    compensated by `cfg['compensation']`."""
     if cfg.get("target") is None:
         raise ValueError("rule criterion needs a target fraction of neurons to prune (e.g. target: 0.5)")
     compensation = cfg["compensation"]
@@ -144,7 +146,7 @@ def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float) -> Plan:
     if [len(v) for v in imp] != [len(s) for s in scores]:
         raise ValueError(f"criterion {cfg['criterion']!r}: {[len(v) for v in imp]} neurons per layer do not match "
                          f"the neuron scores' {[len(s) for s in scores]}; rebuild both from the same checkpoint")
-    pruned = flap_masks(imp, float(cfg["target"]), cfg["allocation"])
+    pruned = allocate(imp, float(cfg["target"]), cfg["allocation"], sensitivity)
     cut = score_thresholds(imp, pruned)
     table = pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(imp[l]), masked=len(pruned[l]),
                                masked_pct=100.0 * len(pruned[l]) / len(imp[l]),
@@ -163,13 +165,14 @@ def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float) -> Plan:
     return Plan(pruned, table, info, lines, pruned_means)
 
 
-def make_plan(cfg: dict, c, scores, high: float, ffn_stats_path=None, stats: NeuronStats | None = None) -> Plan:
+def make_plan(cfg: dict, c, scores, high: float, ffn_stats_path=None, stats: NeuronStats | None = None,
+              sensitivity: pd.DataFrame | None = None) -> Plan:
     if cfg["rule"] == "flap":
         return plan_flap(cfg, ffn_stats_path, scores, high)
     if cfg["rule"] == "criterion":
         if stats is None:
             raise ValueError("rule criterion needs the per-neuron measurements (NeuronStats); none were given")
-        return plan_criterion(cfg, stats, scores, high)
+        return plan_criterion(cfg, stats, scores, high, sensitivity)
     return plan_threshold(cfg, c, scores, high)
 
 
@@ -250,7 +253,7 @@ def read_random_plans(path) -> list[Plan]:
 
 def plan_stage(cfg: dict, layer_scores_path, neuron_scores_path, plan_path, random_path, seeds, high: float,
                average_over: str = "probe", ffn_stats_path=None, mask_gradients_path=None,
-               contributions_path=None, obs_scores_path=None) -> Plan:
+               contributions_path=None, obs_scores_path=None, sensitivity_path=None) -> Plan:
     """plan.parquet and random_plans.parquet (one plan per seed) of one target."""
     scoring = cfg.get("scoring", "paper")
     c, scores = load_scores(layer_scores_path, neuron_scores_path, average_over, scoring)
@@ -258,7 +261,8 @@ def plan_stage(cfg: dict, layer_scores_path, neuron_scores_path, plan_path, rand
     if cfg["rule"] == "criterion":
         stats = NeuronStats.from_files(ffn_stats_path, mask_gradients_path, contributions_path, cosine=scores,
                                        obs_scores=obs_scores_path)
-    plan = make_plan(cfg, c, scores, high, ffn_stats_path, stats)
+    sensitivity = read_parquet(sensitivity_path) if sensitivity_path is not None else None
+    plan = make_plan(cfg, c, scores, high, ffn_stats_path, stats, sensitivity)
     plan.info["scoring"] = scoring
     means = read_stats(ffn_stats_path)[0] if plan.compensation == "bias" else None
     write_plan(plan, plan_path)

@@ -7,7 +7,7 @@ A target is one name on one model:
                decoder_scorings`, at the sizing's `scoring_sweep` percentages; docs/ANATOMY.md)
   flap-<pct>   FLAP at pct% (every model)
   <criterion>-<allocation>-<compensation>-<pct>   a method of the registry at pct% (the Pareto sweep:
-               `pruning.criteria`, `flap.ALLOCATIONS`, `compensation.METHODS`; curves and percentages
+               `pruning.criteria`, `allocation.ALLOCATIONS`, `compensation.METHODS`; curves and percentages
                from the sizing's `methods`), e.g. fluctuation-uniform-refit-70
 
 Everything here reads the validated params (schema defaults already filled in, see
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..config import model_kind
 from .compensation import METHODS as COMPENSATIONS
 from .criteria import CRITERIA, SOURCES
-from .flap import ALLOCATIONS
+from .allocation import ALLOCATIONS
 from .plan import FITTED
 
 
@@ -211,6 +211,8 @@ class PruneTargets:
                 inputs["contributions"] = f"{r}/anatomy/contributions.parquet"
             if "obs_scores.parquet" in files:
                 inputs["obs_scores"] = f"{r}/obs_scores.parquet"
+            if method[1] == "searched":
+                inputs["sensitivity"] = self.sensitivity_file(model, method[0])
         return inputs
 
     def metrics_inputs(self, model: str, target: str, split: str = "test") -> dict[str, str]:
@@ -244,6 +246,16 @@ class PruneTargets:
         return [f"{self.results}/{m}/choices/flap_allocation.csv" for m in self.models
                 if self.sizing_tree[self.kinds[m]].get("flap")]
 
+    def sensitivity_file(self, model: str, criterion: str) -> str:
+        """The validation evidence the searched allocation reads (one per model and criterion)."""
+        return f"{self.results}/{model}/choices/sensitivity_{criterion}.parquet"
+
+    def criterion_inputs(self, model: str, criterion: str) -> dict[str, str]:
+        """What a criterion's importances are computed from (the layer sensitivity reads them too)."""
+        inputs = self.plan_inputs(model, f"{criterion}-uniform-none-50")
+        del inputs["layer_scores"]
+        return inputs
+
     def benchmark_files(self, model: str, target: str) -> dict[str, str]:
         """The benchmark records of what one point costs before evaluation: its plan and materialise jobs, and
         the per-model calibration passes it reads (shared by every point of the model)."""
@@ -255,6 +267,8 @@ class PruneTargets:
         for job in ("mask_gradients", "obs_scores"):
             if job in inputs:
                 files[job] = f"{r}/{job}.tsv"
+        if "sensitivity" in inputs:
+            files["layer_sensitivity"] = f"{r}/sensitivity_{method_of(curve_of(target)[0])[0]}.tsv"
         return files
 
     def flap_fractions(self, model: str) -> list[float]:
