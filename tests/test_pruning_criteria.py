@@ -193,25 +193,3 @@ def test_the_obs_order_is_the_greedy_least_squares_order():
     assert set(np.argsort(rank)[:2]) == {3, 7} and delta[3] == pytest.approx(0, abs=1e-9) and delta[7] == 0
     assert importance("obs", _stats(obs_rank=rank))[0].tolist() == rank.tolist()
 
-
-def test_the_searched_allocation_takes_the_cheapest_neurons_first():
-    """Two layers of 10 neurons; layer 0 costs 0.01 per 10% pruned, layer 1 nothing up to 50% and then 1.0
-    per 10%. At 50% overall the least summed increase is layer 1 at 50%, layer 0 at 50%; at 70% layer 0
-    must reach 90% (its grid's end) and layer 1 50%."""
-    import pandas as pd
-    from llm_anatomy.pruning.allocation import allocate, searched_counts
-    rows = [dict(layer=0, fraction=f / 10, pruned=f, loss_increase=0.01 * f) for f in range(10)]
-    rows += [dict(layer=1, fraction=f / 10, pruned=f, loss_increase=0.0 if f <= 5 else 1.0 * (f - 5)) for f in range(10)]
-    table = pd.DataFrame(rows)
-    assert searched_counts(table, [10, 10], 0.5) == [5, 5]
-    assert searched_counts(table, [10, 10], 0.7) == [9, 5]
-    assert searched_counts(table, [10, 10], 0.25) == [0, 5]  # layer 1's free neurons first
-    with pytest.raises(ValueError, match="the sensitivity grid reaches 18"):
-        searched_counts(table, [10, 10], 0.95)
-    # a dip in a layer's curve: the hull takes the two-step segment at its average cost
-    dip = pd.DataFrame([dict(layer=0, fraction=f, pruned=n, loss_increase=y)
-                        for f, n, y in ((0, 0, 0.0), (0.5, 5, 0.5), (1.0, 10, 0.2))])
-    assert searched_counts(dip, [10], 0.3) == [3]
-    imp = [np.arange(10.0)[::-1], np.arange(10.0)]
-    pruned = allocate(imp, 0.5, "searched", table)
-    assert pruned[0].tolist() == [5, 6, 7, 8, 9] and pruned[1].tolist() == [0, 1, 2, 3, 4]
