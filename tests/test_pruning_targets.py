@@ -32,11 +32,13 @@ def test_offline_targets():
     enc = t.names("minilm")
     assert enc[:5] == ["enc-a0.01-b0.001", "enc-a0.025-b0.001", "enc-a0.05-b0.001", "enc-a0.05-b0.005",
                        "enc-a0.05-b0.01"]
-    assert enc[5:] == [f"sweep-{p}" for p in (20, 30, 50, 60, 70, 80)] + [f"flap-{p}" for p in (20, 30, 50, 60, 70, 80)]
+    pcts = (30, 50, 60, 70, 80)
+    assert enc[5:] == ([f"sweep-{p}" for p in pcts] + [f"flap-{p}" for p in pcts]
+                       + [f"fluctuation-searched-refit-{p}" for p in pcts])
     dec = t.names("smollm2")
-    assert len(dec) == 7 + 3 + 2 + 3 and dec[0] == "dec-a0.05-f1" and dec[-1] == "flap-75"
+    assert len(dec) == 7 + 3 + 2 + 3 + 2 and dec[0] == "dec-a0.05-f1" and dec[-1] == "wanda-sp-uniform-refit-70"
     assert dec[10:12] == ["sweep-prenorm-50", "sweep-gain-50"]  # decoder scorings, decoders only
-    assert len(t.pairs()) == 17 + 15
+    assert len(t.pairs()) == 20 + 17
     assert t.models_for("enc-a0.05-b0.01") == ["minilm"] and t.models_for("dec-a0.15-f4") == ["smollm2"]
     assert len(t.named_with_models()) == 12
 

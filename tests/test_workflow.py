@@ -124,13 +124,25 @@ def test_tiny_profile_end_to_end(tiny_run):
         assert flap["accuracy_dense_lo"] <= flap["accuracy_dense"] <= flap["accuracy_dense_hi"]
         assert flap["gap_random_lo"] <= flap["gap_random"] <= flap["gap_random_hi"]
     curves = pd.read_csv(res / "summary.csv").groupby("curve")["target"].count().to_dict()
-    assert curves == {"named": 5 + 7 + 7, "sweep": 3 + 1 + 1, "sweep-prenorm": 2, "sweep-gain": 2, "flap": 3}
+    assert curves == {"named": 5 + 7 + 7, "sweep": 3 + 1 + 1, "sweep-prenorm": 2, "sweep-gain": 2, "flap": 3,
+                      "fisher-searched-refit": 1, "obs-uniform-rescale": 2}
+    # the registry's methods: searched on validation, fitted on calibration reviews, with their cost
+    refit = json.loads((res / "tiny-bert/prune/fisher-searched-refit-50/metrics.json").read_text())
+    assert (refit["criterion"], refit["allocation"], refit["compensation"]) == ("fisher", "searched", "refit")
+    assert refit["neurons_pruned"] == refit["neurons_total"] // 2 and refit["seconds_point"] > 0
+    assert refit["seconds_point"] == refit["seconds_plan"] + refit["seconds_materialise_job"]
+    assert refit["accuracy_uncompensated"] is not None and refit["random_seeds"] == [0]
+    assert (res / "tiny-bert/choices/sensitivity_fisher.parquet").exists()
+    assert (res / "tiny-llama/obs_scores.parquet").exists() and (res / "figures/prune_pareto.png").exists()
+    frontier = pd.read_csv(res / "frontier.csv")
+    assert set(frontier.model) == set(summary) and frontier[["frontier_sparsity", "frontier_speedup"]].any(axis=1).all()
+    assert set(headline["methods"]) == set(summary)
     # what DVC compares: the headline holds the summary's numbers for every named configuration
     table = pd.read_csv(res / "summary.csv")
     headline = json.loads((res / "metrics/headline.json").read_text())
     assert set(headline["dense"]) == set(summary)
     named = table[table.curve == "named"]
-    assert {t for t in headline if t != "dense"} == set(named.target)
+    assert {t for t in headline if t not in ("dense", "methods")} == set(named.target)
     for row in named.itertuples():
         point = headline[row.target][row.model]
         assert abs(point["accuracy"] - 100 * row.accuracy) < 0.01 and abs(point["pruned_pct"] - row.pruned_pct) < 0.01

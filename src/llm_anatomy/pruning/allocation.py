@@ -137,7 +137,7 @@ def sensitivity_stage(model_dir, val: pd.DataFrame, criterion: str, stats_files:
     encoded = encode_reviews(tokenizer, meta, head["text"].tolist())
     ablator = Ablator(model, encoded, head["label"].to_numpy(), tokenizer.pad_token_id,
                       meta.get("padding_side", "right"), batch_size)
-    ablator.means = [torch.as_tensor(m, dtype=torch.float32) for m in stats["mean"]]
+    ablator.means = [torch.tensor(m, dtype=torch.float32) for m in stats["mean"]]
     table = layer_sensitivity(ablator, imp, fractions)
     write_parquet(table, out_path)
     return dict(criterion=criterion, reviews=len(encoded), points=len(table))
