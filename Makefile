@@ -37,7 +37,7 @@ run: setup
 # every profile and a real run of the tiny one among them), then DVC's view of the pipeline (a dry
 # `dvc repro` needs the data split, which a fresh clone has not made yet).
 lint: setup
-	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/ruff check src tests workflow benchmarks experiments
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
 
