@@ -113,7 +113,7 @@ def test_files_of_a_target():
     assert m["eval"] == "results/offline/smollm2/prune/flap-50/eval_test.parquet"
     assert t.config_metrics_inputs("dec-a0.15-f4") == ["results/offline/smollm2/prune/dec-a0.15-f4/metrics.json"]
     outs = t.final_outputs()
-    assert len([o for o in outs if "/metrics/prune/" in o]) == 12 and len(t.all_pruned_dirs()) == 32
+    assert len([o for o in outs if "/metrics/prune/" in o]) == 12 and len(t.all_pruned_dirs()) == 37
     assert "results/offline/summary.csv" in outs and "results/offline/comparisons.csv" in outs
     assert t.choice_files() == ["results/offline/minilm/choices/flap_allocation.csv",
                                 "results/offline/smollm2/choices/flap_allocation.csv"]

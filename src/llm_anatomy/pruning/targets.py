@@ -196,24 +196,34 @@ class PruneTargets:
         return f"{self.results}/pruned/{model}/{target}"
 
     def plan_inputs(self, model: str, target: str) -> dict[str, str]:
-        """Scores for every plan; the calibration statistics for FLAP and the methods, and what a method's
-        criterion measures besides (mask gradients, direct contributions)."""
+        """Scores for every plan; the calibration statistics for FLAP and the methods, what a method's
+        criterion measures besides, and the validation sensitivity for a searched allocation."""
         r = f"{self.results}/{model}"
         inputs = dict(layer_scores=f"{r}/layer_scores.parquet", neuron_scores=f"{r}/neuron_scores.parquet")
         if self.needs_ffn_stats(target):
             inputs["ffn_stats"] = f"{r}/ffn_stats.parquet"
         method = method_of(curve_of(target)[0])
         if method:
-            files = {SOURCES[n] for n in CRITERIA[method[0]].needs}
-            if "mask_gradients.parquet" in files:
-                inputs["mask_gradients"] = f"{r}/mask_gradients.parquet"
-            if "anatomy/contributions.parquet" in files:
-                inputs["contributions"] = f"{r}/anatomy/contributions.parquet"
-            if "obs_scores.parquet" in files:
-                inputs["obs_scores"] = f"{r}/obs_scores.parquet"
+            inputs.update(self.criterion_inputs(model, method[0]))
             if method[1] == "searched":
                 inputs["sensitivity"] = self.sensitivity_file(model, method[0])
         return inputs
+
+    def criterion_inputs(self, model: str, criterion: str) -> dict[str, str]:
+        """What a criterion's importances are computed from: the neuron scores (cosine), the calibration
+        statistics (and their means, for the bias fold), and what the criterion measures besides."""
+        r = f"{self.results}/{model}"
+        inputs = dict(neuron_scores=f"{r}/neuron_scores.parquet", ffn_stats=f"{r}/ffn_stats.parquet")
+        files = {SOURCES[n] for n in CRITERIA[criterion].needs}
+        for key, name in (("mask_gradients", "mask_gradients.parquet"), ("obs_scores", "obs_scores.parquet"),
+                          ("contributions", "anatomy/contributions.parquet")):
+            if name in files:
+                inputs[key] = f"{r}/{name}"
+        return inputs
+
+    def sensitivity_file(self, model: str, criterion: str) -> str:
+        """The validation evidence the searched allocation reads (one per model and criterion)."""
+        return f"{self.results}/{model}/choices/sensitivity_{criterion}.parquet"
 
     def metrics_inputs(self, model: str, target: str, split: str = "test") -> dict[str, str]:
         """Every file one target's metrics.json is built from."""
@@ -245,16 +255,6 @@ class PruneTargets:
         """The validation-split evidence for FLAP's allocation, per model with FLAP points."""
         return [f"{self.results}/{m}/choices/flap_allocation.csv" for m in self.models
                 if self.sizing_tree[self.kinds[m]].get("flap")]
-
-    def sensitivity_file(self, model: str, criterion: str) -> str:
-        """The validation evidence the searched allocation reads (one per model and criterion)."""
-        return f"{self.results}/{model}/choices/sensitivity_{criterion}.parquet"
-
-    def criterion_inputs(self, model: str, criterion: str) -> dict[str, str]:
-        """What a criterion's importances are computed from (the layer sensitivity reads them too)."""
-        inputs = self.plan_inputs(model, f"{criterion}-uniform-none-50")
-        del inputs["layer_scores"]
-        return inputs
 
     def benchmark_files(self, model: str, target: str) -> dict[str, str]:
         """The benchmark records of what one point costs before evaluation: its plan and materialise jobs, and
