@@ -50,10 +50,12 @@ def test_dense_model_is_evaluated_once_per_model_and_split(tmp_path):
     out = snakemake(tmp_path, "-n", "--config", "profile=tiny")
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = job_counts(out.stdout + out.stderr)
-    # tiny-bert: named, sweep, flap; tiny-gpt2 and tiny-llama likewise plus two decoder scorings at 50%
-    targets = 5 + 3 + 1 + 2 * (7 + 1 + 2 + 1)
+    # tiny-bert: named, sweep, flap, one method; tiny-gpt2 and tiny-llama likewise plus two decoder scorings
+    targets = 5 + 3 + 1 + 1 + 2 * (7 + 1 + 2 + 1 + 1)
     assert jobs["evaluate_dense"] == 3  # three models, the test split only
     assert jobs["ablate"] == 3 and jobs["flap_allocation_choice"] == 3
+    # per-model inputs of the methods: once per model, whatever the number of points
+    assert jobs["mask_gradients"] == 1 and jobs["layer_sensitivity"] == 1 and jobs["obs_scores"] == 2
     for step in ("prune_plan", "materialise", "evaluate_pruned", "time_pruned", "prune_metrics"):
         assert jobs[step] == targets, step
     assert jobs["prune_collect"] == 12

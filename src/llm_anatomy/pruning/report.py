@@ -357,6 +357,8 @@ def plot_pareto(runs: list[dict], path) -> None:
                          fmt=("o-" if curve == "sweep" else "s-" if curve == "flap" else "^--"),
                          label=SERIES_NAMES.get(curve, curve))
             for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
+                if key == "speedup_removed":  # points only: a curve's speedups need not grow with its sparsity
+                    style = dict(style, fmt=style["fmt"][0])
                 ax.errorbar([m[key] for m in pts], [m["accuracy"] for m in pts],
                             yerr=[[m["accuracy"] - m["accuracy_lo"] for m in pts],
                                   [m["accuracy_hi"] - m["accuracy"] for m in pts]], **style)
