@@ -36,9 +36,9 @@ def test_offline_targets():
     assert enc[5:] == ([f"sweep-{p}" for p in pcts] + [f"flap-{p}" for p in pcts]
                        + [f"fluctuation-searched-refit-{p}" for p in pcts])
     dec = t.names("smollm2")
-    assert len(dec) == 7 + 3 + 2 + 3 + 2 and dec[0] == "dec-a0.05-f1" and dec[-1] == "wanda-sp-uniform-refit-70"
-    assert dec[10:12] == ["sweep-prenorm-50", "sweep-gain-50"]  # decoder scorings, decoders only
-    assert len(t.pairs()) == 20 + 17
+    assert len(dec) == 7 + 2 + 2 + 2 + 2 and dec[0] == "dec-a0.05-f1" and dec[-1] == "wanda-sp-uniform-refit-70"
+    assert dec[9:11] == ["sweep-prenorm-50", "sweep-gain-50"]  # decoder scorings, decoders only
+    assert len(t.pairs()) == 20 + 15
     assert t.models_for("enc-a0.05-b0.01") == ["minilm"] and t.models_for("dec-a0.15-f4") == ["smollm2"]
     assert len(t.named_with_models()) == 12
 
@@ -113,11 +113,11 @@ def test_files_of_a_target():
     assert m["eval"] == "results/offline/smollm2/prune/flap-50/eval_test.parquet"
     assert t.config_metrics_inputs("dec-a0.15-f4") == ["results/offline/smollm2/prune/dec-a0.15-f4/metrics.json"]
     outs = t.final_outputs()
-    assert len([o for o in outs if "/metrics/prune/" in o]) == 12 and len(t.all_pruned_dirs()) == 37
+    assert len([o for o in outs if "/metrics/prune/" in o]) == 12 and len(t.all_pruned_dirs()) == 35
     assert "results/offline/summary.csv" in outs and "results/offline/comparisons.csv" in outs
     assert t.choice_files() == ["results/offline/minilm/choices/flap_allocation.csv",
                                 "results/offline/smollm2/choices/flap_allocation.csv"]
-    assert set(t.choice_files()) <= set(outs) and t.flap_fractions("smollm2") == [0.25, 0.5, 0.75]
+    assert set(t.choice_files()) <= set(outs) and t.flap_fractions("smollm2") == [0.5, 0.75]
     assert targets_for("tiny").results == "results/tiny"
 
 
