@@ -77,16 +77,22 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
     return pd.concat(frames, ignore_index=True)
 
 
-def calibration_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
-                      threads: int | None = None, device: str = "auto") -> dict:
-    """ffn_stats.parquet from the first `reviews` reviews of the train split, tokenised as in training."""
+def calibration_reviews(train: pd.DataFrame, tokenizer, meta: dict, reviews: int) -> tuple[list, np.ndarray]:
+    """(token ids, labels) of the first `reviews` reviews of the train split, tokenised as the checkpoint was
+    fine-tuned: the calibration reviews every statistic, gradient and fitted compensation is taken on."""
     if reviews > len(train):
         raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
                          "lower it or enlarge split.train")
+    head = train.iloc[:reviews]
+    return encode_reviews(tokenizer, meta, head["text"].tolist()), head["label"].to_numpy()
+
+
+def calibration_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
+                      threads: int | None = None, device: str = "auto") -> dict:
+    """ffn_stats.parquet from the first `reviews` reviews of the train split, tokenised as in training."""
     set_threads(threads)
     model, tokenizer, meta = load_classifier(model_dir, device)
-    texts = train["text"].iloc[:reviews].tolist()
-    encoded = encode_reviews(tokenizer, meta, texts)
+    encoded, _labels = calibration_reviews(train, tokenizer, meta, reviews)
     stats = ffn_activation_stats(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),
                                  batch_size, meta.get("precision", "fp32"), desc="calibration")
     write_parquet(stats, out_path)

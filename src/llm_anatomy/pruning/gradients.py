@@ -21,10 +21,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..batching import encode_reviews, iter_padded, sorted_batches
+from ..batching import iter_padded, sorted_batches
 from ..device import model_device
 from ..io import write_parquet
 from ..models import SentimentClassifier, load_classifier, set_threads
+from .calibration import calibration_reviews
 
 
 def mask_gradients(model: SentimentClassifier, encoded: Sequence[Sequence[int]], labels, pad_id: int,
@@ -73,14 +74,10 @@ def gradients_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batc
                     threads: int | None = None, device: str = "auto") -> dict:
     """mask_gradients.parquet from the first `reviews` labelled reviews of the train split (the reviews
     ffn_stats.parquet measures), tokenised as in training."""
-    if reviews > len(train):
-        raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
-                         "lower it or enlarge split.train")
     set_threads(threads)
     model, tokenizer, meta = load_classifier(model_dir, device)
-    head = train.iloc[:reviews]
-    encoded = encode_reviews(tokenizer, meta, head["text"].tolist())
-    grads = mask_gradients(model, encoded, head["label"].to_numpy(), tokenizer.pad_token_id,
-                           meta.get("padding_side", "right"), batch_size)
+    encoded, labels = calibration_reviews(train, tokenizer, meta, reviews)
+    grads = mask_gradients(model, encoded, labels, tokenizer.pad_token_id, meta.get("padding_side", "right"),
+                           batch_size)
     write_parquet(grads, out_path)
     return dict(reviews=len(encoded), batches=int(grads["batches"].iloc[0]), neurons=len(grads))

@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import encode_reviews, progress_batches
+from ..batching import progress_batches
 from ..device import model_device
 from ..io import write_parquet
 from ..models import SentimentClassifier, load_classifier, set_threads
+from .calibration import calibration_reviews
 
 
 @torch.no_grad()
@@ -106,12 +107,9 @@ def obs_scores(model: SentimentClassifier, encoded, pad_id: int, padding_side: s
 def obs_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, ridge: float, batch_size: int = 16,
               threads: int | None = None, device: str = "auto") -> dict:
     """obs_scores.parquet from the first `reviews` train reviews (the calibration reviews of every criterion)."""
-    if reviews > len(train):
-        raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
-                         "lower it or enlarge split.train")
     set_threads(threads)
     model, tokenizer, meta = load_classifier(model_dir, device)
-    encoded = encode_reviews(tokenizer, meta, train["text"].iloc[:reviews].tolist())
+    encoded, _labels = calibration_reviews(train, tokenizer, meta, reviews)
     scores = obs_scores(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"), batch_size, ridge)
     write_parquet(scores, out_path)
     return dict(reviews=len(encoded), tokens=int(scores["tokens"].iloc[0]), neurons=len(scores))

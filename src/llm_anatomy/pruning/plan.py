@@ -104,6 +104,16 @@ def plan_threshold(cfg: dict, c, scores, high: float) -> Plan:
     return Plan(pruned, table, info, figure4a_lines(table))
 
 
+def cut_table(importance, pruned, cut, scores, high: float) -> pd.DataFrame:
+    """One row per layer of a plan that cuts by an importance: the highest pruned importance, the counts, and
+    how many high neurons (paper score above `high`) there are and are pruned."""
+    return pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(importance[l]), masked=len(pruned[l]),
+                              masked_pct=100.0 * len(pruned[l]) / len(importance[l]),
+                              high=int((np.asarray(scores[l]) > high).sum()),
+                              high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
+                         for l in range(len(importance))])
+
+
 def plan_flap(cfg: dict, stats_path, scores, high: float) -> Plan:
     """FLAP: the lowest fluctuation scores, `cfg['target']` of all neurons, allocated per cfg."""
     if stats_path is None:
@@ -118,11 +128,7 @@ def plan_flap(cfg: dict, stats_path, scores, high: float) -> Plan:
     f = fluctuation_scores(var, vnorm)
     pruned = flap_masks(f, float(cfg["target"]), allocation)
     cut = score_thresholds(f, pruned)
-    table = pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(f[l]), masked=len(pruned[l]),
-                               masked_pct=100.0 * len(pruned[l]) / len(f[l]),
-                               high=int((np.asarray(scores[l]) > high).sum()),
-                               high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
-                          for l in range(len(f))])
+    table = cut_table(f, pruned, cut, scores, high)
     compensate = bool(cfg["bias_compensation"])
     info = dict(rule="flap", allocation=allocation, bias_compensation=compensate, thresholds=cut,
                 search=dict(target_fraction=float(cfg["target"]), pruned=int(sum(len(p) for p in pruned)),
@@ -148,11 +154,7 @@ def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float, sensitivi
                          f"the neuron scores' {[len(s) for s in scores]}; rebuild both from the same checkpoint")
     pruned = allocate(imp, float(cfg["target"]), cfg["allocation"], sensitivity)
     cut = score_thresholds(imp, pruned)
-    table = pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(imp[l]), masked=len(pruned[l]),
-                               masked_pct=100.0 * len(pruned[l]) / len(imp[l]),
-                               high=int((np.asarray(scores[l]) > high).sum()),
-                               high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
-                          for l in range(len(imp))])
+    table = cut_table(imp, pruned, cut, scores, high)
     info = dict(rule="criterion", criterion=cfg["criterion"], allocation=cfg["allocation"], compensation=compensation,
                 ridge=float(cfg.get("ridge", 0.0)), bias_compensation=compensation == "bias", thresholds=cut,
                 search=dict(target_fraction=float(cfg["target"]), pruned=int(sum(len(p) for p in pruned)),

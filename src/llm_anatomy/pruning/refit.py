@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import encode_reviews, iter_padded, sorted_batches
+from ..batching import iter_padded, sorted_batches
 from ..device import model_device
 from ..models import SentimentClassifier
 from ..replay import StopForward, replay_below, stop_after
 from ..surgery import set_outputs, zero_masked
+from .calibration import calibration_reviews
 from .compensation import LayerStats, compensate
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,8 @@ class CalibrationSet:
                    ) -> "CalibrationSet":
         """The first `reviews` reviews of the train split, tokenised as the checkpoint was fine-tuned (the same
         reviews `ffn_stats` and `mask_gradients` measure)."""
-        if reviews > len(train):
-            raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
-                             "lower it or enlarge split.train")
-        return cls(encode_reviews(tokenizer, meta, train["text"].iloc[:reviews].tolist()), tokenizer.pad_token_id,
-                   meta.get("padding_side", "right"), batch_size)
+        encoded, _labels = calibration_reviews(train, tokenizer, meta, reviews)
+        return cls(encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"), batch_size)
 
 
 def _run(model, ids, mask) -> None:
