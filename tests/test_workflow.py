@@ -296,7 +296,7 @@ def test_editing_a_module_reruns_the_rules_that_import_it(tiny_run, tmp_path):
     jobs = job_counts(out.stdout + out.stderr)
     # the scripts importing llm_anatomy.pruning.rules (llm_anatomy.provenance): plans, materialised
     # folders, their evaluation and timing, metrics and the report; not the fine-tune or the anatomy
-    targets = 5 + 3 + 1 + 2 * (7 + 1 + 2 + 1)
+    targets = 5 + 3 + 1 + 1 + 2 * (7 + 1 + 2 + 1 + 1)
     assert jobs["prune_plan"] == jobs["materialise"] == jobs["evaluate_pruned"] == targets, jobs
     assert jobs["prune_report"] == 1
     assert not {"split_data", "finetune", "extract", "score", "neuron_sets", "ablate", "evaluate_dense",
