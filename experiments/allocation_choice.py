@@ -20,7 +20,8 @@ from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
 from llm_anatomy.evaluate import predict_logits
 from llm_anatomy.models import load_classifier, set_threads
-from llm_anatomy.pruning.allocation import allocate, layer_sensitivity
+from llm_anatomy.pruning.allocation import allocate
+from llm_anatomy.pruning.sensitivity import layer_sensitivity
 from llm_anatomy.pruning.calibration import ffn_activation_stats
 from llm_anatomy.pruning.criteria import NeuronStats, importance
 from llm_anatomy.pruning.refit import fit_compensation

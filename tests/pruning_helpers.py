@@ -80,8 +80,7 @@ def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), t
                       ffn_stats_path=p["stats"] if calibrated else None,
                       mask_gradients_path=p["grads"] if cfg["rule"] == "criterion" else None)
     train = calibration_frame(reviews)  # what a fitted compensation is fitted on (the workflow: the train split)
-    materialise(p["dense"], p["plan"], p["pruned"], target="t", train=train, calibration_reviews=len(train),
-                batch_size=2)
+    materialise(p["dense"], p["plan"], p["pruned"], target="t", train=train, calibration_reviews=len(train))
     test = pd.DataFrame({"text": reviews * 4, "label": [1, 0, 1, 1, 0] * 4})
     acc = evaluate_stage(p["dense"], test, p["dense_eval"], batch_size=4, threads=1, device="cpu")
     acc_pruned = evaluate_stage(p["pruned"], test, p["eval"], batch_size=4, threads=1, device="cpu")

@@ -8,7 +8,8 @@ import torch
 from conftest import ARCHS, make_tiny
 from llm_anatomy.ablation import Ablator
 from llm_anatomy.batching import encode, pad
-from llm_anatomy.pruning.allocation import allocate, layer_sensitivity, lowest, searched_counts
+from llm_anatomy.pruning.allocation import allocate, lowest, searched_counts
+from llm_anatomy.pruning.sensitivity import layer_sensitivity
 from llm_anatomy.pruning.materialise import pruned_copy
 from llm_anatomy.pruning.plan import Plan
 

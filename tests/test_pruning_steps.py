@@ -48,7 +48,7 @@ def test_materialised_folder_reloads_in_a_fresh_process(arch, cfg, tokenizer, re
     p = out["paths"]
     plan = read_plan(p["plan"])
     meta = load_classifier(p["dense"])[2]
-    calibration = CalibrationSet.from_split(calibration_frame(reviews), tokenizer, meta, len(reviews), 2)
+    calibration = CalibrationSet.from_split(calibration_frame(reviews), tokenizer, meta, len(reviews))
     in_memory = pruned_copy(model, plan, "removed", calibration)
     ids, mask = pad(tokenizer(reviews)["input_ids"], tokenizer.pad_token_id, "right")
     with torch.no_grad():

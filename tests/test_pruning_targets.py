@@ -151,8 +151,8 @@ def test_method_targets_configurations_and_inputs():
         rule="criterion", criterion="fisher", allocation="global", compensation="refit", target=0.9, ridge=0.01)
     # only fitted compensations read the ridge, so changing it leaves the other methods' plans alone
     assert "ridge" not in t.rule_config("minilm", "contribution-uniform-bias-40")
-    assert t.needs_train("minilm", "fisher-global-refit-40") and not t.needs_train("minilm", "contribution-uniform-bias-40")
-    assert not t.needs_train("minilm", "flap-50")
+    assert t.needs_train("fisher-global-refit-40") and not t.needs_train("contribution-uniform-bias-40")
+    assert not t.needs_train("flap-50")
     r = "results/offline/minilm"
     assert t.plan_inputs("minilm", "fisher-global-refit-40") == dict(
         layer_scores=f"{r}/layer_scores.parquet", neuron_scores=f"{r}/neuron_scores.parquet",

@@ -67,6 +67,11 @@ def _check_method_curves(curves, key: str) -> None:
                               "(e.g. fluctuation-uniform-refit)")
 
 
+def _method_allocation(curve: str) -> str:
+    from .pruning.targets import method_of
+    return method_of(curve)[1]
+
+
 def check_schema(config: dict, schema_path: str | Path) -> None:
     """Validate `config` against the schema, filling in the schema's defaults for absent keys."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -213,7 +218,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
                               "the train split)")
         _check_method_curves(methods.get("curves", []), f"{key}.methods.curves")
         curves = methods.get("curves", [])
-        searched = curves == "all" or any(c.split("-")[-2] == "searched" for c in curves)
+        searched = curves == "all" or any(_method_allocation(c) == "searched" for c in curves)
         if searched and methods.get("percents") and methods.get("search_reviews", 0) > prof["split"]["val"]:
             raise ParamsError(f"{key}.methods.search_reviews = {methods['search_reviews']} exceeds split.val = "
                               f"{prof['split']['val']}; lower it (the searched allocation reads the validation split)")

@@ -78,14 +78,14 @@ def random_seeds(wildcards):
 
 def fitted_inputs(wildcards):
     """The train split, for targets whose compensation is fitted on calibration reviews."""
-    return dict(train=f"{DATA}/train.parquet") if TARGETS.needs_train(wildcards.model, wildcards.target) else {}
+    return dict(train=f"{DATA}/train.parquet") if TARGETS.needs_train(wildcards.target) else {}
 
 
 def fit_params(wildcards):
     """Calibration sizing of a fitted compensation (None for every other target)."""
-    if not TARGETS.needs_train(wildcards.model, wildcards.target):
+    if not TARGETS.needs_train(wildcards.target):
         return None
-    return dict(reviews=TARGETS.sizing(wildcards.model).calibration_reviews, batch_size=16)
+    return dict(reviews=TARGETS.sizing(wildcards.model).calibration_reviews)
 
 
 def rule_config(wildcards):

@@ -1,7 +1,7 @@
 """Per-layer validation loss increase of one criterion's pruning (the searched allocation's evidence)."""
 from llm_anatomy.data import read_split
 from llm_anatomy.logs import setup_logging
-from llm_anatomy.pruning.allocation import sensitivity_stage
+from llm_anatomy.pruning.sensitivity import sensitivity_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = setup_logging(sm.log[0])

@@ -8,4 +8,4 @@ setup_logging(sm.log[0])
 fit = sm.params.fit  # None unless the plan's compensation is fitted on calibration reviews
 train = read_split(sm.input.train) if fit else None
 materialise(sm.input.model, sm.input.plan, sm.output[0], target=sm.wildcards.target, train=train,
-            calibration_reviews=fit["reviews"] if fit else 0, batch_size=fit["batch_size"] if fit else 16)
+            calibration_reviews=fit["reviews"] if fit else 0)

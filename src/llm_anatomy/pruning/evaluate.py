@@ -47,7 +47,7 @@ def baselines_stage(dense_dir, split: pd.DataFrame, plan_path, random_path, out_
         if train is None:
             raise ValueError(f"{plan_path}: the random baselines of a {plan.compensation}-compensated plan are fitted "
                              "on the train split's calibration reviews; pass train")
-        calibration = CalibrationSet.from_split(train, tokenizer, meta, calibration_reviews)  # as materialise fits
+        calibration = CalibrationSet.from_split(train, tokenizer, meta, calibration_reviews)
     if plan.compensated:
         variants["uncompensated"] = plan.without_compensation()
         variants.update({f"random-{p.info['seed']}-uncompensated": p.without_compensation() for p in randoms})

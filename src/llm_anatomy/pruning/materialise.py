@@ -86,10 +86,8 @@ def zeroed_like(dense: SentimentClassifier, removed: SentimentClassifier, plan: 
     zero_masked(out.adapter, plan.pruned)
     for layer, drop in enumerate(plan.pruned):
         kept = np.setdiff1d(np.arange(dense.adapter.ffn_width(layer)), np.asarray(drop, dtype=np.int64))
-        bias = removed.adapter.ffn(layer).output.bias
-        if bias is None:
-            bias = torch.zeros(dense.adapter.hidden_size)
-        set_outputs(out.adapter, layer, kept.tolist(), removed.adapter.value_vectors(layer).detach(), bias.detach())
+        set_outputs(out.adapter, layer, kept.tolist(), removed.adapter.value_vectors(layer).detach(),
+                    removed.adapter.ffn(layer).output.bias.detach())
     return out
 
 
@@ -98,7 +96,7 @@ def folder_bytes(folder: str | Path) -> int:
 
 
 def materialise(model_dir, plan_path, out_dir, target: str = "", train: pd.DataFrame | None = None,
-                calibration_reviews: int = 0, batch_size: int = 16) -> dict:
+                calibration_reviews: int = 0) -> dict:
     """Write the physically pruned classifier of `plan_path` to `out_dir` (atomically); return pruning.json.
     A fitted compensation is computed on the first `calibration_reviews` reviews of `train`."""
     start = time.perf_counter()
@@ -109,7 +107,7 @@ def materialise(model_dir, plan_path, out_dir, target: str = "", train: pd.DataF
         if train is None:
             raise ValueError(f"{plan_path}: {plan.compensation} compensation needs the train split's calibration "
                              "reviews; pass train (the materialise rule does for fitted plans)")
-        calibration = CalibrationSet.from_split(train, tokenizer, meta, calibration_reviews, batch_size)
+        calibration = CalibrationSet.from_split(train, tokenizer, meta, calibration_reviews)
     widths = model.adapter.ffn_widths()
     if [int(w) for w in plan.table["width"]] != widths:
         raise ValueError(f"{plan_path} was planned for FFN widths {plan.table['width'].tolist()}, but {model_dir} "

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """The tokenised calibration reviews a fitted compensation is computed on."""
+    """The tokenised calibration reviews a fitted compensation is computed on (materialise and the random
+    baselines use the same batch size, so both fit the same sums)."""
 
     encoded: Sequence[Sequence[int]]
     pad_id: int

@@ -157,7 +157,7 @@ class PruneTargets:
         curve = curve_of(name)[0]
         return curve == "flap" or method_of(curve) is not None
 
-    def needs_train(self, model: str, name: str) -> bool:
+    def needs_train(self, name: str) -> bool:
         """Whether the target's compensation is fitted on calibration reviews (materialise, baselines)."""
         method = method_of(curve_of(name)[0])
         return method is not None and method[2] in FITTED
