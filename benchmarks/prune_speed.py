@@ -6,9 +6,11 @@ Removes `fraction` of every layer's FFN neurons (the lowest |score| when --neuro
 else at random; --zeroed adds the zeroed copy, same shapes, for each fraction), then times dense and
 every pruned model in alternating, rotating order in one process (a warm-up pass each, `--repeats`
 rounds), at one batch size, thread count and precision (the checkpoint's: bf16 weights stored once).
-Prints, per model, the median seconds, the speedup with its per-repeat spread, the multiply-add bound
-(dense / pruned multiply-adds over these reviews, `pruning.costs.forward_macs`) and the share of
-the bound reached, (speedup - 1) / (bound - 1), with the CPU it ran on.
+`--eager` and `--every-token` time the loop without its fused FFN input maps or without its
+read-token-only last block (docs/SPEED.md). Prints, per model, the median seconds, the speedup with
+its per-repeat spread, the multiply-add bound (dense / pruned multiply-adds over these reviews, as the
+loop runs them: `pruning.costs.forward_macs`) and the share of the bound reached,
+(speedup - 1) / (bound - 1), with the CPU it ran on.
 """
 from __future__ import annotations
 
@@ -36,20 +38,23 @@ def main():
     ap.add_argument("--multiple-of", type=int, default=1, help="round each layer's kept width up to a multiple")
     ap.add_argument("--eager", action="store_true",
                     help="the eager FFN modules (inference_model(fuse=False)), not the fused loop")
+    ap.add_argument("--every-token", action="store_true",
+                    help="the last block for every token (inference_model(last_token=False)), bound to match")
     args = ap.parse_args()
 
     model, tok, meta, reviews = load(args)
     encoded = encode_reviews(tok, meta, reviews["text"])
     lengths = [len(e) for e in encoded]
     precision = args.precision or meta.get("precision", "fp32")
+    run = dict(fuse=not args.eager, last_token=not args.every_token)
     if args.neuron_scores:
         from llm_anatomy.scores import mean_neuron_scores
         order = [np.argsort(np.abs(s)) for s in mean_neuron_scores(args.neuron_scores)]
     else:
         rng = np.random.default_rng(0)
         order = [rng.permutation(w) for w in model.adapter.ffn_widths()]
-    variants = {"dense": inference_model(model, precision, fuse=not args.eager)}
-    macs = {"dense": forward_macs(model.adapter, lengths)}
+    variants = {"dense": inference_model(model, precision, **run)}
+    macs = {"dense": forward_macs(model.adapter, lengths, readout=run["last_token"])}
     for fraction in (float(f) for f in args.fractions.split(",")):
         pruned = []
         for w, o in zip(model.adapter.ffn_widths(), order):
@@ -59,12 +64,12 @@ def main():
         removed = copy.deepcopy(model)
         remove_masked(removed.adapter, pruned)
         name = f"removed-{100 * fraction:g}"
-        variants[name] = inference_model(removed, precision, fuse=not args.eager)
-        macs[name] = forward_macs(removed.adapter, lengths)
+        variants[name] = inference_model(removed, precision, **run)
+        macs[name] = forward_macs(removed.adapter, lengths, readout=run["last_token"])
         if args.zeroed:
             zeroed = copy.deepcopy(model)
             zero_masked(zeroed.adapter, pruned)
-            variants[f"zeroed-{100 * fraction:g}"] = inference_model(zeroed, precision, fuse=not args.eager)
+            variants[f"zeroed-{100 * fraction:g}"] = inference_model(zeroed, precision, **run)
             macs[f"zeroed-{100 * fraction:g}"] = macs["dense"]
     times = time_variants(variants, encoded, tok.pad_token_id, args.batch_size, precision,
                           meta.get("padding_side", "right"), args.repeats)
@@ -77,8 +82,9 @@ def main():
                           bound=bound, share_of_bound=(speedup - 1) / (bound - 1) if bound > 1 else None,
                           widths=variants[name].adapter.ffn_widths()[:3] + ["..."])
     print(json.dumps(dict(machine=machine_info(torch.device("cpu")), checkpoint=args.checkpoint, reviews=len(encoded),
-                          batch_size=args.batch_size, precision=precision, fused=not args.eager, repeats=args.repeats,
-                          multiple_of=args.multiple_of, seconds=times, models=rows), indent=2))
+                          batch_size=args.batch_size, precision=precision, fused=not args.eager,
+                          last_token_only=not args.every_token, repeats=args.repeats, multiple_of=args.multiple_of,
+                          seconds=times, models=rows), indent=2))
 
 
 if __name__ == "__main__":

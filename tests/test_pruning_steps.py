@@ -107,11 +107,13 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
         direct = model(ids, mask).numpy()
     np.testing.assert_allclose(dense["logit"].to_numpy(), direct, atol=1e-5)
     # the evaluation's speed record: its work recounted by hand (tiny Llama: q, o, gate, up, down are
-    # hidden x hidden or hidden x ffn; k, v project to half the heads) and its fraction of the roofline
+    # hidden x hidden or hidden x ffn; k, v project to half the heads; the last layer computes keys
+    # and values for every token, the rest for the read token only) and its fraction of the roofline
     h, f, L = model.adapter.hidden_size, model.adapter.ffn_width(0), model.adapter.num_layers
-    per_token = L * (2 * h * h + 2 * h * (h // 2) + 3 * h * f)
+    kv, rest = 2 * h * (h // 2), 2 * h * h + 3 * h * f
     lengths = [len(t) for t in tokenizer(test["text"].tolist())["input_ids"]]
-    assert info["macs"] == sum(T * per_token + 2 * L * T * T * h for T in lengths)
+    assert info["macs"] == sum(T * (L * kv + (L - 1) * rest) + rest + 2 * (L - 1) * T * T * h + 2 * T * h
+                               for T in lengths)
     assert info["roofline_fraction"] == pytest.approx(2 * info["macs"] / info["inference_seconds"]
                                                       / (info["roofline_gflops"] * 1e9))
     assert info["machine"]["cpu"] and info["inference_seconds"] < info["seconds"]

@@ -36,6 +36,14 @@ def weight_rows_are_neurons(module: nn.Module, side: str) -> bool:
     raise TypeError(f"unsupported FFN projection type {type(module).__name__}")
 
 
+def target_positions(attention_mask: torch.Tensor, is_decoder: bool) -> torch.Tensor:
+    """Per row, the first real token (encoders: CLS) or the last real token (decoders)."""
+    mask = attention_mask.long()
+    if is_decoder:
+        return mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
+    return mask.argmax(dim=1)
+
+
 class ModelAdapter:
     """Architecture-neutral view of a backbone (a `*Model`, not a `*ForX` wrapper)."""
 
@@ -85,6 +93,10 @@ class ModelAdapter:
             total = sq if total is None else total + sq
         return total
 
+    def key_value_weights(self, layer: int) -> int:
+        """How many weights map the hidden state onto `layer`'s attention keys and values."""
+        raise NotImplementedError
+
     def residual_site(self, layer: int) -> tuple[nn.Module, int]:
         """(module, argument index): the forward input of `module` at that position is the residual
         stream the FFN's output is added to in `layer` (the attention sublayer's output)."""
@@ -125,11 +137,7 @@ class ModelAdapter:
 
         Encoders read the first real token (CLS); decoders the last real token.
         """
-        mask = attention_mask.long()
-        if self.is_decoder:
-            seq_len = mask.shape[1]
-            return seq_len - 1 - mask.flip(1).argmax(dim=1)
-        return mask.argmax(dim=1)
+        return target_positions(attention_mask, self.is_decoder)
 
     def forward_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -163,6 +171,10 @@ class BertAdapter(ModelAdapter):
         block = self.backbone.encoder.layer[layer]
         return FFNBlock(inputs=(block.intermediate.dense,), output=block.output.dense)
 
+    def key_value_weights(self, layer):
+        att = self.backbone.encoder.layer[layer].attention.self
+        return att.key.weight.numel() + att.value.weight.numel()
+
     def residual_site(self, layer):
         return self.backbone.encoder.layer[layer].output, 1  # BertOutput(hidden, input_tensor): LN(dense + input)
 
@@ -177,6 +189,9 @@ class GPT2Adapter(ModelAdapter):
     def ffn(self, layer):
         mlp = self.backbone.h[layer].mlp
         return FFNBlock(inputs=(mlp.c_fc,), output=mlp.c_proj)
+
+    def key_value_weights(self, layer):
+        return self.backbone.h[layer].attn.c_attn.weight.numel() * 2 // 3  # [hidden, query | key | value]
 
     def residual_site(self, layer):
         return self.backbone.h[layer].ln_2, 0  # residual = hidden; hidden = residual + mlp(ln_2(hidden))
@@ -199,6 +214,10 @@ class LlamaAdapter(ModelAdapter):
     def ffn(self, layer):
         mlp = self.backbone.layers[layer].mlp
         return FFNBlock(inputs=(mlp.gate_proj, mlp.up_proj), output=mlp.down_proj)
+
+    def key_value_weights(self, layer):
+        att = self.backbone.layers[layer].self_attn
+        return att.k_proj.weight.numel() + att.v_proj.weight.numel()
 
     def residual_site(self, layer):
         return self.backbone.layers[layer].post_attention_layernorm, 0  # as GPT-2, with RMSNorm

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import fused
+from . import fused, readout
 from .batching import encode_reviews, progress_batches
 from .device import amp_dtype, autocast, describe, machine_info, model_device
 from .logits import accuracy_of, first_reviews, logits_frame, write_logits
@@ -22,10 +22,12 @@ from .roofline import pass_speed
 log = logging.getLogger(__name__)
 
 
-def inference_model(model: SentimentClassifier, precision: str, fuse: bool = True) -> SentimentClassifier:
-    """The model as inference runs it at `precision`, made once: a copy whose backbone parameters are
-    stored in bf16 (for bf16) and, on a CPU with oneDNN, whose FFN input maps run with their activation
-    fused into the matmul (`llm_anatomy.fused`). The buffers (rotary frequencies) and the head stay in
+def inference_model(model: SentimentClassifier, precision: str, fuse: bool = True,
+                    last_token: bool = True) -> SentimentClassifier:
+    """The model as inference runs it at `precision`, made once: a copy whose last block computes the
+    classifier's one token only (`llm_anatomy.readout`), whose backbone parameters are stored in bf16
+    (for bf16) and, on a CPU with oneDNN, whose FFN input maps run with their activation fused into the
+    matmul (`llm_anatomy.fused`). The buffers (rotary frequencies) and the head stay in
     float32. The model passed in is never changed; a copy this function made for `precision` is
     returned as is (so `predict_logits` keeps what its caller prepared, `fuse=False` included).
 
@@ -33,16 +35,18 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
     drops the separate bias and activation passes over the [tokens, FFN] tensor. Measured on MiniLM and
     SmolLM2, each is faster at the same accuracy (docs/SPEED.md). Float16 (the CUDA fallback where bf16
     is missing) keeps autocast, which keeps LayerNorm and softmax in float32. `fuse=False` keeps the
-    eager FFN modules (benchmarks/fused_loop.py times the two).
+    eager FFN modules and `last_token=False` runs the last block for every token
+    (`benchmarks/loop_parts.py --without fused|readout` times each against the whole loop).
     """
     if getattr(model, "_inference_form", None) == precision:
         return model
     device = model_device(model)
     dtype = amp_dtype(precision, device)
     cast = dtype == torch.bfloat16 and backbone_dtype(model) != dtype
-    pin = not fuse  # a copy even with nothing to change, marked so later calls do not fuse it
+    pin = not (fuse and last_token)  # a copy even with nothing to change, marked so later calls keep it so
     fuse = fuse and device.type == "cpu" and dtype in (None, torch.bfloat16) and fused.available() and not fused.is_fused(model)
-    if not (cast or fuse or pin):
+    last = last_token and model.adapter.arch in readout.READOUTS and not readout.is_installed(model)
+    if not (cast or fuse or pin or last):
         return model
     runner = copy.deepcopy(model)
     if cast:
@@ -50,6 +54,8 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
             param.data = param.data.to(dtype)
     if fuse:
         fused.fuse_ffn_inputs(runner)
+    if last:
+        readout.install(runner)
     runner._inference_form = precision
     return runner
 

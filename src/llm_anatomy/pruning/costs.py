@@ -16,16 +16,25 @@ def linear_macs_per_token(layer: nn.Module) -> int:
     return sum(m.weight.numel() for m in layer.modules() if isinstance(m, (nn.Linear, Conv1D)))
 
 
-def forward_macs(adapter, lengths: Sequence[int]) -> int:
-    """Multiply-adds of the backbone's layers over sequences of these lengths (no padding).
+def forward_macs(adapter, lengths: Sequence[int], readout: bool = True) -> int:
+    """Multiply-adds of the backbone's layers over sequences of these lengths (no padding), as the
+    evaluation loop runs them: with `readout`, the last layer computes every token's keys and values
+    and everything else for the classifier's one token only (`llm_anatomy.readout`).
 
-    Per layer and sequence of T tokens: T x (weights of its linear maps) + 2 T^2 x hidden
-    (attention scores and the weighted sum). Embeddings, norms and activations are left out.
+    Per layer and sequence of T tokens: T x (weights of its linear maps) + 2 T^2 x hidden (attention
+    scores and the weighted sum); the readout layer: T x (key and value weights) + the other weights
+    + 2 T x hidden. Embeddings, norms and activations are left out.
     """
-    per_token = sum(linear_macs_per_token(layer) for layer in adapter.layers())
+    layers = adapter.layers()
     hidden = adapter.hidden_size
-    L = adapter.num_layers
-    return int(sum(T * per_token + 2 * L * T * T * hidden for T in lengths))
+    if not readout:
+        per_token = sum(linear_macs_per_token(layer) for layer in layers)
+        return int(sum(T * per_token + 2 * len(layers) * T * T * hidden for T in lengths))
+    below = sum(linear_macs_per_token(layer) for layer in layers[:-1])
+    kv = adapter.key_value_weights(len(layers) - 1)
+    rest = linear_macs_per_token(layers[-1]) - kv
+    return int(sum(T * (below + kv) + rest + 2 * (len(layers) - 1) * T * T * hidden + 2 * T * hidden
+                   for T in lengths))
 
 
 def ffn_macs(adapter, lengths: Sequence[int]) -> int:
