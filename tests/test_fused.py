@@ -43,6 +43,16 @@ def test_fused_module_against_a_hand_computation():
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
 
 
+def test_fused_product_against_a_hand_computation():
+    torch.manual_seed(0)
+    w, b = torch.randn(24, 16).bfloat16(), torch.randn(24).bfloat16()
+    x, gate = torch.randn(2, 5, 16).bfloat16(), torch.randn(2, 5, 24).bfloat16()
+    ref = (x.float() @ w.float().T + b.float()) * gate.float()
+    out = fused.FusedLinearMul(w, b)(x, gate)
+    assert out.shape == (2, 5, 24)
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.02)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
 def test_inference_model_fuses_a_copy_once(arch, precision, tokenizer):
