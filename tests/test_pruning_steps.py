@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from llm_anatomy import fused
 from llm_anatomy.batching import pad
 from llm_anatomy.logits import read_logits
 from llm_anatomy.models import load_classifier
@@ -32,6 +33,7 @@ RESCALE = {"rule": "criterion", "criterion": "wanda-sp", "allocation": "uniform"
 FRESH = """
 import json, sys, torch
 from llm_anatomy import load_pruned
+from llm_anatomy import fused
 from llm_anatomy.batching import pad
 model, tok, meta = load_pruned(sys.argv[1])
 ids, mask = pad(tok(json.loads(sys.argv[2]))["input_ids"], tok.pad_token_id, meta["padding_side"])
@@ -117,6 +119,7 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert info["roofline_fraction"] == pytest.approx(2 * info["macs"] / info["inference_seconds"]
                                                       / (info["roofline_gflops"] * 1e9))
     assert info["machine"]["cpu"] and info["inference_seconds"] < info["seconds"]
+    assert info["loop"] == dict(fused_ffn_inputs=fused.available(), read_token_only=True, weights="float32")
     # accuracies recomputed from the per-review logits equal the reported ones
     pruned, _ = read_logits(p["eval"])
     assert m.accuracy_dense == out["accuracy_dense"] == _count_correct(dense["logit"], dense["label"])
@@ -157,6 +160,7 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert t["zeroed_vs_removed_max_abs_logit_diff_fp32"] < 1e-5
     assert t["speedup_removed_spread"]["min"] <= t["speedup_removed_spread"]["median"] <= t["speedup_removed_spread"]["max"]
     assert t["macs_removed"] < t["macs_dense"] and t["machine"]["cpu"]
+    assert t["loop"] == m.loop == dict(fused_ffn_inputs=fused.available(), read_token_only=True, weights="float32")
     # roofline: measured in the job; the fractions recomputed from the recorded work and medians
     rate = t["roofline"]["attainable_gflops"]
     assert rate > 0 and t["roofline"]["precision"] == t["precision"]

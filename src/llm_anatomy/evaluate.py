@@ -60,6 +60,13 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
     return runner
 
 
+def loop_parts(runner: SentimentClassifier) -> dict:
+    """Which of the loop's speed-ups a runner has, for the record of every time measured with it (times
+    from runners with different parts are not comparable)."""
+    return dict(fused_ffn_inputs=fused.is_fused(runner), read_token_only=readout.is_installed(runner),
+                weights=str(backbone_dtype(runner)).removeprefix("torch."))
+
+
 def backbone_dtype(model: SentimentClassifier) -> torch.dtype:
     return next(model.backbone.parameters()).dtype
 
@@ -100,7 +107,7 @@ def evaluate_stage(model_dir, split: pd.DataFrame, out_path, limit: int | None =
     df = logits_frame(logits, reviews["label"])
     device_ = model_device(model)
     info = dict(model=str(model_dir), reviews=len(df), device=describe(device_), machine=machine_info(device_),
-                precision=precision, batch_size=batch_size, truncation=encoded.truncation(),
+                precision=precision, loop=loop_parts(runner), batch_size=batch_size, truncation=encoded.truncation(),
                 seconds=done - start, tokenise_seconds=tokenised - start, inference_seconds=done - ready)
     if device_.type == "cpu":
         info.update(pass_speed(model.adapter, [len(e) for e in encoded], batch_size, precision, done - ready))

@@ -104,6 +104,9 @@ class PruneMetrics:
     model_bytes_dense: int = _f("size on disk of the fine-tuned folder", 0)
     # timing (timing.json)
     machine: dict = _f("CPU model and bf16 features, threads, device, torch version of the timing run", None)
+    loop: dict | None = _f("the evaluation loop's parts in the timed runs: fused FFN input maps, read-token-only "
+                           "last block, weight dtype (docs/SPEED.md); None in timings made before it was recorded",
+                           None)
     timed_reviews: int = _f("reviews per timed pass (the first of the test reviews)", 0)
     batch_size: int = _f("inference batch size (length-sorted, dynamically padded)", 0)
     precision: str = _f("fp32 | bf16 (backbone weights stored in bf16), as the checkpoint was fine-tuned", "fp32")
@@ -213,7 +216,7 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
                                   "speedup_removed", "speedup_zeroed_spread", "speedup_removed_spread",
                                   "zeroed_vs_removed_max_abs_logit_diff_fp32", "macs_dense", "macs_removed",
                                   "macs_ratio", "speedup_bound", "ffn_macs_dense", "ffn_macs_removed")},
-        **{k: timing.get(k) for k in ("roofline", "roofline_fraction_dense", "roofline_fraction_zeroed",
+        **{k: timing.get(k) for k in ("loop", "roofline", "roofline_fraction_dense", "roofline_fraction_zeroed",
                                       "roofline_fraction_removed")},
         **cost_fields(benchmarks),
     )

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..device import machine_info, model_device, synchronize
 from ..batching import encode_reviews
-from ..evaluate import inference_model, predict_logits
+from ..evaluate import inference_model, loop_parts, predict_logits
 from ..logits import first_reviews
 from ..models import load_classifier, set_threads
 from .. import roofline
@@ -89,7 +89,7 @@ def timing_stage(dense_dir, pruned_dir, plan_path, test: pd.DataFrame, sizing: S
     lengths = [len(e) for e in encoded]
     out = dict(
         machine=machine_info(model_device(dense)), timed_reviews=len(encoded), batch_size=sizing.batch_size,
-        precision=precision, repeats=sizing.repeats, times_s=times,
+        precision=precision, loop=loop_parts(variants["dense"]), repeats=sizing.repeats, times_s=times,
         time_dense_s=median["dense"], time_zeroed_s=median.get("zeroed"), time_removed_s=median["removed"],
         speedup_zeroed=median["dense"] / median["zeroed"] if timed_zeroed else None,
         speedup_removed=median["dense"] / median["removed"],
