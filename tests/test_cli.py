@@ -74,6 +74,7 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
     assert main(["bench", str(model), str(out), "--data", files["test"], "--reviews", "8", "--repeats", "2"]) == 0
     bench = json.loads(capsys.readouterr().out)
     assert bench["reviews"] == 8 and np.isfinite(bench["speedup"]["median"])
+    assert bench["loop"]["read_token_only"] and bench["machine"]["cpu"]
     # a criterion of the registry with a fitted compensation: the folder holds the plan's neurons removed and
     # the fitted output weights, which are not the dense model's value vectors
     refit = tmp_path / "refit"

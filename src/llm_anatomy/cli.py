@@ -150,6 +150,7 @@ def _bench(args) -> dict:
 
     from .batching import encode_reviews
     from .device import machine_info, model_device
+    from .evaluate import inference_model, loop_parts
     from .logits import first_reviews
     from .models import load_classifier, set_threads
     from .pruning.timing import ratio_spread, time_variants
@@ -157,9 +158,12 @@ def _bench(args) -> dict:
     dense, tok, meta = load_classifier(_classifier_dir(args.dense), args.device)
     pruned, _, _ = load_classifier(_classifier_dir(args.pruned), args.device)
     encoded = encode_reviews(tok, meta, first_reviews(_split(args.data), args.reviews, "--reviews")["text"])
-    times = time_variants({"dense": dense, "pruned": pruned}, encoded, tok.pad_token_id, args.batch_size,
-                          meta.get("precision", "fp32"), meta.get("padding_side", "right"), args.repeats)
-    return dict(machine=machine_info(model_device(dense)), reviews=len(encoded), repeats=args.repeats,
+    precision = meta.get("precision", "fp32")
+    runners = {"dense": inference_model(dense, precision), "pruned": inference_model(pruned, precision)}
+    times = time_variants(runners, encoded, tok.pad_token_id, args.batch_size, precision,
+                          meta.get("padding_side", "right"), args.repeats)
+    return dict(machine=machine_info(model_device(dense)), loop=loop_parts(runners["dense"]), reviews=len(encoded),
+                repeats=args.repeats,
                 seconds=times, median_s={k: float(np.median(v)) for k, v in times.items()},
                 speedup=ratio_spread(times["dense"], times["pruned"]))
 

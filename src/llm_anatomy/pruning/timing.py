@@ -33,7 +33,10 @@ EQUALITY_TOLERANCE = 1e-4  # float32 logits; measured differences are around 1e-
 
 def time_variants(variants: dict, encoded, pad_id, batch_size: int, precision: str, padding_side: str,
                   repeats: int) -> dict[str, list[float]]:
-    """Seconds per pass of each variant, `repeats` alternating passes in rotating order, after a warm-up."""
+    """Seconds per pass of each variant, `repeats` alternating passes in rotating order, after a warm-up.
+    Each variant runs as `inference_model` makes it for `precision`, made here before the clock starts
+    unless the caller already made it (so the copy, cast and fusion are never timed)."""
+    variants = {name: inference_model(model, precision) for name, model in variants.items()}
     names = list(variants)
     kw = dict(batch_size=batch_size, precision=precision, padding_side=padding_side)
     device = model_device(next(iter(variants.values())))
