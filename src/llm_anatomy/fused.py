@@ -26,17 +26,25 @@ def available() -> bool:
 
 
 def is_fused(model: nn.Module) -> bool:
-    return any(isinstance(m, FusedLinearAct) for m in model.modules())
+    return any(isinstance(m, FusedLinear) for m in model.modules())
 
 
-class FusedLinearAct(nn.Module):
-    """activation(x @ weight.T + bias) in one oneDNN call; weight [out, in] as nn.Linear holds it."""
+class FusedLinear(nn.Module):
+    """A linear map whose oneDNN kernel also applies what follows it; weight [out, in] as nn.Linear holds
+    it (so the roofline counts it as the map it replaced)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        self.attr, self.algorithm = ACTIVATIONS[activation]
         self.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().contiguous(), requires_grad=False)
+
+
+class FusedLinearAct(FusedLinear):
+    """activation(x @ weight.T + bias) in one oneDNN call."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str):
+        super().__init__(weight, bias)
+        self.attr, self.algorithm = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias, self.attr, [],
@@ -44,13 +52,8 @@ class FusedLinearAct(nn.Module):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-class FusedLinearMul(FusedLinearAct):
+class FusedLinearMul(FusedLinear):
     """(x @ weight.T + bias) * other in one oneDNN call: Llama's up projection times the activated gate."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        nn.Module.__init__(self)
-        self.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().contiguous(), requires_grad=False)
 
     def forward(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         y = torch.ops.mkldnn._linear_pointwise.binary(x.reshape(-1, x.shape[-1]), other.reshape(-1, other.shape[-1]),
@@ -64,7 +67,8 @@ def _gated_mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_ffn_inputs(model) -> int:
-    """Swap each FFN's input map + activation for a FusedLinearAct, in place; returns how many were
+    """Swap each FFN's input map + activation for a FusedLinearAct (Llama: also its up map and the product
+    with the gate for a FusedLinearMul), in place; returns how many FFNs were
     swapped (0 where the architecture or activation is not covered: the model is then left as is)."""
     adapter, config = model.adapter, model.backbone.config
     swapped = 0

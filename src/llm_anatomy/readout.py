@@ -11,6 +11,7 @@ reads hidden states or activations runs the unchanged backbone.
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -98,8 +99,8 @@ def install(model) -> bool:
     unchanged) for an architecture without a readout, or where it is already installed.
 
     The block stays where it is (the adapter finds its FFN as before); its `forward` is rebound, as a
-    method, so `copy.deepcopy` rebinds it to the copy, and a pre-hook on the backbone sets the target
-    positions and the key mask of each batch."""
+    method, so `copy.deepcopy` rebinds it to the copy, and a pre-hook on the backbone sets the block's
+    target positions and key mask for each batch."""
     adapter = model.adapter
     if adapter.arch not in READOUTS or is_installed(model):
         return False
@@ -107,13 +108,12 @@ def install(model) -> bool:
     block._readout_arch, block._readout_decoder = adapter.arch, adapter.is_decoder
     block._readout_positions = block._readout_key_mask = None
     block.forward = types.MethodType(_forward, block)
-    adapter.backbone.register_forward_pre_hook(_set_targets, with_kwargs=True)
+    # a partial, not a closure: deepcopy copies its arguments, so a copied backbone's hook sets its own block
+    adapter.backbone.register_forward_pre_hook(functools.partial(_set_targets, block), with_kwargs=True)
     return True
 
 
-def _set_targets(backbone: nn.Module, _args, kwargs) -> None:
+def _set_targets(block: nn.Module, _backbone, _args, kwargs) -> None:
     mask = kwargs["attention_mask"]
-    for block in backbone.modules():
-        if hasattr(block, "_readout_arch"):
-            block._readout_key_mask = mask
-            block._readout_positions = target_positions(mask, block._readout_decoder)
+    block._readout_key_mask = mask
+    block._readout_positions = target_positions(mask, block._readout_decoder)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .fused import FusedLinearAct
+from .fused import FusedLinear
 from .device import machine_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -36,7 +36,7 @@ def linear_shapes(adapter) -> Counter:
                 shapes[(m.in_features, m.out_features)] += 1
             elif isinstance(m, Conv1D):  # GPT-2 stores [in, out]
                 shapes[tuple(m.weight.shape)] += 1
-            elif isinstance(m, FusedLinearAct):  # [out, in], as nn.Linear
+            elif isinstance(m, FusedLinear):  # [out, in], as nn.Linear
                 shapes[tuple(m.weight.shape[::-1])] += 1
     return shapes
 
