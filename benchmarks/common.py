@@ -32,6 +32,17 @@ def load(args) -> tuple:
     return model, tok, meta, reviews
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls of `fn`, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def alternate(runs: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
     """Seconds of each of `runs` (name -> no-argument callable), `repeats` passes in alternating order
     (reversed every other repeat) after a warm-up of each; also the last output of each."""

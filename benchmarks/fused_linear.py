@@ -5,28 +5,22 @@
 For each of MiniLM's linear maps (FFN in with GELU, FFN out, an attention projection), in bf16:
 eager `F.linear` (+ `F.gelu`), `torch.ops.mkldnn._linear_pointwise` with the weight packed for
 oneDNN, and the same with the weight as is; best of `--repeats` after a warm-up, in ms, and the
-largest difference from the eager result. This is the kernel inductor emits under freezing; the
-evaluation loop does not use it yet (docs/SPEED.md).
+largest difference from the eager result. This is the kernel inductor emits under freezing, and the
+one the evaluation loop's fused FFN input maps call (`llm_anatomy.fused`, docs/SPEED.md).
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
+from common import best_seconds
 from llm_anatomy.device import machine_info
 
 
 def best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best
+    return 1e3 * best_seconds(fn, repeats)
 
 
 def main():
