@@ -66,3 +66,42 @@ def test_an_unpruned_model_is_left_as_it_was(arch, tokenizer):
     with torch.no_grad():
         torch.testing.assert_close(student(ids, mask), dense.float()(ids, mask), atol=1e-4, rtol=1e-4)
     assert all(r["error_none"] < 1e-6 for r in report)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_last_layer_takes_its_own_ridge(arch, tokenizer):
+    """The last layer's fit, with `readout_ridge`, equals an augmented least-squares solve of
+    [X 1; sqrt(lam) I 0] [W; c] = [Y; sqrt(lam) V_K] on the read tokens (no normal equations)."""
+    dense = make_tiny(arch, tokenizer)
+    enc = encode(tokenizer, REVIEWS, 24)
+    rng = np.random.default_rng(1)
+    widths = dense.adapter.ffn_widths()
+    pruned = [np.sort(rng.choice(w, size=w // 2, replace=False)) for w in widths]
+    student, report = fit_compensation(dense, pruned, enc, tokenizer.pad_token_id, batch_size=3, method="refit",
+                                       ridge=1e-3, readout_ridge=5.0)
+    assert [r["ridge"] for r in report] == [1e-3] * (len(widths) - 1) + [5.0]
+    last = len(widths) - 1
+    ids, mask = pad(enc, tokenizer.pad_token_id, "right")
+    read = torch.zeros_like(mask, dtype=torch.bool)
+    read[torch.arange(len(mask)), dense.adapter.target_positions(mask)] = True
+    teacher_sums, _ = _sums(dense.float(), ids, mask)
+    seen = {}
+    ad = student.adapter
+    site, arg = ad.residual_site(last)
+    hooks = [site.register_forward_pre_hook(lambda _m, args: seen.__setitem__("r", args[arg])),
+             ad.ffn(last).output.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))]
+    with torch.no_grad():
+        student(ids, mask)
+    for h in hooks:
+        h.remove()
+    kept = np.setdiff1d(np.arange(widths[last]), pruned[last])
+    x = seen["a"][read].double().numpy()[:, kept]  # the student's lower layers are fitted; this layer's input is final
+    y = (teacher_sums[last][read] - seen["r"][read].double()).numpy()
+    v = dense.float().adapter.value_vectors(last).double().numpy()[kept]
+    xc = x - x.mean(0)
+    lam = 5.0 * np.trace(xc.T @ xc) / len(kept)
+    a = np.block([[x, np.ones((len(x), 1))], [np.sqrt(lam) * np.eye(len(kept)), np.zeros((len(kept), 1))]])
+    sol = np.linalg.lstsq(a, np.vstack([y, np.sqrt(lam) * v]), rcond=None)[0]
+    got = student.adapter.value_vectors(last).double().numpy()[kept]
+    np.testing.assert_allclose(got, sol[:-1], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(student.adapter.ffn(last).output.bias.detach().double().numpy(), sol[-1], rtol=1e-3, atol=1e-5)

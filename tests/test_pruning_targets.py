@@ -148,9 +148,10 @@ def test_method_targets_configurations_and_inputs():
     assert t.names("minilm")[-4:] == ["fisher-global-refit-40", "fisher-global-refit-90", "contribution-uniform-bias-40",
                                       "contribution-uniform-bias-90"]
     assert t.rule_config("minilm", "fisher-global-refit-90") == dict(
-        rule="criterion", criterion="fisher", allocation="global", compensation="refit", target=0.9, ridge=0.01)
-    # only fitted compensations read the ridge, so changing it leaves the other methods' plans alone
-    assert "ridge" not in t.rule_config("minilm", "contribution-uniform-bias-40")
+        rule="criterion", criterion="fisher", allocation="global", compensation="refit", target=0.9, ridge=0.01,
+        readout_ridge=10.0)
+    # only fitted compensations read the ridges, so changing them leaves the other methods' plans alone
+    assert not {"ridge", "readout_ridge"} & set(t.rule_config("minilm", "contribution-uniform-bias-40"))
     assert t.needs_train("fisher-global-refit-40") and not t.needs_train("contribution-uniform-bias-40")
     assert not t.needs_train("flap-50")
     r = "results/offline/minilm"

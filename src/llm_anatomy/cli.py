@@ -108,6 +108,7 @@ def _prune(args) -> dict:
                    compensation=args.compensation, target=args.sparsity)
         if args.compensation in FITTED:
             cfg["ridge"] = args.ridge
+            cfg["readout_ridge"] = args.readout_ridge
     contributions = scores / "contributions.parquet"
     if args.criterion == "contribution" and not contributions.exists():
         raise CliError(f"--criterion contribution: no {contributions}; run `llm-anatomy score` on this model first")
@@ -224,6 +225,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compensation", choices=METHODS, default="bias",
                    help="none, bias (fold the mean output), rescale or refit (fitted on the calibration reviews)")
     p.add_argument("--ridge", type=float, default=0.01, help="relative ridge of rescale/refit")
+    p.add_argument("--readout-ridge", type=float, default=10.0,
+                   help="relative ridge of the last layer's rescale/refit (fitted on one token per review)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of FFN neurons to remove, e.g. 0.5")
     p.add_argument("--calibration", required=True, help="Parquet reviews for the activation statistics (train split)")
     p.add_argument("--calibration-reviews", type=int, default=128)

@@ -67,7 +67,7 @@ def pruned_copy(model: SentimentClassifier, plan: Plan, how: str = "removed",
         dtype = next(model.parameters()).dtype
         out, _report = fit_compensation(model, plan.pruned, calibration.encoded, calibration.pad_id,
                                         calibration.padding_side, calibration.batch_size, plan.compensation,
-                                        plan.info["ridge"])
+                                        plan.info["ridge"], plan.info.get("readout_ridge"))
         out.to(dtype)
     else:
         out = copy.deepcopy(model)

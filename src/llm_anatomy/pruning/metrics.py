@@ -45,6 +45,7 @@ class PruneMetrics:
     criterion: str | None = _f("the registry's methods: the criterion ranking the neurons (llm_anatomy.pruning.criteria)")
     compensation: str = _f("none | bias (mean-output fold) | rescale | refit (fitted on calibration tokens)", "none")
     ridge: float | None = _f("rescale/refit: the relative ridge of the fit")
+    readout_ridge: float | None = _f("rescale/refit: the relative ridge of the last layer's fit (on the read token)")
     bias_compensation: bool = _f("whether the pruned neurons' mean output is folded into the output bias", False)
     thresholds: list | None = _f("per layer: t_l (threshold rules) or the highest pruned fluctuation score (flap)")
     search: dict | None = _f("sparsity search: target_fraction, alpha, pruned, reached")
@@ -202,6 +203,7 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
         focusing_spec=info.get("focusing_spec"), focus_multiplier=info.get("focus_multiplier"),
         sides=info.get("sides"), allocation=info.get("allocation"), criterion=info.get("criterion"),
         compensation=plan.compensation, ridge=info.get("ridge") if plan.fitted else None,
+        readout_ridge=info.get("readout_ridge", info.get("ridge")) if plan.fitted else None,
         bias_compensation=bool(info.get("bias_compensation")), thresholds=info.get("thresholds"),
         search=info.get("search"), neurons_total=sum(widths), neurons_pruned=sum(counts),
         pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,

@@ -159,6 +159,8 @@ def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float, sensitivi
                 ridge=float(cfg.get("ridge", 0.0)), bias_compensation=compensation == "bias", thresholds=cut,
                 search=dict(target_fraction=float(cfg["target"]), pruned=int(sum(len(p) for p in pruned)),
                             reached=True))
+    if "readout_ridge" in cfg:
+        info["readout_ridge"] = float(cfg["readout_ridge"])
     lines = [f"layer {r.layer}: {cfg['criterion']} threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
              for r in table.itertuples()]
     pruned_means = None
@@ -197,6 +199,8 @@ def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarr
                 compensation=plan.compensation, high_threshold=high)
     if plan.fitted:
         info["ridge"] = plan.info["ridge"]
+        if "readout_ridge" in plan.info:
+            info["readout_ridge"] = plan.info["readout_ridge"]
     return Plan(masks, table, info, pruned_means=pruned_means)
 
 

@@ -8,6 +8,11 @@ also absorbs the drift that pruning below has caused. `compensation.compensate` 
 neurons' output weights and the bias in closed form, the student takes them, and the next layer
 follows. Each pass computes one block: the blocks below replay their cached outputs and the
 forward pass stops after block l.
+
+The last layer is fitted on one token per review (the one the classifier reads), so it has as many
+samples as there are calibration reviews, fewer than its kept neurons: its own ridge (`readout_ridge`,
+larger than the token-level layers' `ridge`) keeps the fit near the dense value vectors instead of
+interpolating those few samples.
 """
 from __future__ import annotations
 
@@ -60,12 +65,14 @@ def _run(model, ids, mask) -> None:
 @torch.no_grad()
 def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], encoded, pad_id: int,
                      padding_side: str = "right", batch_size: int = 16, method: str = "refit",
-                     ridge: float = 1e-2) -> tuple[SentimentClassifier, list[dict]]:
+                     ridge: float = 1e-2, readout_ridge: float | None = None
+                     ) -> tuple[SentimentClassifier, list[dict]]:
     """(student, per-layer report). The student is a float32 copy of `dense` with the `pruned` neurons
     zeroed and every layer's kept value vectors and output bias fitted by `method`. The report holds,
     per layer, the kept count, the calibration tokens fitted on (every real token; the last layer: the
     token the classifier reads) and the reconstruction error with no
-    compensation, with bias compensation, and with `method` (the fit never exceeds the first two)."""
+    compensation, with bias compensation, and with `method` (the fit never exceeds the first two).
+    `readout_ridge` (default: `ridge`) is the last layer's relative ridge."""
     teacher = copy.deepcopy(dense).float().eval()
     student = copy.deepcopy(dense).float().eval()
     adapter, t_adapter = student.adapter, teacher.adapter
@@ -123,7 +130,8 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
             a = seen["a"][fit_on[l]].double().cpu().numpy()[:, kept]
             target = (sums[l][b].double() - seen["r"][fit_on[l]].double().cpu()).numpy()
             stats.add(a, target)
-        w, c = compensate(stats, np.arange(len(kept)), values, bias, method, ridge)
+        lam = ridge if readout_ridge is None or l < L - 1 else readout_ridge
+        w, c = compensate(stats, np.arange(len(kept)), values, bias, method, lam)
         errors = {m: stats.error(np.arange(len(kept)), *compensate(stats, np.arange(len(kept)), values, bias, m))
                   for m in ("none", "bias")}
         errors[method] = stats.error(np.arange(len(kept)), w, c)
@@ -133,7 +141,8 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
             with replay_below(student, l, cached[b]), stop_after(student, l, keep):
                 _run(student, ids, mask)
             cached[b].append(keep[0])
-        report.append(dict(layer=l, kept=int(len(kept)), tokens=int(stats.n), **{f"error_{m}": e for m, e in errors.items()}))
+        report.append(dict(layer=l, kept=int(len(kept)), tokens=int(stats.n), ridge=lam,
+                           **{f"error_{m}": e for m, e in errors.items()}))
         log.info("layer %d: %d kept, reconstruction error none %.4g, bias %.4g, %s %.4g", l, len(kept),
                  errors["none"], errors["bias"], method, errors[method])
     return student, report

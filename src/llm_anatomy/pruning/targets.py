@@ -142,6 +142,7 @@ class PruneTargets:
                        target=pct / 100)
             if compensation in FITTED:  # only fitted plans read the ridge: the others must not rerun when it changes
                 cfg["ridge"] = self.pruning["methods"]["ridge"]
+                cfg["readout_ridge"] = self.pruning["methods"]["readout_ridge"]
         elif name in self.pruning["configs"]:
             cfg = dict(self.pruning["configs"][name])
         else:
