@@ -12,28 +12,22 @@ pipeline's `refit`) or `obs`; the token-level ridge is the plan's.
     python experiments/sequential_obs.py smollm2 wanda-sp-uniform-refit 50 64 fixed:10,obs:10
 
 The loop repeats `refit.fit_compensation`'s (kept here rather than given a selection hook in the package,
-since the variant was not adopted). Prints accuracy and cross-entropy against dense, the squared logit
-difference, and paired bootstrap intervals against the first variant. Never reads the test split.
+since the variant was not adopted). What each row prints, against dense and the first variant:
+`plan_fits.compare`. Never reads the test split.
 """
 import copy
-import json
-import logging
 import sys
-import time
 
 import numpy as np
 import torch
 
-from llm_anatomy.batching import encode_reviews, iter_padded, sorted_batches
-from llm_anatomy.data import read_split
-from llm_anatomy.evaluate import predict_logits
-from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.batching import iter_padded, sorted_batches
 from llm_anatomy.pruning.compensation import LayerStats, _ridge, compensate
 from llm_anatomy.pruning.obs import obs_order
-from llm_anatomy.pruning.plan import read_plan
 from llm_anatomy.pruning.refit import _run
 from llm_anatomy.replay import replay_below, stop_after
-from llm_anatomy.surgery import remove_masked, set_outputs, zero_neurons
+from llm_anatomy.surgery import set_outputs, zero_neurons
+from plan_fits import compare
 
 
 @torch.no_grad()
@@ -99,49 +93,14 @@ def sequential_fit(dense, plan_pruned, encoded, pad_id, side, ridge, readout_rid
     return student, chosen
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
-    name, curve, ncal = sys.argv[1], sys.argv[2], int(sys.argv[4])
-    pcts = [int(x) for x in sys.argv[3].split(",")]
-    variants = [(v.split(":")[0], float(v.split(":")[1])) for v in sys.argv[5].split(",")]
-    nval = int(sys.argv[6]) if len(sys.argv) > 6 else 500
-    set_threads(2)
-    model, tok, meta = load_classifier(f"results/offline/{name}/finetuned")
-    train, val = read_split("data/processed/offline/train.parquet"), read_split("data/processed/offline/val.parquet")
-    pad, side, prec = tok.pad_token_id, meta.get("padding_side", "right"), meta.get("precision", "fp32")
-    cal = encode_reviews(tok, meta, train["text"].iloc[:ncal])
-    val = val.iloc[:nval]
-    venc, vy = encode_reviews(tok, meta, val["text"]), val["label"].to_numpy()
-    dense = predict_logits(model, venc, pad, 32, prec, side)
-    draws = np.random.default_rng(0).integers(0, len(vy), (4000, len(vy)))
-
-    def outcomes(z):
-        return dict(acc=((z > 0) == vy).astype(float), ce=np.logaddexp(0, -(2 * vy - 1) * z), sq=(z - dense) ** 2)
-
-    def interval(d):
-        lo, hi = np.quantile(d[draws].mean(1), [0.025, 0.975])
-        return [round(float(d.mean()), 4), round(float(lo), 4), round(float(hi), 4)]
-
-    base = outcomes(dense)
-    print(json.dumps(dict(model=name, reviews=len(vy), dense_acc=base["acc"].mean())), flush=True)
-    for p in pcts:
-        plan = read_plan(f"results/offline/{name}/prune/{curve}-{p}/plan.parquet")
-        first = None
-        for select, rr in variants:
-            start = time.time()
-            m, chosen = sequential_fit(model, plan.pruned, cal, pad, side, plan.info["ridge"], rr, select)
-            fit_s = time.time() - start
-            remove_masked(m.adapter, chosen)
-            got = outcomes(predict_logits(m, venc, pad, 32, prec, side))
-            row = dict(pct=p, select=select, readout_ridge=rr, acc=got["acc"].mean(),
-                       acc_vs_dense=interval(got["acc"] - base["acc"]), ce_vs_dense=interval(got["ce"] - base["ce"]),
-                       sq_logit_diff=round(float(got["sq"].mean()), 4), fit_s=round(fit_s, 1))
-            if first is None:
-                first = got
-            else:
-                row.update({f"{k}_vs_first": interval(got[k] - first[k]) for k in ("acc", "ce", "sq")})
-            print(json.dumps(row), flush=True)
+def fit_by(select: str, readout_ridge: float):
+    def fit(model, plan, cal, pad, side):
+        return sequential_fit(model, plan.pruned, cal, pad, side, plan.info["ridge"], readout_ridge, select)
+    return fit
 
 
 if __name__ == "__main__":
-    main()
+    variants = [(v.split(":")[0], float(v.split(":")[1])) for v in sys.argv[5].split(",")]
+    compare(sys.argv[1], sys.argv[2], [int(x) for x in sys.argv[3].split(",")], int(sys.argv[4]),
+            int(sys.argv[6]) if len(sys.argv) > 6 else 500,
+            [(dict(select=sel, readout_ridge=rr), fit_by(sel, rr)) for sel, rr in variants])

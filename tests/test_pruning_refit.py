@@ -29,15 +29,22 @@ def _sums(model, ids, mask):
     return [(seen[("y", l)] + seen[("r", l)]).double() for l in range(a.num_layers)], logits
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_reported_error_is_what_the_compensated_model_computes(arch, tokenizer):
+def _half_pruned_fit(arch, tokenizer, seed, **kw):
+    """(dense, encoded reviews, pruned sets, student, report): a tiny model with half of every layer's neurons
+    drawn at random, refitted on REVIEWS with ridge 1e-3 (and `kw`)."""
     dense = make_tiny(arch, tokenizer)
     enc = encode(tokenizer, REVIEWS, 24)
-    rng = np.random.default_rng(0)
-    widths = dense.adapter.ffn_widths()
-    pruned = [np.sort(rng.choice(w, size=w // 2, replace=False)) for w in widths]
+    rng = np.random.default_rng(seed)
+    pruned = [np.sort(rng.choice(w, size=w // 2, replace=False)) for w in dense.adapter.ffn_widths()]
     student, report = fit_compensation(dense, pruned, enc, tokenizer.pad_token_id, batch_size=3, method="refit",
-                                       ridge=1e-3)
+                                       ridge=1e-3, **kw)
+    return dense, enc, pruned, student, report
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_reported_error_is_what_the_compensated_model_computes(arch, tokenizer):
+    dense, enc, pruned, student, report = _half_pruned_fit(arch, tokenizer, seed=0)
+    widths = dense.adapter.ffn_widths()
     ids, mask = pad(enc, tokenizer.pad_token_id, "right")
     teacher_sums, _ = _sums(dense.float(), ids, mask)
     student_sums, _ = _sums(student, ids, mask)
@@ -72,13 +79,8 @@ def test_an_unpruned_model_is_left_as_it_was(arch, tokenizer):
 def test_the_last_layer_takes_its_own_ridge(arch, tokenizer):
     """The last layer's fit, with `readout_ridge`, equals an augmented least-squares solve of
     [X 1; sqrt(lam) I 0] [W; c] = [Y; sqrt(lam) V_K] on the read tokens (no normal equations)."""
-    dense = make_tiny(arch, tokenizer)
-    enc = encode(tokenizer, REVIEWS, 24)
-    rng = np.random.default_rng(1)
+    dense, enc, pruned, student, report = _half_pruned_fit(arch, tokenizer, seed=1, readout_ridge=5.0)
     widths = dense.adapter.ffn_widths()
-    pruned = [np.sort(rng.choice(w, size=w // 2, replace=False)) for w in widths]
-    student, report = fit_compensation(dense, pruned, enc, tokenizer.pad_token_id, batch_size=3, method="refit",
-                                       ridge=1e-3, readout_ridge=5.0)
     assert [r["ridge"] for r in report] == [1e-3] * (len(widths) - 1) + [5.0]
     last = len(widths) - 1
     ids, mask = pad(enc, tokenizer.pad_token_id, "right")
