@@ -91,3 +91,7 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
     assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
                  "--sparsity", "0.5", "--criterion", "flap", "--compensation", "refit", "--out", str(tmp_path / "x")]) == 2
     assert "for a fitted compensation use --criterion fluctuation" in capsys.readouterr().err
+    assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+                 "--sparsity", "0.5", "--criterion", "fisher", "--compensation", "refit", "--readout-ridge", "-1",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--readout-ridge -1.0: a ridge is a non-negative" in capsys.readouterr().err

@@ -97,6 +97,9 @@ def _prune(args) -> dict:
             raise CliError(f"--scores {args.scores}: no {name}; run `llm-anatomy score` on this model first")
     if not 0.0 < args.sparsity < 1.0:
         raise CliError(f"--sparsity {args.sparsity}: give the fraction of FFN neurons to remove, in (0, 1)")
+    for flag, value in (("--ridge", args.ridge), ("--readout-ridge", args.readout_ridge)):
+        if value < 0:
+            raise CliError(f"{flag} {value}: a ridge is a non-negative multiple of the mean Gram diagonal, e.g. 0.01")
     if args.criterion == "flap":
         if args.compensation not in ("bias", "none"):
             raise CliError(f"--criterion flap --compensation {args.compensation}: FLAP folds the mean output (bias) "
