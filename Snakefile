@@ -9,6 +9,13 @@ min_version("8.0")
 configfile: "params.yaml"
 
 
+# A limit in profiles/default's `resources` holds per machine in a local run and per submitted job on a
+# cluster, never across the cluster: one timing job at a time and one GPU per node's job (docs/WORKFLOW.md).
+resource_scopes:
+    prune_timing="local",
+    gpu="local",
+
+
 report: "workflow/report/workflow.rst"
 
 
@@ -32,3 +39,4 @@ rule all:
     default_target: True
     input:
         all_targets(),
+    localrule: True

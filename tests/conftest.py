@@ -5,6 +5,8 @@ need a tokenizer are skipped with the install command.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 from llm_anatomy.models import SentimentClassifier, embedded_available, load_backbone, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCAL_SLURM = ROOT / "workflow/cluster/local-slurm.sh"
 SHARED = ROOT.parent / "shared"
 ARCHS = ["bert", "gpt2", "llama"]
 
@@ -57,3 +60,21 @@ def splits():
     from test_data import synthetic_imdb
 
     return make_splits(synthetic_imdb(n=200), 40, 8, 12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def local_slurm(tmp_path_factory) -> Path:
+    """A one-node SLURM cluster (workflow/cluster/local-slurm.sh) for the session; yields its state folder
+    (clients: SLURM_CONF=<folder>/slurm.conf and <folder>/bin first on PATH). Stopped at the end, by the
+    pids it started. Starting one needs root: it installs slurm-wlm and munge where missing."""
+    if os.geteuid() != 0:
+        pytest.skip(f"the local SLURM cluster needs root: sudo {LOCAL_SLURM.relative_to(ROOT)} start")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "LOCAL_SLURM_DIR": str(state)}
+    start = subprocess.run([str(LOCAL_SLURM), "start"], env=env, capture_output=True, text=True, timeout=900)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        yield state
+    finally:
+        stop = subprocess.run([str(LOCAL_SLURM), "stop"], env=env, capture_output=True, text=True, timeout=300)
+        assert stop.returncode == 0, stop.stdout + stop.stderr

@@ -36,6 +36,7 @@ rule finetune_summary:
         f"{RES}/metrics/finetune.json",
     log:
         f"{LOGS}/finetune_summary.log",
+    localrule: True
     conda:
         CONDA_ENV
     params:

@@ -144,6 +144,8 @@ rule prune_plan:
         f"{LOGS}/{{model}}/prune/{{target}}/plan.log",
     benchmark:
         f"{PRUNE_DIR}/benchmarks/plan.tsv"
+    group:
+        "prune_target"
     conda:
         CONDA_ENV
     resources:
@@ -172,6 +174,8 @@ rule materialise:
         f"{LOGS}/{{model}}/prune/{{target}}/materialise.log",
     benchmark:
         f"{PRUNE_DIR}/benchmarks/materialise.tsv"
+    group:
+        "prune_target"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -230,6 +234,8 @@ rule evaluate_pruned:
         f"{LOGS}/{{model}}/prune/{{target}}/evaluate_{{split}}.log",
     benchmark:
         f"{PRUNE_DIR}/benchmarks/evaluate_{{split}}.tsv"
+    group:
+        "prune_target"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -260,6 +266,8 @@ rule time_pruned:
         f"{LOGS}/{{model}}/prune/{{target}}/time.log",
     benchmark:
         f"{PRUNE_DIR}/benchmarks/time.tsv"
+    group:
+        "prune_target"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -317,6 +325,8 @@ rule prune_metrics:
         f"{PRUNE_DIR}/metrics.json",
     log:
         f"{LOGS}/{{model}}/prune/{{target}}/metrics.log",
+    group:
+        "prune_target"
     conda:
         CONDA_ENV
     params:
@@ -333,6 +343,7 @@ rule prune_collect:
         f"{RES}/metrics/prune/{{target}}.json",
     log:
         f"{LOGS}/prune_collect/{{target}}.log",
+    localrule: True
     conda:
         CONDA_ENV
     params:
@@ -372,3 +383,4 @@ rule pruned_models:
     """Every materialised pruned model of the profile (the folders DVC's pruned_models stage caches)."""
     input:
         TARGETS.all_pruned_dirs(),
+    localrule: True
