@@ -355,10 +355,24 @@ def slurm_env(state: Path) -> dict:
     return {**ENV, "SLURM_CONF": str(state / "slurm.conf"), "PATH": f"{state / 'bin'}{os.pathsep}{ENV['PATH']}"}
 
 
+def own_lines(log: str) -> list[str]:
+    """The lines of a Snakemake log without the logs of failed jobs it shows (`show-failed-logs`): a failed
+    SLURM job's log is another Snakemake's output, with its own job and group lines."""
+    lines, own, rule = log.splitlines(), [], "=" * 80
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("Logfile ") and lines[i + 1:i + 2] == [rule]:
+            i = next((j for j in range(i + 2, len(lines)) if lines[j] == rule), len(lines)) + 1
+            continue
+        own.append(lines[i])
+        i += 1
+    return own
+
+
 def slurm_jobs(log: str) -> dict:
     """What a Snakemake `--executor slurm` log says ran where: SLURM job ids per submission, top-level rules
     by job id, group jobs, the jobs run locally, and line numbers for ordering."""
-    lines = log.splitlines()
+    lines = own_lines(log)
     submitted = {m[1]: (m[2], i) for i, line in enumerate(lines)
                  if (m := re.match(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", line))}
     rules, local, groups = {}, {}, 0
@@ -399,7 +413,9 @@ def test_slurm_run_with_a_cancelled_job_equals_the_local_run(tiny_run, local_slu
         cancelled = cancel_a_group_job_mid_run(repo, env, proc)
         assert proc.wait(timeout=1800) != 0  # the cancelled job failed the run; the jobs running then finished
     first = (tmp_path / "first.log").read_text()
-    assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in first, first[-4000:]
+    # the group job failed, and its SLURM log (shown in the run's) says SLURM cancelled it
+    assert re.search(rf"Error in group prune_target\n\s+log: \S+/{cancelled}\.log", first), first[-4000:]
+    assert re.search(rf"JOB {cancelled} ON \S+ CANCELLED AT", first), first[-4000:]
     rerun = subprocess.run([sys.executable, "-m", *SLURM_RUN], cwd=repo, env=env, capture_output=True, text=True,
                            timeout=1800)
     second = rerun.stdout + rerun.stderr
