@@ -7,12 +7,13 @@ package uses the same functions (`resize`, `set_head_counts`, `target_positions`
 `decoder_position_ids`) to rebuild its own pruned checkpoints, so both loaders build the same shapes.
 
 One module covers BERT, GPT-2 and Llama: each config and model subclasses the transformers class of
-its architecture; the backbone is built from the dense config and every layer's FFN and attention
-projections are then resized to the config's `ffn_widths`, `attention_heads` and `kv_heads` (one
-entry per layer). The head is llm-anatomy's: dropout -> dense(hidden, 1) on the token the classifier
-reads (encoders: the first real token, CLS; decoders: the last real token, with position ids counted
-from the attention mask so that left and right padding give the same logits). `logits` has shape
-[batch, 1]: the log-odds of a positive review (transformers' convention for `num_labels = 1`).
+its architecture; the backbone is built from the dense config
+and every layer's FFN and attention projections are then resized to the config's `ffn_widths`,
+`attention_heads` and `kv_heads` (one entry per layer). The head is llm-anatomy's: dropout ->
+dense(hidden, 1) on the token the classifier reads (encoders: the first real token, CLS; decoders:
+the last real token, with position ids counted from the attention mask so that left and right
+padding give the same logits). `logits` has shape [batch, 1]: the log-odds of a positive review
+(transformers' convention for `num_labels = 1`).
 """
 from __future__ import annotations
 
@@ -145,9 +146,11 @@ def resize(backbone: nn.Module, arch: str, ffn_widths=None, attention_heads=None
             resize_attention(layer, arch, heads, int(kv_heads[l]) if kv_heads is not None else heads)
 
 
-# ---- configs and models ---------------------------------------------------------------------------------
-# The per-layer lists and the head's dropout are extra config attributes (`ffn_widths`, `attention_heads`,
-# `kv_heads`, `head_dropout`), read with getattr so the classes need no field declarations.
+# ---- configs and models -----------------------------------------------------------------------------------
+# Each config is its architecture's own under a model_type of this file (`llm_anatomy_<arch>`), so that
+# loading the folder without trust_remote_code fails instead of building transformers' own classifier
+# with a new, random head. The per-layer lists and the head's dropout are extra config attributes
+# (`ffn_widths`, `attention_heads`, `kv_heads`, `head_dropout`), which every transformers config keeps.
 class PrunedBertConfig(BertConfig):
     model_type = "llm_anatomy_bert"
 
