@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, make_tiny
-from llm_anatomy.batching import encode, pad
+from llm_anatomy.batching import encode, pad, progress_batches
 from llm_anatomy.evaluate import inference_model, predict_logits
 from llm_anatomy.heads import check_heads, remove_heads, zero_masked_heads
 from llm_anatomy.models import load_classifier, read_meta, save_classifier
@@ -203,3 +203,55 @@ def test_forward_macs_count_the_kept_heads(arch, tokenizer):
         every, read = 2 * T * T * sum(widths), 2 * T * T * sum(widths[:-1]) + 2 * T * widths[-1]
         assert forward_macs(model.adapter, [T], readout=False) == counted_linear_macs(model, T) + every
         assert forward_macs(model.adapter, [T]) == counted_linear_macs(runner, T) + read
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_head_refit_is_the_least_squares_fit_of_the_dense_output(arch, tokenizer):
+    """The refit of the output projection (compensation.compensate's closed form, ridge 0) against numpy's
+    least squares on the same tokens: the kept heads' outputs with an intercept, regressed on the dense
+    projection's output; the bias method against the fold."""
+    from llm_anatomy.pruning.head_compensation import fit_head_outputs, kept_features
+
+    model = make_tiny(arch, tokenizer)
+    encoded = encode(tokenizer, TEXTS * 4, 32)  # 100+ tokens: more samples than a layer's 16-32 kept features
+    inputs, outputs, state = {l: [] for l in range(4)}, {l: [] for l in range(4)}, {}
+
+    def grab(layer):
+        def hook(_module, args, output):
+            inputs[layer].append(args[0][state["mask"]].double())
+            outputs[layer].append(output[state["mask"]].double())
+        return hook
+    hooks = [model.adapter.attention(l).output.register_forward_hook(grab(l)) for l in range(4)]
+    with torch.no_grad():  # the fit's batches (so the same float32 values), real tokens only
+        for _idx, ids, mask in progress_batches(encoded, 3, tokenizer.pad_token_id):
+            state["mask"] = mask.bool()
+            model(ids, mask)
+    for h in hooks:
+        h.remove()
+    pruned = PLANS[arch]
+    refit, folded = copy.deepcopy(model), copy.deepcopy(model)
+    report = fit_head_outputs(refit, pruned, encoded, tokenizer.pad_token_id, batch_size=3, method="refit", ridge=0.0)
+    fit_head_outputs(folded, pruned, encoded, tokenizer.pad_token_id, batch_size=3, method="bias")
+    means = head_output_means(model, encoded, tokenizer.pad_token_id)
+    fold = copy.deepcopy(model)
+    fold_head_bias(fold.adapter, pruned, means)
+    for r in report:
+        l, block = r["layer"], model.adapter.attention(r["layer"])
+        kept = kept_features(block.heads, block.head_dim, pruned[l])
+        a, y = torch.cat(inputs[l]).numpy()[:, kept], torch.cat(outputs[l]).numpy()
+        design = np.hstack([a, np.ones((len(a), 1))])
+        solution = np.linalg.lstsq(design, y, rcond=None)[0]  # [kept + 1, hidden]: weights, then the bias
+        out = refit.adapter.attention(l).output
+        weight = out.weight.detach().double().numpy()
+        rows = weight if arch == "gpt2" else weight.T  # GPT-2's Conv1D holds [in, out], Linear [out, in]
+        # the same samples; float64 normal equations against an SVD solve, then stored in float32
+        np.testing.assert_allclose(rows[kept], solution[:-1], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(out.bias.detach().double().numpy(), solution[-1], rtol=1e-5, atol=1e-7)
+        assert r["error_refit"] <= r["error_bias"] <= r["error_none"]
+        torch.testing.assert_close(folded.adapter.attention(l).output.bias, fold.adapter.attention(l).output.bias,
+                                   atol=1e-6, rtol=0)
+    zeroed_heads = copy.deepcopy(refit)
+    remove_heads(refit.adapter, pruned)  # the fitted, zeroed model and its removed form: the same function
+    ids, mask = _batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(zeroed_heads(ids, mask), refit(ids, mask), atol=1e-5, rtol=0)

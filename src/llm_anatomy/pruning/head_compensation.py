@@ -7,6 +7,10 @@ removed heads' mean output over the calibration tokens, times their columns, is 
 so on average the layer writes what it wrote with them. Llama's attention has no biases
 (`attention_bias: false`); it is given zero ones first (`ensure_attention_biases`), so the folded
 model saves and reloads as a standard LlamaAttention.
+
+`fit_head_outputs` fits the kept heads' columns and the bias by the FFN's closed forms
+(`compensation.compensate`: none, bias, rescale, refit), one layer at a time on the dense model's
+inputs; its `bias` is the fold above.
 """
 from __future__ import annotations
 
@@ -82,3 +86,73 @@ def fold_head_bias(adapter: ModelAdapter, pruned: Sequence[Sequence[int]], means
         delta = torch.einsum("hd,hdo->o", torch.from_numpy(mu[idx.numpy()]).to(weights.device), weights)
         out = adapter.attention(layer).output
         out.bias += delta.to(out.bias.dtype)
+
+
+def kept_features(heads: int, head_dim: int, pruned: Sequence[int]) -> np.ndarray:
+    """The output projection's input features of the heads not in `pruned`."""
+    kept = np.setdiff1d(np.arange(heads), np.asarray(pruned, dtype=np.int64))
+    return (kept[:, None] * head_dim + np.arange(head_dim)).reshape(-1)
+
+
+def fit_head_outputs(model: SentimentClassifier, pruned: Sequence[Sequence[int]], encoded: Sequence[Sequence[int]],
+                     pad_id: int, padding_side: str = "right", batch_size: int = 16, method: str = "refit",
+                     ridge: float = 1e-2) -> list[dict]:
+    """Zero the `pruned` heads of `model` and fit, per layer, its output projection's kept columns and bias by
+    `method` (`compensation.METHODS`: the closed forms of the FFN's compensation, here with the kept heads'
+    output features as the activations and the dense output projection's output as the target), in place.
+
+    Each layer is fitted on the dense model's own inputs (one pass over `encoded`, every real token): the
+    fit does not see the drift that pruning lower layers causes (unlike `refit.fit_compensation`'s
+    layer-by-layer FFN fit). Returns per layer the kept heads, the tokens and the reconstruction error of
+    no compensation, the bias fold and `method` on those tokens. Remove the heads afterwards
+    (`heads.remove_heads`) for the smaller model; the zeroed one computes the same function."""
+    from ..heads import check_heads, zero_masked_heads
+    from .compensation import LayerStats, compensate
+
+    pruned = check_heads(model.adapter, pruned)
+    adapter = model.adapter
+    model.eval()
+    device = model_device(model)
+    blocks = [adapter.attention(l) for l in range(adapter.num_layers)]
+    kept = [kept_features(b.heads, b.head_dim, p) for b, p in zip(blocks, pruned)]
+    stats = [LayerStats(len(k), adapter.hidden_size) for k in kept]
+    state: dict = {}
+
+    def grab(layer):
+        def hook(_module, args, output):
+            m = state["mask"]
+            stats[layer].add(args[0][m][:, kept[layer]].double().cpu().numpy(), output[m].double().cpu().numpy())
+        return hook
+
+    todo = [l for l, p in enumerate(pruned) if len(p)]
+    hooks = [blocks[l].output.register_forward_hook(grab(l)) for l in todo]
+    try:
+        with torch.inference_mode():
+            for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, device=device):
+                state["mask"] = mask.bool()
+                model(ids, mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    adapter.ensure_attention_biases()
+    report = []
+    for l in todo:
+        out = adapter.attention(l).output
+        rows = out.weight.detach() if weight_rows_are_neurons(out, "output") else out.weight.detach().T
+        values = rows.double().cpu().numpy()[kept[l]]
+        bias = out.bias.detach().double().cpu().numpy()
+        every = np.arange(len(kept[l]))
+        fits = {m: compensate(stats[l], every, values, bias, m, ridge) for m in ("none", "bias", method)}
+        w, c = fits[method]
+        with torch.no_grad():
+            w_t = torch.from_numpy(w).to(out.weight.dtype).to(out.weight.device)
+            idx = torch.from_numpy(kept[l]).to(out.weight.device)
+            if weight_rows_are_neurons(out, "output"):
+                out.weight[idx] = w_t
+            else:
+                out.weight[:, idx] = w_t.T
+            out.bias.copy_(torch.from_numpy(c).to(out.bias))
+        report.append(dict(layer=l, kept_heads=int(blocks[l].heads - len(pruned[l])), tokens=int(stats[l].n),
+                           **{f"error_{m}": stats[l].error(every, *fit) for m, fit in fits.items()}))
+    zero_masked_heads(adapter, pruned)
+    return report
