@@ -12,7 +12,7 @@ from conftest import ROOT
 from llm_anatomy.cli import main
 
 
-@pytest.mark.parametrize("command", ["finetune", "score", "prune", "evaluate", "bench", "pull"])
+@pytest.mark.parametrize("command", ["finetune", "score", "prune", "evaluate", "bench", "export", "pull"])
 def test_every_subcommand_has_help(command):
     run = subprocess.run([sys.executable, "-m", "llm_anatomy.cli", command, "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)

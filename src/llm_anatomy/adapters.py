@@ -1,8 +1,9 @@
-"""One interface over the FFN blocks of BERT, GPT-2 and Llama backbones.
+"""One interface over the FFN blocks and attention heads of BERT, GPT-2 and Llama backbones.
 
 Every analysis and pruning step talks to a backbone through a `ModelAdapter`, so the
-architecture-specific details (Linear vs GPT-2's transposed Conv1D, Llama's gated FFN,
-where the final norm lives, which token the classifier reads) live here and nowhere else.
+architecture-specific details (Linear vs GPT-2's transposed Conv1D, Llama's gated FFN and
+grouped-query attention, where the final norm lives, which token the classifier reads) live here
+and nowhere else (and, for loading outside the project, in `modeling_llm_anatomy`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,39 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from . import modeling_llm_anatomy as portable
+from .modeling_llm_anatomy import target_positions
+
+__all__ = ["ADAPTERS", "AttentionBlock", "FFNBlock", "ModelAdapter", "adapter_for", "target_positions",
+           "weight_rows_are_neurons"]
+
+KEPT_HEADS = "llm_anatomy_kept_heads"  # attribute of an attention module: the dense model's indices of its heads
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """The projections of one layer's attention and where each head sits in them.
+
+    `query`, `key`, `value` are (projection, offset): head h's features are the projection's output
+    features offset + h x head_dim ... offset + (h + 1) x head_dim - 1 (GPT-2's three share one fused
+    `c_attn` Conv1D at offsets 0, width and 2 x width). `output` maps the heads' concatenated outputs
+    (head h: input features h x head_dim ...) to the hidden state. Query head h reads key/value head
+    h // group (grouped-query attention; group = 1 for BERT and GPT-2).
+    """
+
+    module: nn.Module
+    query: tuple[nn.Module, int]
+    key: tuple[nn.Module, int]
+    value: tuple[nn.Module, int]
+    output: nn.Module
+    head_dim: int
+    heads: int
+    kv_heads: int
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
 
 
 @dataclass(frozen=True)
@@ -34,14 +68,6 @@ def weight_rows_are_neurons(module: nn.Module, side: str) -> bool:
     if isinstance(module, nn.Linear):
         return side == "input"
     raise TypeError(f"unsupported FFN projection type {type(module).__name__}")
-
-
-def target_positions(attention_mask: torch.Tensor, is_decoder: bool) -> torch.Tensor:
-    """Per row, the first real token (encoders: CLS) or the last real token (decoders)."""
-    mask = attention_mask.long()
-    if is_decoder:
-        return mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
-    return mask.argmax(dim=1)
 
 
 class ModelAdapter:
@@ -97,6 +123,32 @@ class ModelAdapter:
         """How many weights map the hidden state onto `layer`'s attention keys and values."""
         raise NotImplementedError
 
+    # ---- attention heads -------------------------------------------------------------------
+    def attention(self, layer: int) -> AttentionBlock:
+        """`layer`'s attention projections; its head counts read from their shapes (never the config)."""
+        raise NotImplementedError
+
+    def head_counts(self) -> list[int]:
+        """Query heads per layer."""
+        return [self.attention(layer).heads for layer in range(self.num_layers)]
+
+    def kv_head_counts(self) -> list[int]:
+        """Key/value heads per layer (the query heads' for BERT and GPT-2)."""
+        return [self.attention(layer).kv_heads for layer in range(self.num_layers)]
+
+    def attention_width(self, layer: int) -> int:
+        """Query heads x head dimension: the width of `layer`'s attention scores and weighted sums per token."""
+        block = self.attention(layer)
+        return block.heads * block.head_dim
+
+    def kept_heads(self, layer: int) -> list[int]:
+        """The dense model's indices of `layer`'s query heads (all of them until heads are removed)."""
+        block = self.attention(layer)
+        return list(getattr(block.module, KEPT_HEADS, range(block.heads)))
+
+    def ensure_attention_biases(self) -> None:
+        """Give every attention projection a bias (BERT's and GPT-2's always have one)."""
+
     def residual_site(self, layer: int) -> tuple[nn.Module, int]:
         """(module, argument index): the forward input of `module` at that position is the residual
         stream the FFN's output is added to in `layer` (the attention sublayer's output)."""
@@ -144,7 +196,7 @@ class ModelAdapter:
         if self.is_decoder:
             # Position ids from the mask, so a left-padded row sees the same positions as
             # the same text right-padded.
-            kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+            kwargs["position_ids"] = portable.decoder_position_ids(attention_mask)
             kwargs["use_cache"] = False
         return kwargs
 
@@ -178,6 +230,12 @@ class BertAdapter(ModelAdapter):
     def residual_site(self, layer):
         return self.backbone.encoder.layer[layer].output, 1  # BertOutput(hidden, input_tensor): LN(dense + input)
 
+    def attention(self, layer):
+        block = self.backbone.encoder.layer[layer].attention
+        att, d = block.self, block.self.attention_head_size
+        heads = att.query.out_features // d
+        return AttentionBlock(att, (att.query, 0), (att.key, 0), (att.value, 0), block.output.dense, d, heads, heads)
+
 
 class GPT2Adapter(ModelAdapter):
     arch = "gpt2"
@@ -195,6 +253,13 @@ class GPT2Adapter(ModelAdapter):
 
     def residual_site(self, layer):
         return self.backbone.h[layer].ln_2, 0  # residual = hidden; hidden = residual + mlp(ln_2(hidden))
+
+    def attention(self, layer):
+        attn = self.backbone.h[layer].attn
+        width = attn.c_attn.weight.shape[1] // 3  # Conv1D weight [hidden, query | key | value]
+        heads = width // attn.head_dim
+        return AttentionBlock(attn, (attn.c_attn, 0), (attn.c_attn, width), (attn.c_attn, 2 * width), attn.c_proj,
+                              attn.head_dim, heads, heads)
 
     def final_norm_module(self):
         return self.backbone.ln_f
@@ -222,6 +287,12 @@ class LlamaAdapter(ModelAdapter):
     def residual_site(self, layer):
         return self.backbone.layers[layer].post_attention_layernorm, 0  # as GPT-2, with RMSNorm
 
+    def attention(self, layer):
+        att = self.backbone.layers[layer].self_attn
+        d = att.head_dim
+        return AttentionBlock(att, (att.q_proj, 0), (att.k_proj, 0), (att.v_proj, 0), att.o_proj, d,
+                              att.q_proj.out_features // d, att.k_proj.out_features // d)
+
     def final_norm_module(self):
         return self.backbone.norm
 
@@ -237,10 +308,27 @@ class LlamaAdapter(ModelAdapter):
         for layer in range(self.num_layers):
             block = self.ffn(layer)
             for proj in (*block.inputs, block.output):
-                if proj.bias is None:
-                    proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype,
-                                                         device=proj.weight.device), requires_grad=False)
+                _add_zero_bias(proj)
         self.config.mlp_bias = True
+
+    @torch.no_grad()
+    def ensure_attention_biases(self):
+        """Zero biases on the query, key, value and output projections, and `attention_bias: true` in the
+        config (LlamaAttention gives all four a bias or none), so a folded output bias is saved and reloads
+        through the standard LlamaAttention."""
+        if self.config.attention_bias:
+            return
+        for layer in range(self.num_layers):
+            block = self.attention(layer)
+            for proj in (block.query[0], block.key[0], block.value[0], block.output):
+                _add_zero_bias(proj)
+        self.config.attention_bias = True
+
+
+def _add_zero_bias(proj: nn.Linear) -> None:
+    if proj.bias is None:
+        proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype, device=proj.weight.device),
+                                 requires_grad=False)
 
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {"bert": BertAdapter, "gpt2": GPT2Adapter, "llama": LlamaAdapter}

@@ -7,13 +7,15 @@
         --criterion fluctuation --compensation refit --out runs/minilm-refit70
     llm-anatomy evaluate runs/minilm-flap50 --data test.parquet --limit 1000
     llm-anatomy bench runs/minilm runs/minilm-flap50 --data test.parquet --reviews 1000
+    llm-anatomy export runs/minilm-flap50 --onnx --out runs/minilm-flap50-hf   # loads with transformers alone
     llm-anatomy pull          # in a clone: a pushed run's outputs from the DVC remote, up to date for Snakemake
 
 Every subcommand calls the same functions as the Snakemake rules (`finetune.finetune`,
 `anatomy.extract_stage` / `score_stage`, `pruning.calibration`, `pruning.plan`, `pruning.materialise`,
 `evaluate.evaluate_stage`, `pruning.timing`), so a folder it writes is the folder the pipeline would
 write, and loads with `llm_anatomy.models.load_classifier(folder)`. Data files are Parquet tables
-with `text` and `label` columns (the pipeline's `data/processed/<profile>/*.parquet`).
+with `text` and `label` columns (the pipeline's `data/processed/<profile>/*.parquet`). `export`
+(`export.export_classifier`, no rule runs it) writes a folder for use outside the project.
 """
 from __future__ import annotations
 
@@ -172,6 +174,18 @@ def _bench(args) -> dict:
                 speedup=ratio_spread(times["dense"], times["pruned"]))
 
 
+def _export(args) -> dict:
+    from .export import check_out, export_classifier
+    model = _classifier_dir(args.model)
+    check_out(model, args.out)  # before loading anything
+    if args.onnx:
+        import importlib.util
+        missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise CliError(f"--onnx needs {', '.join(missing)}: pip install 'llm-anatomy[onnx]'")
+    return export_classifier(model, args.out, args.onnx)
+
+
 def _pull(args) -> dict:
     from .share import pull
     return pull(Path(args.repo), args.jobs)
@@ -255,6 +269,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     common(p)
     p.set_defaults(run=_bench)
+
+    p = sub.add_parser("export", help="write a folder transformers loads (from_pretrained, trust_remote_code) and "
+                                      "optionally ONNX")
+    p.add_argument("model", help="classifier folder (fine-tuned or pruned)")
+    p.add_argument("--out", default=None, help="folder to write (default: <model>-hf beside it)")
+    p.add_argument("--onnx", action="store_true", help="also model.onnx (dynamic batch and length), checked with "
+                                                       "ONNX Runtime; needs the `onnx` extra")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser("pull", help="restore a pushed run's outputs from the DVC remote (dvc pull + snakemake --touch)")
     p.add_argument("--repo", default=".", help="the clone (default: here)")

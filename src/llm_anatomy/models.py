@@ -19,10 +19,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerBase
 
+from . import modeling_llm_anatomy as portable
 from .adapters import ModelAdapter, adapter_for
 from .device import resolve_device
+from .heads import restore_kept_heads
 from .io import dumps
-from .surgery import resize_ffns
 
 EMBEDDED = {
     # name: (python package, subfolder or None, gguf file or None)
@@ -162,14 +163,17 @@ def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, m
     """Write a checkpoint folder: backbone (safetensors + config), tokenizer, head, metadata.
 
     `meta` must carry what rebuilding the classifier needs (`dropout`, `max_length`, ...);
-    the per-layer FFN widths are added so physically pruned models reload.
+    the per-layer FFN widths, query and key/value head counts and the dense model's indices of the
+    kept heads are added so physically pruned models reload.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.backbone.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
-    meta = dict(meta, arch=model.adapter.arch, ffn_widths=model.adapter.ffn_widths(),
+    adapter = model.adapter
+    meta = dict(meta, arch=adapter.arch, ffn_widths=adapter.ffn_widths(), attention_heads=adapter.head_counts(),
+                kv_heads=adapter.kv_head_counts(), kept_heads=[adapter.kept_heads(l) for l in range(adapter.num_layers)],
                 dropout=model.dropout.p)
     (folder / META_FILE).write_text(dumps(meta, indent=2))
 
@@ -183,15 +187,17 @@ def read_meta(folder: str | Path) -> dict:
 
 def load_classifier(folder: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[SentimentClassifier, PreTrainedTokenizerBase, dict]:
-    """Inverse of `save_classifier`; rebuilds physically pruned FFNs at their saved widths, on `device`
-    (a setting `resolve_device` reads: auto, cpu, cuda, cuda:<i>)."""
+    """Inverse of `save_classifier`; rebuilds physically pruned FFNs and attention at their saved per-layer
+    widths and head counts (`modeling_llm_anatomy.resize`, as the exported folder's loader does), on
+    `device` (a setting `resolve_device` reads: auto, cpu, cuda, cuda:<i>)."""
     folder = Path(folder)
     meta = read_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    widths = meta["ffn_widths"]
-    if any(w != _config_ffn_width(folder) for w in widths):
-        backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder))
-        resize_ffns(adapter_for(backbone), widths)
+    config = AutoConfig.from_pretrained(folder)
+    widths, heads, kv_heads, dense = _per_layer_shapes(meta, config)
+    if any(shape != dense for shape in zip(widths, heads, kv_heads)):
+        backbone = AutoModel.from_config(config)
+        portable.resize(backbone, meta["arch"], widths, heads, kv_heads)
         state = {}
         for shard in sorted(folder.glob("model*.safetensors")):
             state.update(load_file(shard))
@@ -201,17 +207,22 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu"
     else:
         backbone = AutoModel.from_pretrained(folder)
     model = SentimentClassifier(backbone.float(), dropout=meta.get("dropout", 0.1))
+    if "kept_heads" in meta:
+        restore_kept_heads(model.adapter, meta["kept_heads"])
     model.head.load_state_dict(load_file(folder / HEAD_FILE))
     model.eval()
     return model.to(resolve_device(device)), tokenizer, meta
 
 
-def _config_ffn_width(folder: Path) -> int:
-    cfg = json.loads((folder / "config.json").read_text())
-    for key in ("intermediate_size", "n_inner"):
-        if cfg.get(key):
-            return cfg[key]
-    return 4 * cfg["n_embd"]  # GPT-2's default when n_inner is null
+def _per_layer_shapes(meta: dict, config) -> tuple[list[int], list[int], list[int], tuple[int, int, int]]:
+    """(FFN widths, query heads, key/value heads) per layer as classifier.json records them, and the dense
+    config's (width, heads, kv heads). A folder written before heads could be pruned has every head."""
+    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    layers = len(meta["ffn_widths"])
+    return (meta["ffn_widths"], meta.get("attention_heads", [heads] * layers), meta.get("kv_heads", [kv] * layers),
+            (width, heads, kv))
 
 
 def set_threads(n: int | None) -> None:

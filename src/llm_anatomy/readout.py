@@ -46,7 +46,7 @@ def _bert(block, x, rows, positions, _kwargs):
     xt = x[rows, positions][:, None]
     hd = att.attention_head_size
     ctx = _attend(block, _heads(att.query(xt), hd), _heads(att.key(x), hd), _heads(att.value(x), hd), att.scaling)
-    a = block.attention.output(ctx.transpose(1, 2).reshape(xt.shape), xt)
+    a = block.attention.output(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1), xt)  # heads x head_dim wide
     return block.output(block.intermediate(a), a)[:, 0]
 
 
@@ -54,14 +54,14 @@ def _gpt2(block, x, rows, positions, _kwargs):
     attn = block.attn
     xt = x[rows, positions][:, None]
     h = block.ln_1(x)
-    width = attn.split_size
-    # c_attn is a Conv1D (weight [in, 3 x hidden]): its query columns for the target token only
+    width = attn.c_attn.weight.shape[1] // 3  # the kept heads' width (hidden for a dense model)
+    # c_attn is a Conv1D (weight [in, 3 x width]): its query columns for the target token only
     q = torch.addmm(attn.c_attn.bias[:width], h[rows, positions], attn.c_attn.weight[:, :width])[:, None]
     kv = torch.addmm(attn.c_attn.bias[width:], h.reshape(-1, h.shape[-1]), attn.c_attn.weight[:, width:])
     k, v = kv.view(*h.shape[:2], 2 * width).split(width, dim=2)
     hd = attn.head_dim
     ctx = _attend(block, _heads(q, hd), _heads(k, hd), _heads(v, hd), attn.scaling)
-    a = xt + attn.resid_dropout(attn.c_proj(ctx.transpose(1, 2).reshape(xt.shape)))
+    a = xt + attn.resid_dropout(attn.c_proj(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1)))
     return (a + block.mlp(block.ln_2(a)))[:, 0]
 
 

@@ -72,15 +72,6 @@ def keep_neurons(adapter: ModelAdapter, layer: int, keep: torch.Tensor | Sequenc
     _replace(adapter.backbone, block.output, _sliced(block.output, keep, "output"))
 
 
-def resize_ffns(adapter: ModelAdapter, widths: Sequence[int]) -> None:
-    """Give each layer's FFN the listed width (contents undefined) so a pruned state dict loads."""
-    if len(widths) != adapter.num_layers:
-        raise ValueError(f"{len(widths)} FFN widths given for a model of {adapter.num_layers} layers")
-    for layer, width in enumerate(widths):
-        if width != adapter.ffn_width(layer):
-            keep_neurons(adapter, layer, range(width))
-
-
 def remove_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:
     """Slice out, per layer, the neurons listed in `pruned[layer]`.
 

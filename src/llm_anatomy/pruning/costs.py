@@ -21,20 +21,20 @@ def forward_macs(adapter, lengths: Sequence[int], readout: bool = True) -> int:
     evaluation loop runs them: with `readout`, the last layer computes every token's keys and values
     and everything else for the classifier's one token only (`llm_anatomy.readout`).
 
-    Per layer and sequence of T tokens: T x (weights of its linear maps) + 2 T^2 x hidden (attention
-    scores and the weighted sum); the readout layer: T x (key and value weights) + the other weights
-    + 2 T x hidden. Embeddings, norms and activations are left out.
+    Per layer and sequence of T tokens: T x (weights of its linear maps) + 2 T^2 x A (attention scores
+    and the weighted sum, A = its query heads x head dimension: the hidden size unless heads were
+    removed); the readout layer: T x (key and value weights) + the other weights + 2 T x A.
+    Embeddings, norms and activations are left out.
     """
     layers = adapter.layers()
-    hidden = adapter.hidden_size
+    widths = [adapter.attention_width(l) for l in range(len(layers))]
     if not readout:
         per_token = sum(linear_macs_per_token(layer) for layer in layers)
-        return int(sum(T * per_token + 2 * len(layers) * T * T * hidden for T in lengths))
+        return int(sum(T * per_token + 2 * T * T * sum(widths) for T in lengths))
     below = sum(linear_macs_per_token(layer) for layer in layers[:-1])
     kv = adapter.key_value_weights(len(layers) - 1)
     rest = linear_macs_per_token(layers[-1]) - kv
-    return int(sum(T * (below + kv) + rest + 2 * (len(layers) - 1) * T * T * hidden + 2 * T * hidden
-                   for T in lengths))
+    return int(sum(T * (below + kv) + rest + 2 * T * T * sum(widths[:-1]) + 2 * T * widths[-1] for T in lengths))
 
 
 def ffn_macs(adapter, lengths: Sequence[int]) -> int:
