@@ -148,7 +148,7 @@ FRONTIER_COLUMNS = ["model", "target", "curve", "pruned_pct", "accuracy", "accur
 def frontier_table(runs: list[dict]) -> pd.DataFrame:
     """Every curve point (paper rule, FLAP, the registry's methods) of each model that no other point of the
     model beats on both accuracy and % pruned (`frontier_sparsity`) or on both accuracy and measured speedup
-    (`frontier_speedup`). Point estimates decide membership; the intervals say which differences are noise."""
+    (`frontier_speedup`). Point estimates decide membership; summary.csv's verdicts say which differences are detectable."""
     rows = []
     _, groups = _by_model([m for m in runs if m["curve"] != "named"])
     for mod, rs in groups.items():
