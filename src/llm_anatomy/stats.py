@@ -143,8 +143,8 @@ def crossed_parts(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     per_seed, per_review = v.mean(axis=-1), v.mean(axis=-2)
     ms_seed = n * per_seed.var(axis=-1, ddof=1)
     ms_review = s * per_review.var(axis=-1, ddof=1)
-    ss_total = ((v - mean[..., None, None]) ** 2).sum(axis=(-2, -1))
-    ms_interaction = (ss_total - (s - 1) * ms_seed - (n - 1) * ms_review) / ((s - 1) * (n - 1))
+    residual = v - per_seed[..., :, None] - per_review[..., None, :] + mean[..., None, None]
+    ms_interaction = (residual ** 2).sum(axis=(-2, -1)) / ((s - 1) * (n - 1))  # summed, not subtracted: exact 0s
     return mean, ms_seed / (s * n), np.maximum(ms_review - ms_interaction, 0.0) / (s * n)
 
 
