@@ -1,5 +1,7 @@
-"""What DVC compares across experiments: the headline metrics and the data-plot tables."""
+"""What DVC compares across experiments (the headline metrics and the data-plot tables) and the summary's verdicts."""
+import numpy as np
 import pandas as pd
+import pytest
 
 from llm_anatomy.pruning.report import experiment_headline, plot_series
 
@@ -56,3 +58,33 @@ def test_the_frontier_keeps_the_points_no_other_beats_on_both_axes():
                 "sweep-70": (False, True)}  # the fastest point
     assert {t: (bool(r.frontier_sparsity), bool(r.frontier_speedup)) for t, r in f.iterrows()} == expected
     assert f.loc["flap-70", "speedup_removed_min"] == 1.5
+
+
+def test_the_summary_adjusts_each_gap_over_the_targets_of_its_model():
+    from llm_anatomy.pruning.report import SUMMARY_GAPS, judge_summary
+    from llm_anatomy.stats import NO_DIFFERENCE, adjust_p
+
+    # two models, three targets each; the compensation and selection gaps exist for one target only
+    table = pd.DataFrame(dict(model=["enc"] * 3 + ["dec"] * 3, target=["a", "b", "c"] * 2,
+                              gap_dense=[-0.05, -0.02, -0.01, -0.04, -0.2, 0.01],
+                              gap_dense_p=[0.001, 0.02, 0.5, 0.02, 1e-9, 0.9],
+                              gap_random=[0.06, 0.02, 0.09, 0.01, 0.03, -0.1],
+                              gap_random_p=[0.012, 0.3, 0.02, 0.8, 0.04, 0.001],
+                              gap_compensation=[0.03, None, None, None, None, None],
+                              gap_compensation_p=[0.01, None, None, None, None, None],
+                              gap_selection=[None] * 6, gap_selection_p=[None] * 6))
+    out = judge_summary(table)
+    for gap in SUMMARY_GAPS:  # the adjusted p beside the raw one, the verdict after it
+        at = list(out.columns).index(f"{gap}_p")
+        assert list(out.columns)[at + 1:at + 3] == [f"{gap}_p_adj", f"{gap}_verdict"]
+    # Holm per model, by hand: enc's gap_random p 0.012, 0.3, 0.02 -> 0.036, 0.3, 0.04
+    assert out["gap_random_p_adj"][:3].tolist() == pytest.approx([0.036, 0.3, 0.04])
+    for model in ("enc", "dec"):
+        rows = out["model"] == model
+        np.testing.assert_allclose(out.loc[rows, "gap_dense_p_adj"], adjust_p(table.loc[rows, "gap_dense_p"], "holm"))
+    # dec's 0.02 vs dense: Holm over three gives 0.04, "lower"; its 0.04 vs random gives 0.08: no verdict of a sign
+    assert out["gap_dense_verdict"].tolist() == ["lower", "lower", NO_DIFFERENCE, "lower", "lower", NO_DIFFERENCE]
+    assert out["gap_random_verdict"].tolist() == ["higher", NO_DIFFERENCE, "higher", NO_DIFFERENCE, NO_DIFFERENCE,
+                                                  "lower"]
+    assert out["gap_compensation_verdict"].tolist() == ["higher"] + [""] * 5  # a family of one
+    assert out["gap_selection_verdict"].tolist() == [""] * 6

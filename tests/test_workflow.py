@@ -134,7 +134,7 @@ def test_tiny_profile_end_to_end(tiny_run):
     assert (refit["criterion"], refit["allocation"], refit["compensation"]) == ("fisher", "searched", "refit")
     assert refit["neurons_pruned"] == refit["neurons_total"] // 2 and refit["seconds_point"] > 0
     assert refit["seconds_point"] == refit["seconds_plan"] + refit["seconds_materialise_job"]
-    assert refit["accuracy_uncompensated"] is not None and refit["random_seeds"] == [0]
+    assert refit["accuracy_uncompensated"] is not None and refit["random_seeds"] == [0, 1, 2, 3, 4]
     assert (res / "tiny-bert/choices/sensitivity_fisher.parquet").exists()
     assert (res / "tiny-llama/obs_scores.parquet").exists() and (res / "figures/prune_pareto.png").exists()
     frontier = pd.read_csv(res / "frontier.csv")
@@ -152,6 +152,14 @@ def test_tiny_profile_end_to_end(tiny_run):
     assert list(plotted.columns) == ["series", "pruned_pct", "accuracy"] and len(plotted) == len(table) + 3
     comparisons = pd.read_csv(res / "comparisons.csv")
     assert {"flap-50", "flap-50 uncompensated", "sweep-gain-50"} <= set(comparisons["a"])
+    # every verdict follows its family-adjusted p-value (stats.FAMILIES), which sits beside the raw one
+    words = {"higher", "lower", "no detectable difference"}
+    for df, gap, said in ((table, "gap_dense", "gap_dense_verdict"), (table, "gap_random", "gap_random_verdict"),
+                          (comparisons, "gap", "verdict")):
+        cols = list(df.columns)
+        assert cols[cols.index(f"{gap}_p") + 1] == f"{gap}_p_adj" and (df[f"{gap}_p_adj"] >= df[f"{gap}_p"] - 1e-12).all()
+        assert set(df[said]) <= words
+        assert ((df[f"{gap}_p_adj"] < 0.05) == (df[said] != "no detectable difference")).all()
     for name in ("tiny-bert", "tiny-gpt2", "tiny-llama"):
         assert (res / f"{name}/anatomy/ablation.parquet").exists()
         assert (res / f"{name}/choices/flap_allocation.csv").exists()

@@ -4,7 +4,8 @@ FLAP's allocation across layers (`pruning.flap.allocation`): uniform and global 
 profile's FLAP sparsities, applied in memory to the dense model and evaluated on the validation
 split, paired on the same reviews. choices/flap_allocation.csv, one row per sparsity:
   target_pct, accuracy_uniform, accuracy_global (+ _lo/_hi), gap = global - uniform (+ _lo, _hi,
-  _p: exact McNemar), verdict, reviews, chosen (the params value; the table is the evidence for it)
+  _p: exact McNemar, _p_adj: adjusted over the sparsities, stats.FAMILIES["flap_allocation"]), verdict
+  (by the adjusted test), reviews, chosen (the params value; the table is the evidence for it)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 from ..batching import encode_reviews
 from ..evaluate import predict_logits
 from ..models import load_classifier, set_threads
-from ..stats import accuracy_interval, correct, paired_difference, verdict
+from ..stats import FAMILIES, accuracy_interval, correct, judge, paired_difference
 from .flap import ALLOCATIONS
 from .materialise import pruned_copy
 from .plan import plan_flap
@@ -50,9 +51,9 @@ def allocation_choice(dense_dir, val: pd.DataFrame, stats_path, scores, fraction
         for allocation in ALLOCATIONS:
             row.update(accuracy_interval(outcomes[allocation]).to_dict(f"accuracy_{allocation}"))
         row.update(d.to_dict("gap_global_minus_uniform"))
-        row.update(verdict=verdict(d.diff, d.lo, d.hi), chosen=chosen)
+        row.update(chosen=chosen)
         rows.append(row)
         log.info("FLAP %.0f%% on %d validation reviews: uniform %.4f, global %.4f, gap %+.4f [%+.4f, %+.4f]",
                  100 * fraction, len(val), row["accuracy_uniform"], row["accuracy_global"], d.diff, d.lo, d.hi)
     log.info("allocation choice evaluated in %.0f s", time.perf_counter() - start)
-    return pd.DataFrame(rows)
+    return judge(pd.DataFrame(rows), "gap_global_minus_uniform", FAMILIES["flap_allocation"], verdict_column="verdict")

@@ -55,8 +55,10 @@ class PruneMetrics:
     pruned_per_layer: list = _f("per layer: neurons pruned", None)
     pruned_pct_per_layer: list = _f("per layer: % of the layer's neurons pruned", None)
     # accuracy (eval_<split>.parquet of the dense model and of the pruned folder; baselines_<split>.parquet).
-    # Every accuracy has a 95% bootstrap interval (_lo, _hi); every gap is paired on the same reviews, with
-    # its interval and an exact McNemar p-value (_p); see llm_anatomy.stats.
+    # Every accuracy has a 95% interval (_lo, _hi); every gap is paired on the same reviews, with its
+    # interval and an unadjusted p-value (_p): exact McNemar against one model, the combined seeds-and-reviews
+    # test against a random baseline's seeds (llm_anatomy.stats). Verdicts, adjusted over a family of
+    # targets, are the report's (summary.csv), not this record's.
     split: str = _f("split the accuracies are measured on", "test")
     test_reviews: int = _f("reviews every accuracy below is measured on (the same reviews for all)", 0)
     accuracy_dense: float = _f("dense fine-tuned model", 0.0)
@@ -73,13 +75,15 @@ class PruneMetrics:
                                "treated as the plan is (compensated the same way when it is)", None)
     accuracy_random_mean: float = _f("mean of accuracy_random", 0.0)
     accuracy_random_std: float = _f("sample standard deviation of accuracy_random over seeds (0 for one seed)", 0.0)
-    accuracy_random_lo: float = _f("95% interval of accuracy_random_mean, seeds and reviews resampled", 0.0)
+    accuracy_random_lo: float = _f("95% interval of accuracy_random_mean over seeds and reviews "
+                                   "(stats.seeded_accuracy), low end", 0.0)
     accuracy_random_hi: float = _f("the interval's high end", 0.0)
     gap_random: float = _f("accuracy - accuracy_random_mean: what the plan's choice of neurons is worth, "
                            "same treatment on both sides", 0.0)
-    gap_random_lo: float = _f("95% interval of gap_random, seeds and reviews resampled (reviews paired)", 0.0)
+    gap_random_lo: float = _f("95% interval of gap_random over seeds and reviews, reviews paired "
+                              "(stats.seeded_difference), low end", 0.0)
     gap_random_hi: float = _f("the interval's high end", 0.0)
-    gap_random_p: float = _f("exact McNemar p-value against each seed's baseline, the largest of them", 1.0)
+    gap_random_p: float = _f("two-sided p-value of gap_random = 0, the test its interval inverts (unadjusted)", 1.0)
     random_seeds: list = _f("seeds of the random baseline", None)
     # compensated plans only (null otherwise): selection and compensation separated
     accuracy_uncompensated: float | None = _f("the same neurons removed without compensation")
@@ -91,13 +95,14 @@ class PruneMetrics:
     gap_compensation_p: float | None = _f("exact McNemar p-value, compensated vs uncompensated")
     accuracy_random_uncompensated: list | None = _f("random baseline per seed without compensation")
     accuracy_random_uncompensated_mean: float | None = _f("mean of accuracy_random_uncompensated")
-    accuracy_random_uncompensated_lo: float | None = _f("95% interval, seeds and reviews resampled, low end")
+    accuracy_random_uncompensated_lo: float | None = _f("95% interval over seeds and reviews, low end")
     accuracy_random_uncompensated_hi: float | None = _f("the interval's high end")
     gap_selection: float | None = _f("accuracy_uncompensated - accuracy_random_uncompensated_mean: the choice of "
                                      "neurons alone, neither side compensated")
-    gap_selection_lo: float | None = _f("95% interval of gap_selection, seeds and reviews resampled")
+    gap_selection_lo: float | None = _f("95% interval of gap_selection over seeds and reviews, low end")
     gap_selection_hi: float | None = _f("the interval's high end")
-    gap_selection_p: float | None = _f("exact McNemar p-value against each seed, the largest")
+    gap_selection_p: float | None = _f("two-sided p-value of gap_selection = 0, the test its interval inverts "
+                                       "(unadjusted)")
     # the pruned folder (pruned/<model>/<target>/pruning.json)
     params_dense: int = _f("parameters of the dense classifier", 0)
     params_removed: int = _f("parameters of the materialised classifier", 0)

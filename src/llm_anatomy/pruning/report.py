@@ -1,8 +1,9 @@
 """Summary table, method-vs-method comparisons and Figures 4/5 of the prune stage.
 
-Every accuracy carries its 95% interval and every gap its paired interval and exact McNemar
-p-value (`llm_anatomy.stats`, computed per target in metrics.json); `stats.verdict` turns a gap into
-the words the docs use: "no detectable difference" whenever its interval contains 0.
+Every accuracy carries its 95% interval and every gap its paired interval and unadjusted p-value
+(`llm_anatomy.stats`, computed per target in metrics.json). Each table adjusts its gaps' p-values over
+the families `stats.FAMILIES` names (`stats.judge`: `<gap>_p_adj`) and words every gap by the adjusted
+test: "higher"/"lower" below 0.05, "no detectable difference" otherwise.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..logits import read_logits  # noqa: E402
-from ..stats import correct, paired_difference, verdict  # noqa: E402
+from ..stats import FAMILIES, correct, judge, paired_difference  # noqa: E402
 from .targets import curve_order, method_of  # noqa: E402
 
 HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy_hi", "gap_dense", "gap_dense_lo",
@@ -34,7 +35,8 @@ def headline(m: dict) -> dict:
     return {k: m[k] for k in HEADLINE if k in m}
 
 
-# Accuracy and gap columns of the summary, in reading order; a gap's _p is its exact McNemar p-value.
+# Accuracy and gap columns of the summary, in reading order; a gap's _p is its unadjusted p-value (exact
+# McNemar against one model, the combined seeds-and-reviews test against a random baseline).
 EVIDENCE = ["accuracy_dense", "accuracy_dense_lo", "accuracy_dense_hi", "accuracy", "accuracy_lo", "accuracy_hi",
             "gap_dense", "gap_dense_lo", "gap_dense_hi", "gap_dense_p",
             "accuracy_random_mean", "accuracy_random_lo", "accuracy_random_hi", "accuracy_random_std",
@@ -59,7 +61,6 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
                          pruned_pct=m["pruned_pct"], test_reviews=m["test_reviews"],
                          random_seeds=len(m.get("random_seeds") or []),
                          **{k: m.get(k) for k in EVIDENCE},
-                         vs_random=verdict(m.get("gap_random"), m.get("gap_random_lo"), m.get("gap_random_hi")),
                          time_dense_s=m["time_dense_s"], time_zeroed_s=m["time_zeroed_s"],
                          time_removed_s=m["time_removed_s"], speedup_zeroed=m["speedup_zeroed"],
                          speedup_removed=m["speedup_removed"],
@@ -75,6 +76,16 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
     if not df.empty:
         df["order"] = df["curve"].map(curve_order)
         df = df.sort_values(["model", "order", "pruned_pct"]).drop(columns="order").reset_index(drop=True)
+    return judge_summary(df)
+
+
+SUMMARY_GAPS = ("gap_dense", "gap_random", "gap_compensation", "gap_selection")
+
+
+def judge_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Each gap of the summary with its family-adjusted p-value and verdict (`<gap>_p_adj`, `<gap>_verdict`)."""
+    for gap in SUMMARY_GAPS:
+        df = judge(df, gap, FAMILIES["summary"])
     return df
 
 
@@ -90,7 +101,8 @@ def _outcomes(target_dir: Path, variant: str | None = None, split: str = "test")
 def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | Path]) -> pd.DataFrame:
     """Every pair of curve points of one model at the same target percentage (e.g. flap-50 vs sweep-50),
     paired on the same test reviews; a compensated method is also compared without its compensation,
-    so the choice of neurons alone is set against the other method's."""
+    so the choice of neurons alone is set against the other method's. The verdicts follow p-values
+    adjusted over the model's comparisons (FAMILIES["comparisons"])."""
     rows = []
     points = [m for m in runs if m["curve"] != "named" and m.get("search")]
     for a, b in combinations(points, 2):
@@ -109,9 +121,8 @@ def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | 
             rows.append(dict(model=a["model"], target_pct=100 * pct_a, a=name, b=b["target"],
                              pruned_pct_a=a["pruned_pct"], pruned_pct_b=b["pruned_pct"],
                              accuracy_a=float(out_a.mean()), accuracy_b=float(out_b.mean()),
-                             **d.to_dict("gap"), a_only=d.a_only, b_only=d.b_only,
-                             verdict=verdict(d.diff, d.lo, d.hi), reviews=len(out_b)))
-    return pd.DataFrame(rows)
+                             **d.to_dict("gap"), a_only=d.a_only, b_only=d.b_only, reviews=len(out_b)))
+    return judge(pd.DataFrame(rows), "gap", FAMILIES["comparisons"], verdict_column="verdict")
 
 
 def _compensation(m: dict) -> str:
@@ -137,7 +148,7 @@ FRONTIER_COLUMNS = ["model", "target", "curve", "pruned_pct", "accuracy", "accur
 def frontier_table(runs: list[dict]) -> pd.DataFrame:
     """Every curve point (paper rule, FLAP, the registry's methods) of each model that no other point of the
     model beats on both accuracy and % pruned (`frontier_sparsity`) or on both accuracy and measured speedup
-    (`frontier_speedup`). Point estimates decide membership; the intervals say which differences are noise."""
+    (`frontier_speedup`). Point estimates decide membership; summary.csv's verdicts say which differences are detectable."""
     rows = []
     _, groups = _by_model([m for m in runs if m["curve"] != "named"])
     for mod, rs in groups.items():
@@ -224,8 +235,8 @@ def _accuracy_curve(ax, runs, color, name, band_color):
 
 def plot_accuracy(runs: list[dict], path) -> None:
     """Accuracy against % FFN neurons pruned: the paper rule and FLAP, each with the random baseline
-    matched to its per-layer counts and treated as the method is; bands are 95% intervals (reviews
-    resampled; seeds too for the random baselines). Markers: the Figure-5a configurations."""
+    matched to its per-layer counts and treated as the method is; bands are 95% intervals (over reviews;
+    over seeds and reviews for the random baselines). Markers: the Figure-5a configurations."""
     models, groups = _by_model(runs)
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6.5 * max(len(models), 1), 5), squeeze=False)
     for ax, mod in zip(axes[0], models):
