@@ -43,8 +43,10 @@ def layer_cosine_figure(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, p
     _save(fig, path)
 
 
-def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path) -> None:
-    """Per model: mean probe cosine (left axis) beside the classifier lens accuracy (right axis)."""
+def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path,
+                probe_tables: dict[str, pd.DataFrame] | None = None) -> None:
+    """Per model: mean probe cosine (left axis) beside the classifier lens accuracy and, when given, the
+    linear probes' validation accuracy with its 95% interval (right axis)."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, len(layer_tables), figsize=(6 * len(layer_tables), 4), squeeze=False)
     for ax, model in zip(axes[0], layer_tables):
@@ -59,12 +61,17 @@ def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd
         ax.set(xlabel="layer (0 = embeddings)", ylabel="cosine to final target", title=f"{model}",
                ylim=(min(0.0, mean.min() - 0.05), 1.02))
         ax2 = ax.twinx()
-        for name, style in (("test", "-"), ("calibration", ":")):
+        for name, style in (("validation", "-"), ("calibration", ":")):
             d = lens_tables[model].query("input_set == @name")
             if len(d):
                 ax2.plot(d["layer"], d["accuracy"], color="tab:red", linestyle=style, marker="s", markersize=3,
                          label=f"lens accuracy ({name})")
-        ax2.set(ylabel="classifier-lens accuracy", ylim=(0.4, 1.0))
+        if probe_tables is not None and model in probe_tables:
+            p = probe_tables[model]
+            ax2.plot(p["layer"], p["probe_accuracy"], color="tab:green", marker="^", markersize=3,
+                     label="linear probe accuracy (validation, 95% interval)")
+            ax2.fill_between(p["layer"], p["probe_accuracy_lo"], p["probe_accuracy_hi"], color="tab:green", alpha=0.2)
+        ax2.set(ylabel="accuracy", ylim=(0.4, 1.0))
         ax2.grid(False)
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()

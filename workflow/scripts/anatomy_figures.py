@@ -17,7 +17,7 @@ models = list(sm.params.models)
 layers = {m: pd.read_parquet(p) for m, p in zip(models, sm.input.layer_scores)}
 lens = {m: pd.read_csv(p) for m, p in zip(models, sm.input.lens)}
 layer_cosine_figure(layers, read_probes(sm.input.probes), sm.output.figure1)
-lens_figure(layers, lens, sm.output.lens)
+lens_figure(layers, lens, sm.output.lens, {m: pd.read_csv(p) for m, p in zip(models, sm.input.linear_probe)})
 ablation = {m: pd.read_parquet(p) for m, p in zip(models, sm.input.ablation)}
 for model, graph_path, png in zip(models, sm.input.graphs, sm.output.graphs):
     g = nx.read_graphml(graph_path)
@@ -33,7 +33,8 @@ for model, path in zip(models, sm.input.summaries):
     s = json.loads(open(path).read())
     metrics[model] = {k: s[k] for k in ("max_share_high", "layers_all_inputs_below_5pct",
                                         "final_target_pairwise_cosine", "funnel_necks", "score_seconds")}
-    metrics[model]["lens_test_accuracy_last"] = s["lens_test_accuracy"][-1] if s["lens_test_accuracy"] else None
+    metrics[model]["lens_validation_accuracy_last"] = (s["lens_validation_accuracy"][-1]
+                                                       if s["lens_validation_accuracy"] else None)
 for model, path in zip(models, sm.input.ablation_scores):
     for r in pd.read_csv(path).itertuples():
         metrics[model][f"ablation_spearman_{r.score}"] = [r.spearman, r.spearman_lo, r.spearman_hi]
