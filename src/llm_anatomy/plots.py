@@ -80,9 +80,12 @@ def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd
     _save(fig, path)
 
 
-def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None) -> None:
+def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None,
+                 edges: pd.DataFrame | None = None) -> None:
     """Layer 0 at the top, the last layer at the bottom; high nodes blue, offset nodes red; nodes whose
-    ablation moves the margin more than 90% of random neurons (`confirmed`) ringed in black."""
+    ablation moves the margin more than 90% of random neurons (`confirmed`) ringed in black. Edges: the
+    paper's presumed full connection layer to layer; with `edges` (graph_edges.csv) the measured ones (the
+    source's ablation moves the target more than 90% of its block) drawn dark, the others dashed."""
     n_layers = int(g.graph["layers"])
     pos = {}
     for layer in range(n_layers):
@@ -93,9 +96,16 @@ def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = N
             xs = np.linspace(0, 1, len(nodes) + 2)[1:-1] if side > 0 else np.linspace(1.15, 1.5, len(nodes) + 2)[1:-1]
             pos.update({n: (x, -layer) for n, x in zip(nodes, xs)})
     fig, ax = plt.subplots(figsize=(9, max(4.0, min(0.45 * n_layers, 10.0) + 1.5)))
-    segs = [(pos[a], pos[b]) for a, b in g.edges()]
-    if segs:
-        ax.add_collection(LineCollection(segs, colors="grey", linewidths=0.3, alpha=min(0.6, 40 / len(segs) ** 0.5)))
+    measured = set() if edges is None else {(r.source, r.target) for r in edges.itertuples() if r.measured}
+    presumed = [(pos[a], pos[b]) for a, b in g.edges() if (a, b) not in measured]
+    if presumed:
+        label = "edge presumed (paper), not measured" if edges is not None else "edge presumed (paper), unmeasured"
+        ax.add_collection(LineCollection(presumed, colors="grey", linewidths=0.6, linestyles="dashed",
+                                         alpha=min(0.6, 40 / len(presumed) ** 0.5), label=label))
+    if measured:
+        ax.add_collection(LineCollection([(pos[a], pos[b]) for a, b in measured], colors="black", linewidths=1.2,
+                                         label="edge measured: source's ablation moves the target\nmore than 90% "
+                                               "of its block"))
     for kind, color in (("high", "tab:blue"), ("offset", "tab:red")):
         nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
         if nodes:
@@ -144,18 +154,20 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
         ax.set(title=f"{model}: attribution patching vs exact ({len(s)} neurons)",
                xlabel="exact margin change (mean-ablation)", ylabel="attribution estimate")
         ax = row[1]
-        scores = ag[ag["score"].isin(["cosine", "contribution", "fluctuation", "activation", "attribution"])]
-        y = np.arange(len(scores))
-        for col, shift, label in (("spearman", -0.12, "pooled over layers"),
-                                  ("spearman_within_layer", 0.12, "within layers")):
-            if col in scores:
-                ax.errorbar(scores[col], y + shift, xerr=[scores[col] - scores[f"{col}_lo"],
-                                                          scores[f"{col}_hi"] - scores[col]],
-                            fmt="o", capsize=3, label=label)
+        names = ["cosine", "contribution", "fluctuation", "activation", "attribution"]
+        y = np.arange(len(names))
+        shifts = iter([-0.27, -0.09, 0.09, 0.27])
+        for target, marker in (("mean_abs_logit", "o"), ("abs_mean_margin", "s")):
+            scores = ag[ag["score"].isin(names) & (ag["target"] == target)].set_index("score").loc[names]
+            for col, where in (("spearman_within_layer", "within layers"), ("spearman", "pooled")):
+                ax.errorbar(scores[col], y + next(shifts), xerr=[scores[col] - scores[f"{col}_lo"],
+                                                                 scores[f"{col}_hi"] - scores[col]],
+                            fmt=marker, capsize=2, markersize=4, label=f"{where}, {target.replace('_', ' ')}")
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(y, scores["score"])
-        ax.legend(fontsize=7)
-        ax.set(title="Spearman of score with |exact effect|", xlabel="rho (95% bootstrap interval)")
+        ax.set_yticks(y, names)
+        ax.legend(fontsize=6)
+        ax.set(title=f"Spearman of score with the exact effect ({int(ag['neurons'].iloc[0])} random neurons)",
+               xlabel="rho (95% bootstrap interval)")
         ax = row[2]
         y = np.arange(len(top))
         ax.errorbar(top["random_mean"], y, xerr=[top["random_mean"] - top["random_min"],

@@ -37,6 +37,8 @@ ABLATION = {
     "table": f"{RES}/{{model}}/anatomy/ablation.parquet",
     "agreement": f"{RES}/{{model}}/anatomy/ablation_scores.csv",
     "top": f"{RES}/{{model}}/anatomy/ablation_top.csv",
+    "tails": f"{RES}/{{model}}/anatomy/ablation_tails.csv",
+    "edges": f"{RES}/{{model}}/anatomy/graph_edges.csv",
     "summary": f"{RES}/{{model}}/anatomy/ablation_summary.json",
 }
 
@@ -134,8 +136,9 @@ rule neuron_sets:
 
 
 rule ablate:
-    """Exact mean-ablation effects of a stratified neuron sample (and every graph node), attribution
-    patching for all neurons, and how well each score predicts the exact effect (docs/ANATOMY.md)."""
+    """Exact mean-ablation effects of a stratified neuron sample, each score's top tail and every graph node,
+    attribution patching for all neurons, how well each score predicts the exact effects, and the neuron
+    graph's edges measured (docs/ANATOMY.md)."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         val=f"{DATA}/val.parquet",
@@ -204,6 +207,7 @@ rule anatomy_figures:
         ablation=expand(f"{RES}/{{model}}/anatomy/ablation.parquet", model=MODELS),
         ablation_scores=expand(f"{RES}/{{model}}/anatomy/ablation_scores.csv", model=MODELS),
         ablation_top=expand(f"{RES}/{{model}}/anatomy/ablation_top.csv", model=MODELS),
+        graph_edges=expand(ABLATION["edges"], model=MODELS),
         probes=ANATOMY_PROBES,
     output:
         figure1=report(
