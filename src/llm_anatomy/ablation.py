@@ -1,24 +1,33 @@
 """Anatomy checked by ablation: what removing a neuron actually does to the classifier.
 
-On a few validation reviews (float32, so single-neuron effects are not rounding noise):
-  exact effect     mean-ablate one neuron (its activation set to its mean over the reviews' real
-                   tokens) and measure the change of the logit margin (2y-1) * logit, averaged over
-                   the reviews. Negative: the neuron helps classify. Each ablation reruns only the
-                   blocks from the neuron's layer up: the blocks below replay their cached outputs.
-                   Run on a sample stratified over layers, plus every node of the neuron graph.
+On the first validation reviews (float32, so single-neuron effects are not rounding noise):
+  exact effects    mean-ablate one neuron (its activation set to its mean over the reviews' real
+                   tokens) and record every review's margin change d = new - dense margin, margin =
+                   (2y-1) * logit; summarised as EFFECTS: mean d (signed; negative = the neuron helps),
+                   mean |d| (how far it moves the logit either way) and the mean loss change. Each
+                   ablation reruns only the blocks from the neuron's layer up (the blocks below replay
+                   their cached outputs), the last block for the read token only (`readout`), several
+                   neurons of a layer per pass if asked. Run on `neurons_per_layer` random neurons of
+                   every layer (the sample), each score's top `tail` neurons of every layer, and every
+                   node of the neuron graph.
   attribution      attribution patching: sum over tokens of (mean - a) * d margin / d a, one
                    forward and backward pass for every neuron at once; a first-order estimate of the
                    exact effect (Syed et al. 2023; Nanda 2023).
-  score agreement  Spearman's rho (95% bootstrap interval) between each score's importance and
-                   |exact effect| on the sample, pooled over layers and within layers: the paper's
+  score agreement  Spearman's rho (95% bootstrap interval) between each score's importance and each
+                   TARGET on the random sample, pooled over layers and within layers: the paper's
                    |cosine|, the direct contribution's mean |a (v . head)|, FLAP's fluctuation
                    Var[a] ||v||^2, activation magnitude mean |a|, and |attribution|.
+  top tails        per score, how often its top neurons of a layer beat the median of that layer's
+                   random sample (binomial test against 1/2).
   top sets         the margin change when the top `top_fraction` of all neurons by each score are
                    mean-ablated together, against `random_draws` random sets of the same size.
+  graph edges      for each edge of the neuron graph, the change of the target neuron's activation
+                   when the source neuron is mean-ablated, ranked within the target's block.
 
-ablation.parquet, one row per (layer, neuron): in_sample, graph_node (bool), exact_effect (NaN
-where not ablated), attribution, and the scores above (cosine, contribution, fluctuation,
-activation); confirmed (graph nodes: |exact effect| above the 90th percentile of the sample's).
+ablation.parquet, one row per (layer, neuron): in_sample, tail_of (the scores whose top tail it is in,
+space-separated), graph_node (bool), exact_effect, exact_abs_effect, exact_loss_effect (NaN where not
+ablated), attribution, attribution_signed, and the scores above (cosine, contribution, fluctuation,
+activation); confirmed (graph nodes: |exact_effect| above the 90th percentile of the sample's).
 """
 from __future__ import annotations
 

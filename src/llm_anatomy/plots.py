@@ -137,7 +137,7 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
     graph nodes marked), Spearman of each score with |exact effect| (95% intervals), and the margin
     change when each score's top set is ablated against random sets of the same size."""
     models = list(tables)
-    fig, axes = plt.subplots(len(models), 3, figsize=(16, 4.2 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 3, figsize=(18, 4.8 * len(models)), squeeze=False)
     for row, model in zip(axes, models):
         t, top, ag = tables[model], tops[model], agreement[model]
         s = t[t["in_sample"]]
@@ -166,7 +166,7 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(y, names)
         ax.legend(fontsize=6)
-        ax.set(title=f"Spearman of score with the exact effect ({int(ag['neurons'].iloc[0])} random neurons)",
+        ax.set(title=f"Spearman with the exact effect ({int(ag['neurons'].iloc[0])} random neurons)",
                xlabel="rho (95% bootstrap interval)")
         ax = row[2]
         y = np.arange(len(top))
@@ -179,4 +179,5 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
         ax.set(title=f"ablating the top {int(top['neurons'].iloc[0])} neurons by each score",
                xlabel="margin change (negative: the model gets worse)")
         ax.legend(fontsize=7)
+    fig.subplots_adjust(hspace=0.4, wspace=0.45)
     _save(fig, path)
