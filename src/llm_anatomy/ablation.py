@@ -341,31 +341,28 @@ def tail_neurons(table: pd.DataFrame, tail: int) -> dict[tuple[int, int], list[s
     return out
 
 
-def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequence[tuple[int, int]], per_layer: int,
-                    tail: int, top_fraction: float, random_draws: int, seed: int, per_pass: int = 1, progress=None
-                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """(per-neuron table, score agreement table, top-set table, top-tail table, timings). `scores`: one row
-    per (layer, neuron) with columns cosine, contribution, fluctuation (importance; larger = more important).
-
-    Exact single-neuron ablations: `per_layer` random neurons of every layer (the sample the agreement is
-    measured on), each score's top `tail` neurons of every layer, and the graph nodes."""
+def importance_table(ablator: Ablator, scores: pd.DataFrame) -> pd.DataFrame:
+    """`scores` (one row per (layer, neuron) with cosine, contribution, fluctuation) indexed by (layer, neuron),
+    with the ablator's activation magnitude and attribution patching added: every SCORES column."""
     widths = ablator.adapter.ffn_widths()
-    L = len(widths)
     table = scores.set_index(["layer", "neuron"]).sort_index()
     expected = pd.MultiIndex.from_tuples([(l, j) for l, w in enumerate(widths) for j in range(w)])
     if not table.index.equals(expected):
         raise ValueError("the score tables do not cover every (layer, neuron) of the model; rebuild them from "
                          "the same checkpoint")
-    clock = time.perf_counter()
     table["activation"] = np.concatenate(ablator.activation)
     attribution = np.concatenate(ablator.attribution())
     table["attribution"] = np.abs(attribution)
     table["attribution_signed"] = attribution
-    timings = dict(attribution_seconds=time.perf_counter() - clock)
+    return table
 
-    sample = stratified_sample(widths, per_layer * L, seed)
-    tails = tail_neurons(table, tail)
-    nodes = [tuple(map(int, n)) for n in graph_nodes]
+
+def ablate_each(ablator: Ablator, table: pd.DataFrame, sample, tails: dict, nodes, per_pass: int = 1,
+                progress=None) -> dict:
+    """Mean-ablate every neuron of `sample`, `tails` and `nodes` alone (the last block read for the target
+    token only) and write the columns in_sample, tail_of, graph_node and EFFECTS into `table` (indexed by
+    (layer, neuron)); returns the timings."""
+    L = ablator.adapter.num_layers
     targets = sorted(set(sample) | set(tails) | set(nodes))
     ablator.use_readout()
     margins = ablator.margins
@@ -377,15 +374,33 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
             summary = effect_summary(ablator.neuron_effects(layer, neurons, per_pass), margins)
             for i, j in enumerate(neurons):
                 effects[(layer, j)] = {k: float(v[i]) for k, v in summary.items()}
-    timings.update(exact_seconds=time.perf_counter() - clock, exact_neurons=len(targets),
-                   # the cost unit: each ablation recomputes the blocks from its layer up, on every review
-                   exact_block_reviews=int(sum((L - l) * ablator.n_reviews for l, _ in targets)))
     sampled, graph = set(sample), set(nodes)
     table["in_sample"] = [k in sampled for k in table.index]
     table["tail_of"] = [" ".join(tails.get(k, [])) for k in table.index]
     table["graph_node"] = [k in graph for k in table.index]
     for name in EFFECTS:
         table[name] = [effects[k][name] if k in effects else np.nan for k in table.index]
+    return dict(exact_seconds=time.perf_counter() - clock, exact_neurons=len(targets),
+                # the cost unit: each ablation recomputes the blocks from its layer up, on every review
+                exact_block_reviews=int(sum((L - l) * ablator.n_reviews for l, _ in targets)))
+
+
+def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequence[tuple[int, int]], per_layer: int,
+                    tail: int, top_fraction: float, random_draws: int, seed: int, per_pass: int = 1, progress=None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """(per-neuron table, score agreement table, top-set table, top-tail table, timings). `scores`: one row
+    per (layer, neuron) with columns cosine, contribution, fluctuation (importance; larger = more important).
+
+    Exact single-neuron ablations: `per_layer` random neurons of every layer (the sample the agreement is
+    measured on), each score's top `tail` neurons of every layer, and the graph nodes."""
+    clock = time.perf_counter()
+    table = importance_table(ablator, scores)
+    timings = dict(attribution_seconds=time.perf_counter() - clock)
+    widths = ablator.adapter.ffn_widths()
+    sample = stratified_sample(widths, per_layer * len(widths), seed)
+    nodes = [tuple(map(int, n)) for n in graph_nodes]
+    timings.update(ablate_each(ablator, table, sample, tail_neurons(table, tail), nodes, per_pass, progress))
+    margins = ablator.margins
     in_sample = table[table["in_sample"]]
     cut = float(np.quantile(np.abs(in_sample["exact_effect"]), CONFIRM_QUANTILE))
     table["confirmed"] = table["graph_node"] & (np.abs(table["exact_effect"]) > cut)
