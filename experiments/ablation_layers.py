@@ -2,8 +2,8 @@
 neurons per layer and more reviews than the offline default affords, on the layers given (the upper layers
 are the cheap ones: ablating a neuron of layer l recomputes L - l blocks). docs/ANATOMY.md, "Results".
 
-    python experiments/ablation_layers.py RESULTS_MODEL_DIR VAL_PARQUET FIRST_LAYER PER_LAYER TAIL REVIEWS OUT_DIR
-    python experiments/ablation_layers.py results/offline/smollm2 data/processed/offline/val.parquet 20 20 2 128 /tmp/abl
+    python experiments/ablation_layers.py RESULTS_MODEL_DIR VAL_PARQUET FIRST_LAYER PER_LAYER TAIL REVIEWS OUT_DIR [THREADS]
+    python experiments/ablation_layers.py results/offline/smollm2 data/processed/offline/val.parquet 25 20 2 64 /tmp/abl
 
 RESULTS_MODEL_DIR holds the model's finetuned/, neuron_scores.parquet, anatomy/contributions.parquet and
 ffn_stats.parquet (as the pipeline writes them). Writes OUT_DIR/ablation_layers_{table.parquet,scores.csv,
@@ -26,10 +26,11 @@ from llm_anatomy.models import load_classifier, set_threads
 from llm_anatomy.progress import progress
 
 
-def main(model_dir, val_path, first: int, per_layer: int, tail: int, reviews: int, out: Path, seed: int = 0) -> dict:
+def main(model_dir, val_path, first: int, per_layer: int, tail: int, reviews: int, out: Path, threads: int = 2,
+         seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = setup_logging(str(out / "ablation_layers.log"))
-    set_threads(2)
+    set_threads(threads)
     start = time.perf_counter()
     model, tokenizer, meta = load_classifier(model_dir / "finetuned")
     val = read_split(val_path).iloc[:reviews]
@@ -59,4 +60,4 @@ def main(model_dir, val_path, first: int, per_layer: int, tail: int, reviews: in
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(Path(a[0]), a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), Path(a[6]))
+    main(Path(a[0]), a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), Path(a[6]), int(a[7]) if len(a) > 7 else 2)

@@ -188,12 +188,14 @@ def test_score_agreement_pooled_and_within_layers():
             effect = (j + 1) * 10.0 ** (-layer)       # later layers: smaller effects
             score = (j + 1) * 10.0 ** layer           # later layers: larger scores
             rows.append(dict(layer=layer, neuron=j, in_sample=True, exact_effect=-effect,
+                             exact_abs_effect=(10 - j) * 10.0 ** (-layer),  # the other target: ranked backwards
                              attribution_signed=-effect, **{name: score for name in SCORES}))
     table = pd.DataFrame(rows)
-    ag = score_agreement(table, reviews=4).set_index("score")
-    assert ag.loc["cosine", "spearman_within_layer"] == pytest.approx(1.0)
-    assert ag.loc["cosine", "spearman"] < 0
-    assert ag.loc["attribution_signed_vs_exact_signed", "spearman"] == pytest.approx(1.0)
+    ag = score_agreement(table, reviews=4).set_index(["score", "target"])
+    assert ag.loc[("cosine", "abs_mean_margin"), "spearman_within_layer"] == pytest.approx(1.0)
+    assert ag.loc[("cosine", "abs_mean_margin"), "spearman"] < 0
+    assert ag.loc[("cosine", "mean_abs_logit"), "spearman_within_layer"] == pytest.approx(-1.0)
+    assert ag.loc[("attribution_signed_vs_exact_signed", "exact_effect"), "spearman"] == pytest.approx(1.0)
 
 
 def test_tail_agreement_hand_made():
