@@ -49,8 +49,8 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
                  "--val", files["val"], "--out", str(model), "--max-length", "32", "--precision", "fp32",
                  "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["n_train"] == len(splits["train"])
-    assert main(["score", str(model), "--train", files["train"], "--test", files["test"], "--out",
-                 str(tmp_path / "scores"), "--calibration-size", "8", "--test-size", "8", "--threads", "1"]) == 0
+    assert main(["score", str(model), "--train", files["train"], "--val", files["val"], "--out",
+                 str(tmp_path / "scores"), "--calibration-size", "8", "--validation-size", "8", "--threads", "1"]) == 0
     capsys.readouterr()
     out = tmp_path / "pruned"
     assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],

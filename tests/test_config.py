@@ -163,7 +163,8 @@ def test_a_bad_probe_file_stops_validation(params, tmp_path):
 
 @pytest.mark.parametrize("key, value, message", [
     ("calibration_size", 6000, "anatomy.calibration_size = 6000 exceeds profiles.offline.split.train = 5000"),
-    ("test_size", 1001, "anatomy.test_size = 1001 exceeds profiles.offline.split.test = 1000")])
+    ("validation_size", 501, "anatomy.validation_size = 501 exceeds profiles.offline.split.val = 500"),
+    ("probe", {"train_reviews": 5001}, "anatomy.probe.train_reviews = 5001 exceeds profiles.offline.split.train = 5000")])
 def test_anatomy_samples_beyond_the_split_are_errors_not_clamps(params, key, value, message):
     assert message in _bad(params, lambda p: p["anatomy"].update({key: value}))
 

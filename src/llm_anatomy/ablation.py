@@ -1,24 +1,33 @@
 """Anatomy checked by ablation: what removing a neuron actually does to the classifier.
 
-On a few validation reviews (float32, so single-neuron effects are not rounding noise):
-  exact effect     mean-ablate one neuron (its activation set to its mean over the reviews' real
-                   tokens) and measure the change of the logit margin (2y-1) * logit, averaged over
-                   the reviews. Negative: the neuron helps classify. Each ablation reruns only the
-                   blocks from the neuron's layer up: the blocks below replay their cached outputs.
-                   Run on a sample stratified over layers, plus every node of the neuron graph.
+On the first validation reviews (float32, so single-neuron effects are not rounding noise):
+  exact effects    mean-ablate one neuron (its activation set to its mean over the reviews' real
+                   tokens) and record every review's margin change d = new - dense margin, margin =
+                   (2y-1) * logit; summarised as EFFECTS: mean d (signed; negative = the neuron helps),
+                   mean |d| (how far it moves the logit either way) and the mean loss change. Each
+                   ablation reruns only the blocks from the neuron's layer up (the blocks below replay
+                   their cached outputs), the last block for the read token only (`readout`), several
+                   neurons of a layer per pass if asked. Run on `neurons_per_layer` random neurons of
+                   every layer (the sample), each score's top `tail` neurons of every layer, and every
+                   node of the neuron graph.
   attribution      attribution patching: sum over tokens of (mean - a) * d margin / d a, one
                    forward and backward pass for every neuron at once; a first-order estimate of the
                    exact effect (Syed et al. 2023; Nanda 2023).
-  score agreement  Spearman's rho (95% bootstrap interval) between each score's importance and
-                   |exact effect| on the sample, pooled over layers and within layers: the paper's
+  score agreement  Spearman's rho (95% bootstrap interval) between each score's importance and each
+                   TARGET on the random sample, pooled over layers and within layers: the paper's
                    |cosine|, the direct contribution's mean |a (v . head)|, FLAP's fluctuation
                    Var[a] ||v||^2, activation magnitude mean |a|, and |attribution|.
+  top tails        per score, how often its top neurons of a layer beat the median of that layer's
+                   random sample (binomial test against 1/2).
   top sets         the margin change when the top `top_fraction` of all neurons by each score are
                    mean-ablated together, against `random_draws` random sets of the same size.
+  graph edges      for each edge of the neuron graph, the change of the target neuron's activation
+                   when the source neuron is mean-ablated, ranked within the target's block.
 
-ablation.parquet, one row per (layer, neuron): in_sample, graph_node (bool), exact_effect (NaN
-where not ablated), attribution, and the scores above (cosine, contribution, fluctuation,
-activation); confirmed (graph nodes: |exact effect| above the 90th percentile of the sample's).
+ablation.parquet, one row per (layer, neuron): in_sample, tail_of (the scores whose top tail it is in,
+space-separated), graph_node (bool), exact_effect, exact_abs_effect, exact_loss_effect (NaN where not
+ablated), attribution, attribution_signed, and the scores above (cosine, contribution, fluctuation,
+activation); confirmed (graph nodes: |exact_effect| above the 90th percentile of the sample's).
 """
 from __future__ import annotations
 
@@ -36,8 +45,9 @@ from .batching import encode_reviews, iter_padded, sorted_batches
 from .device import model_device
 from .io import read_parquet
 from .models import SentimentClassifier
+from . import readout
 from .progress import progress as progress_bar
-from .replay import replay_below
+from .replay import StopForward, replay_below, stop_after
 from .stats import spearman_interval
 
 log = logging.getLogger(__name__)
@@ -53,10 +63,10 @@ CONFIRM_QUANTILE = 0.9
 
 
 class Batch:
-    """One batch of reviews with what the dense pass cached for it."""
+    """One batch of reviews with what the dense pass cached for it; `idx`: the reviews' positions."""
 
-    def __init__(self, ids, mask, sign):
-        self.ids, self.mask, self.sign = ids, mask, sign
+    def __init__(self, ids, mask, sign, idx=None):
+        self.ids, self.mask, self.sign, self.idx = ids, mask, sign, idx
         self.block_outputs: list = []
         self.margin: torch.Tensor | None = None
 
@@ -96,7 +106,7 @@ class Ablator:
         for idx, ids, mask in iter_padded(encoded, sorted_batches([len(s) for s in encoded], batch_size), pad_id,
                                           padding_side, device):
             sign = torch.as_tensor(2.0 * labels[idx] - 1.0, dtype=torch.float32, device=device)
-            self.batches.append(Batch(ids, mask, sign))
+            self.batches.append(Batch(ids, mask, sign, idx))
         self._dense_pass()
 
     @torch.inference_mode()
@@ -105,6 +115,7 @@ class Ablator:
         L = self.adapter.num_layers
         widths = self.adapter.ffn_widths()
         s1 = [torch.zeros(w, dtype=torch.float64) for w in widths]
+        s2 = [torch.zeros(w, dtype=torch.float64) for w in widths]
         sabs = [torch.zeros(w, dtype=torch.float64) for w in widths]
         tokens = 0
         state: dict = {}
@@ -113,6 +124,7 @@ class Ablator:
             def hook(_module, args):
                 x = args[0].double()[state["mask"]]
                 s1[layer] += x.sum(0).cpu()
+                s2[layer] += x.square().sum(0).cpu()
                 sabs[layer] += x.abs().sum(0).cpu()
             return hook
 
@@ -131,20 +143,106 @@ class Ablator:
             tokens += int(batch.mask.sum())
         self.means = [(s / tokens).float() for s in s1]
         self.activation = [(s / tokens).numpy() for s in sabs]
+        # the activation's standard deviation over the real tokens: the scale a downstream change is read on
+        self.std = [(q / tokens - (s / tokens) ** 2).clamp(min=0).sqrt().numpy() for s, q in zip(s1, s2)]
         self.tokens = tokens
 
+    @property
+    def margins(self) -> np.ndarray:
+        """The dense margins (2y - 1) * logit, in review order [n_reviews]."""
+        out = np.empty(self.n_reviews)
+        for batch in self.batches:
+            out[batch.idx] = batch.margin.double().cpu().numpy()
+        return out
+
     @torch.inference_mode()
-    def effect(self, neurons: dict[int, np.ndarray]) -> float:
-        """Mean change of the margin over the reviews when these neurons (per layer) are mean-ablated."""
+    def review_effect(self, neurons: dict[int, np.ndarray]) -> np.ndarray:
+        """Per review, the change of the margin when these neurons (per layer) are mean-ablated together."""
         lowest = min(neurons) if neurons else self.adapter.num_layers
-        total = 0.0
+        out = np.empty(self.n_reviews)
         for batch in self.batches:
             with replay_below(self.model, lowest, batch.block_outputs), pin_to_means(self.model, neurons, self.means):
-                total += float((margin_of(self.model, batch) - batch.margin).sum())
-        return total / self.n_reviews
+                out[batch.idx] = (margin_of(self.model, batch) - batch.margin).double().cpu().numpy()
+        return out
+
+    def effect(self, neurons: dict[int, np.ndarray]) -> float:
+        """Mean change of the margin over the reviews when these neurons (per layer) are mean-ablated."""
+        return float(self.review_effect(neurons).mean())
+
+    @torch.inference_mode()
+    def neuron_effects(self, layer: int, neurons: Sequence[int], per_pass: int = 1) -> np.ndarray:
+        """Per neuron of `layer`, each mean-ablated alone, the change of every review's margin [K, n_reviews].
+
+        `per_pass` neurons share a forward pass: the review batch is repeated once per neuron and each copy
+        pins its own neuron, so the blocks above run on larger matrices and the per-pass overhead (replay,
+        hooks, embeddings) is paid once per group. The blocks below `layer` replay the cached block output."""
+        neurons = np.asarray(neurons, dtype=np.int64)
+        out = np.empty((len(neurons), self.n_reviews))
+        means = self.means[layer]
+        for start in range(0, len(neurons), per_pass):
+            chunk = torch.as_tensor(neurons[start: start + per_pass])
+            k = len(chunk)
+            for batch in self.batches:
+                b = batch.ids.shape[0]
+
+                def pin(_module, args, chunk=chunk, k=k, b=b):
+                    x = args[0].clone()  # [k * b, seq, neurons], copy i of the batch in rows i*b .. (i+1)*b - 1
+                    x.view(k, b, *x.shape[1:])[torch.arange(k), :, :, chunk] = means[chunk][:, None, None].to(x.dtype)
+                    return (x, *args[1:])
+
+                below = [_repeat(batch.block_outputs[layer - 1], k)] * layer if layer else []
+                handle = self.adapter.ffn(layer).output.register_forward_pre_hook(pin)
+                try:
+                    with replay_below(self.model, layer, below):
+                        logits = self.model(batch.ids.repeat(k, 1), batch.mask.repeat(k, 1)).float().view(k, b)
+                finally:
+                    handle.remove()
+                out[start: start + k, batch.idx] = (batch.sign * logits - batch.margin).double().cpu().numpy()
+        return out
+
+    def use_readout(self) -> bool:
+        """From now on compute the last block for the token the head reads only (`readout.install`): exact up
+        to float rounding, and the dense margins are retaken with it so an ablation that changes nothing
+        reads 0. Attribution and downstream changes need every token of the last block: run them first."""
+        if not readout.install(self.model):
+            return False
+        with torch.inference_mode():
+            for batch in self.batches:
+                batch.margin = margin_of(self.model, batch)
+        return True
+
+    @torch.inference_mode()
+    def downstream_change(self, layer: int, neuron: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean change, mean |change|) of every neuron's activation in block layer + 1 over the reviews' real
+        tokens when neuron `neuron` of block `layer` is mean-ablated: an exact, measured edge weight."""
+        _no_readout(self.model, "downstream changes")
+        target = layer + 1
+        width = self.adapter.ffn_width(target)
+        total, total_abs = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
+        seen: list = []
+        handle = self.adapter.ffn(target).output.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            for batch in self.batches:
+                for pinned in (False, True):
+                    pins = {layer: np.array([neuron])} if pinned else {}
+                    with replay_below(self.model, layer, batch.block_outputs), \
+                            pin_to_means(self.model, pins, self.means), stop_after(self.model, target, []):
+                        try:
+                            self.model(batch.ids, batch.mask)
+                        except StopForward:
+                            pass
+                dense, ablated = seen[-2:]
+                d = (ablated.double() - dense.double())[batch.mask.bool()].cpu()  # [real tokens, width]
+                total += d.sum(0)
+                total_abs += d.abs().sum(0)
+                seen.clear()
+        finally:
+            handle.remove()
+        return (total / self.tokens).numpy(), (total_abs / self.tokens).numpy()
 
     def attribution(self) -> list[np.ndarray]:
         """Per layer, every neuron's first-order estimate of its exact effect."""
+        _no_readout(self.model, "attribution patching")
         acc = [torch.zeros(w, dtype=torch.float64) for w in self.adapter.ffn_widths()]
         # Gradients with respect to the activations only: the weights stay frozen, the embedding output
         # is made to require grad so everything after it is differentiable.
@@ -179,6 +277,18 @@ class Ablator:
             acc[l] += (((self.means[l].double() - a) * g) * m).sum(dim=(0, 1)).cpu()
 
 
+def _no_readout(model, what: str) -> None:
+    if readout.is_installed(model):
+        raise RuntimeError(f"{what} needs every token of the last block; call it before Ablator.use_readout")
+
+
+def _repeat(out, k: int):
+    """A block's cached output with its batch repeated k times (a tensor, or a tuple led by one)."""
+    if isinstance(out, torch.Tensor):
+        return out.repeat(k, *([1] * (out.dim() - 1)))
+    return (_repeat(out[0], k), *out[1:])
+
+
 def stratified_sample(widths: Sequence[int], total: int, seed: int) -> list[tuple[int, int]]:
     """About `total` (layer, neuron) pairs, the same number from every layer, drawn without replacement."""
     per_layer = max(1, math.ceil(total / len(widths)))
@@ -196,11 +306,44 @@ def _by_layer(pairs) -> dict[int, np.ndarray]:
     return {l: np.asarray(v) for l, v in out.items()}
 
 
-def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequence[tuple[int, int]], sample_size: int,
-                    top_fraction: float, random_draws: int, seed: int, progress=None
-                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(per-neuron table, score agreement table, top-set table). `scores`: one row per (layer, neuron)
-    with columns cosine, contribution, fluctuation (importance; larger = more important)."""
+EFFECTS = {  # per ablated neuron (or set), from the per-review margin changes d and the dense margins m
+    "exact_effect": "mean margin change, mean(d): signed, negative = the neuron helps classify",
+    "exact_abs_effect": "mean |logit change|, mean(|d|): how far the neuron moves the logit, either way",
+    "exact_loss_effect": "mean change of the cross-entropy loss, mean(softplus(-(m + d)) - softplus(-m))",
+}
+TARGETS = {  # what a score's importance is compared with: larger = the neuron matters more
+    "abs_mean_margin": "exact_effect",      # |mean margin change|: effects of opposite sign cancel over reviews
+    "mean_abs_logit": "exact_abs_effect",   # mean |logit change|: what removing the neuron disturbs
+}
+
+
+def effect_summary(delta: np.ndarray, margins: np.ndarray) -> dict[str, np.ndarray]:
+    """The EFFECTS of per-review margin changes `delta` [..., n_reviews] over dense `margins` [n_reviews]."""
+    delta = np.asarray(delta, dtype=np.float64)
+    loss = np.logaddexp(0.0, -(margins + delta)) - np.logaddexp(0.0, -margins)
+    return {"exact_effect": delta.mean(-1), "exact_abs_effect": np.abs(delta).mean(-1),
+            "exact_loss_effect": loss.mean(-1)}
+
+
+def target_values(table: pd.DataFrame, target: str) -> pd.Series:
+    return table[TARGETS[target]].abs()
+
+
+def tail_neurons(table: pd.DataFrame, tail: int) -> dict[tuple[int, int], list[str]]:
+    """Per layer, the `tail` neurons ranked highest by each score (ties: lower index first): (layer, neuron)
+    -> the scores whose top tail it is in. `table` is indexed by (layer, neuron)."""
+    out: dict[tuple[int, int], list[str]] = {}
+    for name in SCORES:
+        for layer, values in table[name].groupby(level="layer"):
+            order = np.argsort(-values.to_numpy(), kind="stable")[:tail]
+            for key in values.index[order]:
+                out.setdefault((int(key[0]), int(key[1])), []).append(name)
+    return out
+
+
+def importance_table(ablator: Ablator, scores: pd.DataFrame) -> pd.DataFrame:
+    """`scores` (one row per (layer, neuron) with cosine, contribution, fluctuation) indexed by (layer, neuron),
+    with the ablator's activation magnitude and attribution patching added: every SCORES column."""
     widths = ablator.adapter.ffn_widths()
     table = scores.set_index(["layer", "neuron"]).sort_index()
     expected = pd.MultiIndex.from_tuples([(l, j) for l, w in enumerate(widths) for j in range(w)])
@@ -211,42 +354,137 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
     attribution = np.concatenate(ablator.attribution())
     table["attribution"] = np.abs(attribution)
     table["attribution_signed"] = attribution
+    return table
 
-    sample = stratified_sample(widths, sample_size, seed)
-    nodes = [tuple(map(int, n)) for n in graph_nodes]
-    targets = list(dict.fromkeys(sample + nodes))
-    exact = {}
-    iterator = progress(targets) if progress else targets
-    for layer, j in iterator:
-        exact[(layer, j)] = ablator.effect({layer: np.array([j])})
+
+def ablate_each(ablator: Ablator, table: pd.DataFrame, sample, tails: dict, nodes, per_pass: int = 1,
+                progress=None) -> dict:
+    """Mean-ablate every neuron of `sample`, `tails` and `nodes` alone (the last block read for the target
+    token only) and write the columns in_sample, tail_of, graph_node and EFFECTS into `table` (indexed by
+    (layer, neuron)); returns the timings."""
+    L = ablator.adapter.num_layers
+    targets = sorted(set(sample) | set(tails) | set(nodes))
+    ablator.use_readout()
+    margins = ablator.margins
+    clock = time.perf_counter()
+    effects: dict[tuple[int, int], dict] = {}
+    groups = [(layer, [j for l, j in targets if l == layer]) for layer in range(L)]
+    for layer, neurons in (progress(groups) if progress else groups):
+        if neurons:
+            summary = effect_summary(ablator.neuron_effects(layer, neurons, per_pass), margins)
+            for i, j in enumerate(neurons):
+                effects[(layer, j)] = {k: float(v[i]) for k, v in summary.items()}
     sampled, graph = set(sample), set(nodes)
     table["in_sample"] = [k in sampled for k in table.index]
+    table["tail_of"] = [" ".join(tails.get(k, [])) for k in table.index]
     table["graph_node"] = [k in graph for k in table.index]
-    table["exact_effect"] = [exact.get(k, np.nan) for k in table.index]
+    for name in EFFECTS:
+        table[name] = [effects[k][name] if k in effects else np.nan for k in table.index]
+    return dict(exact_seconds=time.perf_counter() - clock, exact_neurons=len(targets),
+                # the cost unit: each ablation recomputes the blocks from its layer up, on every review
+                exact_block_reviews=int(sum((L - l) * ablator.n_reviews for l, _ in targets)))
+
+
+def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequence[tuple[int, int]], per_layer: int,
+                    tail: int, top_fraction: float, random_draws: int, seed: int, per_pass: int = 1, progress=None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """(per-neuron table, score agreement table, top-set table, top-tail table, timings). `scores`: one row
+    per (layer, neuron) with columns cosine, contribution, fluctuation (importance; larger = more important).
+
+    Exact single-neuron ablations: `per_layer` random neurons of every layer (the sample the agreement is
+    measured on), each score's top `tail` neurons of every layer, and the graph nodes."""
+    clock = time.perf_counter()
+    table = importance_table(ablator, scores)
+    timings = dict(attribution_seconds=time.perf_counter() - clock)
+    widths = ablator.adapter.ffn_widths()
+    sample = stratified_sample(widths, per_layer * len(widths), seed)
+    nodes = [tuple(map(int, n)) for n in graph_nodes]
+    timings.update(ablate_each(ablator, table, sample, tail_neurons(table, tail), nodes, per_pass, progress))
+    margins = ablator.margins
     in_sample = table[table["in_sample"]]
     cut = float(np.quantile(np.abs(in_sample["exact_effect"]), CONFIRM_QUANTILE))
     table["confirmed"] = table["graph_node"] & (np.abs(table["exact_effect"]) > cut)
+    flat = table.reset_index()
+    agreement = score_agreement(flat, ablator.n_reviews, seed)
+    tails_table = tail_agreement(flat)
 
-    agreement = score_agreement(table.reset_index(), ablator.n_reviews, seed)
-
+    clock = time.perf_counter()
     total = len(table)
     k = max(1, int(round(top_fraction * total)))
     rng = np.random.default_rng(seed + 1)
     keys = np.array(table.index.tolist())
-    random_effects = [ablator.effect(_by_layer(keys[rng.choice(total, size=k, replace=False)]))
-                      for _ in range(random_draws)]
+    random_sets = [effect_summary(ablator.review_effect(_by_layer(keys[rng.choice(total, size=k, replace=False)])),
+                                  margins) for _ in range(random_draws)]
+    r = np.array([x["exact_effect"] for x in random_sets])
+    r_abs = np.array([x["exact_abs_effect"] for x in random_sets])
     top_rows = []
     for name in SCORES:
         top = keys[np.argsort(-table[name].to_numpy(), kind="stable")[:k]]
-        eff = ablator.effect(_by_layer(top))
-        r = np.asarray(random_effects)
-        top_rows.append(dict(score=name, neurons=k, effect=eff, random_mean=float(r.mean()),
+        eff = effect_summary(ablator.review_effect(_by_layer(top)), margins)
+        top_rows.append(dict(score=name, neurons=k, effect=float(eff["exact_effect"]), random_mean=float(r.mean()),
                              random_sd=float(r.std(ddof=1)) if len(r) > 1 else 0.0, random_min=float(r.min()),
                              random_max=float(r.max()), random_draws=len(r),
                              # share of random sets that hurt at least as much (one-sided, empirical)
-                             p_random=float((np.sum(r <= eff) + 1) / (len(r) + 1))))
-    tops = pd.DataFrame(top_rows)
-    return table.reset_index(), agreement, tops
+                             p_random=float((np.sum(r <= eff["exact_effect"]) + 1) / (len(r) + 1)),
+                             abs_effect=float(eff["exact_abs_effect"]), random_abs_mean=float(r_abs.mean()),
+                             random_abs_max=float(r_abs.max()),
+                             # share of random sets that move the logit at least as far
+                             p_random_abs=float((np.sum(r_abs >= eff["exact_abs_effect"]) + 1) / (len(r) + 1)),
+                             loss_effect=float(eff["exact_loss_effect"])))
+    timings["top_sets_seconds"] = time.perf_counter() - clock
+    return flat, agreement, pd.DataFrame(top_rows), tails_table, timings
+
+
+def tail_agreement(table: pd.DataFrame) -> pd.DataFrame:
+    """Does each score's top tail in a layer matter more than that layer's random neurons? Per (score, target):
+    the share of tail neurons whose effect exceeds the median effect of their layer's random sample (1/2 if
+    the score picks no better than chance), with its exact 95% interval and two-sided binomial p-value, and
+    the tail neurons' mean percentile among their layer's random sample."""
+    from scipy.stats import binomtest
+
+    rows = []
+    sample = table[table["in_sample"]]
+    for target in TARGETS:
+        effect = target_values(table, target)
+        by_layer = {layer: np.sort(target_values(g, target).to_numpy()) for layer, g in sample.groupby("layer")}
+        for name in SCORES:
+            tail = table[table["tail_of"].str.split().apply(lambda names, name=name: name in names)]
+            values = effect[tail.index].to_numpy()
+            ref = [by_layer[int(l)] for l in tail["layer"]]
+            above = np.array([v > np.median(r) for v, r in zip(values, ref)])
+            pct = np.array([np.searchsorted(r, v, side="left") / len(r) for v, r in zip(values, ref)])
+            n, k = len(values), int(above.sum())
+            test = binomtest(k, n, 0.5) if n else None
+            ci = test.proportion_ci(0.95, method="exact") if test else None
+            rows.append(dict(score=name, target=target, tail_neurons=n, layers=int(tail["layer"].nunique()),
+                             above_layer_median=k, share=k / n if n else np.nan,
+                             share_lo=ci.low if ci else np.nan, share_hi=ci.high if ci else np.nan,
+                             p_binomial=test.pvalue if test else np.nan,
+                             mean_percentile=float(pct.mean()) if n else np.nan,
+                             random_per_layer=int(np.median([len(r) for r in by_layer.values()]))))
+    return pd.DataFrame(rows)
+
+
+def edge_table(ablator: Ablator, edges: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> pd.DataFrame:
+    """The neuron graph's edges measured: for each edge (layer l, neuron i) -> (l + 1, j), the change of j's
+    activation over the reviews' real tokens when i is mean-ablated (`Ablator.downstream_change`), relative to
+    j's own standard deviation, and its percentile among the same relative change of every neuron of block
+    l + 1. `measured`: the percentile reaches CONFIRM_QUANTILE (i moves j more than 90% of that block)."""
+    rows = []
+    sources = sorted({u for u, _ in edges})
+    for u in sources:
+        change, abs_change = ablator.downstream_change(*u)
+        std = ablator.std[u[0] + 1]
+        relative = np.divide(abs_change, std, out=np.full_like(abs_change, np.nan), where=std > 0)
+        for (_, (lv, j)) in [e for e in edges if e[0] == u]:
+            pct = float(np.mean(relative[np.isfinite(relative)] < relative[j])) if np.isfinite(relative[j]) else np.nan
+            rows.append(dict(source=f"{u[0]}:{u[1]}", target=f"{lv}:{j}", source_layer=u[0], source_neuron=u[1],
+                             target_layer=lv, target_neuron=j, change=float(change[j]), abs_change=float(abs_change[j]),
+                             relative_change=float(relative[j]), percentile=pct,
+                             measured=bool(pct >= CONFIRM_QUANTILE) if pct == pct else False))
+    columns = ["source", "target", "source_layer", "source_neuron", "target_layer", "target_neuron", "change",
+               "abs_change", "relative_change", "percentile", "measured"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _within_layer_ranks(values: pd.Series, layers: pd.Series) -> np.ndarray:
@@ -255,26 +493,27 @@ def _within_layer_ranks(values: pd.Series, layers: pd.Series) -> np.ndarray:
 
 
 def score_agreement(table: pd.DataFrame, reviews: int, seed: int = 0) -> pd.DataFrame:
-    """Spearman of each score's importance with |exact effect| over the sampled neurons, pooled over
+    """Spearman of each score's importance with each target (TARGETS) over the random sample, pooled over
     layers (`spearman`) and within layers (`spearman_within_layer`: both sides ranked within their
     layer first, so a score is judged on the choice a per-layer allocation makes, not on how its
     scale differs between layers), each with a 95% bootstrap interval; plus attribution patching
     against the exact effect, both signed."""
     s = table[table["in_sample"]]
-    effect = s["exact_effect"].abs()
-    effect_within = _within_layer_ranks(effect, s["layer"])
     rows = []
-    for name, doc in SCORES.items():
-        pooled = spearman_interval(s[name].to_numpy(), effect.to_numpy(), seed=seed)
-        within = spearman_interval(_within_layer_ranks(s[name], s["layer"]), effect_within, seed=seed)
-        rows.append(dict(score=name, description=doc, spearman=pooled.value, spearman_lo=pooled.lo,
-                         spearman_hi=pooled.hi, spearman_within_layer=within.value,
-                         spearman_within_layer_lo=within.lo, spearman_within_layer_hi=within.hi,
-                         neurons=len(s), reviews=reviews))
+    for target in TARGETS:
+        effect = target_values(s, target)
+        effect_within = _within_layer_ranks(effect, s["layer"])
+        for name, doc in SCORES.items():
+            pooled = spearman_interval(s[name].to_numpy(), effect.to_numpy(), seed=seed)
+            within = spearman_interval(_within_layer_ranks(s[name], s["layer"]), effect_within, seed=seed)
+            rows.append(dict(score=name, target=target, description=doc, spearman=pooled.value, spearman_lo=pooled.lo,
+                             spearman_hi=pooled.hi, spearman_within_layer=within.value,
+                             spearman_within_layer_lo=within.lo, spearman_within_layer_hi=within.hi,
+                             neurons=len(s), reviews=reviews))
     agree = spearman_interval(s["attribution_signed"].to_numpy(), s["exact_effect"].to_numpy(), seed)
-    rows.append(dict(score="attribution_signed_vs_exact_signed", description="attribution patching against the "
-                     "exact effect, both signed", spearman=agree.value, spearman_lo=agree.lo, spearman_hi=agree.hi,
-                     neurons=len(s), reviews=reviews,
+    rows.append(dict(score="attribution_signed_vs_exact_signed", target="exact_effect",
+                     description="attribution patching against the exact effect, both signed", spearman=agree.value,
+                     spearman_lo=agree.lo, spearman_hi=agree.hi, neurons=len(s), reviews=reviews,
                      pearson=float(np.corrcoef(s["attribution_signed"], s["exact_effect"])[0, 1])))
     return pd.DataFrame(rows)
 
@@ -295,8 +534,9 @@ def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
 
 
 def ablation_stage(model_dir, val: pd.DataFrame, neuron_scores, contributions, ffn_stats, graph_nodes, out: dict,
-                   p: dict) -> dict:
-    """p: reviews, neurons, top_fraction, random_draws, seed, batch_size, threads, device."""
+                   p: dict, graph_edges: Sequence[tuple[tuple[int, int], tuple[int, int]]] = ()) -> dict:
+    """p: reviews, neurons_per_layer, tail, neurons_per_pass, top_fraction, random_draws, seed, batch_size,
+    threads, device. out: table, agreement, top, tails, edges, summary."""
     from .io import write_csv, write_json, write_parquet
     from .models import load_classifier, set_threads
 
@@ -309,18 +549,37 @@ def ablation_stage(model_dir, val: pd.DataFrame, neuron_scores, contributions, f
     encoded = encode_reviews(tokenizer, meta, reviews["text"])
     ablator = Ablator(model, encoded, reviews["label"].to_numpy(), tokenizer.pad_token_id,
                       meta.get("padding_side", "right"), p["batch_size"])
+    dense_seconds = time.perf_counter() - start
+    clock = time.perf_counter()
+    edges = edge_table(ablator, graph_edges)  # before the readout: it reads every token of block l + 1
+    edge_seconds = time.perf_counter() - clock
     scores = score_frame(neuron_scores, contributions, ffn_stats)
-    table, agreement, tops = ablation_tables(
-        ablator, scores, graph_nodes, p["neurons"], p["top_fraction"], p["random_draws"], p["seed"],
-        progress=lambda xs: progress_bar(xs, desc="ablate"))
+    table, agreement, tops, tails, timings = ablation_tables(
+        ablator, scores, graph_nodes, p["neurons_per_layer"], p["tail"], p["top_fraction"], p["random_draws"],
+        p["seed"], p["neurons_per_pass"], progress=lambda xs: progress_bar(xs, desc="ablate (layers)"))
     write_parquet(table, out["table"])
     write_csv(agreement, out["agreement"])
     write_csv(tops, out["top"])
-    summary = dict(reviews=ablator.n_reviews, tokens=ablator.tokens, sampled_neurons=int(table["in_sample"].sum()),
+    write_csv(tails, out["tails"])
+    write_csv(edges, out["edges"])
+    scored = agreement[agreement["score"].isin(list(SCORES))]
+    summary = dict(reviews=ablator.n_reviews, tokens=ablator.tokens, layers=ablator.adapter.num_layers,
+                   sampled_neurons=int(table["in_sample"].sum()), neurons_per_layer=p["neurons_per_layer"],
+                   tail=p["tail"], tail_neurons=int((table["tail_of"] != "").sum()),
+                   ablated_neurons=int(table["exact_effect"].notna().sum()),
                    graph_nodes=int(table["graph_node"].sum()), confirmed_graph_nodes=int(table["confirmed"].sum()),
-                   spearman={r.score: [r.spearman, r.spearman_lo, r.spearman_hi] for r in agreement.itertuples()},
+                   graph_edges=len(edges), measured_graph_edges=int(edges["measured"].sum()),
+                   spearman={t: {r.score: [r.spearman, r.spearman_lo, r.spearman_hi]
+                                 for r in g.itertuples()} for t, g in scored.groupby("target")},
+                   spearman_within_layer={t: {r.score: [r.spearman_within_layer, r.spearman_within_layer_lo,
+                                                        r.spearman_within_layer_hi] for r in g.itertuples()}
+                                          for t, g in scored.groupby("target")},
+                   attribution_vs_exact=agreement.iloc[-1][["spearman", "pearson"]].tolist(),
+                   dense_seconds=dense_seconds, edge_seconds=edge_seconds, **timings,
                    seconds=time.perf_counter() - start)
+    summary["seconds_per_block_review"] = summary["exact_seconds"] / max(1, summary["exact_block_reviews"])
     write_json(out["summary"], summary)
-    log.info("ablation of %d neurons on %d reviews in %.0f s", summary["sampled_neurons"], ablator.n_reviews,
-             summary["seconds"])
+    log.info("ablation of %d neurons (%d per layer at random, score tails, graph nodes) on %d reviews: exact %.0f s "
+             "(%.2f ms per block and review), in all %.0f s", summary["ablated_neurons"], p["neurons_per_layer"],
+             ablator.n_reviews, summary["exact_seconds"], 1e3 * summary["seconds_per_block_review"], summary["seconds"])
     return summary

@@ -24,14 +24,14 @@ from .scores import (contributions, high_neuron_lists, layer_cosines, layer_scor
 log = logging.getLogger("llm_anatomy.anatomy")
 
 
-def extract_stage(model_dir, probes_path, train: pd.DataFrame, test: pd.DataFrame, out: dict, p: dict) -> dict:
-    """p: calibration_size, test_size, seed, batch_size, precision, threads, device. out: hidden, ffn, inputs."""
+def extract_stage(model_dir, probes_path, train: pd.DataFrame, val: pd.DataFrame, out: dict, p: dict) -> dict:
+    """p: calibration_size, validation_size, seed, batch_size, precision, threads, device. out: hidden, ffn, inputs."""
     set_threads(p.get("threads"))
     start = time.perf_counter()
     model, tokenizer, meta = load_classifier(model_dir, p.get("device", "cpu"))
     inputs = anatomy_inputs(read_probes(probes_path),
                             sample_reviews(train, p["calibration_size"], p["seed"], "calibration"),
-                            sample_reviews(test, p["test_size"], p["seed"] + 1, "test"))
+                            sample_reviews(val, p["validation_size"], p["seed"] + 1, "anatomy.validation_size"))
     loaded = time.perf_counter()
     ex = extract_inputs(model, tokenizer, meta, inputs["text"].tolist(), p["batch_size"], p["precision"],
                         desc="extract")
@@ -80,7 +80,7 @@ def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, thread
 
     # Beyond the paper: the classifier lens and direct contributions
     lens_parts = []
-    for name in ("calibration", "test"):
+    for name in ("calibration", "validation"):
         sel = (keys["input_set"] == name).to_numpy()
         if sel.any():
             lens_parts.append(lens_table(name, lens_logits(model, hidden[sel]), inputs.loc[sel, "label"]))
@@ -96,12 +96,12 @@ def score_stage(model_dir, hidden_path, ffn_path, inputs_path, out: dict, thread
         mean_layer_cosine=cos[is_probe].mean(0).tolist(),
         mean_layer_cosine_normed=cos_normed[is_probe].mean(0).tolist(),
         final_target_pairwise_cosine=pairwise_mean_cosine(final),
-        lens_test_accuracy=lens.loc[lens["input_set"] == "test", "accuracy"].tolist(),
+        lens_validation_accuracy=lens.loc[lens["input_set"] == "validation", "accuracy"].tolist(),
         score_seconds=time.perf_counter() - start,
     )
     write_json(out["score_summary"], summary)
-    log.info("scored in %.1f s; lens test accuracy by layer %s", summary["score_seconds"],
-             [round(x, 3) for x in summary["lens_test_accuracy"]])
+    log.info("scored in %.1f s; lens validation accuracy by layer %s", summary["score_seconds"],
+             [round(x, 3) for x in summary["lens_validation_accuracy"]])
     return summary
 
 
@@ -144,7 +144,7 @@ def neuron_sets_stage(neuron_scores_path, contributions_path, score_summary_path
         final_target_pairwise_cosine=scored["final_target_pairwise_cosine"],
         graph_high_nodes=counts["n_high"].tolist(), graph_offset_nodes=counts["n_offset"].tolist(),
         funnel_necks=counts.loc[counts["funnel_neck"], "layer"].tolist(),
-        lens_test_accuracy=scored["lens_test_accuracy"],
+        lens_validation_accuracy=scored["lens_validation_accuracy"],
         spearman_signed=ranks["spearman_signed"].tolist(), spearman_abs=ranks["spearman_abs"].tolist(),
         score_seconds=scored["score_seconds"] + time.perf_counter() - start,
     )

@@ -1,7 +1,7 @@
 """`llm-anatomy`: the pipeline's steps on one's own checkpoint, from the command line.
 
     llm-anatomy finetune embedded:minilm --train train.parquet --val val.parquet --out runs/minilm
-    llm-anatomy score runs/minilm --train train.parquet --test test.parquet --out runs/minilm-scores
+    llm-anatomy score runs/minilm --train train.parquet --val val.parquet --out runs/minilm-scores
     llm-anatomy prune runs/minilm --scores runs/minilm-scores --calibration train.parquet --sparsity 0.5 --out runs/minilm-flap50
     llm-anatomy prune runs/minilm --scores runs/minilm-scores --calibration train.parquet --sparsity 0.7 \
         --criterion fluctuation --compensation refit --out runs/minilm-refit70
@@ -75,8 +75,8 @@ def _score(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     probes = args.probes or _default_probes()
     ex = dict(hidden=out / "hidden_states.parquet", ffn=out / "ffn_activations.parquet", inputs=out / "anatomy_inputs.parquet")
-    extract_stage(model, probes, _split(args.train), _split(args.test), ex,
-                  dict(calibration_size=args.calibration_size, test_size=args.test_size, seed=args.seed,
+    extract_stage(model, probes, _split(args.train), _split(args.val), ex,
+                  dict(calibration_size=args.calibration_size, validation_size=args.validation_size, seed=args.seed,
                        batch_size=args.batch_size, precision=args.precision, threads=args.threads, device=args.device))
     files = {n: out / f"{n}.parquet" for n in ("layer_scores", "neuron_scores", "contributions")}
     files.update(lens=out / "lens.csv", score_summary=out / "score_summary.json")
@@ -221,12 +221,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="layer and neuron scores, graph, lens (the anatomy stage)")
     p.add_argument("model", help="classifier folder")
     p.add_argument("--train", required=True, help="calibration reviews are sampled from it")
-    p.add_argument("--test", required=True, help="lens reviews are sampled from it")
+    p.add_argument("--val", required=True, help="lens reviews are sampled from it (validation split; never the test split)")
     p.add_argument("--probes", default=None, help="probe TSV (default: the project's own)")
     p.add_argument("--out", required=True, help="folder for the score tables")
     p.add_argument("--threshold", type=float, default=0.35)
     p.add_argument("--calibration-size", type=int, default=64)
-    p.add_argument("--test-size", type=int, default=192)
+    p.add_argument("--validation-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
     common(p, 16)

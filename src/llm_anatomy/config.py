@@ -151,9 +151,10 @@ def check_semantics(config: dict, root: str | Path) -> None:
         read_probes(resolve_path(anatomy["probes"], root))
     except ProbeError as err:
         raise ParamsError(f"anatomy.probes: {err}") from None
-    for key, split in (("calibration_size", "train"), ("test_size", "test")):
-        if anatomy[key] > prof["split"][split]:
-            raise ParamsError(f"anatomy.{key} = {anatomy[key]} exceeds profiles.{name}.split.{split} = "
+    for key, split in (("calibration_size", "train"), ("validation_size", "val"), ("probe.train_reviews", "train")):
+        value = anatomy["probe"]["train_reviews"] if key.startswith("probe.") else anatomy[key]
+        if value > prof["split"][split]:
+            raise ParamsError(f"anatomy.{key} = {value} exceeds profiles.{name}.split.{split} = "
                               f"{prof['split'][split]}; lower it (a profile's anatomy: section may override it)")
     if anatomy["ablation"]["reviews"] > prof["split"]["val"]:
         raise ParamsError(f"anatomy.ablation.reviews = {anatomy['ablation']['reviews']} exceeds profiles.{name}.split.val"

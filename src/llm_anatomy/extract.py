@@ -1,7 +1,7 @@
 """Target-token hidden states and FFN activations of a fine-tuned classifier, to Parquet.
 
 hidden_states.parquet, one row per (input, layer), layers 0..L:
-  input_set  string                      "probe" | "calibration" | "test" (see probes.py)
+  input_set  string                      "probe" | "calibration" | "validation" (probes.py)
   input_id   int64
   layer      int16                       0 = embedding output, l = output of block l, L = last
   vector     fixed_size_list<float32>[H] the target token's hidden state (CLS for encoders, last

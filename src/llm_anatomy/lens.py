@@ -39,11 +39,13 @@ def lens_logits(model: SentimentClassifier, hidden: np.ndarray) -> np.ndarray:
 
 
 def lens_table(input_set: str, logits: np.ndarray, labels: Sequence[int]) -> pd.DataFrame:
-    """Per layer: accuracy against the labels and agreement with the model's final prediction."""
+    """Per layer: accuracy against the labels, the share predicted positive (0 or 1: the head reads one constant
+    class off that layer) and agreement with the model's final prediction."""
     labels = np.asarray(labels)
     pred = logits > 0
     return pd.DataFrame({"input_set": input_set, "layer": np.arange(logits.shape[1]),
                          "accuracy": (pred == (labels[:, None] == 1)).mean(0),
+                         "positive_share": pred.mean(0),
                          "agreement_with_final": (pred == pred[:, -1:]).mean(0),
                          "mean_logit": logits.mean(0)})
 

@@ -43,8 +43,10 @@ def layer_cosine_figure(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, p
     _save(fig, path)
 
 
-def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path) -> None:
-    """Per model: mean probe cosine (left axis) beside the classifier lens accuracy (right axis)."""
+def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path,
+                probe_tables: dict[str, pd.DataFrame] | None = None) -> None:
+    """Per model: mean probe cosine (left axis) beside the classifier lens accuracy and, when given, the
+    linear probes' validation accuracy with its 95% interval (right axis)."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, len(layer_tables), figsize=(6 * len(layer_tables), 4), squeeze=False)
     for ax, model in zip(axes[0], layer_tables):
@@ -59,12 +61,17 @@ def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd
         ax.set(xlabel="layer (0 = embeddings)", ylabel="cosine to final target", title=f"{model}",
                ylim=(min(0.0, mean.min() - 0.05), 1.02))
         ax2 = ax.twinx()
-        for name, style in (("test", "-"), ("calibration", ":")):
+        for name, style in (("validation", "-"), ("calibration", ":")):
             d = lens_tables[model].query("input_set == @name")
             if len(d):
                 ax2.plot(d["layer"], d["accuracy"], color="tab:red", linestyle=style, marker="s", markersize=3,
                          label=f"lens accuracy ({name})")
-        ax2.set(ylabel="classifier-lens accuracy", ylim=(0.4, 1.0))
+        if probe_tables is not None and model in probe_tables:
+            p = probe_tables[model]
+            ax2.plot(p["layer"], p["probe_accuracy"], color="tab:green", marker="^", markersize=3,
+                     label="linear probe accuracy (validation, 95% interval)")
+            ax2.fill_between(p["layer"], p["probe_accuracy_lo"], p["probe_accuracy_hi"], color="tab:green", alpha=0.2)
+        ax2.set(ylabel="accuracy", ylim=(0.4, 1.0))
         ax2.grid(False)
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()
@@ -73,9 +80,12 @@ def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd
     _save(fig, path)
 
 
-def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None) -> None:
+def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None,
+                 edges: pd.DataFrame | None = None) -> None:
     """Layer 0 at the top, the last layer at the bottom; high nodes blue, offset nodes red; nodes whose
-    ablation moves the margin more than 90% of random neurons (`confirmed`) ringed in black."""
+    ablation moves the margin more than 90% of random neurons (`confirmed`) ringed in black. Edges: the
+    paper's presumed full connection layer to layer; with `edges` (graph_edges.csv) the measured ones (the
+    source's ablation moves the target more than 90% of its block) drawn dark, the others dashed."""
     n_layers = int(g.graph["layers"])
     pos = {}
     for layer in range(n_layers):
@@ -86,9 +96,16 @@ def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = N
             xs = np.linspace(0, 1, len(nodes) + 2)[1:-1] if side > 0 else np.linspace(1.15, 1.5, len(nodes) + 2)[1:-1]
             pos.update({n: (x, -layer) for n, x in zip(nodes, xs)})
     fig, ax = plt.subplots(figsize=(9, max(4.0, min(0.45 * n_layers, 10.0) + 1.5)))
-    segs = [(pos[a], pos[b]) for a, b in g.edges()]
-    if segs:
-        ax.add_collection(LineCollection(segs, colors="grey", linewidths=0.3, alpha=min(0.6, 40 / len(segs) ** 0.5)))
+    measured = set() if edges is None else {(r.source, r.target) for r in edges.itertuples() if r.measured}
+    presumed = [(pos[a], pos[b]) for a, b in g.edges() if (a, b) not in measured]
+    if presumed:
+        label = "edge presumed (paper), not measured" if edges is not None else "edge presumed (paper), unmeasured"
+        ax.add_collection(LineCollection(presumed, colors="grey", linewidths=0.6, linestyles="dashed",
+                                         alpha=min(0.6, 40 / len(presumed) ** 0.5), label=label))
+    if measured:
+        ax.add_collection(LineCollection([(pos[a], pos[b]) for a, b in measured], colors="black", linewidths=1.2,
+                                         label="edge measured: source's ablation moves the target\nmore than 90% "
+                                               "of its block"))
     for kind, color in (("high", "tab:blue"), ("offset", "tab:red")):
         nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
         if nodes:
@@ -120,7 +137,7 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
     graph nodes marked), Spearman of each score with |exact effect| (95% intervals), and the margin
     change when each score's top set is ablated against random sets of the same size."""
     models = list(tables)
-    fig, axes = plt.subplots(len(models), 3, figsize=(16, 4.2 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 3, figsize=(18, 4.8 * len(models)), squeeze=False)
     for row, model in zip(axes, models):
         t, top, ag = tables[model], tops[model], agreement[model]
         s = t[t["in_sample"]]
@@ -137,18 +154,20 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
         ax.set(title=f"{model}: attribution patching vs exact ({len(s)} neurons)",
                xlabel="exact margin change (mean-ablation)", ylabel="attribution estimate")
         ax = row[1]
-        scores = ag[ag["score"].isin(["cosine", "contribution", "fluctuation", "activation", "attribution"])]
-        y = np.arange(len(scores))
-        for col, shift, label in (("spearman", -0.12, "pooled over layers"),
-                                  ("spearman_within_layer", 0.12, "within layers")):
-            if col in scores:
-                ax.errorbar(scores[col], y + shift, xerr=[scores[col] - scores[f"{col}_lo"],
-                                                          scores[f"{col}_hi"] - scores[col]],
-                            fmt="o", capsize=3, label=label)
+        names = ["cosine", "contribution", "fluctuation", "activation", "attribution"]
+        y = np.arange(len(names))
+        shifts = iter([-0.27, -0.09, 0.09, 0.27])
+        for target, marker in (("mean_abs_logit", "o"), ("abs_mean_margin", "s")):
+            scores = ag[ag["score"].isin(names) & (ag["target"] == target)].set_index("score").loc[names]
+            for col, where in (("spearman_within_layer", "within layers"), ("spearman", "pooled")):
+                ax.errorbar(scores[col], y + next(shifts), xerr=[scores[col] - scores[f"{col}_lo"],
+                                                                 scores[f"{col}_hi"] - scores[col]],
+                            fmt=marker, capsize=2, markersize=4, label=f"{where}, {target.replace('_', ' ')}")
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(y, scores["score"])
-        ax.legend(fontsize=7)
-        ax.set(title="Spearman of score with |exact effect|", xlabel="rho (95% bootstrap interval)")
+        ax.set_yticks(y, names)
+        ax.legend(fontsize=6)
+        ax.set(title=f"Spearman with the exact effect ({int(ag['neurons'].iloc[0])} random neurons)",
+               xlabel="rho (95% bootstrap interval)")
         ax = row[2]
         y = np.arange(len(top))
         ax.errorbar(top["random_mean"], y, xerr=[top["random_mean"] - top["random_min"],
@@ -160,4 +179,5 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
         ax.set(title=f"ablating the top {int(top['neurons'].iloc[0])} neurons by each score",
                xlabel="margin change (negative: the model gets worse)")
         ax.legend(fontsize=7)
+    fig.subplots_adjust(hspace=0.4, wspace=0.45)
     _save(fig, path)

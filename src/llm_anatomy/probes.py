@@ -1,7 +1,8 @@
 """Anatomy inputs: the probe sentences (a TSV like the paper's Table 1) and seeded review samples.
 
 Inputs table (`results/<model>/anatomy_inputs.parquet`), one row per input:
-  input_set  string   "probe", "calibration" (train split) or "test" (test split)
+  input_set  string   "probe", "calibration" (train split) or "validation" (validation split; the anatomy
+                      never reads the test split, which only the final evaluation reads)
   input_id   int64    the probe's `input_id`, or the row position within the sampled set
   subtask    string   probe sub-task ("" for reviews)
   variant    string   probe variant ("" for reviews)
@@ -63,10 +64,10 @@ def sample_reviews(split: pd.DataFrame, n: int, seed: int, where: str) -> pd.Dat
     return split.iloc[idx].reset_index(drop=True)
 
 
-def anatomy_inputs(probes: pd.DataFrame, calibration: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+def anatomy_inputs(probes: pd.DataFrame, calibration: pd.DataFrame, validation: pd.DataFrame) -> pd.DataFrame:
     """One table of every input the extraction runs on, in the order of INPUT_COLUMNS."""
     parts = [probes.assign(input_set="probe", label=-1)]
-    for name, df in (("calibration", calibration), ("test", test)):
+    for name, df in (("calibration", calibration), ("validation", validation)):
         parts.append(pd.DataFrame({"input_set": name, "input_id": np.arange(len(df), dtype=np.int64),
                                    "subtask": "", "variant": "", "label": df["label"].to_numpy(np.int64),
                                    "text": df["text"].to_numpy()}))

@@ -1,6 +1,7 @@
 # Anatomy (paper sections 3.1-3.3, 5.1-5.2; docs/ANATOMY.md):
 # extract (model -> Parquet) -> score (Parquet -> scores, lens, contributions) -> neuron_sets
-# (anatomy.threshold -> high neurons, graph, summary) -> ablate -> anatomy_figures.
+# (anatomy.threshold -> high neurons, graph, summary) -> ablate -> anatomy_figures; linear_probe (per-layer
+# probes beside the lens). Reads train and validation reviews only, never the test split.
 ANATOMY = {**config["anatomy"], **PROFILE.get("anatomy", {})}  # a profile may override any key
 ANATOMY_PROBES = workdir_path(ANATOMY["probes"])
 
@@ -25,10 +26,19 @@ NEURON_SETS = {
 }
 
 
+LINEAR_PROBE = {
+    "table": f"{RES}/{{model}}/anatomy/linear_probe.csv",
+    "cv": f"{RES}/{{model}}/anatomy/linear_probe_cv.csv",
+    "weights": f"{RES}/{{model}}/anatomy/linear_probe_weights.parquet",
+}
+
+
 ABLATION = {
     "table": f"{RES}/{{model}}/anatomy/ablation.parquet",
     "agreement": f"{RES}/{{model}}/anatomy/ablation_scores.csv",
     "top": f"{RES}/{{model}}/anatomy/ablation_top.csv",
+    "tails": f"{RES}/{{model}}/anatomy/ablation_tails.csv",
+    "edges": f"{RES}/{{model}}/anatomy/graph_edges.csv",
     "summary": f"{RES}/{{model}}/anatomy/ablation_summary.json",
 }
 
@@ -36,6 +46,7 @@ ANATOMY_TARGETS = (
     expand(list(ANATOMY_SCORES.values()), model=MODELS)
     + expand(list(NEURON_SETS.values()), model=MODELS)
     + expand(list(ABLATION.values()), model=MODELS)
+    + expand(list(LINEAR_PROBE.values()), model=MODELS)
     + [f"{RES}/anatomy/ablation.png"]
     + [f"{RES}/anatomy/figure1_layer_cosine.png", f"{RES}/anatomy/lens_vs_cosine.png", f"{RES}/metrics/anatomy.json"]
     + expand(f"{RES}/anatomy/neuron_graph_{{model}}.png", model=MODELS)
@@ -44,11 +55,11 @@ ANATOMY_TARGETS = (
 
 rule extract:
     """Every layer's hidden state and every FFN neuron's activation at the target token, for the probes and
-    the sampled calibration and test reviews, to Parquet (paper sections 3.1-3.2)."""
+    the sampled calibration (train) and validation reviews, to Parquet (paper sections 3.1-3.2)."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         train=f"{DATA}/train.parquet",
-        test=f"{DATA}/test.parquet",
+        val=f"{DATA}/val.parquet",
         probes=ANATOMY_PROBES,
     output:
         hidden=f"{RES}/{{model}}/hidden_states.parquet",
@@ -67,7 +78,7 @@ rule extract:
     params:
         code=source_digest("extract.py"),
         calibration_size=ANATOMY["calibration_size"],
-        test_size=ANATOMY["test_size"],
+        validation_size=ANATOMY["validation_size"],
         seed=ANATOMY["seed"],
         batch_size=ANATOMY["batch_size"],
         precision=ANATOMY["precision"],
@@ -125,8 +136,9 @@ rule neuron_sets:
 
 
 rule ablate:
-    """Exact mean-ablation effects of a stratified neuron sample (and every graph node), attribution
-    patching for all neurons, and how well each score predicts the exact effect (docs/ANATOMY.md)."""
+    """Exact mean-ablation effects of a stratified neuron sample, each score's top tail and every graph node,
+    attribution patching for all neurons, how well each score predicts the exact effects, and the neuron
+    graph's edges measured (docs/ANATOMY.md)."""
     input:
         model=f"{RES}/{{model}}/finetuned",
         val=f"{DATA}/val.parquet",
@@ -155,16 +167,47 @@ rule ablate:
         "../scripts/ablate.py"
 
 
+rule linear_probe:
+    """Per layer, an L2 logistic regression on the target-token states of train reviews (penalty chosen by
+    cross-validation on them), scored on the lens's validation reviews beside the lens (docs/ANATOMY.md)."""
+    input:
+        model=f"{RES}/{{model}}/finetuned",
+        train=f"{DATA}/train.parquet",
+        hidden=f"{RES}/{{model}}/hidden_states.parquet",
+        inputs=f"{RES}/{{model}}/anatomy_inputs.parquet",
+    output:
+        **LINEAR_PROBE,
+    log:
+        f"{LOGS}/{{model}}/linear_probe.log",
+    benchmark:
+        f"{RES}/{{model}}/benchmarks/linear_probe.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    params:
+        code=source_digest("linear_probe.py"),
+        p={k: ANATOMY[k] for k in ("seed", "batch_size", "precision")} | ANATOMY["probe"],
+        threads=THREADS,
+        device=DEVICE,
+    script:
+        "../scripts/linear_probe.py"
+
+
 rule anatomy_figures:
     """The anatomy figures of every model (layer cosine curves, neuron shares, graphs, lens, ablation)."""
     input:
         layer_scores=expand(f"{RES}/{{model}}/layer_scores.parquet", model=MODELS),
         lens=expand(f"{RES}/{{model}}/anatomy/lens.csv", model=MODELS),
+        linear_probe=expand(LINEAR_PROBE["table"], model=MODELS),
         graphs=expand(f"{RES}/{{model}}/anatomy/neuron_graph.graphml", model=MODELS),
         summaries=expand(f"{RES}/{{model}}/anatomy/summary.json", model=MODELS),
         ablation=expand(f"{RES}/{{model}}/anatomy/ablation.parquet", model=MODELS),
         ablation_scores=expand(f"{RES}/{{model}}/anatomy/ablation_scores.csv", model=MODELS),
         ablation_top=expand(f"{RES}/{{model}}/anatomy/ablation_top.csv", model=MODELS),
+        graph_edges=expand(ABLATION["edges"], model=MODELS),
         probes=ANATOMY_PROBES,
     output:
         figure1=report(

@@ -55,7 +55,8 @@ def all_targets():
 # Input and parameter functions of the rules (workflow/rules/anatomy.smk, prune.smk).
 def ablation_params(wildcards):
     p = dict(ANATOMY["ablation"])
-    p["neurons"] = p["neurons"][TARGETS.kinds[wildcards.model]]
+    kind = TARGETS.kinds[wildcards.model]
+    p["neurons_per_layer"], p["tail"] = p["neurons_per_layer"][kind], p["tail"][kind]
     return p
 
 
