@@ -49,6 +49,7 @@ class ModelAdapter:
 
     arch: str
     is_decoder: bool
+    norm_centres: bool = True  # the norms that read the residual stream subtract its mean (LayerNorm)
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
@@ -207,6 +208,7 @@ class GPT2Adapter(ModelAdapter):
 class LlamaAdapter(ModelAdapter):
     arch = "llama"
     is_decoder = True
+    norm_centres = False  # RMSNorm
 
     def layers(self):
         return list(self.backbone.layers)
