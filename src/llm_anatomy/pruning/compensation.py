@@ -17,9 +17,9 @@ neurons' output weights W [|K|, H] and a bias c [H]:
 Each minimises the squared reconstruction error E(W, c) = sum_t u_t ||a_t,K W + c - y_t||^2 (u_t a
 per-token weight, 1 unless the caller weights tokens; plus a ridge penalty that is zero at W = V_K) over a
 family that contains bias's solution, so on the calibration tokens E(refit), E(rescale) <= E(bias) <=
-E(none): compensation never makes the layer's reconstruction worse than leaving the pruned neurons out. (With ridge = 0, E(refit) <= E(rescale)
-too; with a ridge the two penalties differ and either may come out lower.) Everything is
-computed from sufficient statistics accumulated over batches (`LayerStats`), so a layer costs one
+E(none): compensation never makes the layer's reconstruction worse than leaving the pruned neurons out.
+(With ridge = 0, E(refit) <= E(rescale) too; with a ridge the two penalties differ and either may come
+out lower.) Everything is computed from sufficient statistics accumulated over batches (`LayerStats`), so a layer costs one
 pass whatever the method. The ridge is relative: lambda = ridge x trace(centred Gram) / |K|.
 """
 from __future__ import annotations
