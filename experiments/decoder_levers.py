@@ -7,8 +7,10 @@ method, each variant against the first one (today's method) on the same reviews,
     python experiments/decoder_levers.py minilm 70,80 val:500 base tw=norm
 
 A VARIANT is `base` (the model's offline method) or comma-separated overrides of its keys:
-  crit    criterion (`pruning.criteria`), on statistics of the first `nstat` train reviews
-  alloc   uniform | global | plan (the neurons of the pipeline's plan `results/offline/<m>/prune/<curve>-<pct>`)
+  crit    criterion (`pruning.criteria`), on statistics of the first `nstat` train reviews, or `attribution`
+          (written by allocation_probe.py)
+  alloc   uniform | global | searched (from `results/offline/<m>/choices/sensitivity_<crit>.parquet`, the
+          pipeline's layer sensitivity) | plan (the neurons of the plan `results/offline/<m>/prune/<curve>-<pct>`)
           | counts:<file.json> (per-layer counts per percentage, {"50": [...], ...}, e.g. from
           `allocation_probe.py`; the lowest `crit` neurons of each layer)
   ncal    calibration train reviews of the refit;  nstat  train reviews of the criterion's statistics
@@ -21,8 +23,8 @@ neither the offline train nor validation split, a seeded label-balanced sample; 
 Each row: accuracy and cross-entropy against dense and against the first variant (paired bootstrap,
 `plan_fits.Scorer`), the fit's wall seconds and their ratio to the first variant's (measured back to back in
 this process; the machine may be loaded, so only the ratio is meaningful). THREADS (default 2) sets torch's
-threads. Per-review logits go to experiments/out/<model>-<eval>.npz (one array per variant and percentage) for
-later paired comparisons.
+threads. Per-review logits go to experiments/out/<model>-<eval>-<pcts>.npz (one array per variant and
+percentage) for later paired comparisons.
 """
 from __future__ import annotations
 
@@ -54,10 +56,27 @@ IMDB_TRAIN = "../shared/data/imdb/train.parquet"
 DEFAULTS = {  # the offline methods of params.yaml (docs/PRUNING.md)
     "smollm2": dict(curve="wanda-sp-uniform-refit", crit="wanda-sp", alloc="uniform", ncal=64, nstat=64,
                     ridge=0.01, rr=10.0, tw="uniform", ctx=0.0, head="none"),
-    "minilm": dict(curve="fluctuation-searched-refit", crit="fluctuation", alloc="plan", ncal=128, nstat=128,
+    "minilm": dict(curve="fluctuation-searched-refit", crit="fluctuation", alloc="searched", ncal=128, nstat=128,
                    ridge=0.01, rr=10.0, tw="uniform", ctx=0.0, head="none"),
 }
 STAT_COLUMNS = ("mean", "var", "mean_abs", "value_norm_sq", "in_norm_sq")
+
+
+def neuron_stats(name: str, model, tok, meta: dict, encoded) -> NeuronStats:
+    """FFN statistics of the calibration reviews `encoded`: the pipeline's ffn_stats.parquet where it measured
+    exactly these, else measured here as the pipeline does; plus `attribution` when allocation_probe.py wrote it."""
+    path = Path(f"results/offline/{name}/ffn_stats.parquet")
+    df = read_parquet(path) if path.exists() else None
+    if df is None or int(df["tokens"].iloc[0]) != sum(len(e) for e in encoded):
+        df = ffn_activation_stats(model, encoded, tok.pad_token_id, meta.get("padding_side", "right"), 16,
+                                  meta.get("precision", "fp32"))
+    df = df.set_index(["layer", "neuron"])
+    cols = {c: per_layer(df[c], "ffn_stats") for c in STAT_COLUMNS}
+    attribution = Path(f"experiments/out/{name}-attribution.npz")
+    if attribution.exists():
+        z = np.load(attribution)
+        cols["attribution"] = [z[str(l)] for l in range(len(z.files))]
+    return NeuronStats(cols)
 
 
 def dev_sample(n: int, seed: int = 0) -> pd.DataFrame:
@@ -113,25 +132,21 @@ class Lab:
     def calibration(self, n: int):
         return encode_reviews(self.tok, self.meta, self.train["text"].iloc[:n])
 
-    def stats(self, n: int) -> NeuronStats:
-        """FFN statistics of the first n train reviews: the pipeline's ffn_stats.parquet where it measured n."""
-        if n not in self._stats:
-            path = Path(f"results/offline/{self.name}/ffn_stats.parquet")
-            df = read_parquet(path) if path.exists() else None
-            if df is None or int(df["tokens"].iloc[0]) != sum(len(e) for e in self.calibration(n)):
-                df = ffn_activation_stats(self.model, self.calibration(n), self.pad, self.side, 16, self.prec)
-            df = df.set_index(["layer", "neuron"])
-            self._stats[n] = NeuronStats({c: per_layer(df[c], "ffn_stats") for c in STAT_COLUMNS})
-        return self._stats[n]
-
     def pruned(self, cfg: dict, pct: int) -> list[np.ndarray]:
         if cfg["alloc"] == "plan":
             return read_plan(f"results/offline/{self.name}/prune/{cfg['curve']}-{pct}/plan.parquet").pruned
-        imp = importance(cfg["crit"], self.stats(cfg["nstat"]))
+        n = cfg["nstat"]
+        if n not in self._stats:
+            self._stats[n] = neuron_stats(self.name, self.model, self.tok, self.meta, self.calibration(n))
+        imp = [np.asarray(a, dtype=np.float64) for a in self._stats[n]["attribution"]] if cfg["crit"] == "attribution" \
+            else importance(cfg["crit"], self._stats[n])
         if cfg["alloc"].startswith("counts:"):
             counts = json.loads(Path(cfg["alloc"].split(":", 1)[1]).read_text())[str(pct)]
             return [lowest(i, k) for i, k in zip(imp, counts)]
-        return allocate(imp, pct / 100, cfg["alloc"])
+        sensitivity = None
+        if cfg["alloc"] == "searched":
+            sensitivity = read_parquet(f"results/offline/{self.name}/choices/sensitivity_{cfg['crit']}.parquet")
+        return allocate(imp, pct / 100, cfg["alloc"], sensitivity)
 
     def fit(self, cfg: dict, pruned):
         return fit_compensation(self.model, pruned, self.calibration(cfg["ncal"]), self.pad, self.side, 16, "refit",
@@ -144,7 +159,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING)
     set_threads(int(os.environ.get("THREADS", "2")))
     lab = Lab(name, eval_spec)
-    out = Path("experiments/out") / f"{name}-{eval_spec.replace(':', '')}.npz"
+    out = Path("experiments/out") / f"{name}-{eval_spec.replace(':', '')}-{argv[1].replace(',', '_')}.npz"
     out.parent.mkdir(exist_ok=True)
     saved = dict(np.load(out)) if out.exists() else {}
     saved["dense"] = lab.scorer.dense
