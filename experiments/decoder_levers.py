@@ -21,7 +21,8 @@ A VARIANT is `base` (the model's offline method) or comma-separated overrides of
 EVAL is `val:N` (the first N offline validation reviews) or `dev:N` (N reviews of the IMDB *train* half in
 neither the offline train nor validation split, a seeded label-balanced sample; never the IMDB test half).
 Each row: accuracy and cross-entropy against dense and against the first variant (paired bootstrap,
-`plan_fits.Scorer`), the fit's wall seconds and their ratio to the first variant's (measured back to back in
+`plan_fits.Scorer`), each layer's calibration error after the refit as a share of its uncompensated error, the
+fit's wall seconds and their ratio to the first variant's (measured back to back in
 this process; the machine may be loaded, so only the ratio is meaningful). THREADS (default 2) sets torch's
 threads. Per-review logits go to experiments/out/<model>-<eval>-<pcts>.npz (one array per variant and
 percentage) for later paired comparisons.
@@ -149,9 +150,11 @@ class Lab:
         return allocate(imp, pct / 100, cfg["alloc"], sensitivity)
 
     def fit(self, cfg: dict, pruned):
-        return fit_compensation(self.model, pruned, self.calibration(cfg["ncal"]), self.pad, self.side, 16, "refit",
-                                cfg["ridge"], cfg["rr"], cfg["tw"], cfg["ctx"],
-                                None if cfg["head"] == "none" else float(cfg["head"]))[0]
+        """(student, per layer: the refit's calibration error as a share of the uncompensated one)."""
+        student, report = fit_compensation(self.model, pruned, self.calibration(cfg["ncal"]), self.pad, self.side, 16,
+                                           "refit", cfg["ridge"], cfg["rr"], cfg["tw"], cfg["ctx"],
+                                           None if cfg["head"] == "none" else float(cfg["head"]))
+        return student, [round(r["error_refit"] / max(r["error_none"], 1e-30), 3) for r in report]
 
 
 def main(argv: list[str]) -> None:
@@ -171,13 +174,13 @@ def main(argv: list[str]) -> None:
             over, cfg = parse(variant, DEFAULTS[name])
             pruned = lab.pruned(cfg, pct)
             start = time.perf_counter()
-            student = lab.fit(cfg, pruned)
+            student, errors = lab.fit(cfg, pruned)
             fit_s = time.perf_counter() - start
             remove_masked(student.adapter, pruned)
             z = lab.logits(student)
             first_s = first_s or fit_s
             print(json.dumps(dict(pct=pct, variant=variant, **lab.scorer.row(z, first), fit_s=round(fit_s, 1),
-                                  fit_ratio=round(fit_s / first_s, 2))), flush=True)
+                                  fit_ratio=round(fit_s / first_s, 2), error_share=errors)), flush=True)
             if first is None:
                 first = lab.scorer.outcomes(z)
             saved[f"{pct}/{variant}"] = z

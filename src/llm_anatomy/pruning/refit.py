@@ -7,7 +7,9 @@ to; the target is what the dense model (the teacher) has there, y* = FFN_t + r_t
 also absorbs the drift that pruning below has caused. `compensation.compensate` fits the kept
 neurons' output weights and the bias in closed form, the student takes them, and the next layer
 follows. Each pass computes one block: the blocks below replay their cached outputs and the
-forward pass stops after block l.
+forward pass stops after block l. The compensated block's output, which the layers above replay, is
+its first pass's with the refitted FFN output in place (`ModelAdapter.with_ffn_output`): one block pass
+per layer and batch.
 
 The last layer is fitted on one token per review (the one the classifier reads), so it has as many
 samples as there are calibration reviews, fewer than its kept neurons: its own ridge (`readout_ridge`,
@@ -166,16 +168,18 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
         bias = out.bias.detach().double().cpu().numpy()
         stats = LayerStats(len(kept), adapter.hidden_size)
         site, arg = adapter.residual_site(l)
+        passes = []  # per batch: the block's output, the residual its FFN output is added to, the activations
         for b, (ids, mask, _read, fit_w) in enumerate(batches):
-            seen = {}
+            seen, keep = {}, []
             h1 = site.register_forward_pre_hook(lambda _m, args: seen.__setitem__("r", args[arg]))
             h2 = out.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))
             try:
-                with replay_below(student, l, cached[b]), stop_after(student, l, []):
+                with replay_below(student, l, cached[b]), stop_after(student, l, keep):
                     _run(student, ids, mask)
             finally:
                 h1.remove()
                 h2.remove()
+            passes.append((keep[0], seen["r"], seen["a"]))
             on = fit_w[l] > 0
             a = seen["a"][on].double().cpu().numpy()[:, kept]
             target = (sums[l][b].double() - seen["r"][on].double().cpu()).numpy()
@@ -186,11 +190,8 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
                   for m in ("none", "bias")}
         errors[method] = stats.error(np.arange(len(kept)), w, c)
         set_outputs(adapter, l, kept.tolist(), torch.from_numpy(w), torch.from_numpy(c))
-        for b, (ids, mask, _read, _fit_w) in enumerate(batches):  # the compensated block's output, for the layers above
-            keep: list = []
-            with replay_below(student, l, cached[b]), stop_after(student, l, keep):
-                _run(student, ids, mask)
-            cached[b].append(keep[0])
+        for b, (block_out, r, a) in enumerate(passes):  # the compensated block's output, for the layers above
+            cached[b].append(adapter.with_ffn_output(l, block_out, r, out(a)))
         report.append(dict(layer=l, kept=int(len(kept)), tokens=stats.tokens, ridge=lam,
                            **{f"error_{m}": e for m, e in errors.items()}))
         log.info("layer %d: %d kept, reconstruction error none %.4g, bias %.4g, %s %.4g", l, len(kept),
