@@ -1,12 +1,13 @@
-"""The harness shared by the experiments that refit the offline run's plans in different ways and compare them
-on validation reviews (`readout_ridge.py`, `sequential_obs.py`; docs/PRUNING.md, "Choices").
+"""The harness shared by the experiments that refit pruned models in different ways and compare them on held-out
+reviews (`readout_ridge.py`, `sequential_obs.py`, `decoder_levers.py`; docs/PRUNING.md, "Choices").
 
-`compare` loads the fine-tuned model, the first CAL_REVIEWS train reviews (the calibration reviews) and the
-first VAL_REVIEWS validation reviews, then for every sparsity reads the curve's plan and runs each variant's
-fit on it. Per variant it prints one JSON line: accuracy and mean cross-entropy against dense, the mean
-squared difference of the logit margin from the dense model's (fidelity), the share of predictions that agree
-with dense, the fit's wall seconds, and paired bootstrap intervals (4,000 resamples) against the sparsity's
-first variant. Reads results/offline and data/processed/offline; never the test split.
+`Scorer` holds the dense model's logits on the evaluation reviews and turns a pruned model's logits into one
+JSON-ready row: accuracy and mean cross-entropy against dense, the mean squared difference of the logit margin
+from the dense model's (fidelity), the share of predictions that agree with dense, and paired bootstrap
+intervals (4,000 resamples) against dense and against a reference variant. `compare` loads the fine-tuned
+model, the first CAL_REVIEWS train reviews (the calibration reviews) and the first VAL_REVIEWS validation
+reviews, then for every sparsity reads the curve's plan and runs each variant's fit on it. Reads results/offline
+and data/processed/offline; never the test split.
 """
 import json
 import logging
@@ -26,6 +27,38 @@ from llm_anatomy.surgery import remove_masked
 Fit = Callable[..., tuple]
 
 
+class Scorer:
+    """Paired comparisons of pruned models' logits with the dense model's on the same labelled reviews."""
+
+    def __init__(self, dense_logits: np.ndarray, labels: np.ndarray, resamples: int = 4000):
+        self.labels = np.asarray(labels)
+        self.dense = np.asarray(dense_logits, dtype=np.float64)
+        self.draws = np.random.default_rng(0).integers(0, len(self.labels), (resamples, len(self.labels)))
+        self.base = self.outcomes(self.dense)
+
+    def outcomes(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """Per review: correct (acc), cross-entropy (ce), squared logit difference from dense (sq), agreement."""
+        y = self.labels
+        return dict(acc=((z > 0) == y).astype(float), ce=np.logaddexp(0, -(2 * y - 1) * z), sq=(z - self.dense) ** 2,
+                    agree=((z > 0) == (self.dense > 0)).astype(float))
+
+    def interval(self, d: np.ndarray) -> list[float]:
+        """[mean, 2.5%, 97.5%] of the per-review differences `d`, paired bootstrap over reviews."""
+        lo, hi = np.quantile(d[self.draws].mean(1), [0.025, 0.975])
+        return [round(float(d.mean()), 4), round(float(lo), 4), round(float(hi), 4)]
+
+    def row(self, z: np.ndarray, reference: dict | None = None) -> dict:
+        """The JSON fields of one pruned model's logits `z`; against `reference` (another variant's outcomes) too."""
+        got = self.outcomes(z)
+        b = self.base
+        row = dict(acc=got["acc"].mean(), acc_vs_dense=self.interval(got["acc"] - b["acc"]),
+                   ce_vs_dense=self.interval(got["ce"] - b["ce"]), sq_logit_diff=round(float(got["sq"].mean()), 4),
+                   agree_with_dense=got["agree"].mean())
+        if reference is not None:
+            row.update({f"{k}_vs_first": self.interval(got[k] - reference[k]) for k in ("acc", "ce", "sq")})
+        return row
+
+
 def compare(name: str, curve: str, pcts: Sequence[int], ncal: int, nval: int,
             variants: Sequence[tuple[dict, Fit]]) -> None:
     """Each (label, fit) of `variants` on the plans `curve`-<pct> of model `name`; `label` opens its JSON line."""
@@ -36,20 +69,9 @@ def compare(name: str, curve: str, pcts: Sequence[int], ncal: int, nval: int,
     pad, side, prec = tok.pad_token_id, meta.get("padding_side", "right"), meta.get("precision", "fp32")
     cal = encode_reviews(tok, meta, train["text"].iloc[:ncal])
     val = val.iloc[:nval]
-    venc, vy = encode_reviews(tok, meta, val["text"]), val["label"].to_numpy()
-    dense = predict_logits(model, venc, pad, 32, prec, side)
-    draws = np.random.default_rng(0).integers(0, len(vy), (4000, len(vy)))
-
-    def outcomes(z):
-        return dict(acc=((z > 0) == vy).astype(float), ce=np.logaddexp(0, -(2 * vy - 1) * z), sq=(z - dense) ** 2,
-                    agree=((z > 0) == (dense > 0)).astype(float))
-
-    def interval(d):
-        lo, hi = np.quantile(d[draws].mean(1), [0.025, 0.975])
-        return [round(float(d.mean()), 4), round(float(lo), 4), round(float(hi), 4)]
-
-    base = outcomes(dense)
-    print(json.dumps(dict(model=name, reviews=len(vy), dense_acc=base["acc"].mean())), flush=True)
+    venc = encode_reviews(tok, meta, val["text"])
+    scorer = Scorer(predict_logits(model, venc, pad, 32, prec, side), val["label"].to_numpy())
+    print(json.dumps(dict(model=name, reviews=len(venc), dense_acc=scorer.base["acc"].mean())), flush=True)
     for p in pcts:
         plan: Plan = read_plan(f"results/offline/{name}/prune/{curve}-{p}/plan.parquet")
         first = None
@@ -58,12 +80,7 @@ def compare(name: str, curve: str, pcts: Sequence[int], ncal: int, nval: int,
             m, pruned = fit(model, plan, cal, pad, side)
             fit_s = time.time() - start
             remove_masked(m.adapter, pruned)
-            got = outcomes(predict_logits(m, venc, pad, 32, prec, side))
-            row = dict(pct=p, **label, acc=got["acc"].mean(), acc_vs_dense=interval(got["acc"] - base["acc"]),
-                       ce_vs_dense=interval(got["ce"] - base["ce"]), sq_logit_diff=round(float(got["sq"].mean()), 4),
-                       agree_with_dense=got["agree"].mean(), fit_s=round(fit_s, 1))
+            z = predict_logits(m, venc, pad, 32, prec, side)
+            print(json.dumps(dict(pct=p, **label, **scorer.row(z, first), fit_s=round(fit_s, 1))), flush=True)
             if first is None:
-                first = got
-            else:
-                row.update({f"{k}_vs_first": interval(got[k] - first[k]) for k in ("acc", "ce", "sq")})
-            print(json.dumps(row), flush=True)
+                first = scorer.outcomes(z)

@@ -75,35 +75,94 @@ def test_an_unpruned_model_is_left_as_it_was(arch, tokenizer):
     assert all(r["error_none"] < 1e-6 for r in report)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_last_layer_takes_its_own_ridge(arch, tokenizer):
-    """The last layer's fit, with `readout_ridge`, equals an augmented least-squares solve of
-    [X 1; sqrt(lam) I 0] [W; c] = [Y; sqrt(lam) V_K] on the read tokens (no normal equations)."""
-    dense, enc, pruned, student, report = _half_pruned_fit(arch, tokenizer, seed=1, readout_ridge=5.0)
-    widths = dense.adapter.ffn_widths()
-    assert [r["ridge"] for r in report] == [1e-3] * (len(widths) - 1) + [5.0]
-    last = len(widths) - 1
-    ids, mask = pad(enc, tokenizer.pad_token_id, "right")
-    read = torch.zeros_like(mask, dtype=torch.bool)
-    read[torch.arange(len(mask)), dense.adapter.target_positions(mask)] = True
-    teacher_sums, _ = _sums(dense.float(), ids, mask)
-    seen = {}
-    ad = student.adapter
-    site, arg = ad.residual_site(last)
+def _layer_inputs(student, layer, ids, mask):
+    """(kept-or-not activations [B, S, F], residual [B, S, H]) entering layer `layer`'s FFN output in a plain pass."""
+    seen, ad = {}, student.adapter
+    site, arg = ad.residual_site(layer)
     hooks = [site.register_forward_pre_hook(lambda _m, args: seen.__setitem__("r", args[arg])),
-             ad.ffn(last).output.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))]
+             ad.ffn(layer).output.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))]
     with torch.no_grad():
         student(ids, mask)
     for h in hooks:
         h.remove()
-    kept = np.setdiff1d(np.arange(widths[last]), pruned[last])
-    x = seen["a"][read].double().numpy()[:, kept]  # the student's lower layers are fitted; this layer's input is final
-    y = (teacher_sums[last][read] - seen["r"][read].double()).numpy()
-    v = dense.float().adapter.value_vectors(last).double().numpy()[kept]
-    xc = x - x.mean(0)
-    lam = 5.0 * np.trace(xc.T @ xc) / len(kept)
-    a = np.block([[x, np.ones((len(x), 1))], [np.sqrt(lam) * np.eye(len(kept)), np.zeros((len(kept), 1))]])
-    sol = np.linalg.lstsq(a, np.vstack([y, np.sqrt(lam) * v]), rcond=None)[0]
-    got = student.adapter.value_vectors(last).double().numpy()[kept]
-    np.testing.assert_allclose(got, sol[:-1], rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(student.adapter.ffn(last).output.bias.detach().double().numpy(), sol[-1], rtol=1e-3, atol=1e-5)
+    return seen["a"].double(), seen["r"].double()
+
+
+def _weighted_ridge_solve(x, y, u, v, ridge):
+    """The fit as a plain weighted least-squares problem, no normal equations: rows sqrt(u_t) [x_t 1] -> sqrt(u_t) y_t,
+    plus sqrt(lambda) I -> sqrt(lambda) V_K, lambda = ridge x trace of the weighted centred Gram / |K|."""
+    xm = u @ x / u.sum()
+    xc = (x - xm) * np.sqrt(u)[:, None]
+    lam = ridge * np.trace(xc.T @ xc) / x.shape[1]
+    s = np.sqrt(u)[:, None]
+    a = np.block([[x * s, s], [np.sqrt(lam) * np.eye(x.shape[1]), np.zeros((x.shape[1], 1))]])
+    sol = np.linalg.lstsq(a, np.vstack([y * s, np.sqrt(lam) * v]), rcond=None)[0]
+    return sol[:-1], sol[-1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("token_weights,readout_context", [("uniform", 0.0), ("norm", 0.0), ("uniform", 0.3),
+                                                           ("norm", 0.3)])
+def test_each_layer_is_the_weighted_least_squares_solve(arch, tokenizer, token_weights, readout_context):
+    """Every layer's fit (its own ridge for the last) equals an independent weighted least-squares solve on the
+    tokens it is fitted on: weight 1, or 1 / the dense residual stream's mean square there (centred for a
+    LayerNorm) under `norm`; the last layer on the read token, plus every other real token at `readout_context`."""
+    dense, enc, pruned, student, report = _half_pruned_fit(arch, tokenizer, seed=1, readout_ridge=5.0,
+                                                           token_weights=token_weights, readout_context=readout_context)
+    widths = dense.adapter.ffn_widths()
+    last = len(widths) - 1
+    assert [r["ridge"] for r in report] == [1e-3] * last + [5.0]
+    ids, mask = pad(enc, tokenizer.pad_token_id, "right")
+    read = torch.zeros_like(mask, dtype=torch.bool)
+    read[torch.arange(len(mask)), dense.adapter.target_positions(mask)] = True
+    teacher_sums, _ = _sums(dense.float(), ids, mask)
+    centred = arch != "llama"  # BERT's and GPT-2's LayerNorm centre; Llama's RMSNorm does not
+    for layer in (0, last):
+        on = mask.bool() if (layer < last or readout_context > 0) else read
+        u = torch.ones(mask.shape, dtype=torch.float64)
+        if layer == last:
+            u = torch.where(read, u, u * readout_context)
+        h = teacher_sums[layer]
+        if token_weights == "norm":
+            hc = h - h.mean(-1, keepdim=True) if centred else h
+            u = u / (hc * hc).mean(-1)
+        a, r = _layer_inputs(student, layer, ids, mask)
+        kept = np.setdiff1d(np.arange(widths[layer]), pruned[layer])
+        x = a[on].numpy()[:, kept]  # the lower layers are fitted: this layer's input is final
+        y = (h[on] - r[on]).numpy()
+        v = dense.float().adapter.value_vectors(layer).double().numpy()[kept]
+        w, c = _weighted_ridge_solve(x, y, u[on].numpy(), v, 5.0 if layer == last else 1e-3)
+        np.testing.assert_allclose(student.adapter.value_vectors(layer).double().numpy()[kept], w, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(student.adapter.ffn(layer).output.bias.detach().double().numpy(), c, rtol=1e-3,
+                                   atol=1e-5)
+        assert report[layer]["tokens"] == int(on.sum())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_head_refit_is_the_ridge_solve_to_the_dense_logits(arch, tokenizer):
+    """The refitted head equals an augmented least-squares solve from the student's read-token hidden states
+    (after the final norm) to the dense model's logits, held toward the dense head by the relative ridge."""
+    dense, enc, pruned, student, _report = _half_pruned_fit(arch, tokenizer, seed=2, head_ridge=0.5)
+    ids, mask = pad(enc, tokenizer.pad_token_id, "right")
+    with torch.no_grad():
+        z = student.target_tokens(student.adapter.last_hidden_state(ids, mask), mask).double().numpy()
+        target = dense.float()(ids, mask).double().numpy()
+    w0 = dense.head.weight.detach().double().numpy().reshape(-1)
+    w, c = _weighted_ridge_solve(z, target[:, None], np.ones(len(z)), w0[:, None], 0.5)
+    np.testing.assert_allclose(student.head.weight.detach().double().numpy().reshape(-1), w[:, 0], rtol=1e-4,
+                               atol=1e-6)
+    assert float(student.head.bias.detach()) == pytest.approx(float(c[0]), rel=1e-4, abs=1e-6)
+    # the student's logits now track the dense ones at least as well as with the dense head
+    with torch.no_grad():
+        refitted = student(ids, mask).double().numpy()
+        student.head.load_state_dict(dense.head.state_dict())
+        kept_head = student(ids, mask).double().numpy()
+    assert ((refitted - target) ** 2).sum() <= ((kept_head - target) ** 2).sum() + 1e-9
+
+
+def test_token_weights_and_readout_context_are_checked_before_any_work(tokenizer):
+    dense = make_tiny("llama", tokenizer)
+    with pytest.raises(ValueError, match="token_weights 'rms' is not one of"):
+        fit_compensation(dense, [], [[1, 2]], 0, token_weights="rms")
+    with pytest.raises(ValueError, match="readout_context = -1"):
+        fit_compensation(dense, [], [[1, 2]], 0, readout_context=-1)

@@ -70,11 +70,17 @@ def weight_rows_are_neurons(module: nn.Module, side: str) -> bool:
     raise TypeError(f"unsupported FFN projection type {type(module).__name__}")
 
 
+def _with_first(block_out, hidden: torch.Tensor):
+    """`block_out` (a tensor, or a tuple led by the hidden states) with its hidden states replaced."""
+    return (hidden, *block_out[1:]) if isinstance(block_out, tuple) else hidden
+
+
 class ModelAdapter:
     """Architecture-neutral view of a backbone (a `*Model`, not a `*ForX` wrapper)."""
 
     arch: str
     is_decoder: bool
+    norm_centres: bool = True  # the norms that read the residual stream subtract its mean (LayerNorm)
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
@@ -183,6 +189,12 @@ class ModelAdapter:
     def ensure_ffn_biases(self) -> None:
         """Give every FFN projection a bias (BERT's and GPT-2's always have one)."""
 
+    def with_ffn_output(self, layer: int, block_out, residual: torch.Tensor, ffn_out: torch.Tensor):
+        """What block `layer` returns (same structure as `block_out`) when its FFN output projection yields
+        `ffn_out` on the `residual` stream it is added to (the input of `residual_site`): pre-norm blocks
+        (GPT-2, Llama) end with that sum, so the block need not run again when only the FFN output changes."""
+        return _with_first(block_out, residual + ffn_out)
+
     # ---- forward -----------------------------------------------------------------------
     def target_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Index of the token the classifier reads, per row; works for left and right padding.
@@ -215,6 +227,10 @@ class ModelAdapter:
 class BertAdapter(ModelAdapter):
     arch = "bert"
     is_decoder = False
+
+    def with_ffn_output(self, layer, block_out, residual, ffn_out):
+        """Post-norm: the block ends with LayerNorm(FFN output + residual) (dropout is off in eval)."""
+        return _with_first(block_out, self.backbone.encoder.layer[layer].output.LayerNorm(ffn_out + residual))
 
     def layers(self):
         return list(self.backbone.encoder.layer)
@@ -272,6 +288,7 @@ class GPT2Adapter(ModelAdapter):
 class LlamaAdapter(ModelAdapter):
     arch = "llama"
     is_decoder = True
+    norm_centres = False  # RMSNorm
 
     def layers(self):
         return list(self.backbone.layers)

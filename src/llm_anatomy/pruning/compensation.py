@@ -14,12 +14,12 @@ neurons' output weights W [|K|, H] and a bias c [H]:
   refit   W and c by ridge least squares toward V_K: per output dimension an ordinary regression
           of y on the kept activations (K-prune-style sublayer refit).
 
-Each minimises the squared reconstruction error E(W, c) = sum_t ||a_t,K W + c - y_t||^2 (plus a
-ridge penalty that is zero at W = V_K) over a family that contains bias's solution, so on the
-calibration tokens E(refit), E(rescale) <= E(bias) <= E(none): compensation never makes the layer's
-reconstruction worse than leaving the pruned neurons out. (With ridge = 0, E(refit) <= E(rescale)
-too; with a ridge the two penalties differ and either may come out lower.) Everything is
-computed from sufficient statistics accumulated over batches (`LayerStats`), so a layer costs one
+Each minimises the squared reconstruction error E(W, c) = sum_t u_t ||a_t,K W + c - y_t||^2 (u_t a
+per-token weight, 1 unless the caller weights tokens; plus a ridge penalty that is zero at W = V_K) over a
+family that contains bias's solution, so on the calibration tokens E(refit), E(rescale) <= E(bias) <=
+E(none): compensation never makes the layer's reconstruction worse than leaving the pruned neurons out.
+(With ridge = 0, E(refit) <= E(rescale) too; with a ridge the two penalties differ and either may come
+out lower.) Everything is computed from sufficient statistics accumulated over batches (`LayerStats`), so a layer costs one
 pass whatever the method. The ridge is relative: lambda = ridge x trace(centred Gram) / |K|.
 """
 from __future__ import annotations
@@ -33,11 +33,13 @@ METHODS = ("none", "bias", "rescale", "refit")
 
 @dataclass
 class LayerStats:
-    """Sums over calibration tokens: n, sum a [F], sum a a^T [F, F], sum a y^T [F, H], sum y [H], sum ||y||^2."""
+    """Weighted sums over calibration tokens (weight u_t, 1 by default): n = sum u, sum u a [F], sum u a a^T
+    [F, F], sum u a y^T [F, H], sum u y [H], sum u ||y||^2; `tokens` counts the tokens added."""
 
     width: int
     hidden: int
-    n: int = 0
+    n: float = 0.0
+    tokens: int = 0
     sa: np.ndarray = field(init=False)
     saa: np.ndarray = field(init=False)
     say: np.ndarray = field(init=False)
@@ -50,20 +52,25 @@ class LayerStats:
         self.say = np.zeros((self.width, self.hidden))
         self.sy = np.zeros(self.hidden)
 
-    def add(self, a: np.ndarray, y: np.ndarray) -> None:
-        """a [T, F] activations and y [T, H] targets of T real tokens."""
+    def add(self, a: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """a [T, F] activations and y [T, H] targets of T real tokens, with optional weights [T] >= 0."""
         a, y = np.asarray(a, dtype=np.float64), np.asarray(y, dtype=np.float64)
         if a.shape != (len(a), self.width) or y.shape != (len(a), self.hidden):
             raise ValueError(f"expected a [T, {self.width}] and y [T, {self.hidden}], got {a.shape} and {y.shape}")
-        self.n += len(a)
-        self.sa += a.sum(0)
-        self.saa += a.T @ a
-        self.say += a.T @ y
-        self.sy += y.sum(0)
-        self.syy += float((y * y).sum())
+        u = np.ones(len(a)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if u.shape != (len(a),) or (u < 0).any():
+            raise ValueError(f"expected {len(a)} token weights >= 0, got shape {u.shape}, min {u.min(initial=0)}")
+        ua = a * u[:, None]
+        self.n += float(u.sum())
+        self.tokens += len(a)
+        self.sa += ua.sum(0)
+        self.saa += ua.T @ a
+        self.say += ua.T @ y
+        self.sy += u @ y
+        self.syy += float(u @ (y * y).sum(1))
 
     def error(self, kept: np.ndarray, w: np.ndarray, c: np.ndarray) -> float:
-        """E(W, c) = sum_t ||a_t,K W + c - y_t||^2, from the sums alone."""
+        """E(W, c) = sum_t u_t ||a_t,K W + c - y_t||^2, from the sums alone."""
         k = np.asarray(kept)
         g, sa, say = self.saa[np.ix_(k, k)], self.sa[k], self.say[k]
         return float(np.einsum("ih,ij,jh->", w, g, w) + 2 * c @ (w.T @ sa) + self.n * c @ c

@@ -7,7 +7,9 @@ to; the target is what the dense model (the teacher) has there, y* = FFN_t + r_t
 also absorbs the drift that pruning below has caused. `compensation.compensate` fits the kept
 neurons' output weights and the bias in closed form, the student takes them, and the next layer
 follows. Each pass computes one block: the blocks below replay their cached outputs and the
-forward pass stops after block l.
+forward pass stops after block l. The compensated block's output, which the layers above replay, is
+its first pass's with the refitted FFN output in place (`ModelAdapter.with_ffn_output`): one block pass
+per layer and batch.
 
 The last layer is fitted on one token per review (the one the classifier reads), so it has as many
 samples as there are calibration reviews, fewer than its kept neurons: its own ridge (`readout_ridge`,
@@ -62,17 +64,58 @@ def _run(model, ids, mask) -> None:
         pass
 
 
+TOKEN_WEIGHTS = ("uniform", "norm")
+
+
+def norm_weights(h: torch.Tensor, centred: bool) -> torch.Tensor:
+    """Per token, 1 / the mean square of `h` [..., H] over its dimensions (centred first for a LayerNorm):
+    how much the next normalisation scales an error added to that token's residual stream, squared."""
+    if centred:
+        h = h - h.mean(-1, keepdim=True)
+    return 1.0 / (h.double() * h.double()).mean(-1).clamp_min(1e-12)
+
+
+def fit_weights(mask: torch.Tensor, read: torch.Tensor, layers: int, readout_context: float) -> list[torch.Tensor]:
+    """Per layer, each position's weight in the fit [B, S] (0: not fitted on): every real token in the layers
+    below the last; in the last, the read token, and every other real token at `readout_context` (0: none)."""
+    real = mask.double()
+    last = torch.where(read, torch.ones_like(real), real * readout_context)
+    return [real] * (layers - 1) + [last]
+
+
+@torch.no_grad()
+def refit_head(head: torch.nn.Linear, z: np.ndarray, logits: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
+    """(w [H], b): the classifier head refitted by ridge least squares to the dense model's `logits` [R] from
+    the student's read-token hidden states `z` [R, H] (after the final norm), held toward the dense head:
+    min sum_r (z_r w + b - logit_r)^2 + lambda ||w - w_0||^2, lambda = ridge x trace(centred z^T z) / H."""
+    z, y = np.asarray(z, dtype=np.float64), np.asarray(logits, dtype=np.float64)
+    w0 = head.weight.detach().double().cpu().numpy().reshape(-1)
+    zc, yc = z - z.mean(0), y - y.mean()
+    g = zc.T @ zc
+    lam = ridge * float(np.trace(g)) / len(w0)
+    w = np.linalg.solve(g + lam * np.eye(len(w0)), zc.T @ yc + lam * w0)
+    return w, float(y.mean() - z.mean(0) @ w)
+
+
 @torch.no_grad()
 def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], encoded, pad_id: int,
                      padding_side: str = "right", batch_size: int = 16, method: str = "refit",
-                     ridge: float = 1e-2, readout_ridge: float | None = None
+                     ridge: float = 1e-2, readout_ridge: float | None = None, token_weights: str = "uniform",
+                     readout_context: float = 0.0, head_ridge: float | None = None
                      ) -> tuple[SentimentClassifier, list[dict]]:
     """(student, per-layer report). The student is a float32 copy of `dense` with the `pruned` neurons
     zeroed and every layer's kept value vectors and output bias fitted by `method`. The report holds,
     per layer, the kept count, the calibration tokens fitted on (every real token; the last layer: the
-    token the classifier reads) and the reconstruction error with no
-    compensation, with bias compensation, and with `method` (the fit never exceeds the first two).
-    `readout_ridge` (default: `ridge`) is the last layer's relative ridge."""
+    token the classifier reads, and the others at weight `readout_context`) and the reconstruction error
+    with no compensation, with bias compensation, and with `method` (the fit never exceeds the first two).
+    `readout_ridge` (default: `ridge`) is the last layer's relative ridge. `token_weights` "norm" weights
+    each token's squared error by 1 / the mean square of the dense residual stream there (what the next
+    norm divides by; `norm_weights`), "uniform" by 1. `head_ridge` (None: keep the dense head) refits the
+    classifier head to the dense logits on the calibration reviews' read tokens (`refit_head`)."""
+    if token_weights not in TOKEN_WEIGHTS:
+        raise ValueError(f"token_weights {token_weights!r} is not one of {TOKEN_WEIGHTS}")
+    if readout_context < 0:
+        raise ValueError(f"readout_context = {readout_context} must be >= 0 (0: the read token alone)")
     teacher = copy.deepcopy(dense).float().eval()
     student = copy.deepcopy(dense).float().eval()
     adapter, t_adapter = student.adapter, teacher.adapter
@@ -81,17 +124,19 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
     zero_masked(adapter, [np.asarray(p, dtype=np.int64) for p in pruned])
     device = model_device(student)
     L = adapter.num_layers
-    batches = []  # (ids, mask, the tokens each layer is fitted on)
+    batches = []  # (ids, mask, the weight of each position in each layer's fit)
     for _i, ids, mask in iter_padded(encoded, sorted_batches([len(s) for s in encoded], batch_size), pad_id,
                                      padding_side, device):
         # The last layer only matters at the token the classifier reads (Kwon et al.'s cls_only).
-        target = torch.zeros_like(mask, dtype=torch.bool)
-        target[torch.arange(len(mask), device=mask.device), adapter.target_positions(mask)] = True
-        batches.append((ids, mask, [mask.bool()] * (L - 1) + [target]))
+        read = torch.zeros_like(mask, dtype=torch.bool)
+        read[torch.arange(len(mask), device=mask.device), adapter.target_positions(mask)] = True
+        batches.append((ids, mask, read, fit_weights(mask, read, L, readout_context)))
 
-    # The teacher's FFN output plus residual at every layer, on real tokens: one dense pass.
+    # The teacher's FFN output plus residual at every layer, on the tokens fitted on: one dense pass.
     sums: list[list[torch.Tensor]] = [[] for _ in range(L)]
-    for ids, mask, fit_on in batches:
+    weights: list[list[np.ndarray]] = [[] for _ in range(L)]
+    dense_logits = []
+    for ids, mask, read, fit_w in batches:
         seen: dict = {}
         hooks = []
         for l in range(L):
@@ -101,12 +146,18 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
             hooks.append(t_adapter.ffn(l).output.register_forward_hook(
                 lambda _m, _a, out, l=l: seen.__setitem__(("y", l), out)))
         try:
-            teacher(ids, mask)
+            dense_logits.append(teacher(ids, mask).double().cpu().numpy())
         finally:
             for h in hooks:
                 h.remove()
         for l in range(L):
-            sums[l].append((seen[("y", l)] + seen[("r", l)])[fit_on[l]].cpu())
+            on = fit_w[l] > 0
+            h = seen[("y", l)] + seen[("r", l)]
+            u = fit_w[l][on]
+            if token_weights == "norm":
+                u = u * norm_weights(h[on], adapter.norm_centres).to(u.device)
+            sums[l].append(h[on].cpu())
+            weights[l].append(u.cpu().numpy())
 
     report, cached = [], [[] for _ in batches]  # cached[b]: the student's compensated block outputs
     for l in range(L):
@@ -117,32 +168,40 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
         bias = out.bias.detach().double().cpu().numpy()
         stats = LayerStats(len(kept), adapter.hidden_size)
         site, arg = adapter.residual_site(l)
-        for b, (ids, mask, fit_on) in enumerate(batches):
-            seen = {}
+        passes = []  # per batch: the block's output, the residual its FFN output is added to, the activations
+        for b, (ids, mask, _read, fit_w) in enumerate(batches):
+            seen, keep = {}, []
             h1 = site.register_forward_pre_hook(lambda _m, args: seen.__setitem__("r", args[arg]))
             h2 = out.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))
             try:
-                with replay_below(student, l, cached[b]), stop_after(student, l, []):
+                with replay_below(student, l, cached[b]), stop_after(student, l, keep):
                     _run(student, ids, mask)
             finally:
                 h1.remove()
                 h2.remove()
-            a = seen["a"][fit_on[l]].double().cpu().numpy()[:, kept]
-            target = (sums[l][b].double() - seen["r"][fit_on[l]].double().cpu()).numpy()
-            stats.add(a, target)
+            passes.append((keep[0], seen["r"], seen["a"]))
+            on = fit_w[l] > 0
+            a = seen["a"][on].double().cpu().numpy()[:, kept]
+            target = (sums[l][b].double() - seen["r"][on].double().cpu()).numpy()
+            stats.add(a, target, weights[l][b])
         lam = ridge if readout_ridge is None or l < L - 1 else readout_ridge
         w, c = compensate(stats, np.arange(len(kept)), values, bias, method, lam)
         errors = {m: stats.error(np.arange(len(kept)), *compensate(stats, np.arange(len(kept)), values, bias, m))
                   for m in ("none", "bias")}
         errors[method] = stats.error(np.arange(len(kept)), w, c)
         set_outputs(adapter, l, kept.tolist(), torch.from_numpy(w), torch.from_numpy(c))
-        for b, (ids, mask, _fit_on) in enumerate(batches):  # the compensated block's output, for the layers above
-            keep: list = []
-            with replay_below(student, l, cached[b]), stop_after(student, l, keep):
-                _run(student, ids, mask)
-            cached[b].append(keep[0])
-        report.append(dict(layer=l, kept=int(len(kept)), tokens=int(stats.n), ridge=lam,
+        for b, (block_out, r, a) in enumerate(passes):  # the compensated block's output, for the layers above
+            cached[b].append(adapter.with_ffn_output(l, block_out, r, out(a)))
+        report.append(dict(layer=l, kept=int(len(kept)), tokens=stats.tokens, ridge=lam,
                            **{f"error_{m}": e for m, e in errors.items()}))
         log.info("layer %d: %d kept, reconstruction error none %.4g, bias %.4g, %s %.4g", l, len(kept),
                  errors["none"], errors["bias"], method, errors[method])
+    if head_ridge is not None:
+        z = []
+        for b, (ids, mask, _read, _fit_w) in enumerate(batches):  # every block replays: the final norm and read token
+            with replay_below(student, L, cached[b]):
+                z.append(student.target_tokens(adapter.last_hidden_state(ids, mask), mask).double().cpu().numpy())
+        w, c = refit_head(student.head, np.concatenate(z), np.concatenate(dense_logits), head_ridge)
+        student.head.weight.copy_(torch.from_numpy(w).reshape(student.head.weight.shape))
+        student.head.bias.fill_(c)
     return student, report
