@@ -1,4 +1,6 @@
 """The roofline: which linear maps a backbone has, and the arithmetic of its attainable rate."""
+import math
+
 import pytest
 import torch
 
@@ -38,8 +40,11 @@ def test_attainable_rate_weights_each_shape_by_its_work(monkeypatch, tokenizer, 
     # per layer: 4 maps of h*h at 100, one h*f at 400, one f*h at 200 -> time-weighted mean rate
     work = {(h, h): 4 * h * h, (h, f): h * f, (f, h): f * h}
     expected = sum(work.values()) / sum(w / rates[s] for s, w in work.items())
-    assert out["attainable_gflops"] == pytest.approx(expected, abs=0.05)
+    assert out["attainable_gflops"] == pytest.approx(expected, rel=1e-12)  # unrounded
     assert roofline.fraction(macs=10**9, seconds=2.0, attainable_gflops=4.0) == pytest.approx(0.25)
+    # a rate too small to show at 0.1 GFLOP/s is divided by as measured, and no rate at all gives NaN
+    assert roofline.fraction(macs=10**6, seconds=1.0, attainable_gflops=0.04) == pytest.approx(0.05)
+    assert math.isnan(roofline.fraction(macs=10**6, seconds=1.0, attainable_gflops=0.0))
     with pytest.raises(ValueError, match="precision 'fp16'"):
         roofline.measure(model.adapter, "fp16", tokens=64)
 

@@ -70,7 +70,7 @@ def _measure_shapes(shapes: tuple, precision: str, tokens: int, repeats: int) ->
     return dict(machine=machine_info(torch.device("cpu")), precision=precision, tokens=tokens, repeats=repeats,
                 shapes=[dict(in_features=k, out_features=n, maps=count, gflops=round(rate, 1))
                         for ((k, n), count), rate in zip(shapes, rates)],
-                attainable_gflops=round(attainable(shapes, rates), 1))
+                attainable_gflops=attainable(shapes, rates))  # unrounded: `fraction` divides by it
 
 
 def batch_rows(batch_size: int, lengths: Sequence[int]) -> int:
@@ -85,7 +85,11 @@ def attainable(shapes: Sequence, rates: Sequence[float]) -> float:
 
 
 def fraction(macs: int, seconds: float, attainable_gflops: float) -> float:
-    """The share of the roofline a pass of `macs` multiply-adds reached in `seconds`."""
+    """The share of the roofline a pass of `macs` multiply-adds reached in `seconds`; NaN (written as null)
+    where the rate or the time is not positive (a tiny model's GEMMs on a loaded machine can measure as
+    nothing), instead of a division by zero."""
+    if not (attainable_gflops > 0 and seconds > 0):
+        return float("nan")
     return 2.0 * macs / seconds / 1e9 / attainable_gflops
 
 
