@@ -60,18 +60,18 @@ def refit_deltas(values: np.ndarray, cov: np.ndarray, imp: np.ndarray, fractions
         g = cov[np.ix_(kept, kept)]
         lam = ridge * float(np.trace(g)) / max(len(kept), 1)
         w = np.linalg.solve(g + lam * np.eye(len(kept)), cov[kept] @ values + lam * values[kept])
-        d = -values.copy()
+        d = -values.astype(np.float32)  # float32: 30 layers x 9 fractions of [F, H] must fit beside the model
         d[kept] = w - values[kept]
         out.append((drop, d))
     return out
 
 
-def gradient_pass(model, encoded, pad, side, means, deltas, values, batch_size: int = 8):
+def gradient_pass(model, encoded, pad, side, means, deltas, values, batch_size: int = 4):
     """(refit [R, L, Fr], bias [R, L, Fr], attr [R, L, F] list): first-order logit changes (see the docstring)."""
     ad = model.adapter
     L = ad.num_layers
     mu = [torch.tensor(m, dtype=torch.float32) for m in means]
-    dt = [[torch.tensor(d, dtype=torch.float32) for _drop, d in cells] for cells in deltas]
+    dt = [[torch.from_numpy(d) for _drop, d in cells] for cells in deltas]
     vt = [torch.tensor(v, dtype=torch.float32) for v in values]
     refit, attrs, order = [], [], []
     for q in model.parameters():
@@ -140,7 +140,10 @@ def main(argv):
     start = time.perf_counter()
     means, covs, _n = ffn_moments(model, enc, pad, side, 8)
     values = [model.adapter.value_vectors(l).double().numpy() for l in range(model.adapter.num_layers)]
-    deltas = [refit_deltas(values[l], covs[l], imp[l], fractions) for l in range(len(values))]
+    deltas = []
+    for l in range(len(values)):
+        deltas.append(refit_deltas(values[l], covs[l], imp[l], fractions))
+        covs[l] = None
     t_moments = time.perf_counter() - start
     refit, bias, attr = gradient_pass(model, enc, pad, side, means, deltas, values)
     seconds = time.perf_counter() - start
