@@ -348,7 +348,7 @@ def test_dvc_pull_in_a_fresh_clone_leaves_nothing_to_do(tiny_run, tmp_path):
 SLURM_TARGETS = [f"results/tiny/metrics/prune/{c}.json"
                  for c in ("enc-a0.01-b0.001", "enc-a0.025-b0.001", "enc-a0.05-b0.001", "enc-a0.05-b0.005")]
 SLURM_TARGETS.append("results/tiny/tiny-bert/prune/fisher-searched-refit-50/metrics.json")
-SLURM_RUN = ["snakemake", "--profile", "profiles/slurm", "--profile", "profiles/slurm-local", "--jobs", "6",
+SLURM_RUN = ["snakemake", "--profile", "profiles/slurm-local", "--jobs", "6",
              "--group-components", "prune_target=2", "--slurm-init-seconds-before-status-checks", "1",
              "--seconds-between-status-checks", "2", *SLURM_TARGETS]
 CHAIN = ("prune_plan", "materialise", "evaluate_pruned", "time_pruned", "prune_metrics")
@@ -395,11 +395,11 @@ def slurm_jobs(log: str) -> dict:
                 finished=finished)
 
 
-def cancel_a_group_job_mid_run(repo: Path, env: dict, proc: subprocess.Popen) -> str:
+def cancel_a_group_job_mid_run(repo: Path, env: dict, proc: subprocess.Popen, log: Path) -> str:
     """scancel a running prune_target job once one of its steps has finished inside it; its SLURM id."""
     deadline = time.monotonic() + 1500
     while True:
-        assert proc.poll() is None, "the run ended before a group job could be cancelled"
+        assert proc.poll() is None, f"the run ended before a group job could be cancelled:\n{log.read_text()[:3000]}"
         assert time.monotonic() < deadline, "no group job ran a step within 25 minutes"
         for log in (repo / ".snakemake/slurm_logs").glob("group_prune_target*/**/*.log"):
             if "Finished jobid" in log.read_text(errors="replace"):
@@ -418,7 +418,7 @@ def test_slurm_run_with_a_cancelled_job_equals_the_local_run(tiny_run, local_slu
     with open(tmp_path / "first.log", "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", *SLURM_RUN], cwd=repo, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-        cancelled = cancel_a_group_job_mid_run(repo, env, proc)
+        cancelled = cancel_a_group_job_mid_run(repo, env, proc, tmp_path / "first.log")
         assert proc.wait(timeout=1800) != 0  # the cancelled job failed the run; the jobs running then finished
     first = (tmp_path / "first.log").read_text()
     # the group job failed, and its SLURM log (shown in the run's) says SLURM cancelled it
