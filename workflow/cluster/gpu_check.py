@@ -101,7 +101,7 @@ def pack(out: Path) -> dict:
                           seeds=targets.random_seeds(m, TARGET))
                   for m, spec in profile["models"].items() if keep is None or m in keep}
         profiles[name] = dict(threads=profile["threads"], batch_size=profile["pruning"]["batch_size"], models=models,
-                              extract={k: anatomy[k] for k in ("calibration_size", "test_size", "seed", "batch_size",
+                              extract={k: anatomy[k] for k in ("calibration_size", "validation_size", "seed", "batch_size",
                                                                "precision")},
                               high_threshold=config["pruning"]["high_threshold"],
                               average_over=config["pruning"]["average_over"])
@@ -219,7 +219,7 @@ def model_steps(steps: Steps, profile: str, name: str, cfg: dict, m: dict, data:
     extract = dict(cfg["extract"], threads=threads, device=device)
     if reviews is not None:
         extract.update(calibration_size=min(extract["calibration_size"], reviews),
-                       test_size=min(extract["test_size"], reviews))
+                       validation_size=min(extract["validation_size"], reviews))
     scores = {n: w / f"{n}.parquet" for n in ("layer_scores", "neuron_scores", "contributions")}
     scores.update(lens=w / "lens.csv", score_summary=w / "score_summary.json")
 
@@ -241,7 +241,7 @@ def model_steps(steps: Steps, profile: str, name: str, cfg: dict, m: dict, data:
                           ffn_stats_path=w / "ffn_stats.parquet").info
 
     steps(f"{key} finetune", tune)
-    steps(f"{key} extract", lambda: extract_stage(model, ROOT / "resources/probes.tsv", train, test, ex, extract),
+    steps(f"{key} extract", lambda: extract_stage(model, ROOT / "resources/probes.tsv", train, val, ex, extract),
           f"{key} finetune")
     steps(f"{key} ffn_stats", lambda: calibration_stage(model, train, w / "ffn_stats.parquet",
                                                         sizing["calibration_reviews"], batch, threads, device),
