@@ -421,9 +421,11 @@ def test_slurm_run_with_a_cancelled_job_equals_the_local_run(tiny_run, local_slu
         cancelled = cancel_a_group_job_mid_run(repo, env, proc, tmp_path / "first.log")
         assert proc.wait(timeout=1800) != 0  # the cancelled job failed the run; the jobs running then finished
     first = (tmp_path / "first.log").read_text()
-    # the group job failed, and its SLURM log (shown in the run's) says SLURM cancelled it
-    assert re.search(rf"Error in group prune_target\n\s+log: \S+/{cancelled}\.log", first), first[-4000:]
-    assert re.search(rf"JOB {cancelled} ON \S+ CANCELLED AT", first), first[-4000:]
+    # a group job failed, and the cancelled job's SLURM log says SLURM cancelled it (read from the file: how
+    # much of it the run's own log repeats depends on Snakemake's version)
+    assert "Error in group prune_target" in first, first[-4000:]
+    slurm_log = next((repo / ".snakemake/slurm_logs").glob(f"group_prune_target*/**/{cancelled}.log"))
+    assert re.search(rf"JOB {cancelled} ON \S+ CANCELLED AT", slurm_log.read_text(errors="replace")), first[-4000:]
     rerun = subprocess.run([sys.executable, "-m", *SLURM_RUN], cwd=repo, env=env, capture_output=True, text=True,
                            timeout=1800)
     second = rerun.stdout + rerun.stderr
