@@ -395,19 +395,20 @@ def slurm_jobs(log: str) -> dict:
                 finished=finished)
 
 
-def cancel_a_group_job_mid_run(repo: Path, env: dict, proc: subprocess.Popen, log: Path) -> str:
-    """scancel a running prune_target job once one of its steps has finished inside it; its SLURM id."""
+def cancel_a_group_job_mid_run(repo: Path, env: dict, proc: subprocess.Popen, run_log: Path) -> Path:
+    """scancel a running prune_target job once one of its steps has finished inside it; its SLURM log (named
+    by its SLURM id)."""
     deadline = time.monotonic() + 1500
     while True:
-        assert proc.poll() is None, f"the run ended before a group job could be cancelled:\n{log.read_text()[:3000]}"
+        assert proc.poll() is None, f"the run ended before a group job could be cancelled:\n{run_log.read_text()[:3000]}"
         assert time.monotonic() < deadline, "no group job ran a step within 25 minutes"
-        for log in (repo / ".snakemake/slurm_logs").glob("group_prune_target*/**/*.log"):
-            if "Finished jobid" in log.read_text(errors="replace"):
-                state = subprocess.run(["squeue", "-h", "-j", log.stem, "-o", "%T"], env=env, capture_output=True,
-                                       text=True).stdout.strip()
+        for slurm_log in (repo / ".snakemake/slurm_logs").glob("group_prune_target*/**/*.log"):
+            if "Finished jobid" in slurm_log.read_text(errors="replace"):
+                state = subprocess.run(["squeue", "-h", "-j", slurm_log.stem, "-o", "%T"], env=env,
+                                       capture_output=True, text=True).stdout.strip()
                 if state == "RUNNING":
-                    subprocess.run(["scancel", log.stem], env=env, check=True)
-                    return log.stem
+                    subprocess.run(["scancel", slurm_log.stem], env=env, check=True)
+                    return slurm_log
         time.sleep(0.5)
 
 
@@ -418,13 +419,12 @@ def test_slurm_run_with_a_cancelled_job_equals_the_local_run(tiny_run, local_slu
     with open(tmp_path / "first.log", "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", *SLURM_RUN], cwd=repo, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-        cancelled = cancel_a_group_job_mid_run(repo, env, proc, tmp_path / "first.log")
+        slurm_log = cancel_a_group_job_mid_run(repo, env, proc, tmp_path / "first.log")
         assert proc.wait(timeout=1800) != 0  # the cancelled job failed the run; the jobs running then finished
-    first = (tmp_path / "first.log").read_text()
+    cancelled, first = slurm_log.stem, (tmp_path / "first.log").read_text()
     # a group job failed, and the cancelled job's SLURM log says SLURM cancelled it (read from the file: how
     # much of it the run's own log repeats depends on Snakemake's version)
     assert "Error in group prune_target" in first, first[-4000:]
-    slurm_log = next((repo / ".snakemake/slurm_logs").glob(f"group_prune_target*/**/{cancelled}.log"))
     assert re.search(rf"JOB {cancelled} ON \S+ CANCELLED AT", slurm_log.read_text(errors="replace")), first[-4000:]
     rerun = subprocess.run([sys.executable, "-m", *SLURM_RUN], cwd=repo, env=env, capture_output=True, text=True,
                            timeout=1800)
