@@ -46,9 +46,11 @@ def calibration_frame(reviews) -> pd.DataFrame:
 
 
 def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), time_limit: int | None = None,
-              high: float = HIGH, time_zeroed: bool = True) -> dict:
+              high: float = HIGH, time_zeroed: bool = True, eval_limit: int | None = None,
+              baseline_limit: int | None = None) -> dict:
     """Every prune step on one tiny model, as the workflow chains them; returns the artifacts' paths
-    and the collected metrics record."""
+    and the collected metrics record. The dense model reads every test review, the target its first
+    `eval_limit` and the baselines their first `baseline_limit` (None: all), as a headline point's do."""
     from llm_anatomy.evaluate import evaluate_stage
     from llm_anatomy.models import save_classifier
     from llm_anatomy.pruning.calibration import ffn_activation_stats
@@ -83,10 +85,11 @@ def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), t
     materialise(p["dense"], p["plan"], p["pruned"], target="t", train=train, calibration_reviews=len(train))
     test = pd.DataFrame({"text": reviews * 4, "label": [1, 0, 1, 1, 0] * 4})
     acc = evaluate_stage(p["dense"], test, p["dense_eval"], batch_size=4, threads=1, device="cpu")
-    acc_pruned = evaluate_stage(p["pruned"], test, p["eval"], batch_size=4, threads=1, device="cpu")
-    baselines = baselines_stage(p["dense"], test, p["plan"], p["random"], p["baselines"], batch_size=4, threads=1,
+    acc_pruned = evaluate_stage(p["pruned"], test, p["eval"], eval_limit, batch_size=4, threads=1, device="cpu")
+    baselines = baselines_stage(p["dense"], test, p["plan"], p["random"], p["baselines"], baseline_limit,
+                                batch_size=4, threads=1,
                                 device="cpu", train=train, calibration_reviews=len(train))
-    sizing = Sizing(test_limit=len(test), time_limit=time_limit or len(test), batch_size=4, repeats=3,
+    sizing = Sizing(test_limit=len(test), baseline_limit=baseline_limit or len(test), time_limit=time_limit or len(test), batch_size=4, repeats=3,
                     time_zeroed=time_zeroed, random_seeds=len(seeds), equality_check_reviews=8, calibration_reviews=len(reviews))
     timing = timing_stage(p["dense"], p["pruned"], p["plan"], test, sizing, threads=1, device="cpu")
     p["timing"] = tmp_path / "timing.json"

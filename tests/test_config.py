@@ -92,14 +92,19 @@ def test_unknown_flap_allocation(params):
 
 
 def test_evaluation_limits_beyond_the_split_are_errors(params):
-    def test_limit(p):
-        p["profiles"]["offline"]["pruning"]["encoder"]["test_limit"] = 5000
-    msg = _bad(params, test_limit)
-    assert "profiles.offline.pruning.encoder.test_limit = 5000 exceeds split.test = 1000" in msg
+    def sized(p, **decoder):
+        p["profiles"]["offline"]["split"]["test"] = 1000
+        for kind in ("encoder", "decoder"):
+            p["profiles"]["offline"]["pruning"][kind].update(test_limit=400, headline_limit=800, time_limit=64)
+        p["profiles"]["offline"]["pruning"]["decoder"].update(decoder)
 
-    def time_limit(p):
-        p["profiles"]["offline"]["pruning"]["decoder"]["time_limit"] = 500
-    msg = _bad(params, time_limit)
+    msg = _bad(params, lambda p: sized(p, test_limit=5000))
+    assert "profiles.offline.pruning.decoder.test_limit = 5000 exceeds split.test = 1000" in msg
+    msg = _bad(params, lambda p: sized(p, headline_limit=1500))
+    assert "profiles.offline.pruning.decoder.headline_limit = 1500 exceeds split.test = 1000" in msg
+    msg = _bad(params, lambda p: sized(p, headline_limit=300))
+    assert "profiles.offline.pruning.decoder.headline_limit = 300 is below test_limit = 400" in msg
+    msg = _bad(params, lambda p: sized(p, time_limit=500))
     assert "profiles.offline.pruning.decoder.time_limit = 500 exceeds test_limit = 400" in msg
 
 

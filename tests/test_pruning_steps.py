@@ -158,6 +158,7 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert all(len(v) == 3 for v in t["times_s"].values())
     assert t["time_zeroed_s"] is None and t["speedup_zeroed"] is None and m.speedup_zeroed is None
     assert t["zeroed_vs_removed_max_abs_logit_diff_fp32"] < 1e-5
+
     assert t["speedup_removed_spread"]["min"] <= t["speedup_removed_spread"]["median"] <= t["speedup_removed_spread"]["max"]
     assert t["macs_removed"] < t["macs_dense"] and t["machine"]["cpu"]
     assert t["loop"] == m.loop == dict(fused_ffn_inputs=fused.available(), read_token_only=True, weights="float32")
@@ -169,6 +170,37 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert m.roofline_fraction_dense == t["roofline_fraction_dense"] and "roofline_fraction_zeroed" not in t
     assert m.neurons_pruned == m.neurons_total // 2 and m.pruned_per_layer == read_plan(p["plan"]).counts
     json.dumps(m.to_dict(), allow_nan=False)
+
+def test_a_headline_point_pairs_each_comparison_on_the_first_reviews_both_read(tokenizer, reviews, tmp_path):
+    """Dense on every review (20), the target on its first 16, the baselines on the first 12: gaps against
+    dense pair the 16, gaps against a baseline the 12 (recounted here from the per-review logits)."""
+    from llm_anatomy.pruning.evaluate import baselines_stage
+    from llm_anatomy.pruning.metrics import collect_target
+
+    model = make_tiny("llama", tokenizer)
+    out = run_chain(model, tokenizer, reviews, tmp_path, FLAP, time_limit=8, time_zeroed=False, eval_limit=16,
+                    baseline_limit=12)
+    p, m = out["paths"], out["metrics"]
+    ok = {k: (read_logits(p[k])[0]) for k in ("dense_eval", "eval", "baselines")}
+    dense = (ok["dense_eval"]["logit"] > 0).astype(int).to_numpy() == ok["dense_eval"]["label"].to_numpy()
+    pruned = (ok["eval"]["logit"] > 0).astype(int).to_numpy() == ok["eval"]["label"].to_numpy()
+    base = {v: (part["logit"] > 0).astype(int).to_numpy() == part["label"].to_numpy()
+            for v, part in ok["baselines"].groupby("variant")}
+    assert (len(dense), len(pruned), {len(b) for b in base.values()}) == (20, 16, {12})
+    assert (m.test_reviews, m.baseline_reviews) == (16, 12)
+    assert m.accuracy_dense == pytest.approx(dense[:16].mean()) and m.accuracy == pytest.approx(pruned.mean())
+    assert m.gap_dense == pytest.approx(pruned.mean() - dense[:16].mean())
+    rand = [base[f"random-{s}"].mean() for s in (0, 1, 2)]
+    assert m.accuracy_random == pytest.approx(rand)
+    assert m.gap_random == pytest.approx(pruned[:12].mean() - np.mean(rand))
+    assert m.gap_compensation == pytest.approx(pruned[:12].mean() - base["uncompensated"].mean())
+    # baselines that read more reviews than the target are not its baselines
+    baselines_stage(p["dense"], out["test"], p["plan"], p["random"], tmp_path / "wide.parquet", 20, batch_size=4,
+                    threads=1, device="cpu")
+    with pytest.raises(ValueError, match="are not the first of the dense evaluation"):
+        collect_target("m", "t", p["plan"], p["dense_eval"], p["eval"], tmp_path / "wide.parquet", p["pruned"],
+                       p["timing"])
+
 
 
 def test_evaluating_more_reviews_than_the_split_holds_is_an_error(tokenizer, reviews, tmp_path):

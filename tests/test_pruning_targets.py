@@ -26,8 +26,17 @@ def test_curve_names():
     assert curve_of("sweep-5x") == ("named", None)
 
 
+def trimmed(p):
+    """Offline sizing set here, so the counts below do not follow the shipped params.yaml."""
+    sizing = p["profiles"]["offline"]["pruning"]
+    sizing["encoder"].update(sweep=[30, 50, 60, 70, 80], flap=[30, 50, 60, 70, 80],
+                             methods=dict(curves=["fluctuation-searched-refit"], percents=[30, 50, 60, 70, 80]))
+    sizing["decoder"].update(sweep=[50, 75], scoring_sweep=[50], flap=[50, 75],
+                             methods=dict(curves=["wanda-sp-uniform-refit"], percents=[50, 70]))
+
+
 def test_offline_targets():
-    t = targets_for("offline")
+    t = targets_for("offline", trimmed)
     assert t.kinds == {"minilm": "encoder", "smollm2": "decoder"}
     enc = t.names("minilm")
     assert enc[:5] == ["enc-a0.01-b0.001", "enc-a0.025-b0.001", "enc-a0.05-b0.001", "enc-a0.05-b0.005",
@@ -69,7 +78,17 @@ def test_sizing_named_and_curve_points():
     # the zeroed model is timed for the paper's named configurations only (offline), for every target in paper
     assert named.time_zeroed and not point.time_zeroed
     assert targets_for("paper").sizing("bert", "sweep-50").time_zeroed
-    assert t.random_seeds("smollm2") == [0, 1, 2] and t.sizing("smollm2").test_limit == 400
+    assert t.random_seeds("smollm2") == [0, 1, 2]
+    # FLAP and method points (and the dense model) read headline_limit reviews, their baselines test_limit
+    def headline(p):
+        p["profiles"]["offline"]["split"]["test"] = 5000
+        p["profiles"]["offline"]["pruning"]["decoder"].update(test_limit=400, headline_limit=2000)
+    h = targets_for("offline", headline)
+    sizes = {n: (h.sizing("smollm2", n).test_limit, h.sizing("smollm2", n).baseline_limit)
+             for n in ("dec-a0.05-f1", "sweep-50", "flap-50", "wanda-sp-uniform-refit-50")}
+    assert sizes == {"dec-a0.05-f1": (400, 400), "sweep-50": (400, 400), "flap-50": (2000, 400),
+                     "wanda-sp-uniform-refit-50": (2000, 400)}
+    assert h.sizing("smollm2").test_limit == 2000
     # a sizing without time limits times every evaluated review
     tiny = targets_for("tiny")
     assert tiny.sizing("tiny-bert", "enc-a0.01-b0.001").time_limit == 32
@@ -102,7 +121,7 @@ def test_schema_defaults_fill_absent_keys():
 
 
 def test_files_of_a_target():
-    t = targets_for("offline")
+    t = targets_for("offline", trimmed)
     assert t.results == "results/offline"
     assert t.plan_inputs("minilm", "sweep-50") == {"layer_scores": "results/offline/minilm/layer_scores.parquet",
                                                    "neuron_scores": "results/offline/minilm/neuron_scores.parquet"}

@@ -223,9 +223,14 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
         if searched and methods.get("percents") and methods.get("search_reviews", 0) > prof["split"]["val"]:
             raise ParamsError(f"{key}.methods.search_reviews = {methods['search_reviews']} exceeds split.val = "
                               f"{prof['split']['val']}; lower it (the searched allocation reads the validation split)")
-        if sizing.get("test_limit", 0) > prof["split"]["test"]:
-            raise ParamsError(f"{key}.test_limit = {sizing['test_limit']} exceeds split.test = "
-                              f"{prof['split']['test']}; lower it or enlarge profiles.{name}.split.test")
+        for limit in ("test_limit", "headline_limit"):
+            if sizing.get(limit, 0) > prof["split"]["test"]:
+                raise ParamsError(f"{key}.{limit} = {sizing[limit]} exceeds split.test = "
+                                  f"{prof['split']['test']}; lower it or enlarge profiles.{name}.split.test")
+        if sizing.get("headline_limit", sizing.get("test_limit", 0)) < sizing.get("test_limit", 0):
+            raise ParamsError(f"{key}.headline_limit = {sizing['headline_limit']} is below test_limit = "
+                              f"{sizing['test_limit']}; the baselines are paired with the first test_limit of the "
+                              "headline reviews, so raise headline_limit (or drop it: it defaults to test_limit)")
         for limit in ("time_limit", "sweep_time_limit"):
             if sizing.get(limit, 0) > sizing.get("test_limit", 0):
                 raise ParamsError(f"{key}.{limit} = {sizing[limit]} exceeds test_limit = {sizing['test_limit']}; "

@@ -181,8 +181,8 @@ def capped(spec: dict, sizing: dict, reviews: int | None) -> tuple[dict, dict]:
     if reviews is None:
         return spec, sizing
     spec = dict(spec, finetune=dict(spec["finetune"], train_limit=min(spec["finetune"]["train_limit"], reviews)))
-    sizing = dict(sizing, **{k: min(sizing[k], reviews) for k in ("test_limit", "time_limit", "calibration_reviews",
-                                                                  "equality_check_reviews")})
+    sizing = dict(sizing, **{k: min(sizing[k], reviews) for k in ("test_limit", "baseline_limit", "time_limit",
+                                                                  "calibration_reviews", "equality_check_reviews")})
     return spec, sizing
 
 

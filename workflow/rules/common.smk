@@ -69,8 +69,13 @@ def calibration_reviews(wildcards):
 
 
 def eval_limit(wildcards):
-    """Pruning is judged on the first test_limit test reviews; other splits are read whole."""
-    return TARGETS.sizing(wildcards.model).test_limit if wildcards.split == "test" else None
+    """Pruning is judged on the first test reviews (the target's test_limit); other splits are read whole."""
+    return TARGETS.sizing(wildcards.model, wildcards.get("target")).test_limit if wildcards.split == "test" else None
+
+
+def baseline_limit(wildcards):
+    """A target's baselines: on the first baseline_limit of its test reviews; other splits are read whole."""
+    return TARGETS.sizing(wildcards.model, wildcards.target).baseline_limit if wildcards.split == "test" else None
 
 
 def random_seeds(wildcards):

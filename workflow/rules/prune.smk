@@ -246,6 +246,7 @@ rule evaluate_pruned:
         code=source_digest("evaluate_pruned.py"),
         fit=fit_params,
         limit=eval_limit,
+        baseline_limit=baseline_limit,
         batch_size=PROFILE["pruning"]["batch_size"],
         threads=THREADS,
         device=DEVICE,

@@ -10,5 +10,5 @@ p = sm.params
 split = read_split(sm.input.split)
 evaluate_stage(sm.input.pruned, split, sm.output.eval, p.limit, p.batch_size, p.threads, p.device)
 baselines_stage(sm.input.model, split, sm.input.plan, sm.input.random_plans, sm.output.baselines,
-                p.limit, p.batch_size, p.threads, p.device, train=read_split(sm.input.train) if p.fit else None,
+                p.baseline_limit, p.batch_size, p.threads, p.device, train=read_split(sm.input.train) if p.fit else None,
                 calibration_reviews=p.fit["reviews"] if p.fit else 0)

@@ -60,7 +60,9 @@ class PruneMetrics:
     # test against a random baseline's seeds (llm_anatomy.stats). Verdicts, adjusted over a family of
     # targets, are the report's (summary.csv), not this record's.
     split: str = _f("split the accuracies are measured on", "test")
-    test_reviews: int = _f("reviews every accuracy below is measured on (the same reviews for all)", 0)
+    test_reviews: int = _f("reviews accuracy, accuracy_dense and gap_dense are measured on (the first of the split)", 0)
+    baseline_reviews: int = _f("reviews the baselines (random seeds, uncompensated) are measured on: the first "
+                               "of test_reviews, and every gap against a baseline is paired on them", 0)
     accuracy_dense: float = _f("dense fine-tuned model", 0.0)
     accuracy_dense_lo: float = _f("95% bootstrap interval of accuracy_dense, low end", 0.0)
     accuracy_dense_hi: float = _f("95% bootstrap interval of accuracy_dense, high end", 0.0)
@@ -78,8 +80,8 @@ class PruneMetrics:
     accuracy_random_lo: float = _f("95% interval of accuracy_random_mean over seeds and reviews "
                                    "(stats.seeded_accuracy), low end", 0.0)
     accuracy_random_hi: float = _f("the interval's high end", 0.0)
-    gap_random: float = _f("accuracy - accuracy_random_mean: what the plan's choice of neurons is worth, "
-                           "same treatment on both sides", 0.0)
+    gap_random: float = _f("accuracy - accuracy_random_mean on the baseline reviews: what the plan's choice of "
+                           "neurons is worth, same treatment on both sides", 0.0)
     gap_random_lo: float = _f("95% interval of gap_random over seeds and reviews, reviews paired "
                               "(stats.seeded_difference), low end", 0.0)
     gap_random_hi: float = _f("the interval's high end", 0.0)
@@ -89,7 +91,8 @@ class PruneMetrics:
     accuracy_uncompensated: float | None = _f("the same neurons removed without compensation")
     accuracy_uncompensated_lo: float | None = _f("95% bootstrap interval of accuracy_uncompensated, low end")
     accuracy_uncompensated_hi: float | None = _f("the interval's high end")
-    gap_compensation: float | None = _f("accuracy - accuracy_uncompensated: what compensation adds (paired)")
+    gap_compensation: float | None = _f("accuracy - accuracy_uncompensated on the baseline reviews: what "
+                                        "compensation adds (paired)")
     gap_compensation_lo: float | None = _f("95% paired interval of gap_compensation, low end")
     gap_compensation_hi: float | None = _f("the interval's high end")
     gap_compensation_p: float | None = _f("exact McNemar p-value, compensated vs uncompensated")
@@ -188,11 +191,16 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
     dense_df, _ = read_logits(dense_eval)
     pruned_df, pruned_info = read_logits(pruned_eval)
     base_df, base_info = read_logits(baselines)
+    # The dense evaluation covers the model's largest limit, the target its own, the baselines the first of
+    # those: each comparison pairs the first reviews both sides have (`review` is the row of the split).
+    dense_df = dense_df.iloc[:len(pruned_df)]
     for name, df in (("pruned", pruned_df), ("baselines", base_df)):
         for variant, part in (df.groupby("variant") if "variant" in df else [(name, df)]):
-            if not np.array_equal(part["label"].to_numpy(), dense_df["label"].to_numpy()):
-                raise ValueError(f"{variant}: its reviews differ from the dense evaluation {dense_eval}; "
-                                 "rerun the evaluations on the same split and limit")
+            n = len(part)
+            if n > len(dense_df) or not (np.array_equal(part["review"].to_numpy(), dense_df["review"].to_numpy()[:n])
+                                         and np.array_equal(part["label"].to_numpy(), dense_df["label"].to_numpy()[:n])):
+                raise ValueError(f"{variant}: its {n} reviews are not the first of the dense evaluation {dense_eval} "
+                                 f"and of the target's {len(pruned_df)}; rerun the evaluations on the same split")
     outcomes = {v: correct(part["logit"], part["label"]) for v, part in base_df.groupby("variant")}
     seeds = sorted(int(m.group(1)) for v in outcomes if (m := re.fullmatch(r"random-(\d+)", v)))
     evidence = accuracy_evidence(correct(dense_df["logit"], dense_df["label"]),
@@ -213,7 +221,8 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
         search=info.get("search"), neurons_total=sum(widths), neurons_pruned=sum(counts),
         pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,
         pruned_pct_per_layer=[100.0 * n / w for n, w in zip(counts, widths)],
-        split=split, test_reviews=len(dense_df), random_seeds=seeds, **evidence,
+        split=split, test_reviews=len(dense_df), baseline_reviews=len(base_df) // len(outcomes), random_seeds=seeds,
+        **evidence,
         params_dense=folder["params_dense"], params_removed=folder["params_pruned"], model_bytes=folder["bytes"],
         model_bytes_dense=folder["bytes_dense"], seconds_materialise=folder["seconds"],
         seconds_evaluate=pruned_info.get("seconds", 0.0), seconds_baselines=base_info.get("seconds", 0.0),
@@ -232,14 +241,16 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
 
 def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str, np.ndarray],
                       seeds: list[int]) -> dict:
-    """The accuracy fields of PruneMetrics from per-review 0/1 outcomes: the dense and pruned models, and
-    the baseline variants by name (random-<seed>[-uncompensated], uncompensated)."""
+    """The accuracy fields of PruneMetrics from per-review 0/1 outcomes: the dense and pruned models (same
+    reviews), and the baseline variants by name (random-<seed>[-uncompensated], uncompensated), on the first
+    of those reviews."""
     if not seeds:
         raise ValueError("no random-<seed> variant among the baselines; rerun evaluate_pruned")
     out = {}
     out.update(accuracy_interval(dense).to_dict("accuracy_dense"))
     out.update(accuracy_interval(pruned).to_dict("accuracy"))
     out.update(paired_difference(pruned, dense).to_dict("gap_dense"))
+    pruned = pruned[:len(variants[f"random-{seeds[0]}"])]  # the baselines' reviews
     rand = np.stack([variants[f"random-{s}"] for s in seeds])
     out["accuracy_random"] = [float(r.mean()) for r in rand]
     out["accuracy_random_std"] = float(np.std(out["accuracy_random"], ddof=1)) if len(seeds) > 1 else 0.0

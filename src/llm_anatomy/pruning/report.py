@@ -27,7 +27,8 @@ HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy
             "gap_dense_hi", "accuracy_random_mean", "accuracy_random_lo", "accuracy_random_hi", "gap_random",
             "gap_random_lo", "gap_random_hi", "accuracy_random_std",
             "time_dense_s", "time_zeroed_s", "time_removed_s", "speedup_zeroed", "speedup_removed",
-            "params_dense", "params_removed", "model_bytes", "macs_ratio", "alpha", "beta", "test_reviews"]
+            "params_dense", "params_removed", "model_bytes", "macs_ratio", "alpha", "beta", "test_reviews",
+            "baseline_reviews"]
 
 
 def headline(m: dict) -> dict:
@@ -59,6 +60,7 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
                          target_pct=100 * m["search"]["target_fraction"] if m.get("search") else None,
                          target_reached=m["search"]["reached"] if m.get("search") else None,
                          pruned_pct=m["pruned_pct"], test_reviews=m["test_reviews"],
+                         baseline_reviews=m.get("baseline_reviews") or m["test_reviews"],
                          random_seeds=len(m.get("random_seeds") or []),
                          **{k: m.get(k) for k in EVIDENCE},
                          time_dense_s=m["time_dense_s"], time_zeroed_s=m["time_zeroed_s"],
@@ -100,7 +102,7 @@ def _outcomes(target_dir: Path, variant: str | None = None, split: str = "test")
 
 def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | Path]) -> pd.DataFrame:
     """Every pair of curve points of one model at the same target percentage (e.g. flap-50 vs sweep-50),
-    paired on the same test reviews; a compensated method is also compared without its compensation,
+    paired on the first test reviews both read; a compensated method is also compared without its compensation,
     so the choice of neurons alone is set against the other method's. The verdicts follow p-values
     adjusted over the model's comparisons (FAMILIES["comparisons"])."""
     rows = []
@@ -115,8 +117,10 @@ def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | 
         readings = [(a["target"], _outcomes(dir_a))]
         if _compensated(a):
             readings.append((f"{a['target']} uncompensated", _outcomes(dir_a, "uncompensated")))
-        out_b = _outcomes(dir_b)
+        all_b = _outcomes(dir_b)
         for name, out_a in readings:
+            n = min(len(out_a), len(all_b))  # a headline point reads more reviews: pair on the first both read
+            out_a, out_b = out_a[:n], all_b[:n]
             d = paired_difference(out_a, out_b)
             rows.append(dict(model=a["model"], target_pct=100 * pct_a, a=name, b=b["target"],
                              pruned_pct_a=a["pruned_pct"], pruned_pct_b=b["pruned_pct"],
@@ -184,6 +188,16 @@ def write_text(path, text: str) -> None:
 def _by_model(runs):
     models = sorted({m["model"] for m in runs})
     return models, {mod: [m for m in runs if m["model"] == mod] for mod in models}
+
+
+def _dense_run(rs: list[dict]) -> dict:
+    """The run whose dense accuracy read the most reviews (the headline points read more than the others)."""
+    return max(rs, key=lambda m: m["test_reviews"])
+
+
+def _reviews_label(rs: list[dict]) -> str:
+    lo, hi = min(m["test_reviews"] for m in rs), max(m["test_reviews"] for m in rs)
+    return f"{hi:,}" if lo == hi else f"{lo:,}-{hi:,}"
 
 
 def _save(fig, path):
@@ -264,10 +278,10 @@ def plot_accuracy(runs: list[dict], path) -> None:
                         capsize=2)
         if named:
             ax.plot([], [], "D", color="C2", label="Figure-5a configs (random: red triangles)")
-        d = rs[0]
+        d = _dense_run(rs)
         ax.axhline(d["accuracy_dense"], ls="--", color="grey", label="dense")
         ax.axhspan(d["accuracy_dense_lo"], d["accuracy_dense_hi"], color="grey", alpha=0.1, lw=0)
-        ax.set(title=f"{mod}: accuracy on {d['test_reviews']} test reviews (95% intervals)",
+        ax.set(title=f"{mod}: accuracy on {_reviews_label(rs)} test reviews (95% intervals)",
                xlabel="% FFN neurons pruned", ylabel="test accuracy")
         ax.legend(fontsize=7, loc="lower left")
     _save(fig, path)
@@ -385,10 +399,10 @@ def plot_pareto(runs: list[dict], path) -> None:
         for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
             pts = [(m[key], m["accuracy"]) for m in rs]
             _frontier_line(ax, [p for i, p in enumerate(pts) if not _dominated(pts, i)], "k")
-            d = rs[0]
+            d = _dense_run(rs)
             ax.axhline(d["accuracy_dense"], ls="--", color="grey", label="dense")
             ax.axhspan(d["accuracy_dense_lo"], d["accuracy_dense_hi"], color="grey", alpha=0.1, lw=0)
-        row[0].set(title=f"{mod}: test accuracy ({rs[0]['test_reviews']} reviews) vs sparsity",
+        row[0].set(title=f"{mod}: test accuracy ({_reviews_label(rs)} reviews) vs sparsity",
                    xlabel="% FFN neurons removed", ylabel="test accuracy")
         row[1].set(title=f"{mod}: test accuracy vs measured speedup ({rs[0]['machine']['cpu']})",
                    xlabel="speedup of the physically pruned model (median of alternating runs)")

@@ -61,7 +61,8 @@ def method_of(curve: str) -> tuple[str, str, str] | None:
 class Sizing:
     """How one target is evaluated and timed (from `profiles.<p>.pruning`)."""
 
-    test_limit: int          # accuracy on the first N test reviews
+    test_limit: int          # accuracy on the first N test reviews (the dense model: every target's largest)
+    baseline_limit: int      # the baselines (random seeds, uncompensated) on the first N of those
     time_limit: int          # timing on the first N of those
     batch_size: int
     repeats: int             # alternating timed passes per variant
@@ -170,17 +171,22 @@ class PruneTargets:
         return cfg["rule"] == "flap" and bool(cfg.get("bias_compensation"))
 
     def sizing(self, model: str, name: str | None = None) -> Sizing:
-        """Evaluation and timing sizes; curve points may time fewer reviews (`sweep_time_limit`)."""
+        """Evaluation and timing sizes; curve points may time fewer reviews (`sweep_time_limit`). The FLAP and
+        method points are evaluated on the first `headline_limit` test reviews and their baselines on the
+        first `test_limit`; without a name, the sizes of the model's dense evaluation (the largest)."""
         tree = self.sizing_tree
         kind = tree[self.kinds[model]]
         time_limit = kind.get("time_limit", kind["test_limit"])
-        curve_point = name is not None and curve_of(name)[0] != "named"
+        curve = curve_of(name)[0] if name is not None else None
+        curve_point = curve is not None and curve != "named"
         if curve_point:
             time_limit = kind.get("sweep_time_limit", time_limit)
         seeds = kind["random_seeds"]
-        if name is not None and method_of(curve_of(name)[0]):
+        if curve is not None and method_of(curve):
             seeds = kind["methods"]["random_seeds"]
-        return Sizing(test_limit=kind["test_limit"], time_limit=time_limit,
+        headline = curve is None or curve == "flap" or method_of(curve) is not None
+        return Sizing(test_limit=kind.get("headline_limit", kind["test_limit"]) if headline else kind["test_limit"],
+                      baseline_limit=kind["test_limit"], time_limit=time_limit,
                       batch_size=tree["batch_size"], repeats=tree["repeats"],
                       time_zeroed=tree["time_zeroed"] == "all" or not curve_point, random_seeds=seeds,
                       equality_check_reviews=kind["equality_check_reviews"],
