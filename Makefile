@@ -33,7 +33,7 @@ endif
 run: setup
 	$(BIN)/snakemake --cores $(CORES)
 
-# The order of docs/CONVENTIONS.md: lint and format, the workflow's lint, then the tests (dry runs of
+# The order of ../shared/docs/CONVENTIONS.md: lint and format, the workflow's lint, then the tests (dry runs of
 # every profile and a real run of the tiny one among them), then DVC's view of the pipeline (a dry
 # `dvc repro` needs the data split, which a fresh clone has not made yet).
 lint: setup

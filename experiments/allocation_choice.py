@@ -1,4 +1,4 @@
-"""Validation-split evidence for the searched allocation (docs/PRUNING.md, "Choices"): the layer sensitivity
+"""Validation-split evidence for the searched allocation (docs/EVIDENCE.md, "Choices"): the layer sensitivity
 measured on the first S validation reviews in two ways, then uniform vs searched allocation with refit
 compensation, each evaluated on held-out validation reviews (disjoint from the search), as JSON lines.
 

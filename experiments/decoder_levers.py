@@ -1,4 +1,4 @@
-"""Validation-split evidence for issue 26 (docs/PRUNING.md, "Choices"): retraining-free levers of the refit
+"""Validation-split evidence for issue 26 (docs/EVIDENCE.md, "Choices"): retraining-free levers of the refit
 method, each variant against the first one (today's method) on the same reviews, printed as JSON lines.
 
     python experiments/decoder_levers.py MODEL PCTS EVAL VARIANT [VARIANT ...]

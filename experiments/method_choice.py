@@ -1,4 +1,4 @@
-"""Validation-split evidence behind the offline methods (docs/PRUNING.md, "Choices"): criteria x
+"""Validation-split evidence behind the offline methods (docs/EVIDENCE.md, "Choices"): criteria x
 compensation x allocation at given sparsities, each pruned model's accuracy on the first N validation
 reviews, printed as JSON lines.
 

@@ -1,5 +1,5 @@
 """The harness shared by the experiments that refit pruned models in different ways and compare them on held-out
-reviews (`readout_ridge.py`, `sequential_obs.py`, `decoder_levers.py`; docs/PRUNING.md, "Choices").
+reviews (`readout_ridge.py`, `sequential_obs.py`, `decoder_levers.py`; docs/EVIDENCE.md, "Choices").
 
 `Scorer` holds the dense model's logits on the evaluation reviews and turns a pruned model's logits into one
 JSON-ready row: accuracy and mean cross-entropy against dense, the mean squared difference of the logit margin

@@ -1,4 +1,4 @@
-"""Validation-split evidence for `pruning.methods.readout_ridge` (docs/PRUNING.md, "Choices"): the offline
+"""Validation-split evidence for `pruning.methods.readout_ridge` (docs/EVIDENCE.md, "Choices"): the offline
 run's plans of one method curve, compensated by `refit` with several relative ridges for the last layer (the
 one fitted on the read token alone) and the pipeline's `ridge` below, each scored on validation reviews
 against the dense model, as JSON lines.

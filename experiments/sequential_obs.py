@@ -1,4 +1,4 @@
-"""Validation-split evidence against choosing the pruned neurons on the compensated student (docs/PRUNING.md,
+"""Validation-split evidence against choosing the pruned neurons on the compensated student (docs/EVIDENCE.md,
 "Choices"; not adopted). The pipeline fixes every layer's pruned set in the plan, from the dense model's
 statistics, and then fits the compensation layer by layer. Here each layer's set is chosen during that
 pass instead: with the layers below already pruned and refitted, the greedy optimal-brain-surgeon order
