@@ -130,7 +130,7 @@ class PruneTargets:
                               f"neurons pruned, strictly between 0 and 100); e.g. {curve}-50")
         if curve == "named" and name not in self.pruning["configs"]:
             names = self.names(model)
-            close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
             listed = ", ".join(names[:40]) + (f" ... ({len(names) - 40} more)" if len(names) > 40 else "")
             curves = "sweep, " + ("sweep-prenorm, sweep-gain, " if self.kinds[model] == "decoder" else "") + "flap"
             raise TargetError(
@@ -272,7 +272,7 @@ class PruneTargets:
     def config_metrics_inputs(self, name: str) -> list[str]:
         """The per-model metrics a named configuration's DVC metrics file gathers."""
         if name not in self.pruning["configs"]:
-            close = difflib.get_close_matches(name, self.named, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, self.named, n=1, cutoff=0.8)
             raise TargetError(f"{name!r} is not a configuration under pruning.configs"
                               + (f" (did you mean {close[0]!r}?)" if close else "")
                               + f"; the DVC metrics files are metrics/prune/<name>.json for {self.named}")
