@@ -1,9 +1,21 @@
 # llm-anatomy: fine-tune -> extract -> score -> prune -> report.
 # Run: snakemake --cores all            (the `offline` profile of params.yaml)
 #      snakemake --cores all --config profile=tiny
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("8.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package works from a clone even before `pip install -e .`
+from llm_anatomy.config import exit_on_params_error, load_params
+
+# A YAML mistake in params.yaml stops the run here with its line and column; Snakemake's own loader
+# (`configfile:`) names neither. A missing file is left to `configfile:`, which says so.
+if Path("params.yaml").exists():
+    with exit_on_params_error():
+        load_params("params.yaml")
 
 
 configfile: "params.yaml"

@@ -1,6 +1,7 @@
 """The command-line tool: help, clear errors, and the whole chain on a tiny model, whose pruned folder
 loads with the documented call and computes what the plan it carries says."""
 import json
+import os
 import subprocess
 import sys
 
@@ -26,6 +27,24 @@ def test_a_bad_model_folder_and_a_bad_file_are_named(tmp_path, capsys):
     assert main(["finetune", "tiny:bert", "--tokenizer", "embedded:minilm", "--train", str(tmp_path / "none.parquet"),
                  "--val", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "m")]) == 2
     assert "none.parquet: no such file" in capsys.readouterr().err
+
+
+def test_an_unreadable_data_file_is_named_and_left_untouched(tmp_path, capsys):
+    """A file the user names is never moved aside (the pipeline's own intermediates are: their rule rebuilds
+    them); the command stops before loading the model, naming the file and what it must be."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "classifier.json").write_text("{}")  # enough to pass the folder check: the data is read first
+    data = tmp_path / "reviews.parquet"
+    data.write_bytes(b"not a parquet file")
+    os.utime(data, (1_700_000_000, 1_700_000_000))
+    before = (data.read_bytes(), data.stat().st_mtime_ns)
+    assert main(["evaluate", str(model), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data} cannot be read (ArrowInvalid" in err and "the file is left as it is" in err
+    assert "`text` and `label` columns" in err and "Rerun Snakemake" not in err and "moved" not in err
+    assert (data.read_bytes(), data.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reviews.parquet"]
 
 
 def test_pull_outside_a_clone_names_the_folder_and_the_fix(tmp_path, capsys):

@@ -182,3 +182,54 @@ def test_params_yaml_has_no_anchors_or_merge_keys():
     text = (ROOT / "params.yaml").read_text()
     anchored = [e for e in yaml.parse(text) if getattr(e, "anchor", None)]
     assert not anchored and "<<:" not in text
+
+
+def test_average_over_must_be_an_input_set_of_the_layer_scores(params):
+    """`pruning.average_over` is read only when the plans are made, after fine-tune, extract and score;
+    a value no layer_scores.parquet holds stops validation instead."""
+    import pandas as pd
+
+    from llm_anatomy.probes import INPUT_SETS, anatomy_inputs
+    reviews = pd.DataFrame({"text": ["a", "b"], "label": [0, 1]})
+    probes = pd.DataFrame({"input_id": [0], "subtask": ["s"], "variant": ["v"], "text": ["p"]})
+    # the valid values are exactly the input sets the extraction writes (and scores.py carries over)
+    assert sorted(set(anatomy_inputs(probes, reviews, reviews)["input_set"])) == sorted(INPUT_SETS)
+    msg = _bad(params, lambda p: p["pruning"].update(average_over="probes"))
+    assert "pruning.average_over: 'probes' is not an input_set" in msg
+    assert "['probe', 'calibration', 'validation']" in msg and "did you mean 'probe'?" in msg
+    for good in INPUT_SETS:
+        p = copy.deepcopy(params)
+        p["pruning"]["average_over"] = good
+        validate(p, SCHEMA, ROOT)
+
+
+def test_a_misspelled_curve_is_named_with_the_part_that_is_wrong(params):
+    """The schema used to reject it first with a generic "not valid under any of the given schemas"."""
+    def edit(p):
+        p["profiles"]["offline"]["pruning"]["encoder"]["methods"]["curves"] = ["fluctuation-searchd-refit"]
+    msg = _bad(params, edit)
+    assert msg.startswith("profiles.offline.pruning.encoder.methods.curves: 'fluctuation-searchd-refit' is not "
+                          "<criterion>-<allocation>-<compensation>: allocation 'searchd' is unknown (did you mean "
+                          "'searched'?)")
+    assert "allocations ['uniform', 'global', 'searched']" in msg and "'fluctuation'" in msg and "'refit'" in msg
+    assert "not valid under any of the given schemas" not in msg
+
+    def two_parts(p):
+        p["profiles"]["offline"]["pruning"]["encoder"]["methods"]["curves"] = ["wanda-sp-unifrm-refitt"]
+    msg = _bad(params, two_parts)
+    assert "allocation 'unifrm' is unknown (did you mean 'uniform'?); compensation 'refitt' is unknown" in msg
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    """Snakemake's loader says only "not valid JSON or YAML"; the Snakefile reads params.yaml first."""
+    text = (ROOT / "params.yaml").read_text()
+    lines = text.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("  threshold: 0.35"))
+    lines[row] = lines[row].replace("threshold: 0.35", "threshold: [0.35", 1)  # an unclosed bracket
+    bad = tmp_path / "params.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(bad)
+    # the flow sequence opened on `row` (1-based row + 1) meets the next key on the line after
+    assert str(err.value).startswith(f"{bad}, line {row + 2}, column 3: expected ',' or ']'")
+    assert f"while parsing a flow sequence at line {row + 1}" in str(err.value)

@@ -210,3 +210,29 @@ def test_the_cost_of_a_point_comes_from_its_benchmark_files(tmp_path):
     (tmp_path / "bad.tsv").write_text("nothing here\n")
     with pytest.raises(ValueError, match="bad.tsv is not a Snakemake benchmark file"):
         cost_fields(dict(plan=tmp_path / "bad.tsv"))
+
+
+def test_a_requested_target_name_is_checked_with_the_valid_names():
+    """What `snakemake results/<p>/<model>/prune/<target>/...` checks before any job (PruneTargets.check_name,
+    called by the plan's input function): a percentage in 1..99 and a name the model can have."""
+    from llm_anatomy.pruning.targets import TargetError
+    t = targets_for("offline")
+    for ok in ["flap-50", "flap-1", "flap-99", "sweep-42", "enc-a0.05-b0.01", "wanda-sp-global-rescale-35"]:
+        t.check_name("minilm", ok)  # any point of a curve, not only the profile's
+    t.check_name("smollm2", "sweep-gain-50")
+    with pytest.raises(TargetError, match=r"flap-150: 150% is outside the valid range 1\.\.99"):
+        t.check_name("minilm", "flap-150")
+    with pytest.raises(TargetError, match=r"flap-0: 0% is outside the valid range 1\.\.99"):
+        t.check_name("minilm", "flap-0")
+    with pytest.raises(TargetError) as err:
+        t.check_name("minilm", "flapp-50")
+    msg = str(err.value)
+    assert msg.startswith("'flapp-50' is not a prune target of minilm (did you mean 'flap-50'?). Its targets in "
+                          "profile offline: enc-a0.01-b0.001, ")
+    assert ", ".join(t.names("minilm")) in msg and "sweep-prenorm" not in msg  # an encoder's curves only
+    with pytest.raises(TargetError, match="is for encoder models; smollm2 is a decoder"):
+        t.check_name("smollm2", "enc-a0.05-b0.01")
+    with pytest.raises(TargetError, match="decoder scorings apply to decoders only"):
+        t.check_name("minilm", "sweep-gain-50")
+    with pytest.raises(TargetError, match=r"'enc-a0\.5' is not a configuration under pruning\.configs"):
+        t.config_metrics_inputs("enc-a0.5")

@@ -30,9 +30,42 @@ def test_dry_run(tmp_path, profile):
 
 
 def test_bad_params_stop_before_any_job(tmp_path):
+    """...as one message: Snakemake follows an exception raised while the workflow loads with traceback
+    lines, which buried the one line that matters (config.exit_on_params_error)."""
     out = snakemake(tmp_path, "-n", "--config", "profile=nonexistent")
     assert out.returncode != 0
-    assert "profile: 'nonexistent' is not defined" in out.stderr + out.stdout
+    assert out.stderr.strip().splitlines()[-1] == ("ParamsError: profile: 'nonexistent' is not defined; choose one of "
+                                                   "['offline', 'paper', 'tiny'] (e.g. --config profile=tiny)")
+    assert "Traceback" not in out.stderr and 'File "' not in out.stderr and "Job stats" not in out.stdout
+
+
+def test_a_yaml_syntax_error_in_params_yaml_names_its_line_before_snakemake_loads_it(tmp_path):
+    """The workflow's own params.yaml (not --configfile, whose errors Snakemake reports before the Snakefile)."""
+    (tmp_path / "params.yaml").write_text("profile: tiny\ndata:\n  source: [mirror\n  mirror_dir: x\n")
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                          str(tmp_path), "-n"], capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "ParamsError: params.yaml, line 4, column 13: expected ',' or ']', but got ':' (while parsing a flow "
+        "sequence at line 3)")
+    assert "not valid JSON or YAML" not in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("target, message", [
+    ("results/tiny/tiny-bert/prune/flap-150/metrics.json", "flap-150: 150% is outside the valid range 1..99"),
+    ("results/tiny/tiny-bert/prune/flapp-50/metrics.json",
+     "'flapp-50' is not a prune target of tiny-bert (did you mean 'flap-50'?). Its targets in profile tiny: "
+     "enc-a0.01-b0.001, enc-a0.025-b0.001, enc-a0.05-b0.001, enc-a0.05-b0.005, enc-a0.05-b0.01, sweep-25, "
+     "sweep-50, sweep-75, flap-50, fisher-searched-refit-50."),
+    ("results/tiny/pruned/tiny-llama/flapp-50", "'flapp-50' is not a prune target of tiny-llama"),
+])
+def test_a_bad_target_stops_the_plan_with_the_valid_names(tmp_path, target, message):
+    """A percentage outside (0, 100) used to plan seven jobs and fail at the plan; a misspelt name gave
+    "No rule to produce" (and in Snakemake 9 an AttributeError) with no list of names."""
+    out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "--", target)
+    assert out.returncode != 0
+    said = out.stdout + out.stderr  # Snakemake logs the error to stdout when it is not a terminal
+    assert message in said and "Job stats" not in said  # no job planned
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -195,6 +228,39 @@ def test_nested_config_overrides_are_read_as_yaml(tmp_path):
     assert good.returncode == 0, good.stderr[-3000:]
     bad = snakemake(tmp_path, "-n", "--config", "profile=tiny", "anatomy={threshold: 1.5}")
     assert bad.returncode != 0 and "anatomy.threshold: 1.5 is greater than the maximum of 1" in bad.stderr + bad.stdout
+
+
+def test_dvc_stages_chain_data_finetune_anatomy_prune_results():
+    """`dvc dag`: each stage depends on the one before it (through the copy of its Snakemake target under
+    logs/<profile>/dvc/), not every stage on `data` alone."""
+    dag = subprocess.run([sys.executable, "-m", "dvc", "dag", "--dot"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert dag.returncode == 0, dag.stderr[-3000:]
+    edges = {tuple(n.strip().strip('";') for n in line.split("->")) for line in dag.stdout.splitlines() if "->" in line}
+    upstream = {}
+    for a, b in edges:
+        upstream.setdefault(b, set()).add(a)
+    prune = {s for s in upstream if s.startswith("prune@")}
+    assert len(prune) == 12
+    assert upstream["finetune"] == {"data"} and upstream["anatomy"] == {"data", "finetune"}
+    assert all(upstream[s] == {"data", "anatomy"} for s in prune)
+    assert upstream["results"] == {"data"} | prune
+
+
+def test_dvc_stages_find_the_venvs_snakemake_without_activation():
+    """The README runs `.venv/bin/dvc exp run`, which leaves .venv/bin off PATH; each stage's command puts it
+    first, so its `snakemake` resolves with nothing on PATH but the system's."""
+    import yaml
+    if not (ROOT / ".venv/bin/snakemake").exists():
+        pytest.skip("no .venv here (make run / make test create it)")
+    prefix = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][0]["snakemake"]
+    assert prefix.endswith(" snakemake --cores all")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert all(stage["cmd"].startswith("${snakemake}") for stage in stages.values())
+    run = subprocess.run(["sh", "-c", prefix.replace(" --cores all", " --version")], cwd=ROOT,
+                         env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip()[:1].isdigit(), run.stderr[-2000:]
 
 
 # (target to rebuild, outputs removed first, a file that exists only once the job is under way)

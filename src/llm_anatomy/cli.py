@@ -43,9 +43,13 @@ def _classifier_dir(path: str) -> Path:
 
 def _split(path: str):
     from .data import read_split
+    from .io import UnreadableFile
     if not Path(path).exists():
         raise CliError(f"{path}: no such file; give a Parquet table with `text` and `label` columns")
-    return read_split(path)
+    try:
+        return read_split(path)
+    except UnreadableFile as err:
+        raise CliError(f"{err}: a Parquet table with `text` and `label` columns") from None
 
 
 def _default_probes() -> str:
@@ -287,10 +291,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from .io import user_files
     try:
         from .logs import setup_logging
         setup_logging()
-        result = args.run(args)
+        with user_files():  # every file a command reads was named by the user: never moved aside
+            result = args.run(args)
     except (CliError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"llm-anatomy {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from contextlib import contextmanager
 from pathlib import Path
 
 import jsonschema
@@ -14,7 +15,26 @@ class ParamsError(ValueError):
 
 
 def load_params(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    """params.yaml as a dict; a YAML syntax error names the file, line and column (Snakemake's own
+    loader says only that the file is not valid YAML)."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        context = f" ({err.context} at line {err.context_mark.line + 1})" if err.context and err.context_mark else ""
+        raise ParamsError(f"{where}: {err.problem}{context}; fix the YAML there (an unclosed bracket or quote, "
+                          "or a tab in the indentation, are the usual causes)") from None
+
+
+@contextmanager
+def exit_on_params_error():
+    """In the Snakefile: a ParamsError ends the run with its message alone. Snakemake prints an exception
+    raised while the workflow loads followed by traceback lines, which bury the one line that matters."""
+    try:
+        yield
+    except ParamsError as err:
+        raise SystemExit(f"ParamsError: {err}") from None
 
 
 def _key(path) -> str:
@@ -53,6 +73,22 @@ def _unknown_keys(err) -> list[str]:
     return lines
 
 
+def _unknown(kind: str, value: str, choices) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return f"{kind} {value!r} is unknown" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _curve_parts(curve: str, criteria, allocations, compensations) -> list[str]:
+    """What is wrong in a curve name: each part that names no criterion, allocation or compensation.
+    Criteria may hold hyphens (wanda-sp); allocations and compensations hold none."""
+    head, _, compensation = curve.rpartition("-")
+    criterion, _, allocation = head.rpartition("-")
+    problems = [_unknown(k, v, c) for k, v, c in (("criterion", criterion, criteria),
+                                                  ("allocation", allocation, allocations),
+                                                  ("compensation", compensation, compensations)) if v not in c]
+    return problems or ["three parts are needed"]
+
+
 def _check_method_curves(curves, key: str) -> None:
     if curves == "all":
         return
@@ -61,10 +97,11 @@ def _check_method_curves(curves, key: str) -> None:
     from .pruning.allocation import ALLOCATIONS
     from .pruning.targets import method_of
     for curve in curves:
-        if method_of(curve) is None:
-            raise ParamsError(f"{key}: {curve!r} is not <criterion>-<allocation>-<compensation>; criteria "
-                              f"{sorted(CRITERIA)}, allocations {list(ALLOCATIONS)}, compensations {list(METHODS)} "
-                              "(e.g. fluctuation-uniform-refit)")
+        if not isinstance(curve, str) or method_of(curve) is None:
+            problems = "; ".join(_curve_parts(str(curve), CRITERIA, ALLOCATIONS, METHODS))
+            raise ParamsError(f"{key}: {curve!r} is not <criterion>-<allocation>-<compensation>: {problems}. "
+                              f"Criteria {sorted(CRITERIA)}, allocations {list(ALLOCATIONS)}, compensations "
+                              f"{list(METHODS)} (e.g. fluctuation-uniform-refit), or `curves: all` for every one")
 
 
 def _method_allocation(curve: str) -> str:
@@ -194,6 +231,12 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
         return
     from .pruning.rules import RuleError, resolve_focusing
 
+    from .probes import INPUT_SETS
+    if pruning["average_over"] not in INPUT_SETS:
+        close = difflib.get_close_matches(str(pruning["average_over"]), INPUT_SETS, n=1, cutoff=0.6)
+        raise ParamsError(f"pruning.average_over: {pruning['average_over']!r} is not an input_set of "
+                          f"layer_scores.parquet; choose one of {list(INPUT_SETS)}"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""))
     configs = pruning["configs"]
     for kind, ref in pruning.get("sweep", {}).items():
         if kind not in ("encoder", "decoder"):

@@ -1,5 +1,6 @@
 """Atomic writers: every artifact appears complete or not at all. Readers of cached intermediates:
-a file that exists but cannot be read is moved aside and named, so the next run rebuilds it."""
+a file that exists but cannot be read is moved aside and named, so the next run rebuilds it; a file the
+user named (`user_files`, the command line) is named and left as it is."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +89,29 @@ def parquet_info(path: str | Path) -> dict:
 
 
 class UnreadableFile(RuntimeError):
-    """A cached intermediate that exists but cannot be read (a kill mid-copy, a full disk, a foreign file)."""
+    """A file that exists but cannot be read (a kill mid-copy, a full disk, a foreign file)."""
+
+
+# Moving an unreadable file aside is right for the pipeline's own intermediates, which the rule that
+# writes them rebuilds; a file the user named is theirs, so it is reported and never moved (`user_files`).
+_MOVE_ASIDE = ContextVar("move_aside", default=True)
+
+
+@contextmanager
+def user_files():
+    """Within it, every file read is the user's: an unreadable one is named and left untouched."""
+    token = _MOVE_ASIDE.set(False)
+    try:
+        yield
+    finally:
+        _MOVE_ASIDE.reset(token)
 
 
 def read_back(path: str | Path, reader: Callable):
     """`reader(path)`, except that an unreadable file is moved to `<name>.unreadable-<time>` (kept for
     inspection, not deleted) and reported by name: with the file gone, rerunning Snakemake runs the
-    rule that writes it again. A missing file is the caller's error as before (FileNotFoundError)."""
+    rule that writes it again. Inside `user_files()` it is reported and left where it is. A missing file
+    is the caller's error as before (FileNotFoundError)."""
     path = Path(path)
     try:
         return reader(path)
@@ -102,9 +120,13 @@ def read_back(path: str | Path, reader: Callable):
     except Exception as err:  # noqa: BLE001 (Arrow, JSON and OS errors alike mean "cannot be read")
         if not path.is_file():
             raise
+        why = f"{type(err).__name__}: {str(err)[:200]}"
+        if not _MOVE_ASIDE.get():
+            raise UnreadableFile(f"{path} cannot be read ({why}); the file is left as it is. Give a complete, "
+                                 "readable copy of it") from None
         aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(path, aside)
-        raise UnreadableFile(f"{path} cannot be read ({type(err).__name__}: {str(err)[:200]}); moved it to {aside}. "
+        raise UnreadableFile(f"{path} cannot be read ({why}); moved it to {aside}. "
                              "Rerun Snakemake: the file is now missing, so the rule that writes it runs again.") from None
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 PROBE_COLUMNS = ["input_id", "subtask", "variant", "text"]
 INPUT_COLUMNS = ["input_set", "input_id", "subtask", "variant", "label", "text"]
+INPUT_SETS = ("probe", "calibration", "validation")  # every input_set of the extraction's tables
 
 
 class ProbeError(ValueError):
@@ -66,8 +67,8 @@ def sample_reviews(split: pd.DataFrame, n: int, seed: int, where: str) -> pd.Dat
 
 def anatomy_inputs(probes: pd.DataFrame, calibration: pd.DataFrame, validation: pd.DataFrame) -> pd.DataFrame:
     """One table of every input the extraction runs on, in the order of INPUT_COLUMNS."""
-    parts = [probes.assign(input_set="probe", label=-1)]
-    for name, df in (("calibration", calibration), ("validation", validation)):
+    parts = [probes.assign(input_set=INPUT_SETS[0], label=-1)]
+    for name, df in zip(INPUT_SETS[1:], (calibration, validation)):
         parts.append(pd.DataFrame({"input_set": name, "input_id": np.arange(len(df), dtype=np.int64),
                                    "subtask": "", "variant": "", "label": df["label"].to_numpy(np.int64),
                                    "text": df["text"].to_numpy()}))

@@ -1,19 +1,18 @@
 # Shared helpers: params validation (before any compute), the active profile, output layout, targets.
 import re
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(workflow.basedir)
-sys.path.insert(0, str(ROOT / "src"))  # the package works from a clone even before `pip install -e .`
+ROOT = Path(workflow.basedir)  # the Snakefile's folder, which also put ROOT/src on sys.path
 
 from llm_anatomy.provenance import code_digest
-from llm_anatomy.config import resolve_path, retype_overrides, validate
+from llm_anatomy.config import exit_on_params_error, resolve_path, retype_overrides, validate
 from llm_anatomy.pruning.criteria import CRITERIA
-from llm_anatomy.pruning.targets import CURVE_PATTERN as TARGETS_CURVE_PATTERN, PruneTargets
+from llm_anatomy.pruning.targets import PruneTargets
 
-retype_overrides(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None) or {})
-PROFILE = validate(config, ROOT / "workflow/schemas/params.schema.yaml", ROOT)  # fills schema defaults
+with exit_on_params_error():  # a bad value ends the run with its message, before any job
+    retype_overrides(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None) or {})
+    PROFILE = validate(config, ROOT / "workflow/schemas/params.schema.yaml", ROOT)  # fills schema defaults
 PROFILE_NAME = config["profile"]
 MODELS = list(PROFILE["models"])
 SPLITS = ["train", "val", "test"]

@@ -17,8 +17,10 @@ PRUNE_DIR = TARGETS.target_dir("{model}", "{target}")
 PRUNED_DIR = TARGETS.pruned_dir("{model}", "{target}")
 
 
+# Any folder name matches `target`: a name that is no target of the model then stops the DAG in an input
+# function (PruneTargets.check_name) with the valid names, where a narrower pattern gave "No rule to produce".
 wildcard_constraints:
-    target="|".join([re.escape(c) for c in TARGETS.named] + [TARGETS_CURVE_PATTERN]),
+    target="[^/]+",
     criterion="|".join(re.escape(c) for c in CRITERIA),
 
 

@@ -15,6 +15,7 @@ Everything here reads the validated params (schema defaults already filled in, s
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from dataclasses import dataclass
@@ -35,7 +36,13 @@ METHOD_PATTERN = rf"(?:{_alternatives(CRITERIA)})-(?:{_alternatives(ALLOCATIONS)
 ALL_METHODS = [f"{c}-{a}-{m}" for c, a, m in itertools.product(CRITERIA, ALLOCATIONS, COMPENSATIONS)
                if not (c == "obs" and a == "global")]
 CURVE_ORDER = {"named": 0, "sweep": 1, "sweep-prenorm": 2, "sweep-gain": 3, "flap": 4}
-CURVE_PATTERN = rf"(?:sweep|sweep-prenorm|sweep-gain|flap|{METHOD_PATTERN})-\d+"
+
+
+class TargetError(ValueError):
+    """A requested target that the model does not have; the message names the valid ones."""
+
+
+PERCENT_RANGE = range(1, 100)  # a curve point's percentage of FFN neurons pruned: strictly between 0 and 100
 
 
 def curve_of(name: str) -> tuple[str, int | None]:
@@ -112,6 +119,30 @@ class PruneTargets:
     def pairs(self) -> list[tuple[str, str]]:
         """Every (model, target) of the profile."""
         return [(m, t) for m in self.models for t in self.names(m)]
+
+    def check_name(self, model: str, name: str) -> None:
+        """A TargetError unless `name` is a target `model` can have: a named configuration of its rule,
+        or a point <curve>-<pct> of one of its curves with pct in 1..99 (the profile's lists need not hold
+        it: any such point can be asked for). Called by the input functions, so a bad name given to
+        `snakemake` stops the DAG before any job, with the valid names."""
+        curve, pct = curve_of(name)
+        if pct is not None and pct not in PERCENT_RANGE:
+            raise TargetError(f"{name}: {pct}% is outside the valid range 1..99 (a whole percentage of FFN "
+                              f"neurons pruned, strictly between 0 and 100); e.g. {curve}-50")
+        if curve == "named" and name not in self.pruning["configs"]:
+            names = self.names(model)
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+            listed = ", ".join(names[:40]) + (f" ... ({len(names) - 40} more)" if len(names) > 40 else "")
+            curves = "sweep, " + ("sweep-prenorm, sweep-gain, " if self.kinds[model] == "decoder" else "") + "flap"
+            raise TargetError(
+                f"{name!r} is not a prune target of {model}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f". Its targets in profile {self.config['profile']}: {listed}. Besides these, any point "
+                f"<curve>-<pct> with pct in 1..99 of the curves {curves} or <criterion>-<allocation>-<compensation> "
+                "(docs/PRUNING.md), e.g. flap-50")
+        try:
+            self.rule_config(model, name)  # a configuration of the other rule; a scoring encoders lack
+        except ValueError as err:
+            raise TargetError(str(err)) from None
 
     def models_for(self, name: str) -> list[str]:
         """Models of the profile that a named configuration applies to (none: the name has no target here)."""
@@ -205,6 +236,7 @@ class PruneTargets:
     def plan_inputs(self, model: str, target: str) -> dict[str, str]:
         """Scores for every plan; the calibration statistics for FLAP and the methods, what a method's
         criterion measures besides, and the validation sensitivity for a searched allocation."""
+        self.check_name(model, target)  # every target's files are built from its plan: one check covers them
         r = f"{self.results}/{model}"
         inputs = dict(layer_scores=f"{r}/layer_scores.parquet", neuron_scores=f"{r}/neuron_scores.parquet")
         if self.needs_ffn_stats(target):
@@ -245,6 +277,11 @@ class PruneTargets:
 
     def config_metrics_inputs(self, name: str) -> list[str]:
         """The per-model metrics a named configuration's DVC metrics file gathers."""
+        if name not in self.pruning["configs"]:
+            close = difflib.get_close_matches(name, self.named, n=1, cutoff=0.8)
+            raise TargetError(f"{name!r} is not a configuration under pruning.configs"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; the DVC metrics files are metrics/prune/<name>.json for {self.named}")
         return [self.metrics_file(m, name) for m in self.models_for(name)]
 
     def all_metrics(self) -> list[str]:
