@@ -29,14 +29,6 @@ KEPT = {"bert": [[0, 2, 3], [1], [0], [0, 1, 2, 3]], "gpt2": [[0, 2, 3], [1], [0
 KV_HEADS = {"bert": [3, 1, 1, 4], "gpt2": [3, 1, 1, 4], "llama": [1, 2, 1, 2]}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same summation order on every run
-    yield
-    torch.set_num_threads(before)
-
-
 def _batch(tokenizer, reviews):
     return pad(tokenizer(reviews)["input_ids"], tokenizer.pad_token_id, "right")
 
