@@ -5,7 +5,7 @@ model is left as it was.
 The models are float64 (the fit keeps a float64 model's dtype): the fit and the independent solves see the same
 forward passes up to float64 rounding in another summation order (the fit's batches of 3 and replayed blocks,
 the checks' one batch), and the tolerances are that rounding carried through each problem's conditioning
-(`_rounding_bound`). In float32 the same rounding, amplified by the last layer's condition number and by the
+(`rounding.rounding_bound`). In float32 the same rounding, amplified by the last layer's condition number and by the
 cancellation in its target (FFN output = dense sum - student residual), moved BERT's solution by up to 1e-4:
 more than any fixed tolerance that still pins the fit down, and dependent on the thread count."""
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, make_tiny
+from rounding import ROUNDING, rounding_bound
 from llm_anatomy.batching import encode, pad
 from llm_anatomy.pruning.refit import fit_compensation
 
@@ -34,24 +35,6 @@ def _sums(model, ids, mask):
     for h in hooks:
         h.remove()
     return [(seen[("y", l)] + seen[("r", l)]).double() for l in range(a.num_layers)], logits
-
-
-# Relative rounding of the values the fit and the checks compute in different orders: a thousand float64 ulps
-# covers sums over a few hundred terms carried through four layers (measured: under 10 ulps' worth).
-ROUNDING = 1e3 * np.finfo(np.float64).eps
-
-
-def _rounding_bound(a, b_plus, b_minus, sol, rounding=ROUNDING):
-    """How far rounding alone can move the least-squares solution `sol` of min ||a sol - b||, b = b_plus - b_minus
-    (e.g. the dense sum minus the student's residual, whose cancellation the rounding survives), when every entry
-    of `a`, `b_plus` and `b_minus` changes by `rounding` relative. To first order (Golub & Van Loan, Matrix
-    Computations, Theorem 5.3.1), ||d sol|| <= (||da|| ||sol|| + ||db||) / s_min + ||da|| ||res|| / s_min^2,
-    s_min the smallest singular value of `a`, res the residual: the tolerance for each entry of `sol`."""
-    s_min = np.linalg.svd(a, compute_uv=False)[-1]
-    da = rounding * np.linalg.norm(a)
-    db = rounding * (np.linalg.norm(b_plus) + np.linalg.norm(b_minus))
-    res = np.linalg.norm(a @ sol - (b_plus - b_minus))
-    return (da * np.linalg.norm(sol) + db) / s_min + da * res / s_min ** 2
 
 
 def _half_pruned_fit(arch, tokenizer, seed, **kw):
@@ -118,7 +101,8 @@ def _layer_inputs(student, layer, ids, mask):
 def _weighted_ridge_solve(x, h, r, u, v, ridge):
     """(W, c, tolerance): the fit of y = h - r as a plain weighted least-squares problem, no normal equations:
     rows sqrt(u_t) [x_t 1] -> sqrt(u_t) y_t, plus sqrt(lambda) I -> sqrt(lambda) V_K, lambda = ridge x trace of
-    the weighted centred Gram / |K|; the tolerance is what rounding can change in the solution (`_rounding_bound`)."""
+    the weighted centred Gram / |K|; the tolerance is what rounding can change in the solution
+    (`rounding.rounding_bound`)."""
     xm = u @ x / u.sum()
     xc = (x - xm) * np.sqrt(u)[:, None]
     lam = ridge * np.trace(xc.T @ xc) / x.shape[1]
@@ -126,7 +110,7 @@ def _weighted_ridge_solve(x, h, r, u, v, ridge):
     a = np.block([[x * s, s], [np.sqrt(lam) * np.eye(x.shape[1]), np.zeros((x.shape[1], 1))]])
     b_plus, b_minus = np.vstack([h * s, np.sqrt(lam) * v]), np.vstack([r * s, np.zeros_like(v)])
     sol = np.linalg.lstsq(a, b_plus - b_minus, rcond=None)[0]
-    return sol[:-1], sol[-1], _rounding_bound(a, b_plus, b_minus, sol)
+    return sol[:-1], sol[-1], rounding_bound(a, b_plus, b_minus, sol)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
