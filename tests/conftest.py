@@ -6,9 +6,11 @@ need a tokenizer are skipped with the install command.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +20,35 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = ROOT / "workflow/cluster/local-slurm.sh"
 SHARED = ROOT.parent / "shared"
 ARCHS = ["bert", "gpt2", "llama"]
+# Torch threads for every test (LLM_ANATOMY_TEST_THREADS overrides it, to check that no test depends on it).
+TEST_THREADS = int(os.environ.get("LLM_ANATOMY_TEST_THREADS", "1"))
+
+
+@pytest.fixture(autouse=True)
+def _fixed_torch_settings():
+    """Every test starts from the same torch settings and seeds, whatever ran before it (stages called by
+    tests set threads, e.g. `models.set_threads`): a fixed thread count (float32 sums are ordered by the
+    threads' split), float32 default dtype, highest float32 matmul precision, non-deterministic
+    algorithms allowed as torch's default, and seeded torch / numpy / random generators. Restored after."""
+    saved = (torch.get_num_threads(), torch.get_default_dtype(), torch.get_float32_matmul_precision(),
+             torch.are_deterministic_algorithms_enabled(), torch.random.get_rng_state(), np.random.get_state(),
+             random.getstate())
+    torch.set_num_threads(TEST_THREADS)
+    torch.set_default_dtype(torch.float32)
+    torch.set_float32_matmul_precision("highest")
+    torch.use_deterministic_algorithms(False)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    yield
+    threads, dtype, precision, deterministic, rng, np_rng, py_rng = saved
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    torch.set_float32_matmul_precision(precision)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.random.set_rng_state(rng)
+    np.random.set_state(np_rng)
+    random.setstate(py_rng)
 
 
 @pytest.fixture(scope="session")

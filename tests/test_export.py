@@ -48,14 +48,6 @@ for folder in sys.argv[3:]:
 """
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _folders(arch, tokenizer, tmp_path) -> dict:
     """A dense and a pruned classifier folder (heads and FFN neurons removed, both compensated by a bias
     fold, so Llama saves attention and FFN biases)."""

@@ -8,11 +8,6 @@ from llm_anatomy.linear_probe import (GTOL, Standardiser, fit_probe, layer_probe
                                       stratified_folds)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
-
-
 def _newton(x, y, penalty, iters=100):
     """Newton's method on mean log(1 + exp(-s (x.w + b))) + penalty/2 ||w||^2 in numpy (b unpenalised):
     an independent solve, to machine precision. Returns theta and the Hessian at it."""

@@ -103,8 +103,8 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
                      ridge: float = 1e-2, readout_ridge: float | None = None, token_weights: str = "uniform",
                      readout_context: float = 0.0, head_ridge: float | None = None
                      ) -> tuple[SentimentClassifier, list[dict]]:
-    """(student, per-layer report). The student is a float32 copy of `dense` with the `pruned` neurons
-    zeroed and every layer's kept value vectors and output bias fitted by `method`. The report holds,
+    """(student, per-layer report). The student is a float32 copy of `dense` (float64 if `dense` is) with the
+    `pruned` neurons zeroed and every layer's kept value vectors and output bias fitted by `method`. The report holds,
     per layer, the kept count, the calibration tokens fitted on (every real token; the last layer: the
     token the classifier reads, and the others at weight `readout_context`) and the reconstruction error
     with no compensation, with bias compensation, and with `method` (the fit never exceeds the first two).
@@ -116,8 +116,12 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
         raise ValueError(f"token_weights {token_weights!r} is not one of {TOKEN_WEIGHTS}")
     if readout_context < 0:
         raise ValueError(f"readout_context = {readout_context} must be >= 0 (0: the read token alone)")
-    teacher = copy.deepcopy(dense).float().eval()
-    student = copy.deepcopy(dense).float().eval()
+    # float32 (a half-precision checkpoint is fitted in float32); a float64 model stays float64, so the fit can be
+    # checked against an independent float64 solve at a tolerance set by the problem's conditioning, not by the
+    # float32 rounding of the forward passes, which the solve amplifies (tests/test_pruning_refit.py).
+    dtype = torch.float64 if next(dense.parameters()).dtype == torch.float64 else torch.float32
+    teacher = copy.deepcopy(dense).to(dtype).eval()
+    student = copy.deepcopy(dense).to(dtype).eval()
     adapter, t_adapter = student.adapter, teacher.adapter
     adapter.ensure_ffn_biases()
     t_adapter.ensure_ffn_biases()
