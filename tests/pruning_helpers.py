@@ -89,7 +89,8 @@ def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), t
     baselines = baselines_stage(p["dense"], test, p["plan"], p["random"], p["baselines"], baseline_limit,
                                 batch_size=4, threads=1,
                                 device="cpu", train=train, calibration_reviews=len(train))
-    sizing = Sizing(test_limit=len(test), baseline_limit=baseline_limit or len(test), time_limit=time_limit or len(test), batch_size=4, repeats=3,
+    sizing = Sizing(test_limit=len(test), baseline_limit=baseline_limit or len(test),
+                    time_limit=time_limit or len(test), batch_size=4, repeats=3,
                     time_zeroed=time_zeroed, random_seeds=len(seeds), equality_check_reviews=8, calibration_reviews=len(reviews))
     timing = timing_stage(p["dense"], p["pruned"], p["plan"], test, sizing, threads=1, device="cpu")
     p["timing"] = tmp_path / "timing.json"
