@@ -232,7 +232,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
     from .pruning.rules import RuleError, resolve_focusing
 
     from .probes import INPUT_SETS
-    if pruning["average_over"] not in INPUT_SETS:
+    if "average_over" in pruning and pruning["average_over"] not in INPUT_SETS:  # the schema fills the default
         close = difflib.get_close_matches(str(pruning["average_over"]), INPUT_SETS, n=1, cutoff=0.6)
         raise ParamsError(f"pruning.average_over: {pruning['average_over']!r} is not an input_set of "
                           f"layer_scores.parquet; choose one of {list(INPUT_SETS)}"
