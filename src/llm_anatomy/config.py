@@ -73,9 +73,14 @@ def _unknown_keys(err) -> list[str]:
     return lines
 
 
+def _did_you_mean(value, choices) -> str:
+    """' (did you mean <the closest choice>?)', or '' when none is close."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _unknown(kind: str, value: str, choices) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
-    return f"{kind} {value!r} is unknown" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return f"{kind} {value!r} is unknown" + _did_you_mean(value, choices)
 
 
 def _curve_parts(curve: str, criteria, allocations, compensations) -> list[str]:
@@ -233,10 +238,9 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
 
     from .probes import INPUT_SETS
     if "average_over" in pruning and pruning["average_over"] not in INPUT_SETS:  # the schema fills the default
-        close = difflib.get_close_matches(str(pruning["average_over"]), INPUT_SETS, n=1, cutoff=0.6)
         raise ParamsError(f"pruning.average_over: {pruning['average_over']!r} is not an input_set of "
                           f"layer_scores.parquet; choose one of {list(INPUT_SETS)}"
-                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+                          + _did_you_mean(pruning["average_over"], INPUT_SETS))
     configs = pruning["configs"]
     for kind, ref in pruning.get("sweep", {}).items():
         if kind not in ("encoder", "decoder"):
