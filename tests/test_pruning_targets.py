@@ -72,7 +72,7 @@ def test_configurations_and_defaults():
 def test_sizing_named_and_curve_points():
     t = targets_for("offline")
     named, point = t.sizing("minilm", "enc-a0.01-b0.001"), t.sizing("minilm", "sweep-50")
-    assert (named.test_limit, named.time_limit, point.time_limit) == (1000, 250, 250)
+    assert (named.test_limit, named.time_limit, point.time_limit) == (1000, 128, 128)
     assert named.calibration_reviews == 128 and t.sizing("smollm2").calibration_reviews == 64
     assert (named.batch_size, named.repeats, named.random_seeds, named.equality_check_reviews) == (32, 3, 5, 8)
     # the zeroed model is timed for the paper's named configurations only (offline), for every target in paper
