@@ -73,7 +73,9 @@ class LayerStats:
         """E(W, c) = sum_t u_t ||a_t,K W + c - y_t||^2, from the sums alone."""
         k = np.asarray(kept)
         g, sa, say = self.saa[np.ix_(k, k)], self.sa[k], self.say[k]
-        return float(np.einsum("ih,ij,jh->", w, g, w) + 2 * c @ (w.T @ sa) + self.n * c @ c
+        # sum(w * (g @ w)), not a three-operand einsum: numpy's einsum loops in C without BLAS (0.32 s against
+        # 0.007 s at |K| = 768, H = 576), which was 41% of a SmolLM2 refit's time.
+        return float(np.sum(w * (g @ w)) + 2 * c @ (w.T @ sa) + self.n * c @ c
                      - 2 * np.einsum("ih,ih->", w, say) - 2 * c @ self.sy + self.syy)
 
     def _centred(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
