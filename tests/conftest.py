@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,19 @@ from llm_anatomy.models import SentimentClassifier, embedded_available, load_bac
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 ARCHS = ["bert", "gpt2", "llama"]
+THREADS = 1  # every test's torch thread count: reduction order, and so float32 rounding, depends on it
+
+
+@pytest.fixture(autouse=True)
+def fixed_settings():
+    """Each test starts from the same global settings whatever ran before it (a stage called in-process sets its
+    own thread count): torch's threads, its default dtype and seed, numpy's legacy seed."""
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

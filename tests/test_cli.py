@@ -83,7 +83,7 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
                  "refit", "--out", str(refit), "--threads", "1"]) == 0
     info = json.loads(capsys.readouterr().out)
     plan = read_plan(refit / "plan.parquet")
-    assert (plan.info["criterion"], plan.compensation, info["calibration_reviews"]) == ("fisher", "refit", 16)
+    assert (plan.spec.criterion, plan.compensation, info["calibration_reviews"]) == ("fisher", "refit", 16)
     fitted, _, _ = load_classifier(refit)
     kept = np.setdiff1d(np.arange(dense.adapter.ffn_width(0)), plan.pruned[0])
     assert fitted.adapter.ffn_widths() == [w // 2 for w in dense.adapter.ffn_widths()]
@@ -91,7 +91,21 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
     assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
                  "--sparsity", "0.5", "--criterion", "flap", "--compensation", "refit", "--out", str(tmp_path / "x")]) == 2
     assert "for a fitted compensation use --criterion fluctuation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse refuses it, naming the flag and the schema's minimum
+        main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+              "--sparsity", "0.5", "--criterion", "fisher", "--compensation", "refit", "--readout-ridge", "-1",
+              "--out", str(tmp_path / "x")])
+    assert "--readout-ridge -1.0: must be >= 0" in capsys.readouterr().err
     assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
-                 "--sparsity", "0.5", "--criterion", "fisher", "--compensation", "refit", "--readout-ridge", "-1",
-                 "--out", str(tmp_path / "x")]) == 2
-    assert "--readout-ridge -1.0: a ridge is a non-negative" in capsys.readouterr().err
+                 "--sparsity", "0.5", "--criterion", "obs", "--allocation", "searched", "--out", str(tmp_path / "x")]) == 2
+    assert "--allocation searched" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # every criterion and allocation the pipeline has: the OBS order computed, the sensitivity measured
+    searched = tmp_path / "searched"
+    assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+                 "--validation", files["val"], "--calibration-reviews", "16", "--search-reviews", "8",
+                 "--search-fractions", "0.25", "0.5", "0.75", "--sparsity", "0.5", "--criterion", "obs",
+                 "--allocation", "searched", "--compensation", "refit", "--out", str(searched), "--threads", "1"]) == 0
+    plan = read_plan(searched / "plan.parquet")
+    assert (plan.spec.criterion, plan.spec.allocation, plan.spec.compensation) == ("obs", "searched", "refit")
+    assert json.loads(capsys.readouterr().out)["target"] == "obs-searched-refit-50"
+    assert sum(plan.counts) == sum(dense.adapter.ffn_widths()) // 2

@@ -6,7 +6,7 @@ import torch
 
 from llm_anatomy.batching import pad
 from llm_anatomy.models import load_classifier, save_classifier
-from llm_anatomy.pruning.costs import count_parameters, ffn_macs, forward_macs
+from llm_anatomy.costs import count_parameters, ffn_macs, forward_macs
 from llm_anatomy.surgery import remove_masked, zero_masked
 
 

@@ -28,7 +28,7 @@ def test_a_neuron_with_a_zero_value_vector_or_a_constant_activation_goes_first()
 def test_every_criterion_is_documented_and_names_its_missing_inputs():
     for c in CRITERIA.values():
         assert len(c.doc) > 40, c.name
-    with pytest.raises(ValueError, match=r"'fisher' needs \['grad_sq'\], measured in \['mask_gradients.parquet'\]"):
+    with pytest.raises(ValueError, match=r"'fisher' needs \['grad_sq'\], measured in \['mask_gradients'\]"):
         importance("fisher", _stats(mean=[1.0]))
     with pytest.raises(ValueError, match="is not one of"):
         importance("l2", _stats(mean=[1.0]))
@@ -37,12 +37,12 @@ def test_every_criterion_is_documented_and_names_its_missing_inputs():
 def test_fisher_and_taylor_equal_finite_differences_of_the_loss(tokenizer, reviews):
     """One batch: g_j = dL/dm_j; the central difference of the loss in the mask of one neuron."""
     from llm_anatomy.batching import encode
-    from llm_anatomy.pruning.gradients import mask_gradients
+    from llm_anatomy.pruning.gradients import gradient_table
 
     model = make_tiny("llama", tokenizer).double()
     enc = encode(tokenizer, reviews, 24)
     labels = [1, 0, 1, 1, 0]
-    table = mask_gradients(model, enc, labels, tokenizer.pad_token_id, batch_size=len(enc))
+    table = gradient_table(model, enc, labels, tokenizer.pad_token_id, batch_size=len(enc))
     model = model.double()  # mask_gradients runs in float32; the difference quotient wants float64
     from llm_anatomy.batching import iter_padded, sorted_batches
     (idx, ids, mask), = list(iter_padded(enc, sorted_batches([len(e) for e in enc], len(enc)),

@@ -13,21 +13,21 @@ import torch
 from llm_anatomy import fused
 from llm_anatomy.batching import pad
 from llm_anatomy.logits import read_logits
-from llm_anatomy.models import load_classifier
+from llm_anatomy.models import load_classifier, open_checkpoint
 from llm_anatomy.pruning.materialise import pruned_copy
 from llm_anatomy.pruning.plan import read_plan, read_random_plans
 from llm_anatomy.pruning.refit import CalibrationSet
+from llm_anatomy.pruning.spec import MethodSpec
 from pruning_helpers import calibration_frame, run_chain
 
 from conftest import ROOT, make_tiny
 
-ENCODER = {"rule": "encoder", "alpha": 0.0, "beta": 0.001, "focusing": "even-from-third+last", "target": 0.5}
-DECODER = {"rule": "decoder", "alpha": 0.2, "focusing": "last-2/12"}
-FLAP = {"rule": "flap", "target": 0.5, "allocation": "uniform", "bias_compensation": True}
-REFIT = {"rule": "criterion", "criterion": "fisher", "allocation": "global", "compensation": "refit", "ridge": 1e-3,
-         "target": 0.5}
-RESCALE = {"rule": "criterion", "criterion": "wanda-sp", "allocation": "uniform", "compensation": "rescale",
-           "ridge": 1e-2, "target": 0.5}
+ENCODER = MethodSpec.threshold_rule(dict(rule="encoder", alpha=0.0, beta=0.001, focusing="even-from-third+last",
+                                         focus_multiplier=3), "sweep", target=0.5)
+DECODER = MethodSpec.threshold_rule(dict(rule="decoder", alpha=0.2, focusing="last-2/12", focus_multiplier=3), "dec")
+FLAP = MethodSpec.flap(0.5, "uniform", True)
+REFIT = MethodSpec("fisher", "global", "refit", 0.5, ridge=1e-3)
+RESCALE = MethodSpec("wanda-sp", "uniform", "rescale", 0.5, ridge=1e-2)
 
 # Loads a folder with the documented call in a new interpreter and prints its logits.
 FRESH = """
@@ -49,8 +49,7 @@ def test_materialised_folder_reloads_in_a_fresh_process(arch, cfg, tokenizer, re
     out = run_chain(model, tokenizer, reviews, tmp_path, cfg)
     p = out["paths"]
     plan = read_plan(p["plan"])
-    meta = load_classifier(p["dense"])[2]
-    calibration = CalibrationSet.from_split(calibration_frame(reviews), tokenizer, meta, len(reviews))
+    calibration = CalibrationSet.from_split(calibration_frame(reviews), open_checkpoint(p["dense"]), len(reviews), 2)
     in_memory = pruned_copy(model, plan, "removed", calibration)
     ids, mask = pad(tokenizer(reviews)["input_ids"], tokenizer.pad_token_id, "right")
     with torch.no_grad():
@@ -69,7 +68,7 @@ def test_materialised_folder_reloads_in_a_fresh_process(arch, cfg, tokenizer, re
         dense_rows = model.adapter.value_vectors(0)[torch.as_tensor(kept)]
         assert not torch.allclose(in_memory.adapter.value_vectors(0), dense_rows, atol=1e-4)
         assert info["calibration_reviews"] == len(reviews)
-    if cfg.get("compensation", "bias") != "none" and arch == "llama":  # compensation gave Llama's FFN biases
+    if cfg.compensation != "none" and arch == "llama":  # compensation gave Llama's FFN biases
         reloaded, _, _ = load_classifier(p["pruned"])
         assert reloaded.adapter.config.mlp_bias and reloaded.adapter.ffn(0).output.bias.abs().sum() > 0
 
@@ -83,16 +82,16 @@ def test_plans_are_deterministic_files(tokenizer, reviews, tmp_path):
     plan = read_plan(a["paths"]["plan"])
     assert [list(p) for p in plan.pruned] == [list(p) for p in a["plan"].pruned]
     assert plan.table["masked"].tolist() == [len(p) for p in plan.pruned]
-    assert plan.info["search"]["reached"] and plan.info["rule"] == "encoder"
+    assert plan.info.search["reached"] and plan.spec.family == "encoder"
     randoms = read_random_plans(a["paths"]["random"])
-    assert [r.info["seed"] for r in randoms] == [0, 1, 2]
+    assert [r.info.seed for r in randoms] == [0, 1, 2]
     for r in randoms:  # the same per-layer counts, no high neuron, and the seeds differ
         assert r.counts == plan.counts
     assert any(not np.array_equal(x, y) for x, y in zip(randoms[0].pruned, randoms[1].pruned))
 
 
 def _count_correct(logits, labels):
-    """Independent of llm_anatomy.evaluate.accuracy: a plain loop."""
+    """Independent of llm_anatomy.logits.accuracy: a plain loop."""
     return sum(1 for z, y in zip(logits, labels) if (z > 0) == (y == 1)) / len(labels)
 
 
@@ -144,10 +143,10 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
         value = getattr(m, "accuracy_random_mean" if key == "accuracy_random" else key)
         assert getattr(m, f"{key}_lo") <= value <= getattr(m, f"{key}_hi"), key
     # a compensated plan's random baselines are compensated with the same calibration means
-    from llm_anatomy.pruning.flap import read_stats
-    means = read_stats(p["stats"])[0]
+    from llm_anatomy.pruning.criteria import NeuronStats
+    means = NeuronStats.from_files(p["stats"])["mean"]
     for rp in read_random_plans(p["random"]):
-        assert rp.compensated and rp.info["bias_compensation"]
+        assert rp.compensated and rp.compensation == "bias"
         for layer, (idx, mu) in enumerate(zip(rp.pruned, rp.pruned_means)):
             np.testing.assert_array_equal(mu, means[layer][idx])
     assert m.random_seeds == [0, 1, 2] and m.test_reviews == 20 and m.bias_compensation
@@ -166,13 +165,13 @@ def test_evaluations_baselines_and_metrics(tokenizer, reviews, tmp_path):
     assert rate > 0 and t["roofline"]["precision"] == t["precision"]
     for name, macs in (("dense", t["macs_dense"]), ("removed", t["macs_removed"])):
         assert t[f"roofline_fraction_{name}"] == pytest.approx(2 * macs / t[f"time_{name}_s"] / (rate * 1e9))
-    assert m.roofline_fraction_dense == t["roofline_fraction_dense"] and "roofline_fraction_zeroed" not in t
+    assert m.roofline_fraction_dense == t["roofline_fraction_dense"] and t["roofline_fraction_zeroed"] is None
     assert m.neurons_pruned == m.neurons_total // 2 and m.pruned_per_layer == read_plan(p["plan"]).counts
     json.dumps(m.to_dict(), allow_nan=False)
 
 
 def test_evaluating_more_reviews_than_the_split_holds_is_an_error(tokenizer, reviews, tmp_path):
-    from llm_anatomy.evaluate import evaluate_stage
+    from llm_anatomy.inference import evaluate_stage
     from llm_anatomy.models import save_classifier
 
     save_classifier(make_tiny("bert", tokenizer), tokenizer, tmp_path / "m", dict(max_length=64))
@@ -184,7 +183,7 @@ def test_evaluating_more_reviews_than_the_split_holds_is_an_error(tokenizer, rev
 
 def test_plan_reads_the_scoring_it_is_given(tmp_path):
     """A decoder plan in the gain scoring thresholds the score_gain column against cosine_normed."""
-    from llm_anatomy.pruning.plan import plan_stage
+    from llm_anatomy.pruning.plan import prune_plan
 
     rng = np.random.default_rng(0)
     L, F = 3, 40
@@ -195,11 +194,13 @@ def test_plan_reads_the_scoring_it_is_given(tmp_path):
                            for i in range(2) for l in range(L) for j in range(F)])
     layer.to_parquet(tmp_path / "l.parquet")
     neuron.to_parquet(tmp_path / "n.parquet")
-    cfg = dict(rule="decoder", alpha=0.05, focusing="none", focus_multiplier=3, scoring="gain")
-    plan = plan_stage(cfg, tmp_path / "l.parquet", tmp_path / "n.parquet", tmp_path / "p.parquet",
-                      tmp_path / "r.parquet", [0], high=0.35)
+    spec = MethodSpec.threshold_rule(dict(rule="decoder", alpha=0.05, focusing="none", focus_multiplier=3,
+                                          scoring="gain"), "dec")
+    prune_plan(tmp_path / "l.parquet", tmp_path / "n.parquet", tmp_path / "p.parquet", tmp_path / "r.parquet", spec.to_dict(),
+               [0], 0.35, "probe")
+    plan = read_plan(tmp_path / "p.parquet")
     s = neuron.groupby(["layer", "neuron"])["score_gain"].mean()
     for l in range(L):  # t_l = alpha * c_l with c from cosine_normed
         expect = np.flatnonzero(np.abs(s.loc[l].to_numpy()) < 0.05 * 0.9)
         assert plan.pruned[l].tolist() == expect.tolist()
-    assert plan.info["scoring"] == "gain" and read_plan(tmp_path / "p.parquet").info["scoring"] == "gain"
+    assert plan.info.scoring == "gain" and plan.spec.scoring == "gain"

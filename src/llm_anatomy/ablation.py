@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batching import encode_reviews, iter_padded, sorted_batches
+from .batching import iter_padded, sorted_batches
 from .device import model_device
 from .io import read_parquet
 from .models import SentimentClassifier
 from .progress import progress as progress_bar
+from .pruning.criteria import NeuronStats, importance
 from .replay import replay_below
 from .stats import spearman_interval
 
@@ -284,8 +285,9 @@ def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
     cos = (read_parquet(neuron_scores, columns=["layer", "neuron", "score"])
            .groupby(["layer", "neuron"])["score"].mean().abs().rename("cosine"))
     con = read_parquet(contributions).set_index(["layer", "neuron"])["mean_abs_contribution"].rename("contribution")
-    st = read_parquet(ffn_stats).set_index(["layer", "neuron"])
-    flu = (st["var"] * st["value_norm_sq"]).rename("fluctuation")
+    neurons = read_parquet(ffn_stats, columns=["layer", "neuron"]).set_index(["layer", "neuron"]).sort_index().index
+    flu = pd.Series(np.concatenate(importance("fluctuation", NeuronStats.from_files(ffn_stats))), index=neurons,
+                    name="fluctuation")
     df = pd.concat([cos, con, flu], axis=1)
     if df.isna().any().any():
         raise ValueError(f"{neuron_scores}, {contributions} and {ffn_stats} list different neurons; rebuild them "
@@ -294,33 +296,40 @@ def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
     return df.reset_index().astype({"layer": "int64", "neuron": "int64"})
 
 
-def ablation_stage(model_dir, val: pd.DataFrame, neuron_scores, contributions, ffn_stats, graph_nodes, out: dict,
-                   p: dict) -> dict:
-    """p: reviews, neurons, top_fraction, random_draws, seed, batch_size, threads, device."""
-    from .io import write_csv, write_json, write_parquet
-    from .models import load_classifier, set_threads
+def ablate(finetuned, val, neuron_scores, contributions, ffn_stats, graph, ablation, ablation_scores, ablation_top,
+           ablation_summary, settings: dict, threads: int | None, device: str) -> dict:
+    """Rule ablate: exact and first-order ablation effects on the first `settings["reviews"]` validation reviews,
+    the score agreement and the top sets (module doc). settings: reviews, neurons, top_fraction, random_draws,
+    seed, batch_size."""
+    import networkx as nx
 
-    set_threads(p.get("threads"))
+    from .data import read_split
+    from .io import write_csv, write_json, write_parquet
+    from .models import open_checkpoint
+
+    p = settings
     start = time.perf_counter()
-    model, tokenizer, meta = load_classifier(model_dir, p.get("device", "cpu"))
+    ck = open_checkpoint(finetuned, device, threads)
+    val = read_split(val)
     if p["reviews"] > len(val):
         raise ValueError(f"ablation.reviews = {p['reviews']} exceeds the {len(val)} validation reviews; lower it")
     reviews = val.iloc[: p["reviews"]]
-    encoded = encode_reviews(tokenizer, meta, reviews["text"])
-    ablator = Ablator(model, encoded, reviews["label"].to_numpy(), tokenizer.pad_token_id,
-                      meta.get("padding_side", "right"), p["batch_size"])
-    scores = score_frame(neuron_scores, contributions, ffn_stats)
+    ablator = Ablator(ck.model, ck.encode(reviews["text"]), reviews["label"].to_numpy(), ck.pad_id, ck.padding_side,
+                      p["batch_size"])
+    nodes = [(int(d["layer"]), int(d["neuron"])) for _, d in nx.read_graphml(graph).nodes(data=True)]
     table, agreement, tops = ablation_tables(
-        ablator, scores, graph_nodes, p["neurons"], p["top_fraction"], p["random_draws"], p["seed"],
-        progress=lambda xs: progress_bar(xs, desc="ablate"))
-    write_parquet(table, out["table"])
-    write_csv(agreement, out["agreement"])
-    write_csv(tops, out["top"])
+        ablator, score_frame(neuron_scores, contributions, ffn_stats), nodes, p["neurons"], p["top_fraction"],
+        p["random_draws"], p["seed"], progress=lambda xs: progress_bar(xs, desc="ablate"))
+    write_parquet(table, ablation)
+    write_csv(agreement, ablation_scores)
+    write_csv(tops, ablation_top)
     summary = dict(reviews=ablator.n_reviews, tokens=ablator.tokens, sampled_neurons=int(table["in_sample"].sum()),
                    graph_nodes=int(table["graph_node"].sum()), confirmed_graph_nodes=int(table["confirmed"].sum()),
                    spearman={r.score: [r.spearman, r.spearman_lo, r.spearman_hi] for r in agreement.itertuples()},
                    seconds=time.perf_counter() - start)
-    write_json(out["summary"], summary)
-    log.info("ablation of %d neurons on %d reviews in %.0f s", summary["sampled_neurons"], ablator.n_reviews,
-             summary["seconds"])
-    return summary
+    write_json(ablation_summary, summary)
+    log.info("ablation of %d neurons on %d reviews in %.0f s; Spearman with |exact effect| %s; %d of %d graph nodes "
+             "confirmed", summary["sampled_neurons"], ablator.n_reviews, summary["seconds"],
+             {k: round(v[0], 3) for k, v in summary["spearman"].items()}, summary["confirmed_graph_nodes"],
+             summary["graph_nodes"])
+    return None

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+from .layout import SCHEMA
 
 
 class ParamsError(ValueError):
@@ -15,6 +18,21 @@ class ParamsError(ValueError):
 
 def load_params(path: str | Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
+
+
+@functools.cache
+def load_schema() -> dict:
+    """params.yaml's JSON Schema, from the source checkout (the one place for every default)."""
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / SCHEMA).read_text())
+
+
+def schema_properties(*path: str) -> dict:
+    """The properties (type, default, description) of one object of the schema: `("$defs", "finetune")`, a
+    nested object `("$defs", "pruning", "methods")`, or the top-level section `("properties", "anatomy")`."""
+    node = load_schema()[path[0]][path[1]]
+    for key in path[2:]:
+        node = node["properties"][key]
+    return node.get("properties", {})
 
 
 def _key(path) -> str:
@@ -56,20 +74,12 @@ def _unknown_keys(err) -> list[str]:
 def _check_method_curves(curves, key: str) -> None:
     if curves == "all":
         return
-    from .pruning.compensation import METHODS
-    from .pruning.criteria import CRITERIA
-    from .pruning.allocation import ALLOCATIONS
-    from .pruning.targets import method_of
+    from .pruning.spec import ALLOCATIONS, COMPENSATIONS, CRITERIA, method_of
     for curve in curves:
         if method_of(curve) is None:
             raise ParamsError(f"{key}: {curve!r} is not <criterion>-<allocation>-<compensation>; criteria "
-                              f"{sorted(CRITERIA)}, allocations {list(ALLOCATIONS)}, compensations {list(METHODS)} "
+                              f"{sorted(CRITERIA)}, allocations {list(ALLOCATIONS)}, compensations {list(COMPENSATIONS)} "
                               "(e.g. fluctuation-uniform-refit)")
-
-
-def _method_allocation(curve: str) -> str:
-    from .pruning.targets import method_of
-    return method_of(curve)[1]
 
 
 def check_schema(config: dict, schema_path: str | Path) -> None:
@@ -192,6 +202,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
     if not pruning:
         return
     from .pruning.rules import RuleError, resolve_focusing
+    from .pruning.spec import method_of
 
     configs = pruning["configs"]
     for kind, ref in pruning.get("sweep", {}).items():
@@ -218,7 +229,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
                               "the train split)")
         _check_method_curves(methods.get("curves", []), f"{key}.methods.curves")
         curves = methods.get("curves", [])
-        searched = curves == "all" or any(_method_allocation(c) == "searched" for c in curves)
+        searched = curves == "all" or any(method_of(c)[1] == "searched" for c in curves)
         if searched and methods.get("percents") and methods.get("search_reviews", 0) > prof["split"]["val"]:
             raise ParamsError(f"{key}.methods.search_reviews = {methods['search_reviews']} exceeds split.val = "
                               f"{prof['split']['val']}; lower it (the searched allocation reads the validation split)")

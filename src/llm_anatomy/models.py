@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerBase
 
 from .adapters import ModelAdapter, adapter_for
+from .batching import Encoded, encode_reviews
 from .device import resolve_device
-from .io import dumps
+from .io import dumps, write_text
+from .layout import FOLDER
 from .surgery import resize_ffns
 
 EMBEDDED = {
@@ -154,8 +157,7 @@ class SentimentClassifier(nn.Module):
         return torch.sigmoid(self(input_ids, attention_mask))
 
 
-HEAD_FILE = "head.safetensors"
-META_FILE = "classifier.json"
+HEAD_FILE, META_FILE = FOLDER["head"], FOLDER["meta"]
 
 
 def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, meta: dict) -> None:
@@ -171,7 +173,7 @@ def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, m
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
     meta = dict(meta, arch=model.adapter.arch, ffn_widths=model.adapter.ffn_widths(),
                 dropout=model.dropout.p)
-    (folder / META_FILE).write_text(dumps(meta, indent=2))
+    write_text(folder / META_FILE, dumps(meta, indent=2))
 
 
 def read_meta(folder: str | Path) -> dict:
@@ -218,3 +220,35 @@ def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(int(n))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class Checkpoint:
+    """A classifier folder as a stage uses it: the model on its device, its tokenizer, and how it was
+    fine-tuned (`meta`: the tokenisation, padding side and precision every later pass repeats)."""
+
+    model: SentimentClassifier
+    tokenizer: PreTrainedTokenizerBase
+    meta: dict
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def padding_side(self) -> str:
+        return self.meta.get("padding_side", "right")
+
+    @property
+    def precision(self) -> str:
+        return self.meta.get("precision", "fp32")
+
+    def encode(self, texts, what: str = "reviews") -> Encoded:
+        """Token ids as the checkpoint was fine-tuned (its max_length and truncation side)."""
+        return encode_reviews(self.tokenizer, self.meta, texts, what)
+
+
+def open_checkpoint(folder, device: str | torch.device = "cpu", threads: int | None = None) -> Checkpoint:
+    """The prologue of every stage that runs a model: torch's threads, then the folder loaded on `device`."""
+    set_threads(threads)
+    return Checkpoint(*load_classifier(folder, device))

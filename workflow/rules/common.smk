@@ -1,7 +1,7 @@
-# Shared helpers: params validation (before any compute), the active profile, output layout, targets.
+# Shared helpers: params validation (before any compute), the active profile, its files and targets.
+# Every path comes from llm_anatomy.layout; what each rule reads, from llm_anatomy.pipeline (unit-tested).
 import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(workflow.basedir)
@@ -9,20 +9,23 @@ sys.path.insert(0, str(ROOT / "src"))  # the package works from a clone even bef
 
 from llm_anatomy.provenance import code_digest
 from llm_anatomy.config import resolve_path, retype_overrides, validate
+from llm_anatomy.layout import SCHEMA, Layout
+from llm_anatomy.pipeline import Pipeline
 from llm_anatomy.pruning.criteria import CRITERIA
-from llm_anatomy.pruning.targets import CURVE_PATTERN as TARGETS_CURVE_PATTERN, PruneTargets
+from llm_anatomy.pruning.spec import CURVE_PATTERN
 
 retype_overrides(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None) or {})
-PROFILE = validate(config, ROOT / "workflow/schemas/params.schema.yaml", ROOT)  # fills schema defaults
-PROFILE_NAME = config["profile"]
+PROFILE = validate(config, ROOT / SCHEMA, ROOT)  # fills schema defaults
 MODELS = list(PROFILE["models"])
 SPLITS = ["train", "val", "test"]
 
 # Every profile writes under its own folders, so a run of one never overwrites (or outdates) another's.
-DATA = f"data/processed/{PROFILE_NAME}"
-RES = f"results/{PROFILE_NAME}"
-TARGETS = PruneTargets(config, RES)
-LOGS = f"logs/{PROFILE_NAME}"
+PIPE = Pipeline(config)
+TARGETS = PIPE.targets
+LAYOUT = PIPE.layout
+MODEL = LAYOUT.model("{model}")  # one model's files, as rule patterns
+TARGET = LAYOUT.target("{model}", "{target}")
+PRUNED = LAYOUT.pruned("{model}", "{target}")
 DEVICE = PROFILE["device"]
 CONDA_ENV = "../envs/llm-anatomy.yaml"  # used only under `--sdm conda`; relative to workflow/rules/
 THREADS = PROFILE["threads"]
@@ -31,6 +34,8 @@ THREADS = PROFILE["threads"]
 wildcard_constraints:
     model="|".join(MODELS),
     split="|".join(SPLITS),
+    target="|".join([re.escape(c) for c in TARGETS.named] + [CURVE_PATTERN]),
+    criterion="|".join(re.escape(c) for c in CRITERIA),
 
 
 def workdir_path(path):
@@ -43,28 +48,36 @@ def workdir_path(path):
         return str(path)
 
 
+def all_targets():
+    targets = expand(MODEL.finetune_metrics, model=MODELS) + [LAYOUT.finetune_summary]
+    return targets + ANATOMY_TARGETS + PIPE.prune_outputs()  # workflow/rules/anatomy.smk
+
+
+def source_digest(script):
+    """A digest of a rule's script and the package modules it imports: a params entry, so Snakemake
+    reruns the rule when that code changes (llm_anatomy.provenance)."""
+    return code_digest(ROOT / "workflow/scripts" / script, ROOT / "src")
+
+
+# Input and parameter functions of the rules (workflow/rules/anatomy.smk, prune.smk): thin wrappers of
+# llm_anatomy.pipeline and llm_anatomy.pruning.targets, which the tests import.
 def model_spec(wildcards):
     return PROFILE["models"][wildcards.model]
 
 
-def all_targets():
-    targets = expand(f"{RES}/{{model}}/finetune_metrics.json", model=MODELS) + [f"{RES}/metrics/finetune.json"]
-    return targets + ANATOMY_TARGETS + prune_targets()  # workflow/rules/anatomy.smk, prune.smk
-
-
-# Input and parameter functions of the rules (workflow/rules/anatomy.smk, prune.smk).
 def ablation_params(wildcards):
     p = dict(ANATOMY["ablation"])
     p["neurons"] = p["neurons"][TARGETS.kinds[wildcards.model]]
     return p
 
 
-def sizing(wildcards):
-    return asdict(TARGETS.sizing(wildcards.model, wildcards.get("target")))
+def sizing(key):
+    """A parameter function for one field of a target's `Sizing` (a model's, for the per-model rules)."""
 
+    def value(wildcards):
+        return getattr(TARGETS.sizing(wildcards.model, wildcards.get("target")), key)
 
-def calibration_reviews(wildcards):
-    return TARGETS.sizing(wildcards.model).calibration_reviews
+    return value
 
 
 def eval_limit(wildcards):
@@ -76,51 +89,42 @@ def random_seeds(wildcards):
     return TARGETS.random_seeds(wildcards.model, wildcards.target)
 
 
+def method_spec(wildcards):
+    return TARGETS.spec(wildcards.model, wildcards.target).to_dict()
+
+
 def fitted_inputs(wildcards):
     """The train split, for targets whose compensation is fitted on calibration reviews."""
-    return dict(train=f"{DATA}/train.parquet") if TARGETS.needs_train(wildcards.target) else {}
+    return dict(train=LAYOUT.split("train")) if TARGETS.spec(wildcards.model, wildcards.target).fitted else {}
 
 
 def fit_params(wildcards):
     """Calibration sizing of a fitted compensation (None for every other target)."""
-    if not TARGETS.needs_train(wildcards.target):
+    if not TARGETS.spec(wildcards.model, wildcards.target).fitted:
         return None
-    return dict(reviews=TARGETS.sizing(wildcards.model).calibration_reviews)
-
-
-def rule_config(wildcards):
-    return TARGETS.rule_config(wildcards.model, wildcards.target)
+    s = TARGETS.sizing(wildcards.model)
+    return dict(reviews=s.calibration_reviews, batch_size=s.calibration_batch_size)
 
 
 def plan_inputs(wildcards):
-    return TARGETS.plan_inputs(wildcards.model, wildcards.target)
+    return PIPE.plan_inputs(wildcards.model, wildcards.target)
 
 
 def metrics_inputs(wildcards):
-    return TARGETS.metrics_inputs(wildcards.model, wildcards.target)
-
-
-def criterion_inputs(wildcards):
-    return TARGETS.criterion_inputs(wildcards.model, wildcards.criterion)
-
-
-def search_reviews(wildcards):
-    return TARGETS.sizing_tree[TARGETS.kinds[wildcards.model]]["methods"]["search_reviews"]
+    return PIPE.metrics_inputs(wildcards.model, wildcards.target)
 
 
 def benchmark_inputs(wildcards):
-    return {f"benchmark_{k}": v for k, v in TARGETS.benchmark_files(wildcards.model, wildcards.target).items()}
+    return PIPE.benchmark_inputs(wildcards.model, wildcards.target)
+
+
+def criterion_inputs(wildcards):
+    return PIPE.criterion_inputs(wildcards.model, wildcards.criterion)
+
+
+def flap_fractions(wildcards):
+    return TARGETS.flap_fractions(wildcards.model)
 
 
 def config_metrics_inputs(wildcards):
-    return TARGETS.config_metrics_inputs(wildcards.target)
-
-
-def prune_targets():
-    return TARGETS.final_outputs()
-
-
-def source_digest(script):
-    """A digest of a rule's script and the package modules it imports: a params entry, so Snakemake
-    reruns the rule when that code changes (llm_anatomy.provenance)."""
-    return code_digest(ROOT / "workflow/scripts" / script, ROOT / "src")
+    return PIPE.config_metrics_inputs(wildcards.target)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,7 @@ from ..batching import iter_padded, sorted_batches
 from ..device import model_device
 from ..models import SentimentClassifier
 from ..replay import StopForward, replay_below, stop_after
-from ..surgery import set_outputs, zero_masked
+from ..surgery import set_outputs, zero_masked, zero_neurons
 from .calibration import calibration_reviews
 from .compensation import LayerStats, compensate
 
@@ -43,16 +43,15 @@ class CalibrationSet:
 
     encoded: Sequence[Sequence[int]]
     pad_id: int
-    padding_side: str = "right"
-    batch_size: int = 16
+    padding_side: str
+    batch_size: int
 
     @classmethod
-    def from_split(cls, train: pd.DataFrame, tokenizer, meta: dict, reviews: int, batch_size: int = 16
-                   ) -> "CalibrationSet":
-        """The first `reviews` reviews of the train split, tokenised as the checkpoint was fine-tuned (the same
-        reviews `ffn_stats` and `mask_gradients` measure)."""
-        encoded, _labels = calibration_reviews(train, tokenizer, meta, reviews)
-        return cls(encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"), batch_size)
+    def from_split(cls, train: pd.DataFrame, ck, reviews: int, batch_size: int) -> "CalibrationSet":
+        """The first `reviews` reviews of the train split, tokenised as the checkpoint `ck` was fine-tuned (the
+        same reviews `ffn_stats` and `mask_gradients` measure)."""
+        encoded, _labels = calibration_reviews(train, ck, reviews)
+        return cls(encoded, ck.pad_id, ck.padding_side, batch_size)
 
 
 def _run(model, ids, mask) -> None:
@@ -65,20 +64,26 @@ def _run(model, ids, mask) -> None:
 @torch.no_grad()
 def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], encoded, pad_id: int,
                      padding_side: str = "right", batch_size: int = 16, method: str = "refit",
-                     ridge: float = 1e-2, readout_ridge: float | None = None
+                     ridge: float = 1e-2, readout_ridge: float | None = None, select: Callable | None = None
                      ) -> tuple[SentimentClassifier, list[dict]]:
     """(student, per-layer report). The student is a float32 copy of `dense` with the `pruned` neurons
     zeroed and every layer's kept value vectors and output bias fitted by `method`. The report holds,
     per layer, the kept count, the calibration tokens fitted on (every real token; the last layer: the
     token the classifier reads) and the reconstruction error with no
     compensation, with bias compensation, and with `method` (the fit never exceeds the first two).
-    `readout_ridge` (default: `ridge`) is the last layer's relative ridge."""
+    `readout_ridge` (default: `ridge`) is the last layer's relative ridge.
+
+    `select(layer, stats, values, ridge, count)`, where given, re-chooses each layer's pruned neurons during the
+    pass (experiments/sequential_obs.py): `stats` are then the sums over every neuron of the layer (the student's
+    activations, the drift-aware target), `values` [F, H] the dense value vectors, `count` the plan's number for
+    the layer; it returns the indices to prune, which the report's `pruned` records."""
     teacher = copy.deepcopy(dense).float().eval()
     student = copy.deepcopy(dense).float().eval()
     adapter, t_adapter = student.adapter, teacher.adapter
     adapter.ensure_ffn_biases()
     t_adapter.ensure_ffn_biases()
-    zero_masked(adapter, [np.asarray(p, dtype=np.int64) for p in pruned])
+    if select is None:
+        zero_masked(adapter, [np.asarray(p, dtype=np.int64) for p in pruned])
     device = model_device(student)
     L = adapter.num_layers
     batches = []  # (ids, mask, the tokens each layer is fitted on)
@@ -112,10 +117,11 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
     for l in range(L):
         width = adapter.ffn_width(l)
         kept = np.setdiff1d(np.arange(width), np.asarray(pruned[l], dtype=np.int64))
+        cols = kept if select is None else np.arange(width)  # the activations the sums are taken over
         out = adapter.ffn(l).output
-        values = adapter.value_vectors(l).double().cpu().numpy()[kept]
+        values = adapter.value_vectors(l).double().cpu().numpy()[cols]
         bias = out.bias.detach().double().cpu().numpy()
-        stats = LayerStats(len(kept), adapter.hidden_size)
+        stats = LayerStats(len(cols), adapter.hidden_size)
         site, arg = adapter.residual_site(l)
         for b, (ids, mask, fit_on) in enumerate(batches):
             seen = {}
@@ -127,14 +133,19 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
             finally:
                 h1.remove()
                 h2.remove()
-            a = seen["a"][fit_on[l]].double().cpu().numpy()[:, kept]
+            a = seen["a"][fit_on[l]].double().cpu().numpy()[:, cols]
             target = (sums[l][b].double() - seen["r"][fit_on[l]].double().cpu()).numpy()
             stats.add(a, target)
         lam = ridge if readout_ridge is None or l < L - 1 else readout_ridge
-        w, c = compensate(stats, np.arange(len(kept)), values, bias, method, lam)
-        errors = {m: stats.error(np.arange(len(kept)), *compensate(stats, np.arange(len(kept)), values, bias, m))
-                  for m in ("none", "bias")}
-        errors[method] = stats.error(np.arange(len(kept)), w, c)
+        chosen = {}
+        if select is not None:
+            drop = np.sort(np.asarray(select(l, stats, values, lam, len(pruned[l])), dtype=np.int64))
+            zero_neurons(adapter, l, drop.tolist())
+            kept, chosen = np.setdiff1d(cols, drop), dict(pruned=drop)
+        idx = np.arange(len(kept)) if select is None else kept  # the kept neurons' rows of the sums
+        w, c = compensate(stats, idx, values, bias, method, lam)
+        errors = {m: stats.error(idx, *compensate(stats, idx, values, bias, m)) for m in ("none", "bias")}
+        errors[method] = stats.error(idx, w, c)
         set_outputs(adapter, l, kept.tolist(), torch.from_numpy(w), torch.from_numpy(c))
         for b, (ids, mask, _fit_on) in enumerate(batches):  # the compensated block's output, for the layers above
             keep: list = []
@@ -142,7 +153,7 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
                 _run(student, ids, mask)
             cached[b].append(keep[0])
         report.append(dict(layer=l, kept=int(len(kept)), tokens=int(stats.n), ridge=lam,
-                           **{f"error_{m}": e for m, e in errors.items()}))
+                           **{f"error_{m}": e for m, e in errors.items()}, **chosen))
         log.info("layer %d: %d kept, reconstruction error none %.4g, bias %.4g, %s %.4g", l, len(kept),
                  errors["none"], errors["bias"], method, errors[method])
     return student, report
