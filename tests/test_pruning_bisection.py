@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from llm_anatomy.pruning.random_baseline import random_masks
+from llm_anatomy.pruning.plan import random_masks
 from llm_anatomy.pruning.rules import ThresholdRule, apply_rule, bisect_alpha
 
 

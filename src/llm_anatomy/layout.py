@@ -1,17 +1,17 @@
 """Where every artifact lives: the one module that spells a path. The rules, the command line, the tests,
 experiments/ and benchmarks/ read their paths here, so a file moves by one edit.
 
-  data/processed/<profile>/{train,val,test}.parquet            `Layout.split`
-  results/<profile>/<model>/...                                `ModelFiles` (also `llm-anatomy score --out`)
-  results/<profile>/<model>/prune/<target>/...                 `TargetFiles`
-  results/<profile>/pruned/<model>/<target>/                   `Layout.pruned`: a classifier folder (`FOLDER`)
-  results/<profile>/{summary.csv, figures/, plots/, anatomy/}  `Layout.report`, `Layout.anatomy_figures`
-  results/metrics/<profile>/...                                `Layout.metrics`: what each DVC stage outputs
-  logs/<profile>/...                                           `Layout.log`
+  data/processed/<profile>/{train,val,test}.parquet   `Layout.split`
+  results/<profile>/<model>/...                       `ModelFiles` (also `llm-anatomy score --out`)
+  results/<profile>/<model>/prune/<target>/...        `TargetFiles`
+  results/<profile>/pruned/<model>/<target>/          `Layout.pruned`: a classifier folder (`FOLDER`)
+  results/<profile>/{summary.csv, figures/, ...}      `Layout.report`, `Layout.anatomy_figures`
+  results/metrics/<profile>/...                       `Layout.metrics`: what each DVC stage outputs
+  logs/<profile>/...                                  `Layout.log`
 
 A path may hold Snakemake wildcards: `ModelFiles("results/tiny/{model}").ffn_stats` is the rule's pattern.
-The attribute names are the artifacts' names through the stack: a rule's input or output of that name, and
-the keyword of the stage function that reads or writes it. Plain strings, no imports beyond pathlib.
+A file's attribute name is the artifact's name through the stack: the rule's input or output of that name
+and the keyword of the stage function that reads or writes it. Plain strings, no imports beyond pathlib.
 """
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ from pathlib import Path
 
 SCHEMA = "workflow/schemas/params.schema.yaml"  # relative to the repository root
 PROBES = "resources/probes.tsv"
+# inside a classifier folder, beside the backbone's and tokenizer's own files; a pruned folder also holds
+# pruning.json (and, written by `llm-anatomy prune`, the plan it was cut by)
+FOLDER = dict(meta="classifier.json", head="head.safetensors", pruning="pruning.json", plan="plan.parquet")
+
+
+def folder_file(folder, name: str) -> Path:
+    return Path(folder) / FOLDER[name]
+
+
+def beside(folder, suffix: str) -> str:
+    """A file next to a folder the command line writes (`runs/minilm` -> `runs/minilm.metrics.json`)."""
+    folder = Path(folder)
+    return str(folder.with_name(folder.name + suffix))
 
 
 class Files:
@@ -40,6 +53,9 @@ class Files:
     def files(self, *names: str) -> dict[str, str]:
         return {n: getattr(self, n) for n in names}
 
+    def benchmark(self, job: str) -> str:
+        return self("benchmarks", f"{job}.tsv")
+
 
 class ModelFiles(Files):
     """One model's folder: the fine-tuned classifier, the anatomy tables and the per-model calibration passes."""
@@ -58,7 +74,7 @@ class ModelFiles(Files):
         # anatomy checked by ablation (rule ablate)
         ablation="anatomy/ablation.parquet", ablation_scores="anatomy/ablation_scores.csv",
         ablation_top="anatomy/ablation_top.csv", ablation_summary="anatomy/ablation_summary.json",
-        # the pruning criteria's calibration passes, and the validation evidence of the method settings
+        # the pruning criteria's calibration passes, and the validation evidence of FLAP's allocation
         ffn_stats="ffn_stats.parquet", mask_gradients="mask_gradients.parquet", obs_scores="obs_scores.parquet",
         flap_allocation="choices/flap_allocation.csv",
     )
@@ -74,9 +90,6 @@ class ModelFiles(Files):
     def dense_eval(self, split: str) -> str:
         return self(f"eval_{split}.parquet")
 
-    def benchmark(self, job: str) -> str:
-        return self("benchmarks", f"{job}.tsv")
-
 
 class TargetFiles(Files):
     """One prune target's step artifacts (results/<profile>/<model>/prune/<target>/)."""
@@ -90,35 +103,15 @@ class TargetFiles(Files):
     def baselines(self, split: str) -> str:
         return self(f"baselines_{split}.parquet")
 
-    def benchmark(self, job: str) -> str:
-        return self("benchmarks", f"{job}.tsv")
-
-
-# inside a classifier folder (beside the backbone's and tokenizer's own files); a pruned one also holds
-# pruning.json (and, written by `llm-anatomy prune`, the plan it was cut by)
-FOLDER = dict(meta="classifier.json", head="head.safetensors", pruning="pruning.json", plan="plan.parquet")
-
-
-def folder_file(folder, name: str) -> Path:
-    """A file inside a classifier folder (`FOLDER`)."""
-    return Path(folder) / FOLDER[name]
-
-
-def beside(folder, suffix: str) -> str:
-    """A file next to a folder the command line writes (`runs/minilm` -> `runs/minilm.metrics.json`)."""
-    folder = Path(folder)
-    return str(folder.with_name(folder.name + suffix))
-
 
 class Layout:
     """The folders of one profile."""
 
     def __init__(self, profile: str):
         self.profile = profile
-        self.data = f"data/processed/{profile}"
-        self.results = f"results/{profile}"
-        self.logs = f"logs/{profile}"
-        self.metrics = Files(f"results/metrics/{profile}")  # outside results/<profile>: each DVC stage's output
+        self.data, self.results, self.logs = f"data/processed/{profile}", f"results/{profile}", f"logs/{profile}"
+        self.metrics = Files(f"results/metrics/{profile}")  # outside results/<profile>/: DVC outputs do not overlap
+        self.finetune_summary, self.anatomy_metrics = self.metrics("finetune.json"), self.metrics("anatomy.json")
 
     def split(self, name: str) -> str:
         return f"{self.data}/{name}.parquet"
@@ -134,14 +127,6 @@ class Layout:
 
     def log(self, *parts: str) -> str:
         return "/".join([self.logs, *parts]) + ".log"
-
-    @property
-    def finetune_summary(self) -> str:
-        return self.metrics("finetune.json")
-
-    @property
-    def anatomy_metrics(self) -> str:
-        return self.metrics("anatomy.json")
 
     def config_metrics(self, config: str) -> str:
         return self.metrics("prune", f"{config}.json")

@@ -231,17 +231,9 @@ class Checkpoint:
     tokenizer: PreTrainedTokenizerBase
     meta: dict
 
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @property
-    def padding_side(self) -> str:
-        return self.meta.get("padding_side", "right")
-
-    @property
-    def precision(self) -> str:
-        return self.meta.get("precision", "fp32")
+    def __post_init__(self):
+        self.pad_id = self.tokenizer.pad_token_id
+        self.padding_side, self.precision = self.meta.get("padding_side", "right"), self.meta.get("precision", "fp32")
 
     def encode(self, texts, what: str = "reviews") -> Encoded:
         """Token ids as the checkpoint was fine-tuned (its max_length and truncation side)."""

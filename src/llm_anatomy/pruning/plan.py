@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -31,7 +32,6 @@ from ..io import dumps, from_record, parquet_metadata, read_parquet, write_parqu
 from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
 from .allocation import allocate, cut_values
 from .criteria import NeuronStats, importance
-from .random_baseline import random_masks
 from .rules import apply_rule, bisect_alpha, figure4a_lines, layer_table, rule_from_spec
 from .spec import THRESHOLD, MethodSpec
 
@@ -160,6 +160,22 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
     if spec.compensation == "bias":
         pruned_means = [np.asarray(m, dtype=np.float64)[p] for m, p in zip(stats["mean"], pruned)]
     return Plan(pruned, table, PlanInfo(spec, cut, search), lines, pruned_means)
+
+
+def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float) -> list[np.ndarray]:
+    """Per layer, `counts[l]` neurons drawn without replacement from those with score <= `high`.
+
+    One generator per (seed, layer), so a layer's draw does not depend on the other layers.
+    """
+    out = []
+    for layer, (s, n) in enumerate(zip(scores, counts)):
+        candidates = np.flatnonzero(~(np.asarray(s) > high))
+        if n > len(candidates):
+            log.warning("layer %d: %d neurons to prune but only %d are not high; pruning those", layer, n, len(candidates))
+            n = len(candidates)
+        rng = np.random.default_rng([int(seed), layer])
+        out.append(np.sort(rng.choice(candidates, size=int(n), replace=False)))
+    return out
 
 
 def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarray] | None = None) -> Plan:

@@ -19,6 +19,7 @@ No torch and no file access here: the workflow reads this module when it loads.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Callable
@@ -123,13 +124,8 @@ class MethodSpec:
     def with_params(self, pruning: dict) -> "MethodSpec":
         """The method parameters that apply to this method, from params.yaml's `pruning` section (a value the
         record already holds, such as a configuration's own focus_multiplier, wins)."""
-        values = {}
-        for name, key in method_params():
-            value = pruning
-            for part in key.split("."):
-                value = value[part]
-            values[name] = value
-        return self.with_values(values)
+        return self.with_values({name: functools.reduce(dict.__getitem__, key.split("."), pruning)
+                                 for name, key in method_params()})
 
     def with_values(self, values: dict) -> "MethodSpec":
         """The method parameters in `values` (name -> value) that apply to this method and it does not hold yet."""
@@ -143,9 +139,7 @@ class MethodSpec:
 
     @property
     def curve(self) -> str:
-        if self.named:
-            return "named"
-        return self.alias or f"{self.criterion}-{self.allocation}-{self.compensation}"
+        return "named" if self.named else self.alias or f"{self.criterion}-{self.allocation}-{self.compensation}"
 
     @property
     def name(self) -> str:
@@ -155,9 +149,7 @@ class MethodSpec:
     @property
     def family(self) -> str:
         """What metrics.json calls the rule: encoder | decoder (threshold rules), flap, or criterion (the rest)."""
-        if self.allocation == THRESHOLD:
-            return self.rule
-        return "flap" if self.alias == "flap" else "criterion"
+        return self.rule if self.allocation == THRESHOLD else "flap" if self.alias == "flap" else "criterion"
 
     @property
     def fitted(self) -> bool:
