@@ -19,6 +19,14 @@ def test_every_subcommand_has_help(command):
     assert run.returncode == 0 and f"llm-anatomy {command}" in run.stdout
 
 
+def test_the_prune_options_are_the_method_parameters_with_the_schemas_defaults():
+    from llm_anatomy.cli import parser
+    prune = parser()._subparsers._group_actions[0].choices["prune"]
+    defaults = {a.dest: a.default for a in prune._actions}
+    assert (defaults["ridge"], defaults["readout_ridge"], defaults["max_layer_fraction"]) == (0.01, 10.0, 1.0)
+    assert "focus_multiplier" not in defaults  # the threshold rules' parameter: the command line has no such rule
+
+
 def test_a_bad_model_folder_and_a_bad_file_are_named(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--data", str(tmp_path / "x.parquet")]) == 2
     err = capsys.readouterr().err

@@ -76,6 +76,12 @@ def test_global_allocation_by_hand():
     assert [p.tolist() for p in allocate(f, 3 / 8, "global")] == [[0], [0, 1]]
     assert [p.tolist() for p in allocate(f, 5 / 8, "global")] == [[0, 1], [0, 1, 2]]
     assert sum(len(p) for p in allocate(f, 1.0, "global")) == 8
+    # at most half of any layer: 4 of 8 would take layer 1's three ties; capped at 2, the cut goes on in layer 0
+    assert [p.tolist() for p in allocate(f, 1 / 2, "global")] == [[0], [0, 1, 2]]
+    assert [p.tolist() for p in allocate(f, 1 / 2, "global", max_layer_fraction=0.5)] == [[0, 1], [0, 1]]
+    assert [p.tolist() for p in allocate(f, 1 / 2, "global", max_layer_fraction=1.0)] == [[0], [0, 1, 2]]
+    with pytest.raises(ValueError, match="max_layer_fraction 0.5 allows 4"):
+        allocate(f, 5 / 8, "global", max_layer_fraction=0.5)
     with pytest.raises(ValueError, match="allocation"):
         allocate(f, 0.5, "per-head")
     with pytest.raises(ValueError, match="outside"):

@@ -84,6 +84,9 @@ def test_each_method_reads_only_the_parameters_that_apply_to_it():
     assert not {"ridge", "readout_ridge"} & set(bias.to_dict())
     changed = t.spec("enc", "fluctuation-searched-refit-70").with_values({"ridge": 5.0})
     assert changed.ridge == 0.01  # a value the record holds wins
+    # the global allocation's cap: read by global plans only (FLAP's global too), offered by the command line
+    assert t.spec("enc", "flap-60").max_layer_fraction is None
+    assert MethodSpec.flap(0.6, "global", True).with_params(PARAMS_FILLED).max_layer_fraction == 1.0
 
 
 PARAMS_FILLED = pipeline_for().targets.pruning

@@ -26,15 +26,25 @@ def lowest(importance: np.ndarray, count: int) -> np.ndarray:
     return np.sort(np.argsort(np.asarray(importance), kind="stable")[:count])
 
 
-def global_cut(importance: Sequence[np.ndarray], fraction: float) -> list[np.ndarray]:
-    """The lowest `fraction` of all neurons by per-layer standardised importance (ties by layer, then index)."""
+def global_cut(importance: Sequence[np.ndarray], fraction: float, max_layer_fraction: float = 1.0) -> list[np.ndarray]:
+    """The lowest `fraction` of all neurons by per-layer standardised importance (ties by layer, then index),
+    at most `max_layer_fraction` of any one layer (a full layer's further neurons are passed over)."""
     z = []
     for s in importance:
         sd = s.std()
         z.append((s - s.mean()) / sd if sd > 0 else np.zeros_like(s))
     flat = np.concatenate(z)
     layer_of = np.concatenate([np.full(len(s), l) for l, s in enumerate(importance)])
-    order = np.argsort(flat, kind="stable")[: int(round(fraction * len(flat)))]
+    order, want = np.argsort(flat, kind="stable"), int(round(fraction * len(flat)))
+    if max_layer_fraction < 1.0:
+        rank = np.empty(len(order), dtype=np.int64)  # each neuron's place among its layer's, in cut order
+        for l in range(len(importance)):
+            rank[layer_of[order] == l] = np.arange(int((layer_of == l).sum()))
+        order = order[rank < np.array([int(max_layer_fraction * len(s)) for s in importance])[layer_of[order]]]
+        if want > len(order):
+            raise ValueError(f"target {fraction:.0%} needs {want} neurons, but max_layer_fraction "
+                             f"{max_layer_fraction} allows {len(order)}; raise it or lower the target")
+    order = order[:want]
     offsets = np.cumsum([0] + [len(s) for s in importance])
     return [np.sort(order[layer_of[order] == l] - offsets[l]) for l in range(len(importance))]
 
@@ -82,7 +92,7 @@ def searched_counts(sensitivity: pd.DataFrame, widths: Sequence[int], target: fl
 
 
 def allocate(importance: Sequence[np.ndarray], target: float, allocation: str,
-             sensitivity: pd.DataFrame | None = None) -> list[np.ndarray]:
+             sensitivity: pd.DataFrame | None = None, max_layer_fraction: float | None = None) -> list[np.ndarray]:
     """Per layer, the sorted indices of the `target` fraction of all neurons to prune."""
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"target fraction {target} is outside [0, 1]; give a fraction such as 0.5")
@@ -90,7 +100,7 @@ def allocate(importance: Sequence[np.ndarray], target: float, allocation: str,
     if allocation == "uniform":
         return [lowest(s, int(round(target * len(s)))) for s in importance]
     if allocation == "global":
-        return global_cut(importance, target)
+        return global_cut(importance, target, 1.0 if max_layer_fraction is None else max_layer_fraction)
     if allocation != "searched":
         raise ValueError(f"allocation: {allocation!r} is not one of {ALLOCATIONS}")
     if sensitivity is None:

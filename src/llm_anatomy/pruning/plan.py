@@ -150,7 +150,7 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
     if [len(v) for v in imp] != [len(s) for s in scores]:
         raise ValueError(f"criterion {spec.criterion!r}: {[len(v) for v in imp]} neurons per layer do not match "
                          f"the neuron scores' {[len(s) for s in scores]}; rebuild both from the same checkpoint")
-    pruned = allocate(imp, float(spec.target), spec.allocation, sensitivity)
+    pruned = allocate(imp, float(spec.target), spec.allocation, sensitivity, spec.max_layer_fraction)
     cut = cut_values(imp, pruned)
     table = cut_table(imp, pruned, cut, scores, high)
     search = dict(target_fraction=float(spec.target), pruned=int(sum(len(p) for p in pruned)), reached=True)

@@ -83,6 +83,7 @@ class MethodSpec:
     # method parameters read from params.yaml's `pruning` section (see the module doc)
     ridge: float | None = _param("methods.ridge", lambda s: s.compensation in FITTED)
     readout_ridge: float | None = _param("methods.readout_ridge", lambda s: s.compensation in FITTED)
+    max_layer_fraction: float | None = _param("methods.max_layer_fraction", lambda s: s.allocation == "global")
     focus_multiplier: float | None = _param("focus_multiplier", _threshold)  # a configuration's own wins
     negative_alpha: bool | None = _param("sweep.negative_alpha", lambda s: _threshold(s) and s.target is not None)
     # the threshold rule's configuration (pruning.configs; pruning.rules)
