@@ -10,6 +10,7 @@ import torch
 
 from conftest import ROOT
 from llm_anatomy.cli import main
+from llm_anatomy.layout import folder_file
 
 
 @pytest.mark.parametrize("command", ["finetune", "score", "prune", "evaluate", "bench", "pull"])
@@ -71,7 +72,7 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
     enc = encode_reviews(tok, meta, splits["test"]["text"])
     ids, mask = pad(enc, tok.pad_token_id, "right")
     with torch.no_grad():
-        torch.testing.assert_close(pruned(ids, mask), pruned_copy(dense, read_plan(out / "plan.parquet"))(ids, mask),
+        torch.testing.assert_close(pruned(ids, mask), pruned_copy(dense, read_plan(folder_file(out, "plan")))(ids, mask),
                                    atol=1e-5, rtol=1e-5)
     assert main(["evaluate", str(out), "--data", files["test"], "--out", str(tmp_path / "eval.parquet")]) == 0
     ev = json.loads(capsys.readouterr().out)
@@ -90,7 +91,7 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
                  "--calibration-reviews", "16", "--sparsity", "0.5", "--criterion", "fisher", "--compensation",
                  "refit", "--out", str(refit), "--threads", "1"]) == 0
     info = json.loads(capsys.readouterr().out)
-    plan = read_plan(refit / "plan.parquet")
+    plan = read_plan(folder_file(refit, "plan"))
     assert (plan.spec.criterion, plan.compensation, info["calibration_reviews"]) == ("fisher", "refit", 16)
     fitted, _, _ = load_classifier(refit)
     kept = np.setdiff1d(np.arange(dense.adapter.ffn_width(0)), plan.pruned[0])
@@ -113,7 +114,7 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
                  "--validation", files["val"], "--calibration-reviews", "16", "--search-reviews", "8",
                  "--search-fractions", "0.25", "0.5", "0.75", "--sparsity", "0.5", "--criterion", "obs",
                  "--allocation", "searched", "--compensation", "refit", "--out", str(searched), "--threads", "1"]) == 0
-    plan = read_plan(searched / "plan.parquet")
+    plan = read_plan(folder_file(searched, "plan"))
     assert (plan.spec.criterion, plan.spec.allocation, plan.spec.compensation) == ("obs", "searched", "refit")
     assert json.loads(capsys.readouterr().out)["target"] == "obs-searched-refit-50"
     assert sum(plan.counts) == sum(dense.adapter.ffn_widths()) // 2

@@ -12,6 +12,7 @@ import torch
 
 from llm_anatomy import fused
 from llm_anatomy.batching import pad
+from llm_anatomy.layout import folder_file
 from llm_anatomy.logits import read_logits
 from llm_anatomy.models import load_classifier, open_checkpoint
 from llm_anatomy.pruning.materialise import pruned_copy
@@ -58,11 +59,11 @@ def test_materialised_folder_reloads_in_a_fresh_process(arch, cfg, tokenizer, re
                          text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     torch.testing.assert_close(torch.tensor(json.loads(run.stdout)), expect, atol=1e-5, rtol=0)
-    info = json.loads((p["pruned"] / "pruning.json").read_text())
+    info = json.loads(folder_file(p["pruned"], "pruning").read_text())
     assert info["ffn_widths"] == in_memory.adapter.ffn_widths() < info["ffn_widths_dense"]
     assert info["params_pruned"] == sum(t.numel() for t in in_memory.parameters()) < info["params_dense"]
     assert info["bytes"] == sum(f.stat().st_size for f in p["pruned"].rglob("*") if f.is_file() and
-                                f.name != "pruning.json")
+                                f != folder_file(p["pruned"], "pruning"))
     if plan.fitted:  # the fitted value vectors are in the folder: not the dense model's rows
         kept = np.setdiff1d(np.arange(model.adapter.ffn_width(0)), plan.pruned[0])
         dense_rows = model.adapter.value_vectors(0)[torch.as_tensor(kept)]

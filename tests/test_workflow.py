@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 from llm_anatomy.config import load_params, validate
-from llm_anatomy.layout import SCHEMA, Layout
+from llm_anatomy.layout import SCHEMA, Layout, folder_file
 from llm_anatomy.pipeline import Pipeline
 from llm_anatomy.pruning.spec import THRESHOLD, curve_of
 
@@ -137,9 +137,11 @@ def test_tiny_profile_end_to_end(tiny_run):
         return json.loads(path.read_text()) if path.suffix == ".json" else pd.read_csv(path)
 
     # every output of the tiny profile lies in its own folders
-    assert sorted(p.name for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")) == ["metrics", "tiny"]
-    assert sorted(p.name for p in (tmp_path / "results/metrics").iterdir()) == ["tiny"]
-    assert sorted(p.name for p in (tmp_path / "data/processed").iterdir()) == ["tiny"]
+    metrics, results, data = (Path(p) for p in (layout.metrics.root, layout.results, layout.data))
+    assert sorted(p.name for p in (tmp_path / results.parent).iterdir() if not p.name.startswith(".")) == [
+        metrics.parent.name, "tiny"]
+    assert [p.name for p in (tmp_path / metrics.parent).iterdir()] == [p.name for p in (tmp_path / data.parent).iterdir()]
+    assert [p.name for p in (tmp_path / data.parent).iterdir()] == ["tiny"]
     summary = read(layout.finetune_summary)
     assert set(summary) == set(pipe.targets.models)
     for name, metrics in summary.items():
@@ -149,7 +151,7 @@ def test_tiny_profile_end_to_end(tiny_run):
         assert not (tmp_path / files.checkpoint).parent.exists()
         flap = read(layout.target(name, "flap-50").metrics)
         assert flap["rule"] == "flap" and flap["neurons_pruned"] == flap["neurons_total"] // 2
-        assert (tmp_path / layout.pruned(name, "flap-50") / "pruning.json").exists()
+        assert folder_file(tmp_path / layout.pruned(name, "flap-50"), "pruning").exists()
         assert flap["accuracy_dense_lo"] <= flap["accuracy_dense"] <= flap["accuracy_dense_hi"]
         assert flap["gap_random_lo"] <= flap["gap_random"] <= flap["gap_random_hi"]
         assert (tmp_path / files.ablation).exists() and (tmp_path / files.flap_allocation).exists()
@@ -276,9 +278,9 @@ def test_the_command_line_prunes_as_the_pipeline_does(tiny_run, tmp_path, model,
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout)["target"] == target
     pipeline_folder = tiny_run / layout.pruned(model, target)
-    (out / "plan.parquet").rename(tmp_path / "plan.parquet")  # the command line keeps the plan in the folder
+    plan = folder_file(out, "plan").rename(tmp_path / folder_file(out, "plan").name)  # the CLI keeps its plan there
     _same_output(out, pipeline_folder)
-    _same_output(tmp_path / "plan.parquet", tiny_run / layout.target(model, target).plan)
+    _same_output(plan, tiny_run / layout.target(model, target).plan)
 
 
 @pytest.mark.slow

@@ -62,10 +62,10 @@ def _finetune(args) -> dict:
     out = Path(args.out)
     settings = {k: getattr(args, k) for k in schema_properties("$defs", "finetune") if hasattr(args, k)}
     spec = dict(source=args.source, tokenizer=args.tokenizer or args.source, finetune=settings)
-    metrics = beside(out, ".metrics.json")
+    metrics = beside(out, "metrics")
     finetune(train=_data(args.train, "--train"), val=_data(args.val, "--val"), finetuned=out, metrics=metrics,
              spec=spec, model_name=out.name, threads=args.threads, device=args.device,
-             checkpoint=str(Path(beside(out, ".checkpoint")) / "last.pt"))
+             checkpoint=beside(out, "checkpoint"))
     return json.loads(Path(metrics).read_text())
 
 
@@ -133,7 +133,7 @@ def _evaluate(args) -> dict:
     from .logits import read_logits
     from .stats import accuracy_interval, correct
     model = _classifier_dir(args.model)
-    out = args.out or str(Path(tempfile.mkdtemp()) / "eval.parquet")
+    out = args.out or ModelFiles(tempfile.mkdtemp()).dense_eval(Path(args.data).stem)
     evaluate_folder(model, read_split(_data(args.data, "--data")), out, args.limit, args.batch_size, args.threads,
                     args.device)
     df, info = read_logits(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .layout import SCHEMA
+from .layout import SCHEMA, mirror_file
 
 
 class ParamsError(ValueError):
@@ -150,11 +150,11 @@ def check_semantics(config: dict, root: str | Path) -> None:
     name = config["profile"]
     data = config["data"]
     if data["source"] == "mirror":
-        mirror = resolve_path(data["mirror_dir"], root)
         for split in ("train", "test"):
-            if not (mirror / f"{split}.parquet").exists():
-                raise ParamsError(f"data.mirror_dir: {mirror / (split + '.parquet')} does not exist; point it at the "
-                                  "IMDB Parquet mirror (default ../shared/data/imdb) or set data.source: hub")
+            if not mirror_file(resolve_path(data["mirror_dir"], root), split).exists():
+                raise ParamsError(f"data.mirror_dir: {mirror_file(resolve_path(data['mirror_dir'], root), split)} does "
+                                  "not exist; point it at the IMDB Parquet mirror (default ../shared/data/imdb) or set "
+                                  "data.source: hub")
     anatomy = {**config["anatomy"], **prof.get("anatomy", {})}
     from .probes import ProbeError, read_probes
     try:  # read now, so a bad probe file stops the run before any fine-tuning

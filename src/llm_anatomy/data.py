@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .io import read_parquet, write_parquet
+from .layout import mirror_file
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def read_mirror(mirror_dir: str | Path) -> dict[str, pd.DataFrame]:
     mirror_dir = Path(mirror_dir)
     frames = {}
     for split in ("train", "test"):
-        path = mirror_dir / f"{split}.parquet"
+        path = mirror_file(mirror_dir, split)
         if not path.exists():
             raise DataError(f"{path} not found. Point `data.mirror_dir` in params.yaml at a folder holding "
                             "IMDB train.parquet and test.parquet, or set `data.source: hub` where a network exists.")

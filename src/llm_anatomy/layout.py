@@ -28,10 +28,18 @@ def folder_file(folder, name: str) -> Path:
     return Path(folder) / FOLDER[name]
 
 
-def beside(folder, suffix: str) -> str:
-    """A file next to a folder the command line writes (`runs/minilm` -> `runs/minilm.metrics.json`)."""
+BESIDE = dict(metrics=".metrics.json", checkpoint=".checkpoint/last.pt")  # `llm-anatomy finetune --out`'s own
+
+
+def beside(folder, name: str) -> str:
+    """A file next to a classifier folder the command line writes (`runs/minilm` -> `runs/minilm.metrics.json`)."""
     folder = Path(folder)
-    return str(folder.with_name(folder.name + suffix))
+    return str(folder.with_name(folder.name + BESIDE[name]))
+
+
+def mirror_file(mirror_dir, split: str) -> Path:
+    """A split of the IMDB Parquet mirror (data.mirror_dir): train or test."""
+    return Path(mirror_dir) / f"{split}.parquet"
 
 
 class Files:
