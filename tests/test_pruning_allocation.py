@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ARCHS, make_tiny
+from conftest import ARCHS, forward_tolerance, make_tiny
 from llm_anatomy.ablation import Ablator
 from llm_anatomy.batching import encode, pad
 from llm_anatomy.pruning.allocation import allocate, lowest, searched_counts
@@ -46,7 +46,8 @@ def test_layer_sensitivity_is_the_loss_increase_of_the_pruned_model(arch, tokeni
         folded = PlanInfo(MethodSpec("fluctuation", "uniform", "bias", 0.5), [])  # the mean output kept
         plan = Plan(pruned, None, folded, pruned_means=[np.asarray(m)[p] for m, p in zip(means, pruned)])
         expected = loss(pruned_copy(dense, plan, "removed")) - base
-        assert row.loss_increase == pytest.approx(expected, abs=1e-5), (row.layer, row.fraction)
+        # both losses are means of softplus of float32 logits (slope <= 1): each within a forward tolerance
+        assert row.loss_increase == pytest.approx(expected, abs=2 * forward_tolerance(dense)), (row.layer, row.fraction)
     assert (table[table.fraction == 0].loss_increase == 0).all()
     assert table.pruned.tolist()[:3] == [0, round(0.25 * widths[0]), round(0.5 * widths[0])]
 

@@ -33,8 +33,7 @@ BESIDE = dict(metrics=".metrics.json", checkpoint=".checkpoint/last.pt")  # `llm
 
 def beside(folder, name: str) -> str:
     """A file next to a classifier folder the command line writes (`runs/minilm` -> `runs/minilm.metrics.json`)."""
-    folder = Path(folder)
-    return str(folder.with_name(folder.name + BESIDE[name]))
+    return str(Path(folder)) + BESIDE[name]
 
 
 def mirror_file(mirror_dir, split: str) -> Path:
