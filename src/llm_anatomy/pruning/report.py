@@ -207,7 +207,7 @@ def _accuracy_curve(ax, runs, color, name, band_color):
                       f"random, {name}'s counts, uncompensated", style="v:")
 
 
-def plot_accuracy(runs: list[PruneMetrics], path) -> None:
+def draw_accuracy(runs: list[PruneMetrics], path) -> None:
     """Accuracy against % FFN neurons pruned: the paper rule and FLAP, each with the random baseline
     matched to its per-layer counts and treated as the method is; bands are 95% intervals (reviews
     resampled; seeds too for the random baselines). Markers: the Figure-5a configurations."""
@@ -247,7 +247,7 @@ def plot_accuracy(runs: list[PruneMetrics], path) -> None:
     _save(fig, path)
 
 
-def plot_time(runs: list[PruneMetrics], path) -> None:
+def draw_time(runs: list[PruneMetrics], path) -> None:
     """Inference time of zeroed and removed models relative to the dense model timed alternately in the
     same run (curves: lines; named configurations: markers); bands and bars span the per-repeat ratios
     (min to max over the repeats). Absolute times are in the summary."""
@@ -332,7 +332,7 @@ def _frontier_line(ax, pts, color):
             label="frontier")
 
 
-def plot_pareto(runs: list[PruneMetrics], path) -> None:
+def draw_pareto(runs: list[PruneMetrics], path) -> None:
     """Per model, accuracy against % FFN neurons removed (left) and against the measured speedup of the
     physically pruned model (right): the paper rule, FLAP, the random baseline at FLAP's sizes and every
     method of the registry on the same axes; error bars are 95% intervals, the shaded step the frontier."""
@@ -394,9 +394,9 @@ def prune_report(metrics: list, evals: list, baselines: list, summary, summary_m
     write_text(summary_md, to_markdown(table) + "\n## Method comparisons (paired, same reviews)\n\n"
                + to_markdown(pairs) + "\n## Frontier (no other point is as accurate at as many % pruned, or as fast)\n\n"
                + to_markdown(front))
-    plot_pareto(runs, pareto)
-    plot_accuracy(runs, accuracy)
-    plot_time(runs, time)
+    draw_pareto(runs, pareto)
+    draw_accuracy(runs, accuracy)
+    draw_time(runs, time)
     write_json(headline, experiment_headline(runs))
     accuracy_series, speedup_series = plot_series(runs)
     write_csv(accuracy_series, plot_accuracy)
