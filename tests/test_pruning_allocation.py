@@ -28,7 +28,7 @@ def test_layer_sensitivity_is_the_loss_increase_of_the_pruned_model(arch, tokeni
     widths = dense.adapter.ffn_widths()
     importance = [rng.normal(size=w) for w in widths]
     means = [rng.normal(size=w) for w in widths]  # stand-ins for the calibration means
-    ablator = Ablator(dense, enc, LABELS, tokenizer.pad_token_id, batch_size=4)
+    ablator = Ablator(dense, enc, LABELS, tokenizer.pad_token_id, "right", batch_size=4)
     ablator.means = [torch.as_tensor(m, dtype=torch.float32) for m in means]
     table = sensitivity_table(ablator, importance, [0.25, 0.5])
 

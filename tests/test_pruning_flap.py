@@ -51,7 +51,7 @@ def test_stats_match_direct_computation(tiny_model, tokenizer, reviews, side):
 
 
 def test_stats_round_trip(tiny_model, tokenizer, reviews, tmp_path):
-    stats = ffn_activation_stats(tiny_model, tokenizer(reviews)["input_ids"], tokenizer.pad_token_id)
+    stats = ffn_activation_stats(tiny_model, tokenizer(reviews)["input_ids"], tokenizer.pad_token_id, "right", 16)
     stats.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "s.parquet")  # row order must not matter
     read = NeuronStats.from_files(tmp_path / "s.parquet")
     means, var = read["mean"], read["var"]
@@ -95,7 +95,7 @@ def test_bias_compensation_equals_mean_substitution(tiny_model, tokenizer, revie
     """Removing neurons and compensating the bias = keeping them with their activation pinned to the mean."""
     encoded = tokenizer(reviews)["input_ids"]
     ids, mask = pad(encoded, tokenizer.pad_token_id, "right")
-    stats = ffn_activation_stats(tiny_model, encoded, tokenizer.pad_token_id)
+    stats = ffn_activation_stats(tiny_model, encoded, tokenizer.pad_token_id, "right", 16)
     means = [stats[stats["layer"] == l].sort_values("neuron")["mean"].to_numpy()
              for l in range(tiny_model.adapter.num_layers)]
     rng = np.random.default_rng(3)

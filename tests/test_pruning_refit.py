@@ -36,7 +36,7 @@ def _half_pruned_fit(arch, tokenizer, seed, **kw):
     enc = encode(tokenizer, REVIEWS, 24)
     rng = np.random.default_rng(seed)
     pruned = [np.sort(rng.choice(w, size=w // 2, replace=False)) for w in dense.adapter.ffn_widths()]
-    student, report = fit_compensation(dense, pruned, enc, tokenizer.pad_token_id, batch_size=3, method="refit",
+    student, report = fit_compensation(dense, pruned, enc, tokenizer.pad_token_id, "right", batch_size=3, method="refit",
                                        ridge=1e-3, **kw)
     return dense, enc, pruned, student, report
 
@@ -74,7 +74,7 @@ def test_an_unpruned_model_is_left_as_it_was(arch, tokenizer):
     dense = make_tiny(arch, tokenizer)
     enc = encode(tokenizer, REVIEWS, 24)
     student, report = fit_compensation(dense, [np.array([], dtype=np.int64)] * dense.adapter.num_layers, enc,
-                                       tokenizer.pad_token_id, batch_size=4, method="refit", ridge=1e-2)
+                                       tokenizer.pad_token_id, "right", batch_size=4, method="refit", ridge=1e-2)
     ids, mask = pad(enc, tokenizer.pad_token_id, "right")
     with torch.no_grad():
         expect = dense.float()(ids, mask)  # the fit returns V exactly (float64), stored in float32: one ulp per weight

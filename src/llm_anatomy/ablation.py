@@ -86,8 +86,7 @@ def margin_of(model, batch: Batch) -> torch.Tensor:
 class Ablator:
     """Exact and first-order ablation effects on a fixed set of reviews (float32)."""
 
-    def __init__(self, model: SentimentClassifier, encoded, labels, pad_id: int, padding_side: str = "right",
-                 batch_size: int = 8):
+    def __init__(self, model: SentimentClassifier, encoded, labels, pad_id: int, padding_side: str, batch_size: int):
         self.model = model.float().eval()
         self.adapter = model.adapter
         device = model_device(model)

@@ -30,7 +30,7 @@ from ..models import Checkpoint, SentimentClassifier, open_checkpoint
 
 @torch.inference_mode()
 def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int,
-                         padding_side: str = "right", batch_size: int = 16, precision: str = "fp32",
+                         padding_side: str, batch_size: int, precision: str = "fp32",
                          desc: str | None = None) -> pd.DataFrame:
     """Mean and variance of every FFN neuron's activation over the real tokens of `encoded`."""
     if not len(encoded):

@@ -86,8 +86,9 @@ def relative_ridge(g: np.ndarray, ridge: float) -> float:
 
 
 def compensate(stats: LayerStats, kept: np.ndarray, values: np.ndarray, bias: np.ndarray, method: str,
-               ridge: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
-    """(W [|K|, H], c [H]) for the kept neurons by `method` (see the module docstring)."""
+               ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """(W [|K|, H], c [H]) for the kept neurons by `method` (see the module docstring); none and bias read no
+    ridge."""
     if method not in METHODS:
         raise ValueError(f"compensation {method!r} is not one of {METHODS}")
     if ridge < 0:

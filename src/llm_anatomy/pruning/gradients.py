@@ -30,7 +30,7 @@ from .calibration import calibration_reviews
 
 
 def gradient_table(model: SentimentClassifier, encoded: Sequence[Sequence[int]], labels, pad_id: int,
-                   padding_side: str = "right", batch_size: int = 16) -> pd.DataFrame:
+                   padding_side: str, batch_size: int) -> pd.DataFrame:
     """Per-batch mask gradients of every FFN neuron, in float32 with dropout off (the model is left so)."""
     if not len(encoded):
         raise ValueError("no calibration reviews given; set calibration_reviews >= 1")

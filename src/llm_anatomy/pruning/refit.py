@@ -63,9 +63,8 @@ def _run(model, ids, mask) -> None:
 
 @torch.no_grad()
 def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], encoded, pad_id: int,
-                     padding_side: str = "right", batch_size: int = 16, method: str = "refit",
-                     ridge: float = 1e-2, readout_ridge: float | None = None, select: Callable | None = None
-                     ) -> tuple[SentimentClassifier, list[dict]]:
+                     padding_side: str, batch_size: int, method: str, ridge: float, readout_ridge: float | None = None,
+                     select: Callable | None = None) -> tuple[SentimentClassifier, list[dict]]:
     """(student, per-layer report). The student is a float32 copy of `dense` with the `pruned` neurons
     zeroed and every layer's kept value vectors and output bias fitted by `method`. The report holds,
     per layer, the kept count, the calibration tokens fitted on (every real token; the last layer: the
@@ -144,7 +143,7 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
             kept, chosen = np.setdiff1d(cols, drop), dict(pruned=drop)
         idx = np.arange(len(kept)) if select is None else kept  # the kept neurons' rows of the sums
         w, c = compensate(stats, idx, values, bias, method, lam)
-        errors = {m: stats.error(idx, *compensate(stats, idx, values, bias, m)) for m in ("none", "bias")}
+        errors = {m: stats.error(idx, *compensate(stats, idx, values, bias, m, 0.0)) for m in ("none", "bias")}
         errors[method] = stats.error(idx, w, c)
         set_outputs(adapter, l, kept.tolist(), torch.from_numpy(w), torch.from_numpy(c))
         for b, (ids, mask, _fit_on) in enumerate(batches):  # the compensated block's output, for the layers above
