@@ -21,7 +21,7 @@ import torch
 from common import best_seconds, load, parser
 from llm_anatomy import roofline
 from llm_anatomy.batching import encode_reviews, sorted_batches
-from llm_anatomy.pruning.costs import forward_macs
+from llm_anatomy.costs import forward_macs
 
 
 def exponentials(lengths: list[int], batch_size: int, heads: int, layers: int) -> int:

@@ -17,7 +17,7 @@ import torch
 from common import alternate, compare_predictions, load, parser
 from llm_anatomy.batching import encode_reviews, progress_batches
 from llm_anatomy.device import autocast, machine_info
-from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.inference import inference_model, predict_logits
 
 
 @torch.inference_mode()

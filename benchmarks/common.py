@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 
 from llm_anatomy.data import read_split
+from llm_anatomy.layout import Layout
 from llm_anatomy.models import load_classifier, set_threads
 
 
 def parser(doc: str, reviews: int, repeats: int) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--test", default="data/processed/offline/test.parquet")
+    ap.add_argument("--test", default=Layout("offline").split("test"))
     ap.add_argument("--reviews", type=int, default=reviews)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)

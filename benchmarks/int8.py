@@ -27,9 +27,11 @@ from common import alternate, compare_predictions, load, parser
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
 from llm_anatomy.device import machine_info
-from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.inference import inference_model, predict_logits
 from llm_anatomy.pruning.materialise import pruned_copy
 from llm_anatomy.pruning.plan import read_plan
+from llm_anatomy.layout import Layout
+from llm_anatomy.models import Checkpoint
 from llm_anatomy.pruning.refit import CalibrationSet
 from llm_anatomy.pruning.timing import ratio_spread
 
@@ -37,15 +39,17 @@ from llm_anatomy.pruning.timing import ratio_spread
 def main():
     ap = parser(__doc__, reviews=1000, repeats=5)
     ap.add_argument("--plan", default=None, help="a pipeline plan.parquet; default: the dense model")
-    ap.add_argument("--train", default="data/processed/offline/train.parquet")
+    ap.add_argument("--train", default=Layout("offline").split("train"))
     ap.add_argument("--calibration-reviews", type=int, default=128)
+    ap.add_argument("--calibration-batch-size", type=int, default=16)
     args = ap.parse_args()
 
     model, tok, meta, test = load(args)
     model = model.float()
     if args.plan:
         plan = read_plan(args.plan)
-        calibration = (CalibrationSet.from_split(read_split(args.train), tok, meta, args.calibration_reviews)
+        calibration = (CalibrationSet.from_split(read_split(args.train), Checkpoint(model, tok, meta),
+                                                 args.calibration_reviews, args.calibration_batch_size)
                        if plan.fitted else None)
         model = pruned_copy(model, plan, "removed", calibration)
     labels = test["label"].to_numpy()

@@ -19,8 +19,8 @@ import torch
 from common import load, parser
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.device import machine_info
-from llm_anatomy.evaluate import inference_model
-from llm_anatomy.pruning.costs import forward_macs
+from llm_anatomy.inference import inference_model
+from llm_anatomy.costs import forward_macs
 from llm_anatomy.pruning.timing import time_variants
 from llm_anatomy.surgery import remove_masked
 

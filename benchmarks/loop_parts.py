@@ -11,7 +11,7 @@ precision (docs/SPEED.md):
 
 Tokenises once, warms both up, then times `--repeats` alternating passes of each. Prints the median
 seconds, the ratio per repeat (without / with; min, median, max), the multiply-add ratio of the two
-(`pruning.costs.forward_macs`), both accuracies, the paired difference (with minus without) with its
+(`costs.forward_macs`), both accuracies, the paired difference (with minus without) with its
 95% interval and McNemar p, how many predictions differ, the largest logit difference and the CPU.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from common import alternate, compare_predictions, load, parser
 from llm_anatomy import fused, readout
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.device import machine_info
-from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.pruning.costs import forward_macs
+from llm_anatomy.inference import inference_model, predict_logits
+from llm_anatomy.costs import forward_macs
 from llm_anatomy.pruning.timing import ratio_spread
 
 PARTS = {"fused": (dict(fuse=False), fused.is_fused), "readout": (dict(last_token=False), readout.is_installed)}

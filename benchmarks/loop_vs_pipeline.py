@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification, pipeline
 from common import alternate, load, parser
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.device import machine_info
-from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.inference import inference_model, predict_logits
 from llm_anatomy.pruning.timing import ratio_spread
 
 

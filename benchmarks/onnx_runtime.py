@@ -31,7 +31,7 @@ import torch
 from common import alternate, compare_predictions, load, parser
 from llm_anatomy.batching import encode_reviews, iter_padded, sorted_batches
 from llm_anatomy.device import machine_info
-from llm_anatomy.evaluate import inference_model, loop_parts, predict_logits
+from llm_anatomy.inference import inference_model, loop_parts, predict_logits
 from llm_anatomy.export import ONNX_FILE, export_classifier
 from llm_anatomy.io import write_json
 from llm_anatomy.models import save_classifier

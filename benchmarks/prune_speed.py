@@ -9,7 +9,7 @@ rounds), at one batch size, thread count and precision (the checkpoint's: bf16 w
 `--eager` and `--every-token` time the loop without its fused FFN input maps or without its
 read-token-only last block (docs/SPEED.md). Prints, per model, the median seconds, the speedup with
 its per-repeat spread, the multiply-add bound (dense / pruned multiply-adds over these reviews, as the
-loop runs them: `pruning.costs.forward_macs`) and the share of the bound reached,
+loop runs them: `costs.forward_macs`) and the share of the bound reached,
 (speedup - 1) / (bound - 1), with the CPU it ran on.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from common import load, parser
 from llm_anatomy.batching import encode_reviews
 from llm_anatomy.device import machine_info
-from llm_anatomy.evaluate import inference_model
-from llm_anatomy.pruning.costs import forward_macs
+from llm_anatomy.inference import inference_model
+from llm_anatomy.costs import forward_macs
 from llm_anatomy.pruning.timing import ratio_spread, time_variants
 from llm_anatomy.surgery import remove_masked, zero_masked
 

@@ -18,8 +18,8 @@ import numpy as np
 from common import load, parser
 from llm_anatomy import roofline
 from llm_anatomy.batching import encode_reviews
-from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.pruning.costs import forward_macs
+from llm_anatomy.inference import inference_model, predict_logits
+from llm_anatomy.costs import forward_macs
 
 
 def main():

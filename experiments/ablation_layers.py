@@ -18,11 +18,11 @@ import numpy as np
 
 from llm_anatomy.ablation import (Ablator, ablate_each, importance_table, score_agreement, score_frame, tail_agreement,
                                   tail_neurons)
-from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
 from llm_anatomy.io import write_csv, write_parquet
+from llm_anatomy.layout import ModelFiles
 from llm_anatomy.logs import setup_logging
-from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.models import open_checkpoint
 from llm_anatomy.progress import progress
 
 
@@ -30,15 +30,12 @@ def main(model_dir, val_path, first: int, per_layer: int, tail: int, reviews: in
          seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = setup_logging(str(out / "ablation_layers.log"))
-    set_threads(threads)
+    files = ModelFiles(model_dir)  # the pipeline's names for the model folder's files (llm_anatomy.layout)
     start = time.perf_counter()
-    model, tokenizer, meta = load_classifier(model_dir / "finetuned")
+    ck = open_checkpoint(files.finetuned, "cpu", threads)
     val = read_split(val_path).iloc[:reviews]
-    ablator = Ablator(model, encode_reviews(tokenizer, meta, val["text"]), val["label"].to_numpy(),
-                      tokenizer.pad_token_id, meta.get("padding_side", "right"), 8)
-    table = importance_table(ablator, score_frame(model_dir / "neuron_scores.parquet",
-                                                  model_dir / "anatomy" / "contributions.parquet",
-                                                  model_dir / "ffn_stats.parquet"))
+    ablator = Ablator(ck.model, ck.encode(val["text"]), val["label"].to_numpy(), ck.pad_id, ck.padding_side, 8)
+    table = importance_table(ablator, score_frame(files.neuron_scores, files.contributions, files.ffn_stats))
     widths = ablator.adapter.ffn_widths()
     rng = np.random.default_rng(seed)
     sample = [(l, int(j)) for l in range(first, len(widths))

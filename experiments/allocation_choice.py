@@ -3,9 +3,11 @@ measured on the first S validation reviews in two ways, then uniform vs searched
 compensation, each evaluated on held-out validation reviews (disjoint from the search), as JSON lines.
 
 The two sensitivities, each layer pruned alone with the layers below dense:
-- `bias`: the pipeline's rule `layer_sensitivity` (the pruned activations pinned to their calibration means);
+- `bias`: the pipeline's rule `layer_sensitivity` (`sensitivity.sensitivity_table`: the pruned activations
+  pinned to their calibration means);
 - `refit`: the layer's kept value vectors and bias refitted by least squares to the dense FFN output on the
-  calibration tokens, the compensation the method itself applies (an experiment, not in the pipeline).
+  calibration tokens, the compensation the method itself applies (an experiment, not in the pipeline: the
+  same table with its `prune` hook refitting the layer).
 
     python experiments/allocation_choice.py MODEL CAL_REVIEWS SEARCH_REVIEWS CRITERION PCTS [FIRST:END]
     python experiments/allocation_choice.py minilm 128 128 fluctuation 60,70,80 128:500
@@ -18,24 +20,24 @@ import copy
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from itertools import combinations
 
 import numpy as np
-import pandas as pd
 import torch
 
-from llm_anatomy.ablation import Ablator, margin_of
-from llm_anatomy.batching import encode_reviews, iter_padded, sorted_batches
+from llm_anatomy.ablation import Ablator
+from llm_anatomy.batching import iter_padded, sorted_batches
 from llm_anatomy.data import read_split
-from llm_anatomy.evaluate import predict_logits
-from llm_anatomy.models import load_classifier, set_threads
-from llm_anatomy.pruning.allocation import allocate, lowest
+from llm_anatomy.inference import predict_logits
+from llm_anatomy.layout import Layout
+from llm_anatomy.models import open_checkpoint
+from llm_anatomy.pruning.allocation import allocate
 from llm_anatomy.pruning.calibration import ffn_activation_stats
 from llm_anatomy.pruning.compensation import LayerStats, compensate
 from llm_anatomy.pruning.criteria import NeuronStats, importance
 from llm_anatomy.pruning.refit import fit_compensation
-from llm_anatomy.pruning.sensitivity import layer_sensitivity
-from llm_anatomy.replay import replay_below
+from llm_anatomy.pruning.sensitivity import sensitivity_table
 from llm_anatomy.scores import per_layer
 from llm_anatomy.surgery import remove_masked
 
@@ -64,30 +66,26 @@ def dense_ffn_stats(model, encoded, pad, side) -> list[LayerStats]:
     return stats
 
 
-@torch.inference_mode()
-def refit_sensitivity(ablator: Ablator, imp, stats: list[LayerStats]) -> pd.DataFrame:
-    """layer_sensitivity's table, with each pruned layer refitted instead of mean-pinned."""
-    model, ad = ablator.model, ablator.model.adapter
-    dense = sum(float(torch.nn.functional.softplus(-b.margin).sum()) for b in ablator.batches)
-    rows = []
-    for l in range(ad.num_layers):
-        rows.append(dict(layer=l, fraction=0.0, pruned=0, loss_increase=0.0))
-        values, bias = ad.value_vectors(l).double().numpy(), ad.ffn(l).output.bias.double().numpy()
-        for f in FRACTIONS:
-            idx = lowest(imp[l], int(round(f * len(imp[l]))))
-            kept = np.setdiff1d(np.arange(len(imp[l])), idx)
-            w, c = (torch.from_numpy(x).float() for x in compensate(stats[l], kept, values, bias, "refit", RIDGE))
-            k = torch.from_numpy(kept)
-            hook = ad.ffn(l).output.register_forward_hook(lambda _m, a, _o: a[0][..., k] @ w + c)
-            total = 0.0
-            try:
-                for b in ablator.batches:
-                    with replay_below(model, l, b.block_outputs):
-                        total += float(torch.nn.functional.softplus(-margin_of(model, b)).sum())
-            finally:
-                hook.remove()
-            rows.append(dict(layer=l, fraction=f, pruned=len(idx), loss_increase=(total - dense) / ablator.n_reviews))
-    return pd.DataFrame(rows)
+def refit_layer(model, stats: list[LayerStats]):
+    """A `prune` context of `sensitivity.sensitivity_table`: the layer's kept value vectors and bias refitted by
+    least squares to the dense FFN output on the calibration tokens, in place of the pruned neurons' means."""
+    ad, fits = model.adapter, {}
+
+    @contextmanager
+    def prune(layer, idx):
+        key = (layer, len(idx))
+        if key not in fits:
+            kept = np.setdiff1d(np.arange(ad.ffn_width(layer)), idx)
+            values, bias = ad.value_vectors(layer).double().numpy(), ad.ffn(layer).output.bias.double().numpy()
+            w, c = compensate(stats[layer], kept, values, bias, "refit", RIDGE)
+            fits[key] = torch.from_numpy(kept), torch.from_numpy(w).float(), torch.from_numpy(c).float()
+        k, w, c = fits[key]
+        hook = ad.ffn(layer).output.register_forward_hook(lambda _m, a, _o: a[0][..., k] @ w + c)
+        try:
+            yield
+        finally:
+            hook.remove()
+    return prune
 
 
 def main() -> None:
@@ -97,13 +95,13 @@ def main() -> None:
     first, end = (int(x) for x in (sys.argv[6] if len(sys.argv) > 6 else "200:500").split(":"))
     if first < nsearch:
         raise SystemExit(f"held-out reviews {first}:{end} overlap the {nsearch} search reviews; start at >= {nsearch}")
-    set_threads(2)
-    model, tok, meta = load_classifier(f"results/offline/{name}/finetuned")
-    train, val = read_split("data/processed/offline/train.parquet"), read_split("data/processed/offline/val.parquet")
-    pad, side, prec = tok.pad_token_id, meta.get("padding_side", "right"), meta.get("precision", "fp32")
-    cal = encode_reviews(tok, meta, train["text"].iloc[:ncal])
+    layout = Layout("offline")
+    ck = open_checkpoint(layout.model(name).finetuned, threads=2)
+    model, pad, side, prec = ck.model, ck.pad_id, ck.padding_side, ck.precision
+    train, val = read_split(layout.split("train")), read_split(layout.split("val"))
+    cal = ck.encode(train["text"].iloc[:ncal])
     held = val.iloc[first:end]
-    held_enc, held_y = encode_reviews(tok, meta, held["text"]), held["label"].to_numpy()
+    held_enc, held_y = ck.encode(held["text"]), held["label"].to_numpy()
 
     def outcomes(m):
         z = predict_logits(m, held_enc, pad, 32, prec, side)
@@ -117,10 +115,11 @@ def main() -> None:
     work = copy.deepcopy(model).float().eval()
     work.adapter.ensure_ffn_biases()
     search = val.iloc[:nsearch]
-    ablator = Ablator(work, encode_reviews(tok, meta, search["text"]), search["label"].to_numpy(), pad, side, 16)
+    ablator = Ablator(work, ck.encode(search["text"]), search["label"].to_numpy(), pad, side, 16)
     ablator.means = [torch.tensor(m, dtype=torch.float32) for m in stats["mean"]]
-    tables = {"searched-bias": layer_sensitivity(ablator, imp, FRACTIONS),
-              "searched-refit": refit_sensitivity(ablator, imp, dense_ffn_stats(work, cal, pad, side))}
+    tables = {"searched-bias": sensitivity_table(ablator, imp, FRACTIONS),
+              "searched-refit": sensitivity_table(ablator, imp, FRACTIONS,
+                                                  refit_layer(work, dense_ffn_stats(work, cal, pad, side)))}
     for label, table in tables.items():
         print(label, "loss increase per (layer, fraction):")
         print(table.pivot(index="layer", columns="fraction", values="loss_increase").round(4).to_string(), flush=True)

@@ -37,10 +37,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llm_anatomy.batching import encode_reviews, iter_padded, sorted_batches
+from llm_anatomy.batching import iter_padded, sorted_batches
 from llm_anatomy.config import load_params
 from llm_anatomy.data import read_split
-from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.layout import Layout
+from llm_anatomy.models import open_checkpoint, set_threads
 from llm_anatomy.pruning.allocation import lowest, searched_counts
 from llm_anatomy.pruning.criteria import importance
 from llm_anatomy.pruning.obs import ffn_moments
@@ -131,12 +132,14 @@ def main(argv):
     logging.basicConfig(level=logging.WARNING)
     set_threads(int(os.environ.get("THREADS", "2")))
     fractions = load_params("params.yaml")["pruning"]["methods"]["search_fractions"]
-    model, tok, meta = load_classifier(f"results/offline/{name}/finetuned")
+    offline = Layout("offline")  # the offline run's files (llm_anatomy.layout)
+    ck = open_checkpoint(offline.model(name).finetuned)
+    model = ck.model
     model.float().eval()
-    pad, side = tok.pad_token_id, meta.get("padding_side", "right")
-    train = read_split("data/processed/offline/train.parquet")
-    enc = encode_reviews(tok, meta, train["text"].iloc[:nrev])
-    imp = importance(crit, neuron_stats(name, model, tok, meta, enc))
+    pad, side = ck.pad_id, ck.padding_side
+    train = read_split(offline.split("train"))
+    enc = ck.encode(train["text"].iloc[:nrev])
+    imp = importance(crit, neuron_stats(name, ck, enc))
     start = time.perf_counter()
     means, covs, _n = ffn_moments(model, enc, pad, side, 8)
     values = [model.adapter.value_vectors(l).double().numpy() for l in range(model.adapter.num_layers)]

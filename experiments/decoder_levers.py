@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
-from llm_anatomy.evaluate import predict_logits
+from llm_anatomy.inference import predict_logits
 from llm_anatomy.io import read_parquet
-from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.layout import Layout
+from llm_anatomy.models import open_checkpoint, set_threads
 from llm_anatomy.pruning.allocation import allocate, lowest
 from llm_anatomy.pruning.calibration import ffn_activation_stats
 from llm_anatomy.pruning.criteria import NeuronStats, importance
@@ -60,17 +60,17 @@ DEFAULTS = {  # the offline methods of params.yaml (docs/PRUNING.md)
     "minilm": dict(curve="fluctuation-searched-refit", crit="fluctuation", alloc="searched", ncal=128, nstat=128,
                    ridge=0.01, rr=10.0, tw="uniform", ctx=0.0, head="none"),
 }
+OFFLINE = Layout("offline")  # the offline run's files (llm_anatomy.layout)
 STAT_COLUMNS = ("mean", "var", "mean_abs", "value_norm_sq", "in_norm_sq")
 
 
-def neuron_stats(name: str, model, tok, meta: dict, encoded) -> NeuronStats:
+def neuron_stats(name: str, ck, encoded) -> NeuronStats:
     """FFN statistics of the calibration reviews `encoded`: the pipeline's ffn_stats.parquet where it measured
     exactly these, else measured here as the pipeline does; plus `attribution` when allocation_probe.py wrote it."""
-    path = Path(f"results/offline/{name}/ffn_stats.parquet")
+    path = Path(OFFLINE.model(name).ffn_stats)
     df = read_parquet(path) if path.exists() else None
     if df is None or int(df["tokens"].iloc[0]) != sum(len(e) for e in encoded):
-        df = ffn_activation_stats(model, encoded, tok.pad_token_id, meta.get("padding_side", "right"), 16,
-                                  meta.get("precision", "fp32"))
+        df = ffn_activation_stats(ck.model, encoded, ck.pad_id, ck.padding_side, 16, ck.precision)
     df = df.set_index(["layer", "neuron"])
     cols = {c: per_layer(df[c], "ffn_stats") for c in STAT_COLUMNS}
     attribution = Path(f"experiments/out/{name}-attribution.npz")
@@ -85,7 +85,7 @@ def dev_sample(n: int, seed: int = 0) -> pd.DataFrame:
     imdb = pd.read_parquet(IMDB_TRAIN)
     used = set()
     for split in ("train", "val"):
-        used |= set(read_split(f"data/processed/offline/{split}.parquet")["source_index"].tolist())
+        used |= set(read_split(OFFLINE.split(split))["source_index"].tolist())
     free = imdb.drop(index=sorted(used))
     rng = np.random.default_rng(seed)
     parts = [free[free["label"] == y].sample(n // 2, random_state=int(rng.integers(1 << 31))) for y in (0, 1)]
@@ -95,7 +95,7 @@ def dev_sample(n: int, seed: int = 0) -> pd.DataFrame:
 def eval_reviews(spec: str) -> pd.DataFrame:
     kind, n = spec.split(":")
     if kind == "val":
-        return read_split("data/processed/offline/val.parquet").iloc[:int(n)]
+        return read_split(OFFLINE.split("val")).iloc[:int(n)]
     if kind == "dev":
         return dev_sample(int(n))
     raise ValueError(f"EVAL {spec!r}: use val:N or dev:N")
@@ -118,12 +118,12 @@ class Lab:
 
     def __init__(self, name: str, eval_spec: str):
         self.name = name
-        self.model, self.tok, self.meta = load_classifier(f"results/offline/{name}/finetuned")
-        self.pad, self.side = self.tok.pad_token_id, self.meta.get("padding_side", "right")
-        self.prec = self.meta.get("precision", "fp32")
-        self.train = read_split("data/processed/offline/train.parquet")
+        self.ck = open_checkpoint(OFFLINE.model(name).finetuned)
+        self.model = self.ck.model
+        self.pad, self.side, self.prec = self.ck.pad_id, self.ck.padding_side, self.ck.precision
+        self.train = read_split(OFFLINE.split("train"))
         reviews = eval_reviews(eval_spec)
-        self.enc = encode_reviews(self.tok, self.meta, reviews["text"])
+        self.enc = self.ck.encode(reviews["text"])
         self.scorer = Scorer(self.logits(self.model), reviews["label"].to_numpy())
         self._stats: dict[int, NeuronStats] = {}
 
@@ -131,14 +131,14 @@ class Lab:
         return predict_logits(model, self.enc, self.pad, 32, self.prec, self.side)
 
     def calibration(self, n: int):
-        return encode_reviews(self.tok, self.meta, self.train["text"].iloc[:n])
+        return self.ck.encode(self.train["text"].iloc[:n])
 
     def pruned(self, cfg: dict, pct: int) -> list[np.ndarray]:
         if cfg["alloc"] == "plan":
-            return read_plan(f"results/offline/{self.name}/prune/{cfg['curve']}-{pct}/plan.parquet").pruned
+            return read_plan(OFFLINE.target(self.name, f"{cfg['curve']}-{pct}").plan).pruned
         n = cfg["nstat"]
         if n not in self._stats:
-            self._stats[n] = neuron_stats(self.name, self.model, self.tok, self.meta, self.calibration(n))
+            self._stats[n] = neuron_stats(self.name, self.ck, self.calibration(n))
         imp = [np.asarray(a, dtype=np.float64) for a in self._stats[n]["attribution"]] if cfg["crit"] == "attribution" \
             else importance(cfg["crit"], self._stats[n])
         if cfg["alloc"].startswith("counts:"):
@@ -146,7 +146,7 @@ class Lab:
             return [lowest(i, k) for i, k in zip(imp, counts)]
         sensitivity = None
         if cfg["alloc"] == "searched":
-            sensitivity = read_parquet(f"results/offline/{self.name}/choices/sensitivity_{cfg['crit']}.parquet")
+            sensitivity = read_parquet(OFFLINE.model(self.name).sensitivity(cfg['crit']))
         return allocate(imp, pct / 100, cfg["alloc"], sensitivity)
 
     def fit(self, cfg: dict, pruned):

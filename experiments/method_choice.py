@@ -17,15 +17,15 @@ import os
 import sys
 import time
 
-from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
-from llm_anatomy.evaluate import predict_logits
-from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.inference import predict_logits
+from llm_anatomy.layout import Layout
+from llm_anatomy.models import open_checkpoint
 from llm_anatomy.pruning.allocation import allocate
 from llm_anatomy.pruning.calibration import ffn_activation_stats
 from llm_anatomy.pruning.criteria import NeuronStats, importance
-from llm_anatomy.pruning.gradients import mask_gradients
-from llm_anatomy.pruning.obs import obs_scores
+from llm_anatomy.pruning.gradients import gradient_table
+from llm_anatomy.pruning.obs import obs_table
 from llm_anatomy.pruning.refit import fit_compensation
 from llm_anatomy.scores import per_layer
 from llm_anatomy.surgery import remove_masked
@@ -36,14 +36,14 @@ pcts = [int(x) for x in sys.argv[4].split(",")]
 crits, comps = sys.argv[5].split(","), sys.argv[6].split(",")
 allocs = sys.argv[7].split(",") if len(sys.argv) > 7 else ["uniform"]
 ridge = float(os.environ.get("RIDGE", "0.01"))
-set_threads(2)
-model, tok, meta = load_classifier(f"results/offline/{name}/finetuned")
-train, val = read_split("data/processed/offline/train.parquet"), read_split("data/processed/offline/val.parquet")
-cal = encode_reviews(tok, meta, train["text"].iloc[:ncal])
+layout = Layout("offline")
+ck = open_checkpoint(layout.model(name).finetuned, threads=2)
+model, pad, side, prec = ck.model, ck.pad_id, ck.padding_side, ck.precision
+train, val = read_split(layout.split("train")), read_split(layout.split("val"))
+cal = ck.encode(train["text"].iloc[:ncal])
 cal_y = train["label"].iloc[:ncal].to_numpy()
 v = val.iloc[:nval]
-venc, vy = encode_reviews(tok, meta, v["text"]), v["label"].to_numpy()
-pad, side, prec = tok.pad_token_id, meta.get("padding_side", "right"), meta.get("precision", "fp32")
+venc, vy = ck.encode(v["text"]), v["label"].to_numpy()
 
 
 def acc(m):
@@ -55,10 +55,10 @@ print("dense", dense_acc, flush=True)
 st = ffn_activation_stats(copy.deepcopy(model), cal, pad, side, 16, "fp32").set_index(["layer", "neuron"])
 cols = {n: per_layer(st[n], "ffn_stats") for n in ("mean", "var", "mean_abs", "value_norm_sq", "in_norm_sq")}
 if {"fisher", "taylor"} & set(crits):
-    g = mask_gradients(copy.deepcopy(model), cal, cal_y, pad, side, 16).set_index(["layer", "neuron"])
+    g = gradient_table(copy.deepcopy(model), cal, cal_y, pad, side, 16).set_index(["layer", "neuron"])
     cols.update({n: per_layer(g[n].astype(float), "mask_gradients") for n in ("grad_sum", "grad_sq", "batches")})
 if "obs" in crits:
-    ob = obs_scores(copy.deepcopy(model), cal, pad, side, 16, ridge).set_index(["layer", "neuron"])
+    ob = obs_table(copy.deepcopy(model), cal, pad, side, 16, ridge).set_index(["layer", "neuron"])
     cols["obs_rank"] = per_layer(ob["obs_rank"], "obs_scores")
 stats = NeuronStats(cols)
 for alloc in allocs:

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from llm_anatomy.batching import encode_reviews
 from llm_anatomy.data import read_split
-from llm_anatomy.evaluate import predict_logits
-from llm_anatomy.models import load_classifier, set_threads
+from llm_anatomy.inference import predict_logits
+from llm_anatomy.layout import Layout
+from llm_anatomy.models import open_checkpoint
 from llm_anatomy.pruning.plan import Plan, read_plan
 from llm_anatomy.surgery import remove_masked
 
@@ -63,17 +63,17 @@ def compare(name: str, curve: str, pcts: Sequence[int], ncal: int, nval: int,
             variants: Sequence[tuple[dict, Fit]]) -> None:
     """Each (label, fit) of `variants` on the plans `curve`-<pct> of model `name`; `label` opens its JSON line."""
     logging.basicConfig(level=logging.WARNING)
-    set_threads(2)
-    model, tok, meta = load_classifier(f"results/offline/{name}/finetuned")
-    train, val = read_split("data/processed/offline/train.parquet"), read_split("data/processed/offline/val.parquet")
-    pad, side, prec = tok.pad_token_id, meta.get("padding_side", "right"), meta.get("precision", "fp32")
-    cal = encode_reviews(tok, meta, train["text"].iloc[:ncal])
+    layout = Layout("offline")
+    ck = open_checkpoint(layout.model(name).finetuned, threads=2)
+    model, pad, side, prec = ck.model, ck.pad_id, ck.padding_side, ck.precision
+    train, val = read_split(layout.split("train")), read_split(layout.split("val"))
+    cal = ck.encode(train["text"].iloc[:ncal])
     val = val.iloc[:nval]
-    venc = encode_reviews(tok, meta, val["text"])
+    venc = ck.encode(val["text"])
     scorer = Scorer(predict_logits(model, venc, pad, 32, prec, side), val["label"].to_numpy())
     print(json.dumps(dict(model=name, reviews=len(venc), dense_acc=scorer.base["acc"].mean())), flush=True)
     for p in pcts:
-        plan: Plan = read_plan(f"results/offline/{name}/prune/{curve}-{p}/plan.parquet")
+        plan: Plan = read_plan(layout.target(name, f"{curve}-{p}").plan)
         first = None
         for label, fit in variants:
             start = time.time()

@@ -18,7 +18,7 @@ from plan_fits import compare
 
 def refit_with(readout_ridge: float):
     def fit(model, plan, cal, pad, side):
-        student, _report = fit_compensation(model, plan.pruned, cal, pad, side, 16, "refit", plan.info["ridge"],
+        student, _report = fit_compensation(model, plan.pruned, cal, pad, side, 16, "refit", plan.spec.ridge,
                                             readout_ridge=readout_ridge)
         return student, plan.pruned
     return fit

@@ -51,6 +51,17 @@ def _fixed_torch_settings():
     random.setstate(py_rng)
 
 
+def forward_tolerance(model, *values) -> float:
+    """How far two float32 forward passes of the same function may differ when their sums run in another order
+    (other batch shapes, zeroed rows kept or sliced away, a reloaded copy): the deterministic rounding bound of a
+    dot product of length n, n u (u = 2^-24), for the widest dot product of every layer, on the scale of the
+    values compared (at least 1, the scale of the normed hidden states everything passes through)."""
+    a = model.adapter
+    n = max(*a.ffn_widths(), a.hidden_size)
+    scale = max([1.0] + [float(torch.as_tensor(v).abs().max()) for v in values])
+    return float(a.num_layers * n * np.finfo(np.float32).eps / 2 * scale)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     if not embedded_available("minilm"):

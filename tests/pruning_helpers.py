@@ -5,8 +5,7 @@ neuron, score = cos(value vector, final target token).
 """
 from __future__ import annotations
 
-import copy
-import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,56 +44,49 @@ def calibration_frame(reviews) -> pd.DataFrame:
     return pd.DataFrame({"text": list(reviews), "label": [1, 0, 1, 1, 0][:len(reviews)]})
 
 
-def run_chain(model, tokenizer, reviews, tmp_path, cfg: dict, seeds=(0, 1, 2), time_limit: int | None = None,
+def run_chain(model, tokenizer, reviews, tmp_path, spec, seeds=(0, 1, 2), time_limit: int | None = None,
               high: float = HIGH, time_zeroed: bool = True, eval_limit: int | None = None,
               baseline_limit: int | None = None) -> dict:
-    """Every prune step on one tiny model, as the workflow chains them; returns the artifacts' paths
-    and the collected metrics record. The dense model reads every test review, the target its first
-    `eval_limit` and the baselines their first `baseline_limit` (None: all), as a headline point's do."""
-    from llm_anatomy.evaluate import evaluate_stage
+    """Every prune step on one tiny model, by the stage functions the workflow's rules call (`spec`: a
+    MethodSpec); returns the artifacts' paths and the metrics record. The dense model reads every test review,
+    the target its first `eval_limit` and the baselines their first `baseline_limit` (None: all), as a headline
+    point's do."""
+    from llm_anatomy.inference import evaluate_folder
+    from llm_anatomy.io import read_json
+    from llm_anatomy.layout import ModelFiles, TargetFiles
     from llm_anatomy.models import save_classifier
-    from llm_anatomy.pruning.calibration import ffn_activation_stats
-    from llm_anatomy.pruning.evaluate import baselines_stage
-    from llm_anatomy.pruning.gradients import mask_gradients
-    from llm_anatomy.pruning.materialise import materialise
-    from llm_anatomy.pruning.metrics import collect_target
-    from llm_anatomy.pruning.plan import plan_stage
-    from llm_anatomy.pruning.targets import Sizing
-    from llm_anatomy.pruning.timing import timing_stage
+    from llm_anatomy.pruning.baselines import evaluate_baselines
+    from llm_anatomy.pruning.chain import prune_model
+    from llm_anatomy.pruning.metrics import PruneMetrics, prune_metrics
+    from llm_anatomy.pruning.plan import read_plan
+    from llm_anatomy.pruning.timing import time_pruned
 
-    p = {k: tmp_path / v for k, v in dict(
-        dense="dense", layer="layer_scores.parquet", neuron="neuron_scores.parquet", stats="ffn_stats.parquet",
-        grads="mask_gradients.parquet", plan="plan.parquet", random="random_plans.parquet", pruned="pruned",
-        dense_eval="eval_dense.parquet",
-        eval="eval_pruned.parquet", baselines="baselines.parquet").items()}
+    files, target = ModelFiles(tmp_path), TargetFiles(tmp_path / "prune")
+    p = dict(dense=files.finetuned, layer=files.layer_scores, neuron=files.neuron_scores, stats=files.ffn_stats,
+             plan=target.plan, random=target.random_plans, pruned=tmp_path / "pruned", dense_eval=files.dense_eval("test"),
+             eval=target.eval("test"), baselines=target.baselines("test"), timing=target.timing,
+             train=tmp_path / "train.parquet", test=tmp_path / "test.parquet")
+    p = {k: Path(v) for k, v in p.items()}
     save_classifier(model, tokenizer, p["dense"], dict(max_length=64, truncation_side="right", padding_side="right",
                                                        precision="fp32"))
     layer, neuron = quick_scores(model, tokenizer, reviews)
     layer.to_parquet(p["layer"])
     neuron.to_parquet(p["neuron"])
-    ffn_activation_stats(model, tokenizer(reviews)["input_ids"], tokenizer.pad_token_id).to_parquet(p["stats"])
-    cfg = dict(cfg, focus_multiplier=cfg.get("focus_multiplier", 3))
-    calibrated = cfg["rule"] in ("flap", "criterion")
-    if cfg["rule"] == "criterion":
-        mask_gradients(copy.deepcopy(model), tokenizer(reviews)["input_ids"], [1, 0, 1, 1, 0][:len(reviews)],
-                       tokenizer.pad_token_id, batch_size=2).to_parquet(p["grads"])
-    plan = plan_stage(cfg, p["layer"], p["neuron"], p["plan"], p["random"], list(seeds), high,
-                      ffn_stats_path=p["stats"] if calibrated else None,
-                      mask_gradients_path=p["grads"] if cfg["rule"] == "criterion" else None)
-    train = calibration_frame(reviews)  # what a fitted compensation is fitted on (the workflow: the train split)
-    materialise(p["dense"], p["plan"], p["pruned"], target="t", train=train, calibration_reviews=len(train))
+    calibration_frame(reviews).to_parquet(p["train"])  # what a fitted compensation is fitted on (the workflow: train)
     test = pd.DataFrame({"text": reviews * 4, "label": [1, 0, 1, 1, 0] * 4})
-    acc = evaluate_stage(p["dense"], test, p["dense_eval"], batch_size=4, threads=1, device="cpu")
-    acc_pruned = evaluate_stage(p["pruned"], test, p["eval"], eval_limit, batch_size=4, threads=1, device="cpu")
-    baselines = baselines_stage(p["dense"], test, p["plan"], p["random"], p["baselines"], baseline_limit,
-                                batch_size=4, threads=1,
-                                device="cpu", train=train, calibration_reviews=len(train))
-    sizing = Sizing(test_limit=len(test), baseline_limit=baseline_limit or len(test),
-                    time_limit=time_limit or len(test), batch_size=4, repeats=3,
-                    time_zeroed=time_zeroed, random_seeds=len(seeds), equality_check_reviews=8, calibration_reviews=len(reviews))
-    timing = timing_stage(p["dense"], p["pruned"], p["plan"], test, sizing, threads=1, device="cpu")
-    p["timing"] = tmp_path / "timing.json"
-    p["timing"].write_text(json.dumps(timing))
-    metrics = collect_target("m", "t", p["plan"], p["dense_eval"], p["eval"], p["baselines"], p["pruned"], p["timing"])
-    return dict(paths=p, plan=plan, test=test, accuracy_dense=acc, accuracy=acc_pruned, baselines=baselines,
-                timing=timing, metrics=metrics)
+    test.to_parquet(p["test"])
+    fit = dict(reviews=len(reviews), batch_size=2) if spec.fitted else None
+    prune_model(p["dense"], files, spec, p["train"], p["pruned"], tmp_path, calibration_reviews=len(reviews),
+                       batch_size=4, calibration_batch_size=2, ridge=1e-2, high_threshold=high, average_over="probe",
+                       seeds=seeds, threads=1)
+    run = dict(batch_size=4, threads=1, device="cpu")
+    acc = evaluate_folder(p["dense"], test, p["dense_eval"], None, **run)
+    acc_pruned = evaluate_folder(p["pruned"], test, p["eval"], eval_limit, **run)
+    baselines = evaluate_baselines(p["dense"], test, p["plan"], p["random"], p["baselines"], fit, baseline_limit, **run,
+                                   train=p["train"])
+    time_pruned(p["dense"], p["pruned"], p["plan"], p["test"], p["timing"], time_limit=time_limit or len(test),
+                batch_size=4, repeats=3, time_zeroed=time_zeroed, equality_check_reviews=8, threads=1, device="cpu")
+    prune_metrics(p["plan"], p["random"], p["pruned"], p["dense_eval"], p["eval"], p["baselines"], p["timing"],
+                  target.metrics, "m", "t")
+    return dict(paths=p, plan=read_plan(p["plan"]), test=test, accuracy_dense=acc, accuracy=acc_pruned, baselines=baselines,
+                timing=read_json(p["timing"]), metrics=PruneMetrics.from_dict(read_json(target.metrics)))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, forward_tolerance
 from llm_anatomy.cli import main
+from llm_anatomy.layout import folder_file
 
 
 @pytest.mark.parametrize("command", ["finetune", "score", "prune", "evaluate", "bench", "export", "pull"])
@@ -18,6 +19,14 @@ def test_every_subcommand_has_help(command):
     run = subprocess.run([sys.executable, "-m", "llm_anatomy.cli", command, "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert run.returncode == 0 and f"llm-anatomy {command}" in run.stdout
+
+
+def test_the_prune_options_are_the_method_parameters_with_the_schemas_defaults():
+    from llm_anatomy.cli import parser
+    prune = parser()._subparsers._group_actions[0].choices["prune"]
+    defaults = {a.dest: a.default for a in prune._actions}
+    assert (defaults["ridge"], defaults["readout_ridge"], defaults["max_layer_fraction"]) == (0.01, 10.0, 1.0)
+    assert "focus_multiplier" not in defaults  # the threshold rules' parameter: the command line has no such rule
 
 
 def test_a_bad_model_folder_and_a_bad_file_are_named(tmp_path, capsys):
@@ -82,8 +91,8 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
     enc = encode_reviews(tok, meta, splits["test"]["text"])
     ids, mask = pad(enc, tok.pad_token_id, "right")
     with torch.no_grad():
-        torch.testing.assert_close(pruned(ids, mask), pruned_copy(dense, read_plan(out / "plan.parquet"))(ids, mask),
-                                   atol=1e-5, rtol=1e-5)
+        expect = pruned_copy(dense, read_plan(folder_file(out, "plan")))(ids, mask)
+        torch.testing.assert_close(pruned(ids, mask), expect, atol=forward_tolerance(dense, expect), rtol=0)
     assert main(["evaluate", str(out), "--data", files["test"], "--out", str(tmp_path / "eval.parquet")]) == 0
     ev = json.loads(capsys.readouterr().out)
     with torch.no_grad():
@@ -101,8 +110,8 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
                  "--calibration-reviews", "16", "--sparsity", "0.5", "--criterion", "fisher", "--compensation",
                  "refit", "--out", str(refit), "--threads", "1"]) == 0
     info = json.loads(capsys.readouterr().out)
-    plan = read_plan(refit / "plan.parquet")
-    assert (plan.info["criterion"], plan.compensation, info["calibration_reviews"]) == ("fisher", "refit", 16)
+    plan = read_plan(folder_file(refit, "plan"))
+    assert (plan.spec.criterion, plan.compensation, info["calibration_reviews"]) == ("fisher", "refit", 16)
     fitted, _, _ = load_classifier(refit)
     kept = np.setdiff1d(np.arange(dense.adapter.ffn_width(0)), plan.pruned[0])
     assert fitted.adapter.ffn_widths() == [w // 2 for w in dense.adapter.ffn_widths()]
@@ -110,7 +119,21 @@ def test_finetune_score_prune_evaluate_bench_on_a_tiny_model(tmp_path, splits, t
     assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
                  "--sparsity", "0.5", "--criterion", "flap", "--compensation", "refit", "--out", str(tmp_path / "x")]) == 2
     assert "for a fitted compensation use --criterion fluctuation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse refuses it, naming the flag and the schema's minimum
+        main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+              "--sparsity", "0.5", "--criterion", "fisher", "--compensation", "refit", "--readout-ridge", "-1",
+              "--out", str(tmp_path / "x")])
+    assert "--readout-ridge -1.0: must be >= 0" in capsys.readouterr().err
     assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
-                 "--sparsity", "0.5", "--criterion", "fisher", "--compensation", "refit", "--readout-ridge", "-1",
-                 "--out", str(tmp_path / "x")]) == 2
-    assert "--readout-ridge -1.0: a ridge is a non-negative" in capsys.readouterr().err
+                 "--sparsity", "0.5", "--criterion", "obs", "--allocation", "searched", "--out", str(tmp_path / "x")]) == 2
+    assert "--allocation searched" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # every criterion and allocation the pipeline has: the OBS order computed, the sensitivity measured
+    searched = tmp_path / "searched"
+    assert main(["prune", str(model), "--scores", str(tmp_path / "scores"), "--calibration", files["train"],
+                 "--validation", files["val"], "--calibration-reviews", "16", "--search-reviews", "8",
+                 "--search-fractions", "0.25", "0.5", "0.75", "--sparsity", "0.5", "--criterion", "obs",
+                 "--allocation", "searched", "--compensation", "refit", "--out", str(searched), "--threads", "1"]) == 0
+    plan = read_plan(folder_file(searched, "plan"))
+    assert (plan.spec.criterion, plan.spec.allocation, plan.spec.compensation) == ("obs", "searched", "refit")
+    assert json.loads(capsys.readouterr().out)["target"] == "obs-searched-refit-50"
+    assert sum(plan.counts) == sum(dense.adapter.ffn_widths()) // 2

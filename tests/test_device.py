@@ -68,7 +68,7 @@ def test_finetune_with_device_cpu_and_auto_on_a_cpu_machine(tmp_path, splits, to
 def test_bf16_inference_stores_backbone_weights_once(arch, tokenizer):
     from conftest import make_tiny
     from llm_anatomy.batching import encode
-    from llm_anatomy.evaluate import inference_model, predict_logits
+    from llm_anatomy.inference import inference_model, predict_logits
 
     model = make_tiny(arch, tokenizer).eval()
     cast = inference_model(model, "bf16")

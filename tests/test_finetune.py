@@ -7,18 +7,18 @@ import torch
 
 import llm_anatomy.finetune as ft
 from llm_anatomy.batching import encode
-from llm_anatomy.evaluate import predict_logits
+from llm_anatomy.config import schema_properties
+from llm_anatomy.inference import predict_logits
 from llm_anatomy.models import load_classifier
 
-
-
-PARAMS = dict(epochs=2, batch_size=8, lr=1e-3, head_lr=1e-3, max_length=32, precision="fp32",
+DEFAULTS = {k: v["default"] for k, v in schema_properties("$defs", "finetune").items() if "default" in v}
+PARAMS = dict(DEFAULTS, epochs=2, batch_size=8, lr=1e-3, head_lr=1e-3, max_length=32, precision="fp32",
               checkpoint_every=3, eval_batch_size=8, seed=5, threads=1)
 
 
 def run(tmp, splits, name="m", device="cpu", **over):
     p = ft.FinetuneParams(**dict(PARAMS, **over))
-    return ft.finetune("tiny:gpt2", "embedded:minilm", splits["train"], splits["val"], tmp / name, tmp / f"{name}.json",
+    return ft.train_classifier("tiny:gpt2", "embedded:minilm", splits["train"], splits["val"], tmp / name, tmp / f"{name}.json",
                        tmp / f"{name}.ckpt", p, model_name=name, device=device)
 
 

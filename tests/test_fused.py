@@ -8,7 +8,7 @@ import torch
 from conftest import make_tiny
 from llm_anatomy import fused
 from llm_anatomy.batching import encode
-from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.inference import inference_model, predict_logits
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="needs oneDNN (torch.ops.mkldnn._linear_pointwise)")
 

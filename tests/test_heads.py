@@ -12,7 +12,7 @@ import torch
 from conftest import ARCHS, make_tiny
 from rounding import rounding_bound
 from llm_anatomy.batching import encode, pad, progress_batches
-from llm_anatomy.evaluate import inference_model, predict_logits
+from llm_anatomy.inference import inference_model, predict_logits
 from llm_anatomy.heads import check_heads, remove_heads, zero_masked_heads
 from llm_anatomy.models import load_classifier, read_meta, save_classifier
 from llm_anatomy.pruning.head_compensation import fold_head_bias, head_output_means
@@ -187,7 +187,7 @@ def test_the_evaluation_loop_runs_per_layer_head_counts(arch, side, precision, t
 def test_forward_macs_count_the_kept_heads(arch, tokenizer):
     from test_readout import counted_linear_macs
 
-    from llm_anatomy.pruning.costs import forward_macs
+    from llm_anatomy.costs import forward_macs
     model = make_tiny(arch, tokenizer)
     remove_heads(model.adapter, PLANS[arch])
     runner = inference_model(model, "fp32", fuse=False)

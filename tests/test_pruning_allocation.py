@@ -5,13 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ARCHS, make_tiny
+from conftest import ARCHS, forward_tolerance, make_tiny
 from llm_anatomy.ablation import Ablator
 from llm_anatomy.batching import encode, pad
 from llm_anatomy.pruning.allocation import allocate, lowest, searched_counts
-from llm_anatomy.pruning.sensitivity import layer_sensitivity
+from llm_anatomy.pruning.sensitivity import sensitivity_table
 from llm_anatomy.pruning.materialise import pruned_copy
-from llm_anatomy.pruning.plan import Plan
+from llm_anatomy.pruning.plan import Plan, PlanInfo
+from llm_anatomy.pruning.spec import MethodSpec
 
 REVIEWS = ["a wonderful film with superb acting", "dull, I walked out after twenty minutes",
            "the plot twists kept me guessing", "not bad at all", "an overlong mess that wastes its cast",
@@ -27,9 +28,9 @@ def test_layer_sensitivity_is_the_loss_increase_of_the_pruned_model(arch, tokeni
     widths = dense.adapter.ffn_widths()
     importance = [rng.normal(size=w) for w in widths]
     means = [rng.normal(size=w) for w in widths]  # stand-ins for the calibration means
-    ablator = Ablator(dense, enc, LABELS, tokenizer.pad_token_id, batch_size=4)
+    ablator = Ablator(dense, enc, LABELS, tokenizer.pad_token_id, "right", batch_size=4)
     ablator.means = [torch.as_tensor(m, dtype=torch.float32) for m in means]
-    table = layer_sensitivity(ablator, importance, [0.25, 0.5])
+    table = sensitivity_table(ablator, importance, [0.25, 0.5])
 
     ids, mask = pad(enc, tokenizer.pad_token_id, "right")
     y = torch.tensor(LABELS, dtype=torch.float32)
@@ -42,9 +43,11 @@ def test_layer_sensitivity_is_the_loss_increase_of_the_pruned_model(arch, tokeni
     for row in table.itertuples():
         pruned = [np.array([], dtype=np.int64)] * len(widths)
         pruned[row.layer] = lowest(importance[row.layer], row.pruned)
-        plan = Plan(pruned, None, {}, pruned_means=[np.asarray(m)[p] for m, p in zip(means, pruned)])
+        folded = PlanInfo(MethodSpec("fluctuation", "uniform", "bias", 0.5), [])  # the mean output kept
+        plan = Plan(pruned, None, folded, pruned_means=[np.asarray(m)[p] for m, p in zip(means, pruned)])
         expected = loss(pruned_copy(dense, plan, "removed")) - base
-        assert row.loss_increase == pytest.approx(expected, abs=1e-5), (row.layer, row.fraction)
+        # both losses are means of softplus of float32 logits (slope <= 1): each within a forward tolerance
+        assert row.loss_increase == pytest.approx(expected, abs=2 * forward_tolerance(dense)), (row.layer, row.fraction)
     assert (table[table.fraction == 0].loss_increase == 0).all()
     assert table.pruned.tolist()[:3] == [0, round(0.25 * widths[0]), round(0.5 * widths[0])]
 

@@ -28,7 +28,7 @@ def test_a_neuron_with_a_zero_value_vector_or_a_constant_activation_goes_first()
 def test_every_criterion_is_documented_and_names_its_missing_inputs():
     for c in CRITERIA.values():
         assert len(c.doc) > 40, c.name
-    with pytest.raises(ValueError, match=r"'fisher' needs \['grad_sq'\], measured in \['mask_gradients.parquet'\]"):
+    with pytest.raises(ValueError, match=r"'fisher' needs \['grad_sq'\], measured in \['mask_gradients'\]"):
         importance("fisher", _stats(mean=[1.0]))
     with pytest.raises(ValueError, match="is not one of"):
         importance("l2", _stats(mean=[1.0]))
@@ -37,12 +37,12 @@ def test_every_criterion_is_documented_and_names_its_missing_inputs():
 def test_fisher_and_taylor_equal_finite_differences_of_the_loss(tokenizer, reviews):
     """One batch: g_j = dL/dm_j; the central difference of the loss in the mask of one neuron."""
     from llm_anatomy.batching import encode
-    from llm_anatomy.pruning.gradients import mask_gradients
+    from llm_anatomy.pruning.gradients import gradient_table
 
     model = make_tiny("llama", tokenizer).double()
     enc = encode(tokenizer, reviews, 24)
     labels = [1, 0, 1, 1, 0]
-    table = mask_gradients(model, enc, labels, tokenizer.pad_token_id, batch_size=len(enc))
+    table = gradient_table(model, enc, labels, tokenizer.pad_token_id, "right", batch_size=len(enc))
     model = model.double()  # mask_gradients runs in float32; the difference quotient wants float64
     from llm_anatomy.batching import iter_padded, sorted_batches
     (idx, ids, mask), = list(iter_padded(enc, sorted_batches([len(e) for e in enc], len(enc)),
@@ -85,7 +85,7 @@ def test_weight_norms_and_activation_statistics_match_a_direct_computation(token
     torch.testing.assert_close(gpt2.adapter.input_norm_sq(0),
                                (gpt2.backbone.h[0].mlp.c_fc.weight.double() ** 2).sum(0).detach())
     enc = encode(tokenizer, reviews[:4], 24)
-    stats = ffn_activation_stats(model, enc, tokenizer.pad_token_id, batch_size=2)
+    stats = ffn_activation_stats(model, enc, tokenizer.pad_token_id, "right", batch_size=2)
     acts = []
     h = mlp.down_proj.register_forward_pre_hook(lambda _m, a: acts.append(a[0].detach()))
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_refit_and_rescale_equal_independent_least_squares():
     np.testing.assert_allclose(c, sol[k:], rtol=1e-6, atol=1e-8)
     # bias: the pruned neurons' mean output folded into b (FLAP), on the same tokens
     pruned = np.setdiff1d(np.arange(v.shape[0]), kept)
-    w, c = compensate(stats, kept, v, b, "bias")
+    w, c = compensate(stats, kept, v, b, "bias", 0.0)
     np.testing.assert_allclose(c, (y - ak @ v[kept]).mean(0), rtol=1e-9)
     np.testing.assert_allclose(c, b + a[:, pruned].mean(0) @ v[pruned], atol=0.02)  # up to the drift
 

@@ -3,11 +3,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dataclasses import replace
+
+from llm_anatomy.pruning.metrics import PruneMetrics
 from llm_anatomy.pruning.report import experiment_headline, plot_series
 
 
 def run(model, target, curve, acc, pct, speedup, dense=0.86, rand=None):
-    return dict(model=model, target=target, curve=curve, accuracy=acc, accuracy_lo=acc - 0.02, accuracy_hi=acc + 0.02,
+    return PruneMetrics(model=model, target=target, curve=curve, accuracy=acc, accuracy_lo=acc - 0.02, accuracy_hi=acc + 0.02,
                 accuracy_dense=dense, accuracy_dense_lo=dense - 0.02, accuracy_dense_hi=dense + 0.02,
                 pruned_pct=pct, speedup_removed=speedup, accuracy_random_mean=rand)
 
@@ -43,7 +46,7 @@ def test_the_frontier_keeps_the_points_no_other_beats_on_both_axes():
 
     def point(target, curve, acc, pct, speedup):
         m = run("enc", target, curve, acc, pct, speedup)
-        return dict(m, gap_dense=acc - 0.86, speedup_removed_spread=dict(min=speedup - 0.1, median=speedup,
+        return replace(m, gap_dense=acc - 0.86, speedup_removed_spread=dict(min=speedup - 0.1, median=speedup,
                                                                            max=speedup + 0.1), test_reviews=1000)
     runs = [point("flap-50", "flap", 0.85, 50.0, 1.40),
             point("flap-70", "flap", 0.83, 70.0, 1.60),

@@ -1,10 +1,15 @@
 """Threshold rules against hand-computed numbers and the paper's own log (Figure 4a)."""
+import sys
+
 import numpy as np
 import pytest
 
 from llm_anatomy.config import ParamsError, check_pruning
 from llm_anatomy.pruning.rules import (RuleError, ThresholdRule, apply_rule, figure4a_lines, layer_table,
-                                       resolve_focusing, rule_from_config)
+                                       resolve_focusing, rule_from_spec)
+from llm_anatomy.pruning.spec import MethodSpec
+
+from conftest import ROOT
 
 # A hand-made 4-layer model, 5 neurons per layer.
 C = np.array([0.2, 0.4, 0.5, 0.8, 1.0])  # c_0..c_4 (c_4 = final, unused)
@@ -42,13 +47,15 @@ def test_rule_arithmetic_reproduces_the_logged_thresholds_from_their_implied_c()
     c = [0.386, 0.383, 0.257, 0.425, 0.423, 0.434, 0.450, 0.473, 0.498, 0.582, 0.750, 0.904]
     logged = [0.0038626, 0.0048271, 0.0045707, 0.0072547, 0.0162324, 0.0093418, 0.0224969, 0.0117278,
               0.0289785, 0.0148232, 0.0375011, 0.0090354]
-    rule = rule_from_config({"rule": "encoder", "alpha": 0.01, "beta": 0.001, "focusing": "even-from-third+last"}, 12, 3.0)
+    rule = rule_from_spec(MethodSpec.threshold_rule(dict(rule="encoder", alpha=0.01, beta=0.001, focusing="even-from-third+last",
+                                                         focus_multiplier=3.0), "fig4a"), 12)
     assert rule.focusing == (4, 6, 8, 10, 11)
     np.testing.assert_allclose(rule.thresholds(c + [1.0], 12), logged, atol=6e-6)
     gpt_c = np.array(logged[:0] + [-0.00764258, 0.00199288, 0.00207803, 0.00292773, 0.00384852, 0.00417143,
                                    0.00478516, 0.00628265, 0.00737932, 0.00662929, 0.00613247, 0.00741497]) / 0.05
     gpt_c[11] /= 3  # layer 11 is focusing: the log's threshold is 3 alpha c_11
-    dec = rule_from_config({"rule": "decoder", "alpha": 0.05, "focusing": "last-1/12"}, 12, 3.0)
+    dec = rule_from_spec(MethodSpec.threshold_rule(dict(rule="decoder", alpha=0.05, focusing="last-1/12",
+                                                        focus_multiplier=3.0), "fig5a"), 12)
     np.testing.assert_allclose(dec.thresholds(np.append(gpt_c, 1.0), 12)[[0, 8, 11]],
                                [-0.00764258, 0.00737932, 0.00741497], rtol=1e-6)
 
@@ -74,8 +81,10 @@ def test_focusing_beyond_depth_is_rejected():
 
 
 def test_k_placements_against_the_log():
-    """The placements of k each imply a c_l curve from the same log; computed by hand for two layers."""
-    from llm_anatomy.pruning.reconstruction import PAPER_LOG, direction_changes, implied_c, resample
+    """The placements of k each imply a c_l curve from the same log; computed by hand for two layers
+    (experiments/figure4a_reconstruction.py)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from figure4a_reconstruction import PAPER_LOG, direction_changes, implied_c, resample
 
     t = PAPER_LOG["thresholds"]
     beta = implied_c(t, 0.01, 0.001, PAPER_LOG["focusing"], 3.0, "beta")

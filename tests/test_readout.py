@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import ARCHS, make_tiny
 from llm_anatomy import readout
 from llm_anatomy.batching import encode
-from llm_anatomy.evaluate import inference_model, predict_logits
-from llm_anatomy.pruning.costs import forward_macs
+from llm_anatomy.inference import inference_model, predict_logits
+from llm_anatomy.costs import forward_macs
 from llm_anatomy.surgery import remove_masked
 
 TEXTS = ["a fine film", "dull and far too long, i left early", "ok", "good " * 20, "the cast is superb but the plot"]

@@ -1,4 +1,5 @@
 """The Snakemake workflow: dry runs of every profile, and a real run of the tiny profile."""
+import collections
 import json
 import os
 import re
@@ -13,6 +14,10 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
+from llm_anatomy.config import load_params, validate
+from llm_anatomy.layout import SCHEMA, Layout, folder_file
+from llm_anatomy.pipeline import Pipeline
+from llm_anatomy.pruning.spec import THRESHOLD, curve_of
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "params.yaml")]
 
@@ -52,12 +57,12 @@ def test_a_yaml_syntax_error_in_params_yaml_names_its_line_before_snakemake_load
 
 
 @pytest.mark.parametrize("target, message", [
-    ("results/tiny/tiny-bert/prune/flap-150/metrics.json", "flap-150: 150% is outside the valid range 1..99"),
-    ("results/tiny/tiny-bert/prune/flapp-50/metrics.json",
+    (Layout("tiny").target("tiny-bert", "flap-150").metrics, "flap-150: 150% is outside the valid range 1..99"),
+    (Layout("tiny").target("tiny-bert", "flapp-50").metrics,
      "'flapp-50' is not a prune target of tiny-bert (did you mean 'flap-50'?). Its targets in profile tiny: "
      "enc-a0.01-b0.001, enc-a0.025-b0.001, enc-a0.05-b0.001, enc-a0.05-b0.005, enc-a0.05-b0.01, sweep-25, "
      "sweep-50, sweep-75, flap-50, fisher-searched-refit-50."),
-    ("results/tiny/pruned/tiny-llama/flapp-50", "'flapp-50' is not a prune target of tiny-llama"),
+    (Layout("tiny").pruned("tiny-llama", "flapp-50"), "'flapp-50' is not a prune target of tiny-llama"),
 ])
 def test_a_bad_target_stops_the_plan_with_the_valid_names(tmp_path, target, message):
     """A percentage outside (0, 100) used to plan seven jobs and fail at the plan; a misspelt name gave
@@ -80,19 +85,34 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def tiny_pipeline() -> Pipeline:
+    """The tiny profile of the shipped params.yaml, as the workflow reads it: what the runs below should build."""
+    params = load_params(ROOT / "params.yaml")
+    params["profile"] = "tiny"
+    validate(params, ROOT / SCHEMA, ROOT)
+    return Pipeline(params)
+
+
+def calibration_jobs(pipe: Pipeline) -> dict[str, int]:
+    """How many per-model calibration jobs the targets' plans read (once per model, whatever the points)."""
+    inputs = {(m, job) for m, t in pipe.targets.pairs() for job in pipe.benchmark_inputs(m, t)}
+    return {job: len({m for m, j in inputs if j == f"benchmark_{job}"})
+            for job in ("ffn_stats", "mask_gradients", "obs_scores", "layer_sensitivity")}
+
+
 def test_dense_model_is_evaluated_once_per_model_and_split(tmp_path):
     out = snakemake(tmp_path, "-n", "--config", "profile=tiny")
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = job_counts(out.stdout + out.stderr)
-    # tiny-bert: named, sweep, flap, one method; tiny-gpt2 and tiny-llama likewise plus two decoder scorings
-    targets = 5 + 3 + 1 + 1 + 2 * (7 + 1 + 2 + 1 + 1)
-    assert jobs["evaluate_dense"] == 3  # three models, the test split only
-    assert jobs["ablate"] == 3 and jobs["flap_allocation_choice"] == 3
-    # per-model inputs of the methods: once per model, whatever the number of points
-    assert jobs["mask_gradients"] == 1 and jobs["layer_sensitivity"] == 1 and jobs["obs_scores"] == 2
+    pipe = tiny_pipeline()
+    models = len(pipe.targets.models)
+    assert jobs["evaluate_dense"] == models  # the test split only
+    assert jobs["ablate"] == models and jobs["flap_allocation_choice"] == len(pipe.choice_files())
+    for job, count in calibration_jobs(pipe).items():
+        assert jobs.get(job, 0) == (models if job == "ffn_stats" else count), job  # ablate reads every ffn_stats
     for step in ("prune_plan", "materialise", "evaluate_pruned", "time_pruned", "prune_metrics"):
-        assert jobs[step] == targets, step
-    assert jobs["prune_collect"] == 12
+        assert jobs[step] == len(pipe.targets.pairs()), step
+    assert jobs["prune_collect"] == len(pipe.targets.named_with_models())
 
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
@@ -144,46 +164,57 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_tiny_profile_end_to_end(tiny_run):
     tmp_path = tiny_run
+    pipe, layout = tiny_pipeline(), Layout("tiny")
+
+    def read(path):
+        path = tmp_path / path
+        return json.loads(path.read_text()) if path.suffix == ".json" else pd.read_csv(path)
+
     # every output of the tiny profile lies in its own folders
-    assert sorted(p.name for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")) == ["tiny"]
-    assert sorted(p.name for p in (tmp_path / "data/processed").iterdir()) == ["tiny"]
-    res = tmp_path / "results/tiny"
-    summary = json.loads((res / "metrics/finetune.json").read_text())
-    assert set(summary) == {"tiny-bert", "tiny-gpt2", "tiny-llama"}
+    metrics, results, data = (Path(p) for p in (layout.metrics.root, layout.results, layout.data))
+    assert sorted(p.name for p in (tmp_path / results.parent).iterdir() if not p.name.startswith(".")) == [
+        metrics.parent.name, "tiny"]
+    assert [p.name for p in (tmp_path / metrics.parent).iterdir()] == [p.name for p in (tmp_path / data.parent).iterdir()]
+    assert [p.name for p in (tmp_path / data.parent).iterdir()] == ["tiny"]
+    summary = read(layout.finetune_summary)
+    assert set(summary) == set(pipe.targets.models)
     for name, metrics in summary.items():
+        files = layout.model(name)
         assert metrics["n_val"] == 16 and 0 <= metrics["val_accuracy"] <= 1
-        assert (res / f"{name}/finetuned/model.safetensors").exists()
-        assert not (res / f"{name}/checkpoints").exists()
-        flap = json.loads((res / f"{name}/prune/flap-50/metrics.json").read_text())
+        assert (tmp_path / files.finetuned / "model.safetensors").exists()
+        assert not (tmp_path / files.checkpoint).parent.exists()
+        flap = read(layout.target(name, "flap-50").metrics)
         assert flap["rule"] == "flap" and flap["neurons_pruned"] == flap["neurons_total"] // 2
-        assert (res / f"pruned/{name}/flap-50/pruning.json").exists()
+        assert folder_file(tmp_path / layout.pruned(name, "flap-50"), "pruning").exists()
         assert flap["accuracy_dense_lo"] <= flap["accuracy_dense"] <= flap["accuracy_dense_hi"]
         assert flap["gap_random_lo"] <= flap["gap_random"] <= flap["gap_random_hi"]
-    curves = pd.read_csv(res / "summary.csv").groupby("curve")["target"].count().to_dict()
-    assert curves == {"named": 5 + 7 + 7, "sweep": 3 + 1 + 1, "sweep-prenorm": 2, "sweep-gain": 2, "flap": 3,
-                      "fisher-searched-refit": 1, "obs-uniform-rescale": 2}
+        assert (tmp_path / files.ablation).exists() and (tmp_path / files.flap_allocation).exists()
+    report = layout.report()
+    table = read(report["summary"])
+    assert table.groupby("curve")["target"].count().to_dict() == dict(
+        collections.Counter(curve_of(t)[0] for _m, t in pipe.targets.pairs()))
     # the registry's methods: searched on validation, fitted on calibration reviews, with their cost
-    refit = json.loads((res / "tiny-bert/prune/fisher-searched-refit-50/metrics.json").read_text())
+    refit = read(layout.target("tiny-bert", "fisher-searched-refit-50").metrics)
     assert (refit["criterion"], refit["allocation"], refit["compensation"]) == ("fisher", "searched", "refit")
     assert refit["neurons_pruned"] == refit["neurons_total"] // 2 and refit["seconds_point"] > 0
     assert refit["seconds_point"] == refit["seconds_plan"] + refit["seconds_materialise_job"]
     assert refit["accuracy_uncompensated"] is not None and refit["random_seeds"] == [0, 1, 2, 3, 4]
-    assert (res / "tiny-bert/choices/sensitivity_fisher.parquet").exists()
-    assert (res / "tiny-llama/obs_scores.parquet").exists() and (res / "figures/prune_pareto.png").exists()
-    frontier = pd.read_csv(res / "frontier.csv")
+    assert (tmp_path / layout.model("tiny-bert").sensitivity("fisher")).exists()
+    assert (tmp_path / layout.model("tiny-llama").obs_scores).exists() and (tmp_path / report["pareto"]).exists()
+    frontier = read(report["frontier"])
     assert set(frontier.model) == set(summary) and frontier[["frontier_sparsity", "frontier_speedup"]].any(axis=1).all()
     # what DVC compares: the headline holds the summary's numbers for every named configuration
-    table = pd.read_csv(res / "summary.csv")
-    headline = json.loads((res / "metrics/headline.json").read_text())
+    headline = read(report["headline"])
     assert set(headline["dense"]) == set(summary) and set(headline["methods"]) == set(summary)
     named = table[table.curve == "named"]
     assert {t for t in headline if t not in ("dense", "methods")} == set(named.target)
     for row in named.itertuples():
         point = headline[row.target][row.model]
         assert abs(point["accuracy"] - 100 * row.accuracy) < 0.01 and abs(point["pruned_pct"] - row.pruned_pct) < 0.01
-    plotted = pd.read_csv(res / "plots/prune_accuracy.csv")
-    assert list(plotted.columns) == ["series", "pruned_pct", "accuracy"] and len(plotted) == len(table) + 3
-    comparisons = pd.read_csv(res / "comparisons.csv")
+    plotted = read(report["plot_accuracy"])
+    flaps = sum(1 for _m, t in pipe.targets.pairs() if curve_of(t)[0] == "flap")  # + FLAP's random baseline
+    assert list(plotted.columns) == ["series", "pruned_pct", "accuracy"] and len(plotted) == len(table) + flaps
+    comparisons = read(report["comparisons"])
     assert {"flap-50", "flap-50 uncompensated", "sweep-gain-50"} <= set(comparisons["a"])
     # every verdict follows its family-adjusted p-value (stats.FAMILIES), which sits beside the raw one
     words = {"higher", "lower", "no detectable difference"}
@@ -193,9 +224,6 @@ def test_tiny_profile_end_to_end(tiny_run):
         assert cols[cols.index(f"{gap}_p") + 1] == f"{gap}_p_adj" and (df[f"{gap}_p_adj"] >= df[f"{gap}_p"] - 1e-12).all()
         assert set(df[said]) <= words
         assert ((df[f"{gap}_p_adj"] < 0.05) == (df[said] != "no detectable difference")).all()
-    for name in ("tiny-bert", "tiny-gpt2", "tiny-llama"):
-        assert (res / f"{name}/anatomy/ablation.parquet").exists()
-        assert (res / f"{name}/choices/flap_allocation.csv").exists()
     second = run_in(tmp_path, "snakemake", "--cores", "2")
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
@@ -203,10 +231,12 @@ def test_tiny_profile_end_to_end(tiny_run):
     # job alone; FLAP's plans do not read k (focus_multiplier), the threshold rules' 28 plans do
     out = run_in(tmp_path, "snakemake", "-n", "--cores", "2", "--config", "anatomy={threshold: 0.3}")
     jobs = job_counts(out.stdout + out.stderr)
-    assert jobs["neuron_sets"] == 3 and not {"score", "prune_plan", "evaluate_pruned", "time_pruned"} & set(jobs)
+    assert jobs["neuron_sets"] == len(pipe.targets.models)
+    assert not {"score", "prune_plan", "evaluate_pruned", "time_pruned"} & set(jobs)
     out = run_in(tmp_path, "snakemake", "-n", "--cores", "2", "--config", "pruning={focus_multiplier: 2}")
     jobs = job_counts(out.stdout + out.stderr)
-    assert jobs["prune_plan"] == 5 + 7 + 7 + 3 + 1 + 1 + 2 + 2 and "flap_allocation_choice" not in jobs
+    threshold_rules = [t for m, t in pipe.targets.pairs() if pipe.targets.spec(m, t).allocation == THRESHOLD]
+    assert jobs["prune_plan"] == len(threshold_rules) and "flap_allocation_choice" not in jobs
 
 
 def test_the_conda_environment_lists_the_package_dependencies():
@@ -231,8 +261,8 @@ def test_nested_config_overrides_are_read_as_yaml(tmp_path):
 
 
 def test_dvc_stages_chain_data_finetune_anatomy_prune_results():
-    """`dvc dag`: each stage depends on the one before it (through the copy of its Snakemake target under
-    logs/<profile>/dvc/), not every stage on `data` alone."""
+    """`dvc dag`: each stage depends on the one before it (through the Snakemake target it outputs under
+    results/metrics/<profile>/, llm_anatomy.layout), not every stage on `data` alone."""
     dag = subprocess.run([sys.executable, "-m", "dvc", "dag", "--dot"], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=600)
     assert dag.returncode == 0, dag.stderr[-3000:]
@@ -264,19 +294,17 @@ def test_dvc_stages_find_the_venvs_snakemake_without_activation():
 
 
 # (target to rebuild, outputs removed first, a file that exists only once the job is under way)
+_T = Layout("tiny")
 KILL_POINTS = {
-    "finetune": ("results/tiny/tiny-bert/finetune_metrics.json",
-                 ["results/tiny/tiny-bert/finetuned", "results/tiny/tiny-bert/finetune_metrics.json"],
-                 "results/tiny/tiny-bert/checkpoints/last.pt"),
-    "extract": ("results/tiny/tiny-gpt2/hidden_states.parquet",
-                ["results/tiny/tiny-gpt2/hidden_states.parquet", "results/tiny/tiny-gpt2/ffn_activations.parquet",
-                 "results/tiny/tiny-gpt2/anatomy_inputs.parquet"], "logs/tiny/tiny-gpt2/extract.log"),
-    "statistics": ("results/tiny/tiny-llama/ffn_stats.parquet", ["results/tiny/tiny-llama/ffn_stats.parquet"],
-                   "logs/tiny/tiny-llama/ffn_stats.log"),
-    "evaluate": ("results/tiny/tiny-llama/prune/flap-50/eval_test.parquet",
-                 ["results/tiny/tiny-llama/prune/flap-50/eval_test.parquet",
-                  "results/tiny/tiny-llama/prune/flap-50/baselines_test.parquet"],
-                 "logs/tiny/tiny-llama/prune/flap-50/evaluate_test.log"),
+    "finetune": (_T.model("tiny-bert").finetune_metrics, [_T.model("tiny-bert").finetuned,
+                                                          _T.model("tiny-bert").finetune_metrics],
+                 _T.model("tiny-bert").checkpoint),
+    "extract": (_T.model("tiny-gpt2").hidden, list(_T.model("tiny-gpt2").files("hidden", "ffn", "inputs").values()),
+                _T.log("tiny-gpt2", "extract")),
+    "statistics": (_T.model("tiny-llama").ffn_stats, [_T.model("tiny-llama").ffn_stats], _T.log("tiny-llama", "ffn_stats")),
+    "evaluate": (_T.target("tiny-llama", "flap-50").eval("test"),
+                 [_T.target("tiny-llama", "flap-50").eval("test"), _T.target("tiny-llama", "flap-50").baselines("test")],
+                 _T.log("tiny-llama", "prune", "flap-50", "evaluate_test")),
 }
 TIMING_KEYS = ("seconds", "per_second", "resumed_from_step")
 
@@ -301,6 +329,33 @@ def _same_output(a: Path, b: Path, skip_keys: tuple[str, ...] = TIMING_KEYS) -> 
         assert strip(json.loads(a.read_text())) == strip(json.loads(b.read_text())), a
     else:
         assert a.read_bytes() == b.read_bytes(), a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,target", [("tiny-gpt2", "flap-50"), ("tiny-bert", "fisher-searched-refit-50"),
+                                          ("tiny-llama", "obs-uniform-rescale-50")])
+def test_the_command_line_prunes_as_the_pipeline_does(tiny_run, tmp_path, model, target):
+    """`llm-anatomy prune` calls the rules' stage functions: given the tiny run's fine-tuned model, scores, splits
+    and the profile's sizes, it writes the folder the pipeline's target wrote (and the same plan)."""
+    pipe, layout = tiny_pipeline(), Layout("tiny")
+    spec, sizing, files = pipe.targets.spec(model, target), pipe.targets.sizing(model, target), layout.model(model)
+    methods = pipe.targets.pruning["methods"]
+    out = tmp_path / "cli"
+    args = ["prune", files.finetuned, "--scores", files.root, "--calibration", layout.split("train"),
+            "--validation", layout.split("val"), "--sparsity", str(spec.target),
+            "--criterion", "flap" if spec.alias == "flap" else spec.criterion, "--allocation", spec.allocation,
+            "--compensation", spec.compensation, "--ridge", str(methods["ridge"]),
+            "--readout-ridge", str(methods["readout_ridge"]), "--search-fractions", *map(str, methods["search_fractions"]),
+            "--calibration-reviews", str(sizing.calibration_reviews), "--search-reviews", str(sizing.search_reviews),
+            "--calibration-batch-size", str(sizing.calibration_batch_size), "--batch-size", str(sizing.batch_size),
+            "--threads", "2", "--device", "cpu", "--out", str(out)]
+    run = run_in(tiny_run, "llm_anatomy.cli", *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["target"] == target
+    pipeline_folder = tiny_run / layout.pruned(model, target)
+    plan = folder_file(out, "plan").rename(tmp_path / folder_file(out, "plan").name)  # the CLI keeps its plan there
+    _same_output(out, pipeline_folder)
+    _same_output(plan, tiny_run / layout.target(model, target).plan)
 
 
 @pytest.mark.slow
@@ -336,7 +391,7 @@ def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(ti
     first = run_in(repo, "dvc", "repro", "data")  # recorded; its Snakemake target is up to date
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     _, outputs, under_way = KILL_POINTS["finetune"]
-    outputs = [*outputs, "results/tiny/metrics/finetune.json"]  # the stage's target, so the job is needed
+    outputs = [*outputs, Layout("tiny").finetune_summary]  # the stage's target, so the job is needed
     for rel in outputs:
         path = repo / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -353,7 +408,7 @@ def test_kill_9_inside_a_dvc_stage_then_rerun_gives_the_uninterrupted_outputs(ti
     assert unlock.returncode == 0, unlock.stderr[-3000:]
     rerun = run_in(repo, "dvc", "repro", "finetune")
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
-    assert "resumed" in (repo / "logs/tiny/tiny-bert/finetune.log").read_text()  # from the killed run's checkpoint
+    assert "resumed" in (repo / _T.log("tiny-bert", "finetune")).read_text()  # from the killed run's checkpoint
     for rel in outputs:
         _same_output(repo / rel, tiny_run / rel)
     status = run_in(repo, "dvc", "status", "finetune")
@@ -371,7 +426,7 @@ def test_editing_a_module_reruns_the_rules_that_import_it(tiny_run, tmp_path):
     jobs = job_counts(out.stdout + out.stderr)
     # the scripts importing llm_anatomy.pruning.rules (llm_anatomy.provenance): plans, materialised
     # folders, their evaluation and timing, metrics and the report; not the fine-tune or the anatomy
-    targets = 5 + 3 + 1 + 1 + 2 * (7 + 1 + 2 + 1 + 1)
+    targets = len(tiny_pipeline().targets.pairs())
     assert jobs["prune_plan"] == jobs["materialise"] == jobs["evaluate_pruned"] == targets, jobs
     assert jobs["prune_report"] == 1
     assert not {"split_data", "finetune", "extract", "score", "neuron_sets", "ablate", "evaluate_dense",
@@ -401,7 +456,7 @@ def test_dvc_pull_in_a_fresh_clone_leaves_nothing_to_do(tiny_run, tmp_path):
     assert run_in(clone, "dvc", "remote", "modify", "--local", "local", "url", str(remote)).returncode == 0
     pull = run_in(clone, "llm_anatomy.cli", "pull")  # the documented command: dvc pull, then snakemake --touch
     assert pull.returncode == 0, (pull.stdout + pull.stderr)[-4000:]
-    _same_output(clone / "results/tiny/metrics", tiny_run / "results/tiny/metrics")
+    _same_output(clone / Layout("tiny").metrics.root, tiny_run / Layout("tiny").metrics.root)
     dry = run_in(clone, "snakemake", "-n", "--cores", "1")
     assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
 
@@ -411,9 +466,9 @@ def test_dvc_pull_in_a_fresh_clone_leaves_nothing_to_do(tiny_run, tmp_path):
 # materialise with a fitted compensation, evaluate, time, metrics, collect). Four named configurations read
 # only the scores, so their chains are ready together; packed two per submission, two submissions hold
 # only those, whatever the packing order: the per-job timing lock must let both run at once.
-SLURM_TARGETS = [f"results/tiny/metrics/prune/{c}.json"
+SLURM_TARGETS = [_T.config_metrics(c)
                  for c in ("enc-a0.01-b0.001", "enc-a0.025-b0.001", "enc-a0.05-b0.001", "enc-a0.05-b0.005")]
-SLURM_TARGETS.append("results/tiny/tiny-bert/prune/fisher-searched-refit-50/metrics.json")
+SLURM_TARGETS.append(_T.target("tiny-bert", "fisher-searched-refit-50").metrics)
 SLURM_RUN = ["snakemake", "--profile", "profiles/slurm-local", "--jobs", "6",
              "--group-components", "prune_target=2", "--slurm-init-seconds-before-status-checks", "1",
              "--seconds-between-status-checks", "2", *SLURM_TARGETS]
@@ -521,7 +576,7 @@ def test_slurm_run_with_a_cancelled_job_equals_the_local_run(tiny_run, local_slu
     assert sorted(i for _, i in runs[0]["group_slurm"])[1] < first_chain_done
 
     compared = 0
-    for path in sorted((repo / "results/tiny").rglob("*")) + sorted((repo / "data/processed/tiny").rglob("*")):
+    for path in [p for folder in (_T.results, _T.metrics.root, _T.data) for p in sorted((repo / folder).rglob("*"))]:
         rel = path.relative_to(repo)
         if path.is_file() and "benchmarks" not in rel.parts:
             _same_output(path, tiny_run / rel, MEASURED_KEYS)

@@ -5,16 +5,17 @@
 
 loads any classifier folder the pipeline writes (fine-tuned or materialised pruned) on CPU,
 or pass device="cuda"; `model(input_ids, attention_mask)` returns logits (> 0: positive).
+`load_classifier` is the same call by its general name.
 """
 
 __version__ = "0.1.0"
 
 
-def load_pruned(folder, device="cpu"):
+def load_classifier(folder, device="cpu"):
     """(model, tokenizer, meta) of a classifier folder; see llm_anatomy.models.load_classifier."""
-    from .models import load_classifier  # torch and transformers load only when a model does
+    from .models import load_classifier as load  # torch and transformers load only when a model does
 
-    return load_classifier(folder, device)
+    return load(folder, device)
 
 
-load_classifier = load_pruned
+load_pruned = load_classifier  # the documented entry point for a pruned folder

@@ -41,12 +41,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batching import encode_reviews, iter_padded, sorted_batches
+from .batching import iter_padded, sorted_batches
 from .device import model_device
 from .io import read_parquet
 from .models import SentimentClassifier
 from . import readout
 from .progress import progress as progress_bar
+from .pruning.criteria import NeuronStats, importance
 from .replay import StopForward, replay_below, stop_after
 from .stats import spearman_interval
 
@@ -95,8 +96,7 @@ def margin_of(model, batch: Batch) -> torch.Tensor:
 class Ablator:
     """Exact and first-order ablation effects on a fixed set of reviews (float32)."""
 
-    def __init__(self, model: SentimentClassifier, encoded, labels, pad_id: int, padding_side: str = "right",
-                 batch_size: int = 8):
+    def __init__(self, model: SentimentClassifier, encoded, labels, pad_id: int, padding_side: str, batch_size: int):
         self.model = model.float().eval()
         self.adapter = model.adapter
         device = model_device(model)
@@ -523,8 +523,9 @@ def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
     cos = (read_parquet(neuron_scores, columns=["layer", "neuron", "score"])
            .groupby(["layer", "neuron"])["score"].mean().abs().rename("cosine"))
     con = read_parquet(contributions).set_index(["layer", "neuron"])["mean_abs_contribution"].rename("contribution")
-    st = read_parquet(ffn_stats).set_index(["layer", "neuron"])
-    flu = (st["var"] * st["value_norm_sq"]).rename("fluctuation")
+    neurons = read_parquet(ffn_stats, columns=["layer", "neuron"]).set_index(["layer", "neuron"]).sort_index().index
+    flu = pd.Series(np.concatenate(importance("fluctuation", NeuronStats.from_files(ffn_stats))), index=neurons,
+                    name="fluctuation")
     df = pd.concat([cos, con, flu], axis=1)
     if df.isna().any().any():
         raise ValueError(f"{neuron_scores}, {contributions} and {ffn_stats} list different neurons; rebuild them "
@@ -533,35 +534,42 @@ def score_frame(neuron_scores, contributions, ffn_stats) -> pd.DataFrame:
     return df.reset_index().astype({"layer": "int64", "neuron": "int64"})
 
 
-def ablation_stage(model_dir, val: pd.DataFrame, neuron_scores, contributions, ffn_stats, graph_nodes, out: dict,
-                   p: dict, graph_edges: Sequence[tuple[tuple[int, int], tuple[int, int]]] = ()) -> dict:
-    """p: reviews, neurons_per_layer, tail, neurons_per_pass, top_fraction, random_draws, seed, batch_size,
-    threads, device. out: table, agreement, top, tails, edges, summary."""
-    from .io import write_csv, write_json, write_parquet
-    from .models import load_classifier, set_threads
+def ablate(finetuned, val, neuron_scores, contributions, ffn_stats, graph, ablation, ablation_scores, ablation_top,
+           ablation_tails, graph_edges, ablation_summary, settings: dict, threads: int | None, device: str) -> None:
+    """Rule ablate: exact and first-order ablation effects on the first `settings["reviews"]` validation reviews,
+    the score agreement, the top tails and sets, and the neuron graph's edges measured (module doc). settings:
+    reviews, neurons_per_layer, tail, neurons_per_pass, top_fraction, random_draws, seed, batch_size."""
+    import networkx as nx
 
-    set_threads(p.get("threads"))
+    from .data import read_split
+    from .io import write_csv, write_json, write_parquet
+    from .models import open_checkpoint
+
+    p = settings
+    net = nx.read_graphml(graph)
+    key = {n: (int(d["layer"]), int(d["neuron"])) for n, d in net.nodes(data=True)}
     start = time.perf_counter()
-    model, tokenizer, meta = load_classifier(model_dir, p.get("device", "cpu"))
+    ck = open_checkpoint(finetuned, device, threads)
+    val = read_split(val)
     if p["reviews"] > len(val):
         raise ValueError(f"ablation.reviews = {p['reviews']} exceeds the {len(val)} validation reviews; lower it")
     reviews = val.iloc[: p["reviews"]]
-    encoded = encode_reviews(tokenizer, meta, reviews["text"])
-    ablator = Ablator(model, encoded, reviews["label"].to_numpy(), tokenizer.pad_token_id,
-                      meta.get("padding_side", "right"), p["batch_size"])
+    ablator = Ablator(ck.model, ck.encode(reviews["text"]), reviews["label"].to_numpy(), ck.pad_id, ck.padding_side,
+                      p["batch_size"])
     dense_seconds = time.perf_counter() - start
     clock = time.perf_counter()
-    edges = edge_table(ablator, graph_edges)  # before the readout: it reads every token of block l + 1
+    # before the readout: an edge reads every token of block l + 1
+    edges = edge_table(ablator, [(key[u], key[v]) for u, v in net.edges()])
     edge_seconds = time.perf_counter() - clock
-    scores = score_frame(neuron_scores, contributions, ffn_stats)
     table, agreement, tops, tails, timings = ablation_tables(
-        ablator, scores, graph_nodes, p["neurons_per_layer"], p["tail"], p["top_fraction"], p["random_draws"],
-        p["seed"], p["neurons_per_pass"], progress=lambda xs: progress_bar(xs, desc="ablate (layers)"))
-    write_parquet(table, out["table"])
-    write_csv(agreement, out["agreement"])
-    write_csv(tops, out["top"])
-    write_csv(tails, out["tails"])
-    write_csv(edges, out["edges"])
+        ablator, score_frame(neuron_scores, contributions, ffn_stats), list(key.values()), p["neurons_per_layer"],
+        p["tail"], p["top_fraction"], p["random_draws"], p["seed"], p["neurons_per_pass"],
+        progress=lambda xs: progress_bar(xs, desc="ablate (layers)"))
+    write_parquet(table, ablation)
+    write_csv(agreement, ablation_scores)
+    write_csv(tops, ablation_top)
+    write_csv(tails, ablation_tails)
+    write_csv(edges, graph_edges)
     scored = agreement[agreement["score"].isin(list(SCORES))]
     summary = dict(reviews=ablator.n_reviews, tokens=ablator.tokens, layers=ablator.adapter.num_layers,
                    sampled_neurons=int(table["in_sample"].sum()), neurons_per_layer=p["neurons_per_layer"],
@@ -578,8 +586,10 @@ def ablation_stage(model_dir, val: pd.DataFrame, neuron_scores, contributions, f
                    dense_seconds=dense_seconds, edge_seconds=edge_seconds, **timings,
                    seconds=time.perf_counter() - start)
     summary["seconds_per_block_review"] = summary["exact_seconds"] / max(1, summary["exact_block_reviews"])
-    write_json(out["summary"], summary)
+    write_json(ablation_summary, summary)
     log.info("ablation of %d neurons (%d per layer at random, score tails, graph nodes) on %d reviews: exact %.0f s "
              "(%.2f ms per block and review), in all %.0f s", summary["ablated_neurons"], p["neurons_per_layer"],
              ablator.n_reviews, summary["exact_seconds"], 1e3 * summary["seconds_per_block_review"], summary["seconds"])
-    return summary
+    log.info("within-layer Spearman with the exact effects %s; %d of %d graph nodes confirmed, %d of %d edges "
+             "measured", summary["spearman_within_layer"], summary["confirmed_graph_nodes"], summary["graph_nodes"],
+             summary["measured_graph_edges"], summary["graph_edges"])

@@ -2,8 +2,9 @@
 
 Every analysis and pruning step talks to a backbone through a `ModelAdapter`, so the
 architecture-specific details (Linear vs GPT-2's transposed Conv1D, Llama's gated FFN and
-grouped-query attention, where the final norm lives, which token the classifier reads) live here
-and nowhere else (and, for loading outside the project, in `modeling_llm_anatomy`).
+grouped-query attention, where the final norm lives, which token the classifier reads, the last block's
+attention for that token alone: `read_token`, which `llm_anatomy.readout` installs) live here, one class per
+architecture, and nowhere else (and, for loading outside the project, in `modeling_llm_anatomy`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -75,12 +77,33 @@ def _with_first(block_out, hidden: torch.Tensor):
     return (hidden, *block_out[1:]) if isinstance(block_out, tuple) else hidden
 
 
+def _attend(block, q, k, v, scaling):
+    """Softmax attention of one query per row over that row's real tokens (the key mask the readout set on the
+    block for this batch): [B, heads, 1, head_dim]."""
+    mask = block._readout_key_mask[:, None, None, :].bool()
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _heads(x, head_dim):
+    return x.view(x.shape[0], x.shape[1], -1, head_dim).transpose(1, 2)
+
+
+def _rotate(x, cos, sin):
+    """Rotary position embedding, as transformers' `apply_rotary_pos_emb` ([B, heads, T, head_dim])."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
 class ModelAdapter:
     """Architecture-neutral view of a backbone (a `*Model`, not a `*ForX` wrapper)."""
 
     arch: str
     is_decoder: bool
     norm_centres: bool = True  # the norms that read the residual stream subtract its mean (LayerNorm)
+    # read_token(block, x [B, T, H], rows, positions, kwargs) -> [B, H]: the last block's output at the
+    # classifier's token of each row, its keys and values from every token (None: not available)
+    read_token = None
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
@@ -252,6 +275,15 @@ class BertAdapter(ModelAdapter):
         heads = att.query.out_features // d
         return AttentionBlock(att, (att.query, 0), (att.key, 0), (att.value, 0), block.output.dense, d, heads, heads)
 
+    @staticmethod
+    def read_token(block, x, rows, positions, _kwargs):
+        att = block.attention.self
+        xt = x[rows, positions][:, None]
+        hd = att.attention_head_size
+        ctx = _attend(block, _heads(att.query(xt), hd), _heads(att.key(x), hd), _heads(att.value(x), hd), att.scaling)
+        a = block.attention.output(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1), xt)  # heads x head_dim wide
+        return block.output(block.intermediate(a), a)[:, 0]
+
 
 class GPT2Adapter(ModelAdapter):
     arch = "gpt2"
@@ -284,6 +316,21 @@ class GPT2Adapter(ModelAdapter):
         centred = vectors - vectors.mean(dim=-1, keepdim=True)
         return centred * self.backbone.ln_f.weight.detach().to(vectors.dtype)
 
+    @staticmethod
+    def read_token(block, x, rows, positions, _kwargs):
+        attn = block.attn
+        xt = x[rows, positions][:, None]
+        h = block.ln_1(x)
+        width = attn.c_attn.weight.shape[1] // 3  # the kept heads' width (hidden for a dense model)
+        # c_attn is a Conv1D (weight [in, 3 x width]): its query columns for the target token only
+        q = torch.addmm(attn.c_attn.bias[:width], h[rows, positions], attn.c_attn.weight[:, :width])[:, None]
+        kv = torch.addmm(attn.c_attn.bias[width:], h.reshape(-1, h.shape[-1]), attn.c_attn.weight[:, width:])
+        k, v = kv.view(*h.shape[:2], 2 * width).split(width, dim=2)
+        hd = attn.head_dim
+        ctx = _attend(block, _heads(q, hd), _heads(k, hd), _heads(v, hd), attn.scaling)
+        a = xt + attn.resid_dropout(attn.c_proj(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1)))
+        return (a + block.mlp(block.ln_2(a)))[:, 0]
+
 
 class LlamaAdapter(ModelAdapter):
     arch = "llama"
@@ -315,6 +362,21 @@ class LlamaAdapter(ModelAdapter):
 
     def norm_linear_part(self, vectors):
         return vectors * self.backbone.norm.weight.detach().to(vectors.dtype)
+
+    @staticmethod
+    def read_token(block, x, rows, positions, kwargs):
+        attn = block.self_attn
+        xt = x[rows, positions][:, None]
+        h = block.input_layernorm(x)
+        hd = attn.head_dim
+        q = _heads(attn.q_proj(h[rows, positions][:, None]), hd)
+        k, v = _heads(attn.k_proj(h), hd), _heads(attn.v_proj(h), hd)
+        cos, sin = kwargs["position_embeddings"]  # [B, T, head_dim]
+        q = _rotate(q, cos[rows, positions][:, None], sin[rows, positions][:, None])
+        k = _rotate(k, cos, sin)
+        ctx = _attend(block, q, k, v, attn.scaling)
+        a = xt + attn.o_proj(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1))
+        return (a + block.mlp(block.post_attention_layernorm(a)))[:, 0]
 
     @torch.no_grad()
     def ensure_ffn_biases(self):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .ablation import SCORES, TARGETS
+from .layout import Layout, ModelFiles
 
 
 def interval(value, lo, hi, digits: int = 2) -> str:
@@ -116,26 +117,27 @@ def ablation_sizes(summaries: dict[str, dict]) -> str:
 
 def report(results: Path, models: list[str] | None = None) -> str:
     results = Path(results)
-    models = models or sorted(p.parent.parent.name for p in results.glob("*/anatomy/linear_probe.csv"))
+    probe_name = ModelFiles.NAMES["linear_probe"]  # the file names are llm_anatomy.layout's
+    models = models or sorted(p.relative_to(results).parts[0] for p in results.glob(f"*/{probe_name}"))
     if not models:
-        raise FileNotFoundError(f"{results}: no <model>/anatomy/linear_probe.csv; run the anatomy rules first "
-                                f"(snakemake --cores all {results}/metrics/anatomy.json)")
-    a = {m: results / m / "anatomy" for m in models}
+        raise FileNotFoundError(f"{results}: no <model>/{probe_name}; run the anatomy rules first "
+                                f"(snakemake --cores all {Layout(results.name).anatomy_metrics})")
+    f = {m: ModelFiles(results / m) for m in models}
     out = []
     for m in models:
-        out += [f"#### {m}: lens and linear probe per layer", "", probe_table(pd.read_csv(a[m] / "linear_probe.csv")), ""]
-    have = [m for m in models if (a[m] / "ablation_summary.json").exists()]
+        out += [f"#### {m}: lens and linear probe per layer", "", probe_table(pd.read_csv(f[m].linear_probe)), ""]
+    have = [m for m in models if Path(f[m].ablation_summary).exists()]
     if have:
         out += ["#### Ablation sizes", "",
-                ablation_sizes({m: json.loads((a[m] / "ablation_summary.json").read_text()) for m in have}), "",
+                ablation_sizes({m: json.loads(Path(f[m].ablation_summary).read_text()) for m in have}), "",
                 "#### Spearman's rho with the exact effects (random sample; 95% bootstrap intervals)", "",
-                agreement_table({m: pd.read_csv(a[m] / "ablation_scores.csv") for m in have}), "",
+                agreement_table({m: pd.read_csv(f[m].ablation_scores) for m in have}), "",
                 "#### Top tails: share of each score's top neurons above their layer's random median", "",
-                tails_table({m: pd.read_csv(a[m] / "ablation_tails.csv") for m in have}), "",
+                tails_table({m: pd.read_csv(f[m].ablation_tails) for m in have}), "",
                 "#### Top sets (top 1% of all neurons by each score, ablated together) against random sets", "",
-                tops_table({m: pd.read_csv(a[m] / "ablation_top.csv") for m in have}), "",
+                tops_table({m: pd.read_csv(f[m].ablation_top) for m in have}), "",
                 "#### Neuron graph edges", "",
-                edges_lines({m: pd.read_csv(a[m] / "graph_edges.csv") for m in have}), ""]
+                edges_lines({m: pd.read_csv(f[m].graph_edges) for m in have}), ""]
     return "\n".join(out)
 
 

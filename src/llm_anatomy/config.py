@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+from .layout import SCHEMA, mirror_file
 
 
 class ParamsError(ValueError):
@@ -35,6 +38,21 @@ def exit_on_params_error():
         yield
     except ParamsError as err:
         raise SystemExit(f"ParamsError: {err}") from None
+
+
+@functools.cache
+def load_schema() -> dict:
+    """params.yaml's JSON Schema, from the source checkout (the one place for every default)."""
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / SCHEMA).read_text())
+
+
+def schema_properties(*path: str) -> dict:
+    """The properties (type, default, description) of one object of the schema: `("$defs", "finetune")`, a
+    nested object `("$defs", "pruning", "methods")`, or the top-level section `("properties", "anatomy")`."""
+    node = load_schema()[path[0]][path[1]]
+    for key in path[2:]:
+        node = node["properties"][key]
+    return node.get("properties", {})
 
 
 def _key(path) -> str:
@@ -97,21 +115,13 @@ def _curve_parts(curve: str, criteria, allocations, compensations) -> list[str]:
 def _check_method_curves(curves, key: str) -> None:
     if curves == "all":
         return
-    from .pruning.compensation import METHODS
-    from .pruning.criteria import CRITERIA
-    from .pruning.allocation import ALLOCATIONS
-    from .pruning.targets import method_of
+    from .pruning.spec import ALLOCATIONS, COMPENSATIONS, CRITERIA, method_of
     for curve in curves:
         if not isinstance(curve, str) or method_of(curve) is None:
-            problems = "; ".join(_curve_parts(str(curve), CRITERIA, ALLOCATIONS, METHODS))
+            problems = "; ".join(_curve_parts(str(curve), CRITERIA, ALLOCATIONS, COMPENSATIONS))
             raise ParamsError(f"{key}: {curve!r} is not <criterion>-<allocation>-<compensation>: {problems}. "
                               f"Criteria {sorted(CRITERIA)}, allocations {list(ALLOCATIONS)}, compensations "
-                              f"{list(METHODS)} (e.g. fluctuation-uniform-refit), or `curves: all` for every one")
-
-
-def _method_allocation(curve: str) -> str:
-    from .pruning.targets import method_of
-    return method_of(curve)[1]
+                              f"{list(COMPENSATIONS)} (e.g. fluctuation-uniform-refit), or `curves: all` for every one")
 
 
 def check_schema(config: dict, schema_path: str | Path) -> None:
@@ -182,11 +192,11 @@ def check_semantics(config: dict, root: str | Path) -> None:
     name = config["profile"]
     data = config["data"]
     if data["source"] == "mirror":
-        mirror = resolve_path(data["mirror_dir"], root)
         for split in ("train", "test"):
-            if not (mirror / f"{split}.parquet").exists():
-                raise ParamsError(f"data.mirror_dir: {mirror / (split + '.parquet')} does not exist; point it at the "
-                                  "IMDB Parquet mirror (default ../shared/data/imdb) or set data.source: hub")
+            if not mirror_file(resolve_path(data["mirror_dir"], root), split).exists():
+                raise ParamsError(f"data.mirror_dir: {mirror_file(resolve_path(data['mirror_dir'], root), split)} does "
+                                  "not exist; point it at the IMDB Parquet mirror (default ../shared/data/imdb) or set "
+                                  "data.source: hub")
     anatomy = {**config["anatomy"], **prof.get("anatomy", {})}
     from .probes import ProbeError, read_probes
     try:  # read now, so a bad probe file stops the run before any fine-tuning
@@ -235,6 +245,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
     if not pruning:
         return
     from .pruning.rules import RuleError, resolve_focusing
+    from .pruning.spec import method_of
 
     from .probes import INPUT_SETS
     if "average_over" in pruning and pruning["average_over"] not in INPUT_SETS:  # the schema fills the default
@@ -266,7 +277,7 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
                               "the train split)")
         _check_method_curves(methods.get("curves", []), f"{key}.methods.curves")
         curves = methods.get("curves", [])
-        searched = curves == "all" or any(_method_allocation(c) == "searched" for c in curves)
+        searched = curves == "all" or any(method_of(c)[1] == "searched" for c in curves)
         if searched and methods.get("percents") and methods.get("search_reviews", 0) > prof["split"]["val"]:
             raise ParamsError(f"{key}.methods.search_reviews = {methods['search_reviews']} exceeds split.val = "
                               f"{prof['split']['val']}; lower it (the searched allocation reads the validation split)")

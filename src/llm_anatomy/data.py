@@ -8,12 +8,16 @@ Processed split schema (`data/processed/{train,val,test}.parquet`):
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .io import read_parquet
+from .io import read_parquet, write_parquet
+from .layout import mirror_file
+
+log = logging.getLogger(__name__)
 
 REQUIRED = {"text", "label"}
 SPLIT_COLUMNS = ["text", "label", "source_split", "source_index"]
@@ -41,7 +45,7 @@ def read_mirror(mirror_dir: str | Path) -> dict[str, pd.DataFrame]:
     mirror_dir = Path(mirror_dir)
     frames = {}
     for split in ("train", "test"):
-        path = mirror_dir / f"{split}.parquet"
+        path = mirror_file(mirror_dir, split)
         if not path.exists():
             raise DataError(f"{path} not found. Point `data.mirror_dir` in params.yaml at a folder holding "
                             "IMDB train.parquet and test.parquet, or set `data.source: hub` where a network exists.")
@@ -181,3 +185,22 @@ def read_split(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path} not found; build it with `snakemake --cores all {path}`")
     return check_frame(read_parquet(path), str(path))
+
+
+def split_data(source: str, mirror_dir, hub_name: str, split: dict, train, val, test) -> dict:
+    """Read IMDB (mirror or hub) and write the seeded, class-balanced train/val/test splits (rule split_data);
+    texts shared across splits are dropped, reported or an error (`split.overlap`), and what was found goes
+    into each file's info."""
+    hygiene: dict = {}
+    splits = make_splits(read_imdb(source, mirror_dir, hub_name), split["train"], split["val"], split["test"],
+                         split["seed"], split["overlap"], hygiene)
+    found, removed = hygiene["found"], hygiene["removed"]
+    (log.warning if hygiene["policy"] == "report" and any(hygiene["remaining"].values()) else log.info)(
+        "texts shared across splits (whitespace-normalised): %d validation reviews in train, %d test reviews in "
+        "train or validation, %d duplicates within train; policy %s: replaced %d validation and %d test reviews",
+        found["val_in_train"], found["test_in_train_or_val"], found["duplicates_within_train"], hygiene["policy"],
+        removed["val"], removed["test"])
+    for name, path in dict(train=train, val=val, test=test).items():
+        write_parquet(splits[name], path, info={"overlap": hygiene})
+        log.info("%s: %d reviews, %d positive -> %s", name, len(splits[name]), int(splits[name]["label"].sum()), path)
+    return {name: len(df) for name, df in splits.items()}

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +25,11 @@ from transformers import get_linear_schedule_with_warmup
 
 from .batching import encode, grouped_batches, iter_padded
 from .device import autocast, describe, grad_scaler, resolve_device
-from .evaluate import predict_logits
+from .inference import predict_logits
 from .logits import accuracy
 from .stats import accuracy_interval, correct
-from .io import atomic_dir, write_json
+from .data import read_split
+from .io import atomic_dir, read_json, write_json
 from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
 from .progress import progress
 
@@ -36,25 +38,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneParams:
-    epochs: int = 1
-    batch_size: int = 16
-    lr: float = 5e-5
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_length: int = 256
-    truncation_side: str = "right"
-    padding_side: str = "right"
-    dropout: float = 0.1
-    freeze_embeddings: bool = False
-    freeze_bottom_layers: int = 0
-    precision: str = "bf16"
-    eval_batch_size: int = 32
-    checkpoint_every: int = 50
-    grad_clip: float = 1.0
-    seed: int = 42
+    """A model's `finetune:` settings (params.yaml; every default is the schema's, `$defs.finetune`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    head_lr: float
+    weight_decay: float
+    warmup_ratio: float
+    max_length: int
+    truncation_side: str
+    padding_side: str
+    dropout: float
+    freeze_embeddings: bool
+    freeze_bottom_layers: int
+    precision: str
+    eval_batch_size: int
+    checkpoint_every: int
+    grad_clip: float
+    seed: int
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # keys the training loop does not read (train_limit)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneParams":
@@ -154,10 +158,31 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
 
-def finetune(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.DataFrame,
-             out_dir: str | Path, metrics_path: str | Path, checkpoint_path: str | Path,
-             p: FinetuneParams, model_name: str = "model", expect_layers: int | None = None,
-             device: str = "auto") -> dict:
+def finetune(train, val, finetuned, metrics, spec: dict, model_name: str, threads: int | None, device: str,
+             checkpoint) -> dict:
+    """Rule finetune: the model `spec` (source, tokenizer, num_layers, finetune settings) fine-tuned on the
+    first `train_limit` reviews of the train split, validated on the val split, saved to the `finetuned` folder
+    with its `metrics`; the resumable `checkpoint` is removed once the folder supersedes it."""
+    settings = spec["finetune"]
+    train_df = read_split(train).iloc[: settings.get("train_limit")]
+    result = train_classifier(spec["source"], spec["tokenizer"], train_df, read_split(val), finetuned, metrics,
+                              checkpoint, FinetuneParams.from_dict(dict(settings, threads=threads)),
+                              model_name=model_name, expect_layers=spec.get("num_layers"), device=device)
+    log.info("%s: validation accuracy %.4f [%.4f, %.4f], %.0f s training", model_name, result["val_accuracy"],
+             result["val_accuracy_lo"], result["val_accuracy_hi"], result["train_seconds"])
+    shutil.rmtree(Path(checkpoint).parent, ignore_errors=True)  # the checkpoint's own folder
+    return None
+
+
+def finetune_summary(metrics: list, summary, models: list) -> None:
+    """Rule finetune_summary: every model's fine-tune metrics in one file keyed by model (DVC's metrics)."""
+    write_json(summary, {model: read_json(path) for model, path in zip(models, metrics)})
+
+
+def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, val: pd.DataFrame,
+                     out_dir: str | Path, metrics_path: str | Path, checkpoint_path: str | Path,
+                     p: FinetuneParams, model_name: str = "model", expect_layers: int | None = None,
+                     device: str = "auto") -> dict:
     """Train, evaluate on the validation split, save the classifier folder and the metrics JSON.
 
     The test split is not an input: it is read only by the final evaluation (rule evaluate_dense),

@@ -1,6 +1,7 @@
-"""Atomic writers: every artifact appears complete or not at all. Readers of cached intermediates:
-a file that exists but cannot be read is moved aside and named, so the next run rebuilds it; a file the
-user named (`user_files`, the command line) is named and left as it is."""
+"""The one atomic writer (`atomic_path`, and `atomic_dir` for folders): every artifact appears complete or not
+at all; `write_json`, `write_parquet`, `write_csv`, `write_text` and every other writer of the package use it.
+Readers of cached intermediates: a file that exists but cannot be read is moved aside and named, so the next
+run rebuilds it; a file the user named (`user_files`, the command line) is named and left as it is."""
 from __future__ import annotations
 
 import json
@@ -56,12 +57,33 @@ def dumps(obj, **kwargs) -> str:
     return json.dumps(clean, allow_nan=False, default=_jsonable, **kwargs)
 
 
-def write_json(path: str | Path, obj) -> None:
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary sibling path to write; on success it replaces `path`, on error it is removed. The
+    temporary name keeps the suffix (`x.tmp.png`), so writers that infer the format from it still do."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(obj, indent=2) + "\n")
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def from_record(cls, d: dict, **replaced):
+    """A dataclass record from its JSON object (without the `null_reasons` that `dumps` adds)."""
+    return cls(**{k: v for k, v in d.items() if k != NULL_REASONS}, **replaced)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, dumps(obj, indent=2) + "\n")
 
 
 PARQUET_INFO = b"llm_anatomy.info"
@@ -72,14 +94,11 @@ def write_parquet(df: pd.DataFrame, path: str | Path, schema=None, info: dict | 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     if info is not None:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_INFO: dumps(info).encode()})
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def parquet_info(path: str | Path) -> dict:
@@ -156,11 +175,8 @@ def parquet_metadata(path: str | Path) -> dict:
 
 
 def write_csv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, **kwargs)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, **kwargs)
 
 
 @contextmanager

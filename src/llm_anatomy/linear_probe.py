@@ -230,38 +230,43 @@ def layer_probes(train_hidden: np.ndarray, y_train, val_hidden: np.ndarray, y_va
     return pd.DataFrame(rows), cv, pd.DataFrame(weights)
 
 
-def linear_probe_stage(model_dir, train: pd.DataFrame, hidden_path, inputs_path, out: dict, p: dict) -> dict:
-    """p: train_reviews, folds, penalties, seed, batch_size, precision, threads, device. out: table, cv, weights.
+def linear_probe(finetuned, train, hidden, inputs, linear_probe, linear_probe_cv, linear_probe_weights,
+                 settings: dict, threads: int | None, device: str) -> dict:
+    """Rule linear_probe: per layer, a probe on train reviews scored on the lens's validation reviews, to the
+    `linear_probe`, `linear_probe_cv` and `linear_probe_weights` files (module doc). settings: train_reviews,
+    folds, penalties, seed, batch_size, precision.
 
     The train reviews' states are extracted here (a seeded sample of the train split, never written out);
     the validation reviews' are the extract rule's `validation` input set, the same reviews the lens reads."""
+    from .data import read_split
     from .extract import extract_inputs, read_vectors
     from .io import read_parquet, write_csv, write_parquet
     from .lens import lens_logits
-    from .models import load_classifier, set_threads
+    from .models import open_checkpoint, set_threads
     from .probes import sample_reviews
     from .progress import progress
 
-    set_threads(p.get("threads"))
+    p = settings
+    set_threads(threads)
     start = time.perf_counter()
-    inputs = read_parquet(inputs_path)
-    keys, val_hidden = read_vectors(hidden_path, "vector", input_set="validation")
-    labels = inputs.set_index(["input_set", "input_id"]).loc[
+    table_in = read_parquet(inputs)
+    keys, val_hidden = read_vectors(hidden, "vector", input_set="validation")
+    labels = table_in.set_index(["input_set", "input_id"]).loc[
         list(zip(keys["input_set"], keys["input_id"])), "label"].to_numpy()
-    model, tokenizer, meta = load_classifier(model_dir, p.get("device", "cpu"))
-    sample = sample_reviews(train, p["train_reviews"], p["seed"] + 2, "anatomy.probe.train_reviews")
-    ex = extract_inputs(model, tokenizer, meta, sample["text"].tolist(), p["batch_size"], p["precision"],
+    ck = open_checkpoint(finetuned, device, threads)
+    sample = sample_reviews(read_split(train), p["train_reviews"], p["seed"] + 2, "anatomy.probe.train_reviews")
+    ex = extract_inputs(ck.model, ck.tokenizer, ck.meta, sample["text"].tolist(), p["batch_size"], p["precision"],
                         desc="probe states")
     extracted = time.perf_counter()
-    model = model.cpu()
+    model = ck.model.cpu()
     L = model.adapter.num_layers
     heads = [head_reading_direction(model, layer, L) for layer in range(L + 1)]
     table, cv, weights = layer_probes(ex.hidden, sample["label"].to_numpy(), val_hidden, labels,
                                       lens_logits(model, val_hidden), p["penalties"], p["folds"], p["seed"], heads,
                                       progress=lambda xs: progress(xs, desc="probe fits"))
-    write_csv(table, out["table"])
-    write_csv(cv, out["cv"])
-    write_parquet(weights, out["weights"])
+    write_csv(table, linear_probe)
+    write_csv(cv, linear_probe_cv)
+    write_parquet(weights, linear_probe_weights)
     info = dict(train_reviews=len(sample), validation_reviews=len(labels), extract_seconds=extracted - start,
                 fit_seconds=time.perf_counter() - extracted)
     log.info("linear probes on %d train reviews, scored on %d validation reviews: extraction %.0f s, fits %.0f s; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,9 +22,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2C
 
 from . import modeling_llm_anatomy as portable
 from .adapters import ModelAdapter, adapter_for
+from .batching import Encoded, encode_reviews
 from .device import resolve_device
 from .heads import restore_kept_heads
-from .io import dumps
+from .io import dumps, write_text
+from .layout import FOLDER
 
 EMBEDDED = {
     # name: (python package, subfolder or None, gguf file or None)
@@ -155,8 +158,7 @@ class SentimentClassifier(nn.Module):
         return torch.sigmoid(self(input_ids, attention_mask))
 
 
-HEAD_FILE = "head.safetensors"
-META_FILE = "classifier.json"
+HEAD_FILE, META_FILE = FOLDER["head"], FOLDER["meta"]
 
 
 def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, meta: dict) -> None:
@@ -175,7 +177,7 @@ def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, m
     meta = dict(meta, arch=adapter.arch, ffn_widths=adapter.ffn_widths(), attention_heads=adapter.head_counts(),
                 kv_heads=adapter.kv_head_counts(), kept_heads=[adapter.kept_heads(l) for l in range(adapter.num_layers)],
                 dropout=model.dropout.p)
-    (folder / META_FILE).write_text(dumps(meta, indent=2))
+    write_text(folder / META_FILE, dumps(meta, indent=2))
 
 
 def read_meta(folder: str | Path) -> dict:
@@ -229,3 +231,27 @@ def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(int(n))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class Checkpoint:
+    """A classifier folder as a stage uses it: the model on its device, its tokenizer, and how it was
+    fine-tuned (`meta`: the tokenisation, padding side and precision every later pass repeats)."""
+
+    model: SentimentClassifier
+    tokenizer: PreTrainedTokenizerBase
+    meta: dict
+
+    def __post_init__(self):
+        self.pad_id = self.tokenizer.pad_token_id
+        self.padding_side, self.precision = self.meta.get("padding_side", "right"), self.meta.get("precision", "fp32")
+
+    def encode(self, texts, what: str = "reviews") -> Encoded:
+        """Token ids as the checkpoint was fine-tuned (its max_length and truncation side)."""
+        return encode_reviews(self.tokenizer, self.meta, texts, what)
+
+
+def open_checkpoint(folder, device: str | torch.device = "cpu", threads: int | None = None) -> Checkpoint:
+    """The prologue of every stage that runs a model: torch's threads, then the folder loaded on `device`."""
+    set_threads(threads)
+    return Checkpoint(*load_classifier(folder, device))

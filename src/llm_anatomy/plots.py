@@ -1,8 +1,8 @@
 """Figures 1/1a (layer cosine curves), the lens beside the cosine curve, Figures 2/3 (neuron graphs),
-and the ablation check of the anatomy's scores."""
+and the ablation check of the anatomy's scores; `anatomy_figures` draws them all (rule anatomy_figures)."""
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 import matplotlib
 
@@ -15,16 +15,21 @@ import seaborn as sns  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 
-def _save(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+from .graph import node_name  # noqa: E402
+from .io import atomic_path, read_json, write_json  # noqa: E402
+from .probes import read_probes  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def save_figure(fig, path, dpi: int = 130) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
 
 
-def layer_cosine_figure(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, path) -> None:
+
+def plot_layer_cosine(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, path) -> None:
     """One panel per model, one line per probe input (Figures 1 and 1a in one view)."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.2), squeeze=False)
@@ -40,11 +45,11 @@ def layer_cosine_figure(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, p
         handles, names = ax.get_legend_handles_labels()
         ax.get_legend().remove()
     fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, fontsize=8, frameon=False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path,
-                probe_tables: dict[str, pd.DataFrame] | None = None) -> None:
+def plot_lens(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path,
+              probe_tables: dict[str, pd.DataFrame] | None = None) -> None:
     """Per model: mean probe cosine (left axis) beside the classifier lens accuracy and, when given, the
     linear probes' validation accuracy with its 95% interval (right axis)."""
     sns.set_theme(style="whitegrid", context="notebook")
@@ -77,11 +82,11 @@ def lens_figure(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd
         lines2 = ax2.get_legend_handles_labels()
         ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
     fig.subplots_adjust(wspace=0.45)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None,
-                 edges: pd.DataFrame | None = None) -> None:
+def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None,
+               edges: pd.DataFrame | None = None) -> None:
     """Layer 0 at the top, the last layer at the bottom; high nodes blue, offset nodes red; nodes whose
     ablation moves the margin more than 90% of random neurons (`confirmed`) ringed in black. Edges: the
     paper's presumed full connection layer to layer; with `edges` (graph_edges.csv) the measured ones (the
@@ -128,10 +133,10 @@ def graph_figure(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = N
     ax.set_yticks(-np.arange(n_layers), [str(l) for l in range(n_layers)], fontsize=7)
     ax.set_xticks([])
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFrame],
+def plot_ablation(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFrame],
                     agreement: dict[str, pd.DataFrame], path) -> None:
     """Per model: attribution patching against the exact mean-ablation effect (the sampled neurons,
     graph nodes marked), Spearman of each score with |exact effect| (95% intervals), and the margin
@@ -180,4 +185,46 @@ def ablation_figure(tables: dict[str, pd.DataFrame], tops: dict[str, pd.DataFram
                xlabel="margin change (negative: the model gets worse)")
         ax.legend(fontsize=7)
     fig.subplots_adjust(hspace=0.4, wspace=0.45)
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+def anatomy_figures(layer_scores: list, lens: list, linear_probe: list, graphs: list, summaries: list,
+                    ablation: list, ablation_scores: list, ablation_top: list, graph_edges: list, probes, figure1,
+                    lens_figure, graph_figures: list, ablation_figure, metrics, models: list) -> None:
+    """Rule anatomy_figures: Figure 1, the lens (and the linear probes) beside it, each model's neuron graph
+    (ablation-confirmed nodes ringed, measured edges drawn dark), the ablation figure, and the anatomy metrics
+    DVC reads; every list is in the order of `models`."""
+    layers = {m: pd.read_parquet(p) for m, p in zip(models, layer_scores)}
+    plot_layer_cosine(layers, read_probes(probes), figure1)
+    probe_tables = {m: pd.read_csv(p) for m, p in zip(models, linear_probe)}
+    plot_lens(layers, {m: pd.read_csv(p) for m, p in zip(models, lens)}, lens_figure, probe_tables)
+    tables = {m: pd.read_parquet(p) for m, p in zip(models, ablation)}
+    edges = {m: pd.read_csv(p) for m, p in zip(models, graph_edges)}
+    for model, graph_path, png in zip(models, graphs, graph_figures):
+        g = nx.read_graphml(graph_path)
+        g.graph["layers"] = int(g.graph["layers"])
+        t = tables[model]
+        confirmed = {node_name(int(r.layer), int(r.neuron)) for r in t[t["confirmed"]].itertuples()}
+        plot_graph(g, png, f"{model}: FFN neurons with probe-mean cosine > {g.graph['threshold']} to the final target",
+                   confirmed, edges[model])
+    plot_ablation(tables, {m: pd.read_csv(p) for m, p in zip(models, ablation_top)},
+                  {m: pd.read_csv(p) for m, p in zip(models, ablation_scores)}, ablation_figure)
+    out = {}
+    for model, path in zip(models, summaries):
+        s = read_json(path)
+        out[model] = {k: s[k] for k in ("max_share_high", "layers_all_inputs_below_5pct",
+                                        "final_target_pairwise_cosine", "funnel_necks", "score_seconds")}
+        out[model]["lens_validation_accuracy_last"] = (s["lens_validation_accuracy"][-1]
+                                                       if s["lens_validation_accuracy"] else None)
+    for model, path in zip(models, ablation_scores):
+        for r in pd.read_csv(path).itertuples():
+            out[model][f"ablation_spearman_{r.score}_{r.target}"] = [r.spearman, r.spearman_lo, r.spearman_hi]
+            if r.score != "attribution_signed_vs_exact_signed":
+                out[model][f"ablation_spearman_within_layer_{r.score}_{r.target}"] = [
+                    r.spearman_within_layer, r.spearman_within_layer_lo, r.spearman_within_layer_hi]
+    for model in models:
+        out[model]["probe_validation_accuracy"] = probe_tables[model]["probe_accuracy"].round(4).tolist()
+    for model in models:
+        out[model]["graph_edges_measured"] = [int(edges[model]["measured"].sum()), len(edges[model])]
+    write_json(metrics, out)
+    log.info("anatomy figures for %s", models)

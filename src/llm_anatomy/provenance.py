@@ -52,6 +52,13 @@ def _imports(src: Path, file: Path) -> set[str]:
     return names
 
 
+def import_graph(src: Path) -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports (module-level or inside functions)."""
+    src = Path(src).resolve()
+    files = {_dotted(src, f): f for f in sorted((src / PACKAGE).rglob("*.py"))}
+    return {name: {m for m in _imports(src, file) if m in files and m != name} for name, file in files.items()}
+
+
 def module_files(script: Path, src: Path) -> list[Path]:
     """Every file of the package that running `script` imports, parents' `__init__.py` included, sorted."""
     src, seen, todo = Path(src).resolve(), set(), [Path(script).resolve()]

@@ -6,7 +6,7 @@ the inference precision, with `tokens` rows (a batch of the timed reviews), afte
 of `repeats` runs gives its rate. The model's attainable rate weights those by how much work each map
 does (total flops / sum over maps of flops / rate): the rate the backbone would run at if it spent
 all its time in its linear maps, each at its best measured speed. A forward pass's fraction of the
-roofline is then 2 x multiply-adds (`pruning.costs.forward_macs`: linear maps and attention products)
+roofline is then 2 x multiply-adds (`costs.forward_macs`: linear maps and attention products)
 / seconds / attainable rate. What keeps it below 1 is everything that is not one of those matmuls at
 its best: softmax, GELU, norms, residual adds, bias copies, padding, tokenisation and Python.
 """
@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .fused import FusedLinear
+from .costs import forward_macs
 from .device import machine_info
+from .fused import FusedLinear
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -95,8 +96,6 @@ def fraction(macs: int, seconds: float, attainable_gflops: float) -> float:
 
 def pass_speed(adapter, lengths: Sequence[int], batch_size: int, precision: str, seconds: float) -> dict:
     """An inference pass's multiply-adds and its fraction of the roofline, for an evaluation's record."""
-    from .pruning.costs import forward_macs
-
     macs = forward_macs(adapter, lengths)
     tokens = batch_rows(batch_size, lengths)
     rate = measure(adapter, precision, tokens)["attainable_gflops"]

@@ -70,8 +70,9 @@ def pack(out: Path) -> dict:
     from llm_anatomy.config import validate
     from llm_anatomy.data import make_splits, read_imdb
     from llm_anatomy.io import write_parquet
+    from llm_anatomy.layout import SCHEMA
     from llm_anatomy.models import embedded_location
-    from llm_anatomy.pruning.targets import PruneTargets
+    from llm_anatomy.pruning.targets import Targets
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -89,15 +90,15 @@ def pack(out: Path) -> dict:
     for name, keep in PROFILES.items():
         config = yaml.safe_load((ROOT / "params.yaml").read_text())
         config["profile"] = name
-        profile = validate(config, ROOT / "workflow/schemas/params.schema.yaml", ROOT)
-        targets = PruneTargets(config, f"results/{name}")
+        profile = validate(config, ROOT / SCHEMA, ROOT)
+        targets = Targets(config)
         split = profile["split"]
         frames = read_imdb(config["data"]["source"], ROOT / config["data"]["mirror_dir"], config["data"]["hub_name"])
         for part, df in make_splits(frames, split["train"], split["val"], split["test"], split["seed"],
                                     split["overlap"]).items():
             write_parquet(df, tmp / "data" / name / f"{part}.parquet")
         anatomy = {**config["anatomy"], **profile.get("anatomy", {})}
-        models = {m: dict(spec=spec, sizing=asdict(targets.sizing(m, TARGET)), plan=targets.rule_config(m, TARGET),
+        models = {m: dict(spec=spec, sizing=asdict(targets.sizing(m, TARGET)), plan=targets.spec(m, TARGET).to_dict(),
                           seeds=targets.random_seeds(m, TARGET))
                   for m, spec in profile["models"].items() if keep is None or m in keep}
         profiles[name] = dict(threads=profile["threads"], batch_size=profile["pruning"]["batch_size"], models=models,
@@ -188,46 +189,51 @@ def capped(spec: dict, sizing: dict, reviews: int | None) -> tuple[dict, dict]:
 
 def model_steps(steps: Steps, profile: str, name: str, cfg: dict, m: dict, data: Path, work: Path, device: str,
                 reviews: int | None) -> None:
-    """One model's model-running steps as the pipeline's rules run them, on `device`."""
-    from llm_anatomy.anatomy import extract_stage, score_stage
+    """One model's model-running steps as the pipeline's rules run them (their stage functions), on `device`.
+    Each model's files are named as the pipeline names them (`llm_anatomy.layout`), under `work`."""
+    from llm_anatomy.anatomy import extract, score
     from llm_anatomy.data import read_split
-    from llm_anatomy.evaluate import evaluate_stage
-    from llm_anatomy.finetune import FinetuneParams, finetune
+    from llm_anatomy.finetune import FinetuneParams, train_classifier
+    from llm_anatomy.inference import evaluate_folder
+    from llm_anatomy.io import read_json, write_parquet
+    from llm_anatomy.layout import ModelFiles, TargetFiles
     from llm_anatomy.logits import read_logits
-    from llm_anatomy.pruning.calibration import calibration_stage
+    from llm_anatomy.pruning.calibration import ffn_stats
     from llm_anatomy.pruning.materialise import materialise
-    from llm_anatomy.pruning.plan import plan_stage
-    from llm_anatomy.pruning.targets import Sizing
-    from llm_anatomy.pruning.timing import timing_stage
+    from llm_anatomy.pruning.plan import prune_plan
+    from llm_anatomy.pruning.timing import time_pruned
 
     spec, sizing = capped(m["spec"], m["sizing"], reviews)
-    train, val, test = (read_split(data / profile / f"{s}.parquet") for s in ("train", "val", "test"))
+    splits = {s: data / profile / f"{s}.parquet" for s in ("train", "val", "test")}
+    train, val, test = (read_split(splits[s]) for s in ("train", "val", "test"))
+    threads, batch = cfg["threads"], cfg["batch_size"]
+    files = ModelFiles(work / profile / name)
+    target = TargetFiles(files("prune", TARGET))
+    pruned = files("pruned", TARGET)
+    key = f"{profile}/{name}"
+    model = files.finetuned
     if reviews is not None:
         val = val.iloc[:reviews]
-    threads, batch = cfg["threads"], cfg["batch_size"]
-    w = work / profile / name
-    key = f"{profile}/{name}"
-    model = w / "finetuned"
+        splits["val"] = files("val.parquet")
+        write_parquet(val, splits["val"])
 
     def tune():
         p = FinetuneParams.from_dict(dict(spec["finetune"], threads=threads))
-        return finetune(spec["source"], spec["tokenizer"], train.iloc[: spec["finetune"]["train_limit"]], val, model,
-                        w / "finetune_metrics.json", w / "checkpoints/last.pt", p, model_name=name,
-                        expect_layers=spec["num_layers"], device=device)
+        return train_classifier(spec["source"], spec["tokenizer"], train.iloc[: spec["finetune"]["train_limit"]], val,
+                                model, files.finetune_metrics, files.checkpoint, p, model_name=name,
+                                expect_layers=spec["num_layers"], device=device)
 
-    ex = dict(hidden=w / "hidden_states.parquet", ffn=w / "ffn_activations.parquet", inputs=w / "anatomy_inputs.parquet")
-    extract = dict(cfg["extract"], threads=threads, device=device)
+    extract_settings = dict(cfg["extract"])
     if reviews is not None:
-        extract.update(calibration_size=min(extract["calibration_size"], reviews),
-                       validation_size=min(extract["validation_size"], reviews))
-    scores = {n: w / f"{n}.parquet" for n in ("layer_scores", "neuron_scores", "contributions")}
-    scores.update(lens=w / "lens.csv", score_summary=w / "score_summary.json")
+        extract_settings.update(calibration_size=min(extract_settings["calibration_size"], reviews),
+                                validation_size=min(extract_settings["validation_size"], reviews))
+    cpu_eval = files("eval_cpu.parquet")
 
     def compare_on_cpu():
         """The fine-tuned model's logits on `device` and on the CPU: the largest difference, and how many
         predictions differ. A float32 model must agree within FP32_LOGIT_TOLERANCE; a bf16 one is recorded."""
-        evaluate_stage(model, test, w / "eval_cpu.parquet", sizing["test_limit"], batch, threads, "cpu")
-        a, b = read_logits(w / "eval_test.parquet")[0]["logit"], read_logits(w / "eval_cpu.parquet")[0]["logit"]
+        evaluate_folder(model, test, cpu_eval, sizing["test_limit"], batch, threads, "cpu")
+        a, b = read_logits(files.dense_eval("test"))[0]["logit"], read_logits(cpu_eval)[0]["logit"]
         out = dict(max_abs_logit_diff=float((a - b).abs().max()), predictions_differ=int(((a > 0) != (b > 0)).sum()),
                    reviews=len(a), precision=spec["finetune"]["precision"])
         if out["precision"] == "fp32" and not out["max_abs_logit_diff"] <= FP32_LOGIT_TOLERANCE:
@@ -236,30 +242,37 @@ def model_steps(steps: Steps, profile: str, name: str, cfg: dict, m: dict, data:
         return out
 
     def plan():
-        return plan_stage(m["plan"], scores["layer_scores"], scores["neuron_scores"], w / "plan.parquet",
-                          w / "random_plans.parquet", m["seeds"], cfg["high_threshold"], cfg["average_over"],
-                          ffn_stats_path=w / "ffn_stats.parquet").info
+        return prune_plan(files.layer_scores, files.neuron_scores, target.plan, target.random_plans, m["plan"],
+                          m["seeds"], cfg["high_threshold"], cfg["average_over"], ffn_stats=files.ffn_stats)
+
+    def time_it():
+        time_pruned(model, pruned, target.plan, splits["test"], target.timing, sizing["time_limit"],
+                    sizing["batch_size"], sizing["repeats"], sizing["time_zeroed"], sizing["equality_check_reviews"],
+                    threads, device)
+        return read_json(target.timing)
 
     steps(f"{key} finetune", tune)
-    steps(f"{key} extract", lambda: extract_stage(model, ROOT / "resources/probes.tsv", train, val, ex, extract),
+    steps(f"{key} extract", lambda: extract(model, splits["train"], splits["val"], ROOT / "resources/probes.tsv",
+                                            **files.files("hidden", "ffn", "inputs"), **extract_settings,
+                                            threads=threads, device=device),
           f"{key} finetune")
-    steps(f"{key} ffn_stats", lambda: calibration_stage(model, train, w / "ffn_stats.parquet",
-                                                        sizing["calibration_reviews"], batch, threads, device),
+    steps(f"{key} ffn_stats", lambda: ffn_stats(model, splits["train"], files.ffn_stats, sizing["calibration_reviews"],
+                                                batch, threads, device),
           f"{key} finetune")
-    steps(f"{key} evaluate", lambda: dict(accuracy=evaluate_stage(model, test, w / "eval_test.parquet",
-                                                                  sizing["test_limit"], batch, threads, device)),
+    steps(f"{key} evaluate", lambda: dict(accuracy=evaluate_folder(model, test, files.dense_eval("test"),
+                                                                   sizing["test_limit"], batch, threads, device)),
           f"{key} finetune")
     steps(f"{key} evaluate on cpu", compare_on_cpu, f"{key} evaluate")
-    steps(f"{key} score", lambda: score_stage(model, ex["hidden"], ex["ffn"], ex["inputs"], scores, threads),
+    steps(f"{key} score", lambda: score(model, **files.files("hidden", "ffn", "inputs", *ModelFiles.SCORES),
+                                        threads=threads),
           f"{key} extract")
     steps(f"{key} {TARGET} plan", plan, f"{key} score", f"{key} ffn_stats")
-    steps(f"{key} {TARGET} materialise", lambda: materialise(model, w / "plan.parquet", w / TARGET, target=TARGET),
+    steps(f"{key} {TARGET} materialise", lambda: materialise(model, target.plan, pruned, target=TARGET),
           f"{key} {TARGET} plan")
-    steps(f"{key} {TARGET} evaluate", lambda: dict(accuracy=evaluate_stage(
-        w / TARGET, test, w / f"eval_{TARGET}.parquet", sizing["test_limit"], batch, threads, device)),
+    steps(f"{key} {TARGET} evaluate", lambda: dict(accuracy=evaluate_folder(
+        pruned, test, target.eval("test"), sizing["test_limit"], batch, threads, device)),
           f"{key} {TARGET} materialise")
-    steps(f"{key} {TARGET} time", lambda: timing_stage(model, w / TARGET, w / "plan.parquet", test, Sizing(**sizing),
-                                                       threads, device), f"{key} {TARGET} materialise")
+    steps(f"{key} {TARGET} time", time_it, f"{key} {TARGET} materialise")
 
 
 def run(args) -> int:

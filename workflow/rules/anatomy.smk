@@ -4,52 +4,13 @@
 # probes beside the lens). Reads train and validation reviews only, never the test split.
 ANATOMY = {**config["anatomy"], **PROFILE.get("anatomy", {})}  # a profile may override any key
 ANATOMY_PROBES = workdir_path(ANATOMY["probes"])
-
-# Threshold-free: the pruning plans read these, so anatomy.threshold must not rewrite them.
-ANATOMY_SCORES = {
-    "layer_scores": f"{RES}/{{model}}/layer_scores.parquet",
-    "neuron_scores": f"{RES}/{{model}}/neuron_scores.parquet",
-    "lens": f"{RES}/{{model}}/anatomy/lens.csv",
-    "contributions": f"{RES}/{{model}}/anatomy/contributions.parquet",
-    "score_summary": f"{RES}/{{model}}/anatomy/score_summary.json",
-}
-
-# What anatomy.threshold decides.
-NEURON_SETS = {
-    "neuron_share": f"{RES}/{{model}}/anatomy/neuron_share.csv",
-    "high_neurons": f"{RES}/{{model}}/anatomy/high_neurons.csv",
-    "neuron_overlap": f"{RES}/{{model}}/anatomy/neuron_overlap.csv",
-    "graph": f"{RES}/{{model}}/anatomy/neuron_graph.graphml",
-    "graph_counts": f"{RES}/{{model}}/anatomy/graph_counts.csv",
-    "rank_agreement": f"{RES}/{{model}}/anatomy/rank_agreement.csv",
-    "summary": f"{RES}/{{model}}/anatomy/summary.json",
-}
-
-
-LINEAR_PROBE = {
-    "table": f"{RES}/{{model}}/anatomy/linear_probe.csv",
-    "cv": f"{RES}/{{model}}/anatomy/linear_probe_cv.csv",
-    "weights": f"{RES}/{{model}}/anatomy/linear_probe_weights.parquet",
-}
-
-
-ABLATION = {
-    "table": f"{RES}/{{model}}/anatomy/ablation.parquet",
-    "agreement": f"{RES}/{{model}}/anatomy/ablation_scores.csv",
-    "top": f"{RES}/{{model}}/anatomy/ablation_top.csv",
-    "tails": f"{RES}/{{model}}/anatomy/ablation_tails.csv",
-    "edges": f"{RES}/{{model}}/anatomy/graph_edges.csv",
-    "summary": f"{RES}/{{model}}/anatomy/ablation_summary.json",
-}
+FIGURES = LAYOUT.anatomy_figures(MODELS)
 
 ANATOMY_TARGETS = (
-    expand(list(ANATOMY_SCORES.values()), model=MODELS)
-    + expand(list(NEURON_SETS.values()), model=MODELS)
-    + expand(list(ABLATION.values()), model=MODELS)
-    + expand(list(LINEAR_PROBE.values()), model=MODELS)
-    + [f"{RES}/anatomy/ablation.png"]
-    + [f"{RES}/anatomy/figure1_layer_cosine.png", f"{RES}/anatomy/lens_vs_cosine.png", f"{RES}/metrics/anatomy.json"]
-    + expand(f"{RES}/anatomy/neuron_graph_{{model}}.png", model=MODELS)
+    expand([getattr(MODEL, f) for f in MODEL.SCORES + MODEL.NEURON_SETS + MODEL.ABLATION + MODEL.LINEAR_PROBE],
+           model=MODELS)
+    + [FIGURES["figure1"], FIGURES["lens_figure"], FIGURES["ablation_figure"], LAYOUT.anatomy_metrics]
+    + FIGURES["graph_figures"]
 )
 
 
@@ -57,18 +18,16 @@ rule extract:
     """Every layer's hidden state and every FFN neuron's activation at the target token, for the probes and
     the sampled calibration (train) and validation reviews, to Parquet (paper sections 3.1-3.2)."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        train=f"{DATA}/train.parquet",
-        val=f"{DATA}/val.parquet",
+        finetuned=MODEL.finetuned,
+        train=LAYOUT.split("train"),
+        val=LAYOUT.split("val"),
         probes=ANATOMY_PROBES,
     output:
-        hidden=f"{RES}/{{model}}/hidden_states.parquet",
-        ffn=f"{RES}/{{model}}/ffn_activations.parquet",
-        inputs=f"{RES}/{{model}}/anatomy_inputs.parquet",
+        **MODEL.files("hidden", "ffn", "inputs"),
     log:
-        f"{LOGS}/{{model}}/extract.log",
+        LAYOUT.log("{model}", "extract"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/extract.tsv"
+        MODEL.benchmark("extract")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -92,16 +51,14 @@ rule score:
     """Layer-to-final cosines, per-neuron scores (the paper's and the decoder scoring variants), the
     classifier lens and direct contributions, from the extracted Parquet (no model pass, no threshold)."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        hidden=f"{RES}/{{model}}/hidden_states.parquet",
-        ffn=f"{RES}/{{model}}/ffn_activations.parquet",
-        inputs=f"{RES}/{{model}}/anatomy_inputs.parquet",
+        **MODEL.files("hidden", "ffn", "inputs"),
+        finetuned=MODEL.finetuned,
     output:
-        **ANATOMY_SCORES,
+        **MODEL.files(*MODEL.SCORES),
     log:
-        f"{LOGS}/{{model}}/score.log",
+        LAYOUT.log("{model}", "score"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/score.tsv"
+        MODEL.benchmark("score")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -119,13 +76,11 @@ rule neuron_sets:
     """High and negative neurons at anatomy.threshold: shares, lists, overlap across inputs, section
     3.2's graph, rank agreement with the direct contribution, and the model's anatomy summary."""
     input:
-        neuron_scores=ANATOMY_SCORES["neuron_scores"],
-        contributions=ANATOMY_SCORES["contributions"],
-        score_summary=ANATOMY_SCORES["score_summary"],
+        **MODEL.files("neuron_scores", "contributions", "score_summary"),
     output:
-        **NEURON_SETS,
+        **MODEL.files(*MODEL.NEURON_SETS),
     log:
-        f"{LOGS}/{{model}}/neuron_sets.log",
+        LAYOUT.log("{model}", "neuron_sets"),
     conda:
         CONDA_ENV
     params:
@@ -140,18 +95,15 @@ rule ablate:
     attribution patching for all neurons, how well each score predicts the exact effects, and the neuron
     graph's edges measured (docs/ANATOMY.md)."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        val=f"{DATA}/val.parquet",
-        neuron_scores=f"{RES}/{{model}}/neuron_scores.parquet",
-        contributions=f"{RES}/{{model}}/anatomy/contributions.parquet",
-        ffn_stats=f"{RES}/{{model}}/ffn_stats.parquet",
-        graph=f"{RES}/{{model}}/anatomy/neuron_graph.graphml",
+        **MODEL.files("neuron_scores", "contributions", "ffn_stats", "graph"),
+        finetuned=MODEL.finetuned,
+        val=LAYOUT.split("val"),
     output:
-        **ABLATION,
+        **MODEL.files(*MODEL.ABLATION),
     log:
-        f"{LOGS}/{{model}}/ablate.log",
+        LAYOUT.log("{model}", "ablate"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/ablate.tsv"
+        MODEL.benchmark("ablate")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -160,7 +112,7 @@ rule ablate:
         runtime=60,
     params:
         code=source_digest("ablate.py"),
-        p=ablation_params,
+        settings=ablation_params,
         threads=THREADS,
         device=DEVICE,
     script:
@@ -171,16 +123,15 @@ rule linear_probe:
     """Per layer, an L2 logistic regression on the target-token states of train reviews (penalty chosen by
     cross-validation on them), scored on the lens's validation reviews beside the lens (docs/ANATOMY.md)."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        train=f"{DATA}/train.parquet",
-        hidden=f"{RES}/{{model}}/hidden_states.parquet",
-        inputs=f"{RES}/{{model}}/anatomy_inputs.parquet",
+        **MODEL.files("hidden", "inputs"),
+        finetuned=MODEL.finetuned,
+        train=LAYOUT.split("train"),
     output:
-        **LINEAR_PROBE,
+        **MODEL.files(*MODEL.LINEAR_PROBE),
     log:
-        f"{LOGS}/{{model}}/linear_probe.log",
+        LAYOUT.log("{model}", "linear_probe"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/linear_probe.tsv"
+        MODEL.benchmark("linear_probe")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -189,7 +140,7 @@ rule linear_probe:
         runtime=60,
     params:
         code=source_digest("linear_probe.py"),
-        p={k: ANATOMY[k] for k in ("seed", "batch_size", "precision")} | ANATOMY["probe"],
+        settings={k: ANATOMY[k] for k in ("seed", "batch_size", "precision")} | ANATOMY["probe"],
         threads=THREADS,
         device=DEVICE,
     script:
@@ -199,30 +150,24 @@ rule linear_probe:
 rule anatomy_figures:
     """The anatomy figures of every model (layer cosine curves, neuron shares, graphs, lens, ablation)."""
     input:
-        layer_scores=expand(f"{RES}/{{model}}/layer_scores.parquet", model=MODELS),
-        lens=expand(f"{RES}/{{model}}/anatomy/lens.csv", model=MODELS),
-        linear_probe=expand(LINEAR_PROBE["table"], model=MODELS),
-        graphs=expand(f"{RES}/{{model}}/anatomy/neuron_graph.graphml", model=MODELS),
-        summaries=expand(f"{RES}/{{model}}/anatomy/summary.json", model=MODELS),
-        ablation=expand(f"{RES}/{{model}}/anatomy/ablation.parquet", model=MODELS),
-        ablation_scores=expand(f"{RES}/{{model}}/anatomy/ablation_scores.csv", model=MODELS),
-        ablation_top=expand(f"{RES}/{{model}}/anatomy/ablation_top.csv", model=MODELS),
-        graph_edges=expand(ABLATION["edges"], model=MODELS),
+        layer_scores=expand(MODEL.layer_scores, model=MODELS),
+        lens=expand(MODEL.lens, model=MODELS),
+        linear_probe=expand(MODEL.linear_probe, model=MODELS),
+        graphs=expand(MODEL.graph, model=MODELS),
+        summaries=expand(MODEL.summary, model=MODELS),
+        ablation=expand(MODEL.ablation, model=MODELS),
+        ablation_scores=expand(MODEL.ablation_scores, model=MODELS),
+        ablation_top=expand(MODEL.ablation_top, model=MODELS),
+        graph_edges=expand(MODEL.graph_edges, model=MODELS),
         probes=ANATOMY_PROBES,
     output:
-        figure1=report(
-            f"{RES}/anatomy/figure1_layer_cosine.png", category="Anatomy", caption="../report/anatomy_figure1.rst"
-        ),
-        lens=report(f"{RES}/anatomy/lens_vs_cosine.png", category="Anatomy", caption="../report/anatomy_lens.rst"),
-        graphs=report(
-            expand(f"{RES}/anatomy/neuron_graph_{{model}}.png", model=MODELS),
-            category="Anatomy",
-            caption="../report/anatomy_graph.rst",
-        ),
-        ablation=report(f"{RES}/anatomy/ablation.png", category="Anatomy", caption="../report/anatomy_ablation.rst"),
-        metrics=f"{RES}/metrics/anatomy.json",
+        figure1=report(FIGURES["figure1"], category="Anatomy", caption="../report/anatomy_figure1.rst"),
+        lens_figure=report(FIGURES["lens_figure"], category="Anatomy", caption="../report/anatomy_lens.rst"),
+        graph_figures=report(FIGURES["graph_figures"], category="Anatomy", caption="../report/anatomy_graph.rst"),
+        ablation_figure=report(FIGURES["ablation_figure"], category="Anatomy", caption="../report/anatomy_ablation.rst"),
+        metrics=LAYOUT.anatomy_metrics,
     log:
-        f"{LOGS}/anatomy_figures.log",
+        LAYOUT.log("anatomy_figures"),
     conda:
         CONDA_ENV
     params:

@@ -1,27 +1,29 @@
-# Shared helpers: params validation (before any compute), the active profile, output layout, targets.
+# Shared helpers: params validation (before any compute), the active profile, its files and targets.
+# Every path comes from llm_anatomy.layout; what each rule reads, from llm_anatomy.pipeline (unit-tested).
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(workflow.basedir)  # the Snakefile's folder, which also put ROOT/src on sys.path
 
 from llm_anatomy.provenance import code_digest
 from llm_anatomy.config import exit_on_params_error, resolve_path, retype_overrides, validate
+from llm_anatomy.layout import SCHEMA, Layout
+from llm_anatomy.pipeline import Pipeline
 from llm_anatomy.pruning.criteria import CRITERIA
-from llm_anatomy.pruning.targets import PruneTargets
 
 with exit_on_params_error():  # a bad value ends the run with its message, before any job
     retype_overrides(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None) or {})
-    PROFILE = validate(config, ROOT / "workflow/schemas/params.schema.yaml", ROOT)  # fills schema defaults
-PROFILE_NAME = config["profile"]
+    PROFILE = validate(config, ROOT / SCHEMA, ROOT)  # fills schema defaults
 MODELS = list(PROFILE["models"])
 SPLITS = ["train", "val", "test"]
 
 # Every profile writes under its own folders, so a run of one never overwrites (or outdates) another's.
-DATA = f"data/processed/{PROFILE_NAME}"
-RES = f"results/{PROFILE_NAME}"
-TARGETS = PruneTargets(config, RES)
-LOGS = f"logs/{PROFILE_NAME}"
+PIPE = Pipeline(config)
+TARGETS = PIPE.targets
+LAYOUT = PIPE.layout
+MODEL = LAYOUT.model("{model}")  # one model's files, as rule patterns
+TARGET = LAYOUT.target("{model}", "{target}")
+PRUNED = LAYOUT.pruned("{model}", "{target}")
 DEVICE = PROFILE["device"]
 CONDA_ENV = "../envs/llm-anatomy.yaml"  # used only under `--sdm conda`; relative to workflow/rules/
 THREADS = PROFILE["threads"]
@@ -30,6 +32,8 @@ THREADS = PROFILE["threads"]
 wildcard_constraints:
     model="|".join(MODELS),
     split="|".join(SPLITS),
+    target="[^/]+",  # any folder name: a bad one stops the DAG with the valid names (Targets.check_name)
+    criterion="|".join(re.escape(c) for c in CRITERIA),
 
 
 def workdir_path(path):
@@ -42,16 +46,23 @@ def workdir_path(path):
         return str(path)
 
 
+def all_targets():
+    targets = expand(MODEL.finetune_metrics, model=MODELS) + [LAYOUT.finetune_summary]
+    return targets + ANATOMY_TARGETS + PIPE.prune_outputs()  # workflow/rules/anatomy.smk
+
+
+def source_digest(script):
+    """A digest of a rule's script and the package modules it imports: a params entry, so Snakemake
+    reruns the rule when that code changes (llm_anatomy.provenance)."""
+    return code_digest(ROOT / "workflow/scripts" / script, ROOT / "src")
+
+
+# Input and parameter functions of the rules (workflow/rules/anatomy.smk, prune.smk): thin wrappers of
+# llm_anatomy.pipeline and llm_anatomy.pruning.targets, which the tests import.
 def model_spec(wildcards):
     return PROFILE["models"][wildcards.model]
 
 
-def all_targets():
-    targets = expand(f"{RES}/{{model}}/finetune_metrics.json", model=MODELS) + [f"{RES}/metrics/finetune.json"]
-    return targets + ANATOMY_TARGETS + prune_targets()  # workflow/rules/anatomy.smk, prune.smk
-
-
-# Input and parameter functions of the rules (workflow/rules/anatomy.smk, prune.smk).
 def ablation_params(wildcards):
     p = dict(ANATOMY["ablation"])
     kind = TARGETS.kinds[wildcards.model]
@@ -59,12 +70,13 @@ def ablation_params(wildcards):
     return p
 
 
-def sizing(wildcards):
-    return asdict(TARGETS.sizing(wildcards.model, wildcards.get("target")))
+def sizing(key):
+    """A parameter function for one field of a target's `Sizing` (a model's, for the per-model rules)."""
 
+    def value(wildcards):
+        return getattr(TARGETS.sizing(wildcards.model, wildcards.get("target")), key)
 
-def calibration_reviews(wildcards):
-    return TARGETS.sizing(wildcards.model).calibration_reviews
+    return value
 
 
 def eval_limit(wildcards):
@@ -81,51 +93,43 @@ def random_seeds(wildcards):
     return TARGETS.random_seeds(wildcards.model, wildcards.target)
 
 
+def method_spec(wildcards):
+    return TARGETS.checked_spec(wildcards.model, wildcards.target).to_dict()
+
+
 def fitted_inputs(wildcards):
     """The train split, for targets whose compensation is fitted on calibration reviews."""
-    return dict(train=f"{DATA}/train.parquet") if TARGETS.needs_train(wildcards.target) else {}
+    fitted = TARGETS.checked_spec(wildcards.model, wildcards.target).fitted
+    return dict(train=LAYOUT.split("train")) if fitted else {}
 
 
 def fit_params(wildcards):
     """Calibration sizing of a fitted compensation (None for every other target)."""
-    if not TARGETS.needs_train(wildcards.target):
+    if not TARGETS.checked_spec(wildcards.model, wildcards.target).fitted:
         return None
-    return dict(reviews=TARGETS.sizing(wildcards.model).calibration_reviews)
-
-
-def rule_config(wildcards):
-    return TARGETS.rule_config(wildcards.model, wildcards.target)
+    s = TARGETS.sizing(wildcards.model)
+    return dict(reviews=s.calibration_reviews, batch_size=s.calibration_batch_size)
 
 
 def plan_inputs(wildcards):
-    return TARGETS.plan_inputs(wildcards.model, wildcards.target)
+    return PIPE.plan_inputs(wildcards.model, wildcards.target)
 
 
 def metrics_inputs(wildcards):
-    return TARGETS.metrics_inputs(wildcards.model, wildcards.target)
-
-
-def criterion_inputs(wildcards):
-    return TARGETS.criterion_inputs(wildcards.model, wildcards.criterion)
-
-
-def search_reviews(wildcards):
-    return TARGETS.sizing_tree[TARGETS.kinds[wildcards.model]]["methods"]["search_reviews"]
+    return PIPE.metrics_inputs(wildcards.model, wildcards.target)
 
 
 def benchmark_inputs(wildcards):
-    return {f"benchmark_{k}": v for k, v in TARGETS.benchmark_files(wildcards.model, wildcards.target).items()}
+    return PIPE.benchmark_inputs(wildcards.model, wildcards.target)
+
+
+def criterion_inputs(wildcards):
+    return PIPE.criterion_inputs(wildcards.model, wildcards.criterion)
+
+
+def flap_fractions(wildcards):
+    return TARGETS.flap_fractions(wildcards.model)
 
 
 def config_metrics_inputs(wildcards):
-    return TARGETS.config_metrics_inputs(wildcards.target)
-
-
-def prune_targets():
-    return TARGETS.final_outputs()
-
-
-def source_digest(script):
-    """A digest of a rule's script and the package modules it imports: a params entry, so Snakemake
-    reruns the rule when that code changes (llm_anatomy.provenance)."""
-    return code_digest(ROOT / "workflow/scripts" / script, ROOT / "src")
+    return PIPE.config_metrics_inputs(wildcards.target)

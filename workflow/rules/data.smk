@@ -2,11 +2,11 @@ rule split_data:
     """Seeded, class-balanced train/val/test splits of IMDB (mirror or hub); texts shared across splits
     are dropped, reported or an error (split.overlap)."""
     output:
-        train=f"{DATA}/train.parquet",
-        val=f"{DATA}/val.parquet",
-        test=f"{DATA}/test.parquet",
+        train=LAYOUT.split("train"),
+        val=LAYOUT.split("val"),
+        test=LAYOUT.split("test"),
     log:
-        f"{LOGS}/split_data.log",
+        LAYOUT.log("split_data"),
     conda:
         CONDA_ENV
     params:

@@ -2,15 +2,15 @@ rule finetune:
     """Fine-tune the backbone + head as a sentiment classifier on the train split, resumably; reports
     validation accuracy only (the test split is not an input)."""
     input:
-        train=f"{DATA}/train.parquet",
-        val=f"{DATA}/val.parquet",
+        train=LAYOUT.split("train"),
+        val=LAYOUT.split("val"),
     output:
-        model=directory(f"{RES}/{{model}}/finetuned"),
-        metrics=f"{RES}/{{model}}/finetune_metrics.json",
+        finetuned=directory(MODEL.finetuned),
+        metrics=MODEL.finetune_metrics,
     log:
-        f"{LOGS}/{{model}}/finetune.log",
+        LAYOUT.log("{model}", "finetune"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/finetune.tsv"
+        MODEL.benchmark("finetune")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -20,10 +20,11 @@ rule finetune:
     params:
         code=source_digest("finetune.py"),
         spec=model_spec,
+        model_name="{model}",
         threads=THREADS,
         device=DEVICE,
         # Not an output: it must survive a killed job so the rerun resumes from it.
-        checkpoint=f"{RES}/{{model}}/checkpoints/last.pt",
+        checkpoint=MODEL.checkpoint,
     script:
         "../scripts/finetune.py"
 
@@ -31,15 +32,16 @@ rule finetune:
 rule finetune_summary:
     """One DVC metrics file with every model's validation accuracy."""
     input:
-        expand(f"{RES}/{{model}}/finetune_metrics.json", model=MODELS),
+        metrics=expand(MODEL.finetune_metrics, model=MODELS),
     output:
-        f"{RES}/metrics/finetune.json",
+        summary=LAYOUT.finetune_summary,
     log:
-        f"{LOGS}/finetune_summary.log",
+        LAYOUT.log("finetune_summary"),
     localrule: True
     conda:
         CONDA_ENV
     params:
-        code=source_digest("collect_metrics.py"),
+        code=source_digest("finetune_summary.py"),
+        models=MODELS,
     script:
-        "../scripts/collect_metrics.py"
+        "../scripts/finetune_summary.py"

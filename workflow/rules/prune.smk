@@ -1,40 +1,34 @@
 # Structured pruning (paper section 3.4, Figures 4, 5, 4a, 5a; docs/PRUNING.md), one artifact per step:
-#   ffn_stats     finetuned -> {RES}/{model}/ffn_stats.parquet        activation statistics (FLAP's input)
-#   mask_gradients finetuned -> {RES}/{model}/mask_gradients.parquet per-neuron mask gradients (Taylor, Fisher)
-#   obs_scores    finetuned -> {RES}/{model}/obs_scores.parquet      optimal-brain-surgeon removal order (obs)
-#   layer_sensitivity finetuned + val -> {RES}/{model}/choices/sensitivity_{criterion}.parquet (searched allocation)
-#   prune_plan    scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
-#   materialise   finetuned + plan (+ train, for a fitted compensation) -> {RES}/pruned/{model}/{target}/
-#                 a smaller classifier folder (DVC-tracked)
-#   evaluate_dense  finetuned + a split -> per-review logits, once per model and split
+#   ffn_stats      finetuned -> ffn_stats.parquet              activation statistics (FLAP's input)
+#   mask_gradients finetuned -> mask_gradients.parquet         per-neuron mask gradients (Taylor, Fisher)
+#   obs_scores     finetuned -> obs_scores.parquet             optimal-brain-surgeon removal order (obs)
+#   layer_sensitivity finetuned + val -> choices/sensitivity_{criterion}.parquet (searched allocation)
+#   prune_plan     scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
+#   materialise    finetuned + plan (+ train, for a fitted compensation) -> pruned/{model}/{target}/
+#                  a smaller classifier folder (DVC-tracked)
+#   evaluate_dense finetuned + a split -> per-review logits, once per model and split
 #   evaluate_pruned pruned folder + finetuned + random plans (+ the plan without compensation) + a split ->
-#                 prune/{target}/eval_<split>.parquet and baselines_<split>.parquet, per-review logits
-#   time_pruned   dense + pruned folders (+ plan for the zeroed variant) -> prune/{target}/timing.json
-#   prune_metrics per target -> prune/{target}/metrics.json (the PruneMetrics record); then the
+#                  prune/{target}/eval_<split>.parquet and baselines_<split>.parquet, per-review logits
+#   time_pruned    dense + pruned folders (+ plan for the zeroed variant) -> prune/{target}/timing.json
+#   prune_metrics  per target -> prune/{target}/metrics.json (the PruneMetrics record); then the
 #   per-configuration DVC metrics, the summary table and Figures 4/5.
-# Which targets exist, their configurations, sizes and files: llm_anatomy.pruning.targets (unit-tested).
-PRUNE_DIR = TARGETS.target_dir("{model}", "{target}")
-PRUNED_DIR = TARGETS.pruned_dir("{model}", "{target}")
-
-
-# Any folder name matches `target`: a name that is no target of the model then stops the DAG in an input
-# function (PruneTargets.check_name) with the valid names, where a narrower pattern gave "No rule to produce".
-wildcard_constraints:
-    target="[^/]+",
-    criterion="|".join(re.escape(c) for c in CRITERIA),
+# Which targets exist and the method each names: llm_anatomy.pruning.targets; which files each rule reads:
+# llm_anatomy.pipeline; where they are: llm_anatomy.layout (all unit-tested). The `target` wildcard matches any
+# folder name (workflow/rules/common.smk): a name that is no target of the model stops the DAG in an input
+# function (Targets.check_name) with the valid names, where a narrower pattern gave "No rule to produce".
 
 
 rule ffn_stats:
     """FFN activation statistics on calibration train reviews (FLAP's mean and variance per neuron)."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        train=f"{DATA}/train.parquet",
+        finetuned=MODEL.finetuned,
+        train=LAYOUT.split("train"),
     output:
-        f"{RES}/{{model}}/ffn_stats.parquet",
+        ffn_stats=MODEL.ffn_stats,
     log:
-        f"{LOGS}/{{model}}/ffn_stats.log",
+        LAYOUT.log("{model}", "ffn_stats"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/ffn_stats.tsv"
+        MODEL.benchmark("ffn_stats")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -43,8 +37,9 @@ rule ffn_stats:
         runtime=30,
     params:
         code=source_digest("ffn_stats.py"),
-        reviews=calibration_reviews,
-        batch_size=PROFILE["pruning"]["batch_size"],
+        reviews=sizing("calibration_reviews"),
+        batch_size=sizing("batch_size"),
+        threads=THREADS,
         device=DEVICE,
     script:
         "../scripts/ffn_stats.py"
@@ -54,14 +49,14 @@ rule mask_gradients:
     """Per-neuron mask gradients of the classification loss on labelled calibration train reviews: the
     Taylor and Fisher criteria's input (Kwon et al. 2022)."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        train=f"{DATA}/train.parquet",
+        finetuned=MODEL.finetuned,
+        train=LAYOUT.split("train"),
     output:
-        f"{RES}/{{model}}/mask_gradients.parquet",
+        mask_gradients=MODEL.mask_gradients,
     log:
-        f"{LOGS}/{{model}}/mask_gradients.log",
+        LAYOUT.log("{model}", "mask_gradients"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/mask_gradients.tsv"
+        MODEL.benchmark("mask_gradients")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -70,8 +65,9 @@ rule mask_gradients:
         runtime=30,
     params:
         code=source_digest("mask_gradients.py"),
-        reviews=calibration_reviews,
-        batch_size=16,
+        reviews=sizing("calibration_reviews"),
+        batch_size=sizing("calibration_batch_size"),
+        threads=THREADS,
         device=DEVICE,
     script:
         "../scripts/mask_gradients.py"
@@ -81,14 +77,14 @@ rule obs_scores:
     """The optimal-brain-surgeon removal order of every layer's FFN neurons (criterion obs), from the dense
     model's activation covariance on the calibration train reviews and its value vectors."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        train=f"{DATA}/train.parquet",
+        finetuned=MODEL.finetuned,
+        train=LAYOUT.split("train"),
     output:
-        f"{RES}/{{model}}/obs_scores.parquet",
+        obs_scores=MODEL.obs_scores,
     log:
-        f"{LOGS}/{{model}}/obs_scores.log",
+        LAYOUT.log("{model}", "obs_scores"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/obs_scores.tsv"
+        MODEL.benchmark("obs_scores")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -97,9 +93,10 @@ rule obs_scores:
         runtime=30,
     params:
         code=source_digest("obs_scores.py"),
-        reviews=calibration_reviews,
+        reviews=sizing("calibration_reviews"),
         ridge=config["pruning"]["methods"]["ridge"],
-        batch_size=16,
+        batch_size=sizing("calibration_batch_size"),
+        threads=THREADS,
         device=DEVICE,
     script:
         "../scripts/obs_scores.py"
@@ -110,14 +107,14 @@ rule layer_sensitivity:
     kept): the evidence the searched allocation allocates from (the test split is not read)."""
     input:
         unpack(criterion_inputs),
-        model=f"{RES}/{{model}}/finetuned",
-        val=f"{DATA}/val.parquet",
+        finetuned=MODEL.finetuned,
+        val=LAYOUT.split("val"),
     output:
-        TARGETS.sensitivity_file("{model}", "{criterion}"),
+        sensitivity=MODEL.sensitivity("{criterion}"),
     log:
-        f"{LOGS}/{{model}}/layer_sensitivity_{{criterion}}.log",
+        LAYOUT.log("{model}", "layer_sensitivity_{criterion}"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/sensitivity_{{criterion}}.tsv"
+        MODEL.benchmark("sensitivity_{criterion}")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -126,9 +123,11 @@ rule layer_sensitivity:
         runtime=30,
     params:
         code=source_digest("layer_sensitivity.py"),
-        reviews=search_reviews,
+        criterion="{criterion}",
+        reviews=sizing("search_reviews"),
         fractions=config["pruning"]["methods"]["search_fractions"],
-        batch_size=16,
+        batch_size=sizing("calibration_batch_size"),
+        threads=THREADS,
         device=DEVICE,
     script:
         "../scripts/layer_sensitivity.py"
@@ -140,12 +139,12 @@ rule prune_plan:
     input:
         unpack(plan_inputs),
     output:
-        plan=f"{PRUNE_DIR}/plan.parquet",
-        random_plans=f"{PRUNE_DIR}/random_plans.parquet",
+        plan=TARGET.plan,
+        random_plans=TARGET.random_plans,
     log:
-        f"{LOGS}/{{model}}/prune/{{target}}/plan.log",
+        LAYOUT.log("{model}", "prune", "{target}", "plan"),
     benchmark:
-        f"{PRUNE_DIR}/benchmarks/plan.tsv"
+        TARGET.benchmark("plan")
     group:
         "prune_target"
     conda:
@@ -155,7 +154,7 @@ rule prune_plan:
         runtime=10,
     params:
         code=source_digest("prune_plan.py"),
-        cfg=rule_config,
+        spec=method_spec,
         high_threshold=config["pruning"]["high_threshold"],
         average_over=config["pruning"]["average_over"],
         seeds=random_seeds,
@@ -168,14 +167,14 @@ rule materialise:
     weights), DVC-cached."""
     input:
         unpack(fitted_inputs),
-        model=f"{RES}/{{model}}/finetuned",
-        plan=f"{PRUNE_DIR}/plan.parquet",
+        finetuned=MODEL.finetuned,
+        plan=TARGET.plan,
     output:
-        directory(PRUNED_DIR),
+        pruned=directory(PRUNED),
     log:
-        f"{LOGS}/{{model}}/prune/{{target}}/materialise.log",
+        LAYOUT.log("{model}", "prune", "{target}", "materialise"),
     benchmark:
-        f"{PRUNE_DIR}/benchmarks/materialise.tsv"
+        TARGET.benchmark("materialise")
     group:
         "prune_target"
     conda:
@@ -186,6 +185,7 @@ rule materialise:
         runtime=20,
     params:
         code=source_digest("materialise.py"),
+        target="{target}",
         fit=fit_params,
     script:
         "../scripts/materialise.py"
@@ -194,14 +194,14 @@ rule materialise:
 rule evaluate_dense:
     """Per-review logits of the dense fine-tuned classifier, once per model and split."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        split=f"{DATA}/{{split}}.parquet",
+        finetuned=MODEL.finetuned,
+        split=LAYOUT.split("{split}"),
     output:
-        f"{RES}/{{model}}/eval_{{split}}.parquet",
+        eval=MODEL.dense_eval("{split}"),
     log:
-        f"{LOGS}/{{model}}/evaluate_{{split}}.log",
+        LAYOUT.log("{model}", "evaluate_{split}"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/evaluate_{{split}}.tsv"
+        MODEL.benchmark("evaluate_{split}")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -209,13 +209,13 @@ rule evaluate_dense:
         mem_mb=8000,
         runtime=60,
     params:
-        code=source_digest("evaluate.py"),
+        code=source_digest("evaluate_dense.py"),
         limit=eval_limit,
-        batch_size=PROFILE["pruning"]["batch_size"],
+        batch_size=sizing("batch_size"),
         threads=THREADS,
         device=DEVICE,
     script:
-        "../scripts/evaluate.py"
+        "../scripts/evaluate_dense.py"
 
 
 rule evaluate_pruned:
@@ -224,18 +224,18 @@ rule evaluate_pruned:
     dense checkpoint, so one process start and one read of the split serve both."""
     input:
         unpack(fitted_inputs),
-        model=f"{RES}/{{model}}/finetuned",
-        pruned=PRUNED_DIR,
-        split=f"{DATA}/{{split}}.parquet",
-        plan=f"{PRUNE_DIR}/plan.parquet",
-        random_plans=f"{PRUNE_DIR}/random_plans.parquet",
+        finetuned=MODEL.finetuned,
+        pruned=PRUNED,
+        split=LAYOUT.split("{split}"),
+        plan=TARGET.plan,
+        random_plans=TARGET.random_plans,
     output:
-        eval=f"{PRUNE_DIR}/eval_{{split}}.parquet",
-        baselines=f"{PRUNE_DIR}/baselines_{{split}}.parquet",
+        eval=TARGET.eval("{split}"),
+        baselines=TARGET.baselines("{split}"),
     log:
-        f"{LOGS}/{{model}}/prune/{{target}}/evaluate_{{split}}.log",
+        LAYOUT.log("{model}", "prune", "{target}", "evaluate_{split}"),
     benchmark:
-        f"{PRUNE_DIR}/benchmarks/evaluate_{{split}}.tsv"
+        TARGET.benchmark("evaluate_{split}")
     group:
         "prune_target"
     conda:
@@ -249,7 +249,7 @@ rule evaluate_pruned:
         fit=fit_params,
         limit=eval_limit,
         baseline_limit=baseline_limit,
-        batch_size=PROFILE["pruning"]["batch_size"],
+        batch_size=sizing("batch_size"),
         threads=THREADS,
         device=DEVICE,
     script:
@@ -259,16 +259,16 @@ rule evaluate_pruned:
 rule time_pruned:
     """Dense, removed (and, where the sizing asks, zeroed) models timed alternately in one process."""
     input:
-        dense=f"{RES}/{{model}}/finetuned",
-        pruned=PRUNED_DIR,
-        plan=f"{PRUNE_DIR}/plan.parquet",
-        test=f"{DATA}/test.parquet",
+        finetuned=MODEL.finetuned,
+        pruned=PRUNED,
+        plan=TARGET.plan,
+        test=LAYOUT.split("test"),
     output:
-        f"{PRUNE_DIR}/timing.json",
+        timing=TARGET.timing,
     log:
-        f"{LOGS}/{{model}}/prune/{{target}}/time.log",
+        LAYOUT.log("{model}", "prune", "{target}", "time"),
     benchmark:
-        f"{PRUNE_DIR}/benchmarks/time.tsv"
+        TARGET.benchmark("time")
     group:
         "prune_target"
     conda:
@@ -280,7 +280,11 @@ rule time_pruned:
         prune_timing=1,  # profiles/default caps it at 1: timed jobs never overlap, even with spare cores
     params:
         code=source_digest("time_pruned.py"),
-        sizing=sizing,
+        time_limit=sizing("time_limit"),
+        batch_size=sizing("batch_size"),
+        repeats=sizing("repeats"),
+        time_zeroed=sizing("time_zeroed"),
+        equality_check_reviews=sizing("equality_check_reviews"),
         threads=THREADS,
         device=DEVICE,
     script:
@@ -291,16 +295,15 @@ rule flap_allocation_choice:
     """FLAP's uniform and global allocations on the validation split, paired: the evidence behind
     pruning.flap.allocation (the test split is not read)."""
     input:
-        model=f"{RES}/{{model}}/finetuned",
-        val=f"{DATA}/val.parquet",
-        ffn_stats=f"{RES}/{{model}}/ffn_stats.parquet",
-        neuron_scores=f"{RES}/{{model}}/neuron_scores.parquet",
+        **MODEL.files("ffn_stats", "neuron_scores"),
+        finetuned=MODEL.finetuned,
+        val=LAYOUT.split("val"),
     output:
-        f"{RES}/{{model}}/choices/flap_allocation.csv",
+        choice=MODEL.flap_allocation,
     log:
-        f"{LOGS}/{{model}}/flap_allocation_choice.log",
+        LAYOUT.log("{model}", "flap_allocation_choice"),
     benchmark:
-        f"{RES}/{{model}}/benchmarks/flap_allocation_choice.tsv"
+        MODEL.benchmark("flap_allocation_choice")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -309,10 +312,10 @@ rule flap_allocation_choice:
         runtime=30,
     params:
         code=source_digest("flap_allocation_choice.py"),
-        fractions=lambda wildcards: TARGETS.flap_fractions(wildcards.model),
+        fractions=flap_fractions,
         flap=config["pruning"]["flap"],
         high_threshold=config["pruning"]["high_threshold"],
-        batch_size=PROFILE["pruning"]["batch_size"],
+        batch_size=sizing("batch_size"),
         threads=THREADS,
         device=DEVICE,
     script:
@@ -325,15 +328,17 @@ rule prune_metrics:
         unpack(metrics_inputs),
         unpack(benchmark_inputs),
     output:
-        f"{PRUNE_DIR}/metrics.json",
+        metrics=TARGET.metrics,
     log:
-        f"{LOGS}/{{model}}/prune/{{target}}/metrics.log",
+        LAYOUT.log("{model}", "prune", "{target}", "metrics"),
     group:
         "prune_target"
     conda:
         CONDA_ENV
     params:
         code=source_digest("prune_metrics.py"),
+        model_name="{model}",
+        target="{target}",
     script:
         "../scripts/prune_metrics.py"
 
@@ -341,11 +346,11 @@ rule prune_metrics:
 rule prune_collect:
     """The DVC metrics file of one named Figure-5a configuration, across the models it applies to."""
     input:
-        config_metrics_inputs,
+        metrics=config_metrics_inputs,
     output:
-        f"{RES}/metrics/prune/{{target}}.json",
+        collected=LAYOUT.config_metrics("{target}"),
     log:
-        f"{LOGS}/prune_collect/{{target}}.log",
+        LAYOUT.log("prune_collect", "{target}"),
     localrule: True
     conda:
         CONDA_ENV
@@ -355,25 +360,27 @@ rule prune_collect:
         "../scripts/prune_collect.py"
 
 
+REPORT = LAYOUT.report()
+
+
 rule prune_report:
     """Summary table, method-vs-method comparisons, Figures 4/5 of the prune stage, and what DVC compares
     across experiments (headline metrics, data plots)."""
     input:
-        metrics=TARGETS.all_metrics(),
-        outcomes=TARGETS.all_outcomes(),
+        **PIPE.report_inputs(),
     output:
-        summary=report(f"{RES}/summary.csv", category="Pruning", caption="../report/prune_summary.rst"),
-        summary_md=f"{RES}/summary.md",
-        comparisons=f"{RES}/comparisons.csv",
-        frontier=f"{RES}/frontier.csv",
-        pareto=report(f"{RES}/figures/prune_pareto.png", category="Pruning", caption="../report/prune_pareto.rst"),
-        accuracy=report(f"{RES}/figures/prune_accuracy.png", category="Pruning", caption="../report/prune_accuracy.rst"),
-        time=report(f"{RES}/figures/prune_time.png", category="Pruning", caption="../report/prune_time.rst"),
-        headline=f"{RES}/metrics/headline.json",
-        plot_accuracy=f"{RES}/plots/prune_accuracy.csv",
-        plot_speedup=f"{RES}/plots/prune_speedup.csv",
+        summary=report(REPORT["summary"], category="Pruning", caption="../report/prune_summary.rst"),
+        summary_md=REPORT["summary_md"],
+        comparisons=REPORT["comparisons"],
+        frontier=REPORT["frontier"],
+        pareto=report(REPORT["pareto"], category="Pruning", caption="../report/prune_pareto.rst"),
+        accuracy=report(REPORT["accuracy"], category="Pruning", caption="../report/prune_accuracy.rst"),
+        time=report(REPORT["time"], category="Pruning", caption="../report/prune_time.rst"),
+        headline=REPORT["headline"],
+        plot_accuracy=REPORT["plot_accuracy"],
+        plot_speedup=REPORT["plot_speedup"],
     log:
-        f"{LOGS}/prune_report.log",
+        LAYOUT.log("prune_report"),
     conda:
         CONDA_ENV
     params:
@@ -385,5 +392,5 @@ rule prune_report:
 rule pruned_models:
     """Every materialised pruned model of the profile (the folders DVC's pruned_models stage caches)."""
     input:
-        TARGETS.all_pruned_dirs(),
+        PIPE.pruned_dirs(),
     localrule: True

@@ -1,10 +1,5 @@
-"""Per-neuron activation statistics of one fine-tuned model over calibration reviews (for FLAP pruning)."""
-from llm_anatomy.data import read_split
-from llm_anatomy.logs import setup_logging
-from llm_anatomy.pruning.calibration import calibration_stage
+"""Per-neuron activation statistics of one fine-tuned model over calibration reviews."""
+from llm_anatomy.pruning.calibration import ffn_stats
+from llm_anatomy.logs import run_rule
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
-log = setup_logging(sm.log[0])
-info = calibration_stage(sm.input.model, read_split(sm.input.train), sm.output[0], sm.params.reviews,
-                         sm.params.batch_size, sm.threads, sm.params.device)
-log.info("%s: %s", sm.wildcards.model, info)
+run_rule(snakemake, ffn_stats)  # noqa: F821 (snakemake: injected by Snakemake)

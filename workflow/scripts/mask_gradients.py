@@ -1,10 +1,5 @@
 """Per-neuron mask gradients of one fine-tuned model on labelled calibration reviews (Taylor, Fisher)."""
-from llm_anatomy.data import read_split
-from llm_anatomy.logs import setup_logging
-from llm_anatomy.pruning.gradients import gradients_stage
+from llm_anatomy.pruning.gradients import mask_gradients
+from llm_anatomy.logs import run_rule
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
-log = setup_logging(sm.log[0])
-info = gradients_stage(sm.input.model, read_split(sm.input.train), sm.output[0], sm.params.reviews,
-                       sm.params.batch_size, sm.threads, sm.params.device)
-log.info("%s: %s", sm.wildcards.model, info)
+run_rule(snakemake, mask_gradients)  # noqa: F821 (snakemake: injected by Snakemake)

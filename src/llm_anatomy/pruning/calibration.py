@@ -21,15 +21,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import encode_reviews, progress_batches
+from ..batching import progress_batches
+from ..data import read_split
 from ..device import autocast, model_device
 from ..io import write_parquet
-from ..models import SentimentClassifier, load_classifier, set_threads
+from ..models import Checkpoint, SentimentClassifier, open_checkpoint
 
 
 @torch.inference_mode()
 def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int,
-                         padding_side: str = "right", batch_size: int = 16, precision: str = "fp32",
+                         padding_side: str, batch_size: int, precision: str = "fp32",
                          desc: str | None = None) -> pd.DataFrame:
     """Mean and variance of every FFN neuron's activation over the real tokens of `encoded`."""
     if not len(encoded):
@@ -77,23 +78,22 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
     return pd.concat(frames, ignore_index=True)
 
 
-def calibration_reviews(train: pd.DataFrame, tokenizer, meta: dict, reviews: int) -> tuple[list, np.ndarray]:
+def calibration_reviews(train: pd.DataFrame, ck: Checkpoint, reviews: int) -> tuple[list, np.ndarray]:
     """(token ids, labels) of the first `reviews` reviews of the train split, tokenised as the checkpoint was
     fine-tuned: the calibration reviews every statistic, gradient and fitted compensation is taken on."""
     if reviews > len(train):
         raise ValueError(f"calibration_reviews = {reviews} exceeds the {len(train)} reviews of the train split; "
                          "lower it or enlarge split.train")
     head = train.iloc[:reviews]
-    return encode_reviews(tokenizer, meta, head["text"].tolist()), head["label"].to_numpy()
+    return ck.encode(head["text"].tolist()), head["label"].to_numpy()
 
 
-def calibration_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
-                      threads: int | None = None, device: str = "auto") -> dict:
-    """ffn_stats.parquet from the first `reviews` reviews of the train split, tokenised as in training."""
-    set_threads(threads)
-    model, tokenizer, meta = load_classifier(model_dir, device)
-    encoded, _labels = calibration_reviews(train, tokenizer, meta, reviews)
-    stats = ffn_activation_stats(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"),
-                                 batch_size, meta.get("precision", "fp32"), desc="calibration")
-    write_parquet(stats, out_path)
+def ffn_stats(finetuned, train, ffn_stats, reviews: int, batch_size: int, threads: int | None, device: str) -> dict:
+    """Rule ffn_stats: the `ffn_stats` file from the first `reviews` reviews of the train split, tokenised as in
+    training, at the checkpoint's precision."""
+    ck = open_checkpoint(finetuned, device, threads)
+    encoded, _labels = calibration_reviews(read_split(train), ck, reviews)
+    stats = ffn_activation_stats(ck.model, encoded, ck.pad_id, ck.padding_side, batch_size, ck.precision,
+                                 desc="calibration")
+    write_parquet(stats, ffn_stats)
     return dict(reviews=len(encoded), tokens=int(stats["tokens"].iloc[0]), neurons=len(stats))

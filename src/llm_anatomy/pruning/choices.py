@@ -14,46 +14,51 @@ import time
 
 import pandas as pd
 
-from ..batching import encode_reviews
-from ..evaluate import predict_logits
-from ..models import load_classifier, set_threads
+from ..data import read_split
+from ..inference import predict_logits
+from ..io import write_csv
+from ..models import open_checkpoint
+from ..scores import mean_neuron_scores
 from ..stats import FAMILIES, accuracy_interval, correct, judge, paired_difference
-from .flap import ALLOCATIONS
+from .criteria import NeuronStats
 from .materialise import pruned_copy
-from .plan import plan_flap
+from .plan import make_plan
+from .spec import MethodSpec
 
 log = logging.getLogger(__name__)
 
+ALLOCATIONS = ("uniform", "global")  # FLAP's two
 
-def allocation_choice(dense_dir, val: pd.DataFrame, stats_path, scores, fractions, bias_compensation: bool,
-                      high: float, chosen: str, batch_size: int = 32, threads: int | None = None,
-                      device: str = "auto") -> pd.DataFrame:
-    """Validation accuracy of FLAP under each allocation at each fraction, paired (see module doc)."""
-    set_threads(threads)
+
+def flap_allocation_choice(finetuned, val, ffn_stats, neuron_scores, choice, fractions, flap: dict,
+                           high_threshold: float, batch_size: int, threads: int | None, device: str) -> None:
+    """Rule flap_allocation_choice: validation accuracy of FLAP (`flap`: pruning.flap) under each allocation at
+    each fraction, paired, to the `choice` table (see module doc)."""
     start = time.perf_counter()
-    model, tokenizer, meta = load_classifier(dense_dir, device)
-    encoded = encode_reviews(tokenizer, meta, val["text"])
-    kw = dict(batch_size=batch_size, precision=meta.get("precision", "fp32"),
-              padding_side=meta.get("padding_side", "right"))
+    ck = open_checkpoint(finetuned, device, threads)
+    val = read_split(val)
+    scores = mean_neuron_scores(neuron_scores)
+    stats = NeuronStats.from_files(ffn_stats, cosine=scores)
+    encoded = ck.encode(val["text"])
+    kw = dict(batch_size=batch_size, precision=ck.precision, padding_side=ck.padding_side)
     rows = []
     for fraction in fractions:
         outcomes = {}
         for allocation in ALLOCATIONS:
-            plan = plan_flap(dict(target=fraction, allocation=allocation, bias_compensation=bias_compensation),
-                             stats_path, scores, high)
-            pruned = pruned_copy(model, plan, "removed")
-            logits = predict_logits(pruned, encoded, tokenizer.pad_token_id, **kw,
-                                    desc=f"{allocation} {100 * fraction:g}% (validation)")
+            spec = MethodSpec.flap(fraction, allocation, flap["bias_compensation"])
+            pruned = pruned_copy(ck.model, make_plan(spec, None, scores, high_threshold, stats), "removed")
+            logits = predict_logits(pruned, encoded, ck.pad_id, **kw, desc=f"{allocation} {100 * fraction:g}% (validation)")
             del pruned
             outcomes[allocation] = correct(logits, val["label"])
         d = paired_difference(outcomes["global"], outcomes["uniform"])
-        row = dict(target_pct=100 * fraction, reviews=len(val), bias_compensation=bias_compensation)
+        row = dict(target_pct=100 * fraction, reviews=len(val), bias_compensation=flap["bias_compensation"])
         for allocation in ALLOCATIONS:
             row.update(accuracy_interval(outcomes[allocation]).to_dict(f"accuracy_{allocation}"))
         row.update(d.to_dict("gap_global_minus_uniform"))
-        row.update(chosen=chosen)
+        row.update(chosen=flap["allocation"])
         rows.append(row)
         log.info("FLAP %.0f%% on %d validation reviews: uniform %.4f, global %.4f, gap %+.4f [%+.4f, %+.4f]",
                  100 * fraction, len(val), row["accuracy_uniform"], row["accuracy_global"], d.diff, d.lo, d.hi)
+    write_csv(judge(pd.DataFrame(rows), "gap_global_minus_uniform", FAMILIES["flap_allocation"], verdict_column="verdict"),
+              choice)
     log.info("allocation choice evaluated in %.0f s", time.perf_counter() - start)
-    return judge(pd.DataFrame(rows), "gap_global_minus_uniform", FAMILIES["flap_allocation"], verdict_column="verdict")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METHODS = ("none", "bias", "rescale", "refit")
+FITTED = ("rescale", "refit")  # fitted on calibration tokens when the plan is materialised
 
 
 @dataclass
@@ -78,7 +79,7 @@ class LayerStats:
         return float(np.sum(w * (g @ w)) + 2 * c @ (w.T @ sa) + self.n * c @ c
                      - 2 * np.einsum("ih,ih->", w, say) - 2 * c @ self.sy + self.syy)
 
-    def _centred(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def centred(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(mean a_K, mean y, centred Gram [K, K], centred cross moments [K, H])."""
         if self.n == 0:
             raise ValueError("no calibration tokens were added")
@@ -88,13 +89,15 @@ class LayerStats:
         return ma, my, g, cross
 
 
-def _ridge(g: np.ndarray, ridge: float) -> float:
+def relative_ridge(g: np.ndarray, ridge: float) -> float:
+    """lambda = ridge x trace(G) / |K|: the ridge relative to the mean diagonal of the centred Gram matrix."""
     return ridge * float(np.trace(g)) / max(len(g), 1)
 
 
 def compensate(stats: LayerStats, kept: np.ndarray, values: np.ndarray, bias: np.ndarray, method: str,
-               ridge: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
-    """(W [|K|, H], c [H]) for the kept neurons by `method` (see the module docstring)."""
+               ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """(W [|K|, H], c [H]) for the kept neurons by `method` (see the module docstring); none and bias read no
+    ridge."""
     if method not in METHODS:
         raise ValueError(f"compensation {method!r} is not one of {METHODS}")
     if ridge < 0:
@@ -104,10 +107,10 @@ def compensate(stats: LayerStats, kept: np.ndarray, values: np.ndarray, bias: np
     b = np.asarray(bias, dtype=np.float64)
     if method == "none":
         return v.copy(), b.copy()
-    ma, my, g, cross = stats._centred(k)
+    ma, my, g, cross = stats.centred(k)
     if method == "bias":
         return v.copy(), my - ma @ v
-    lam = _ridge(g, ridge)
+    lam = relative_ridge(g, ridge)
     if method == "rescale":
         # E over s with c free: the centred problem in s, M s = r, M_ij = G_ij (v_i . v_j)
         m = g * (v @ v.T) + lam * np.eye(len(k))

@@ -23,12 +23,10 @@ import numpy as np
 from ..io import read_parquet
 from ..scores import per_layer
 
-SOURCES = {
-    "mean": "ffn_stats.parquet", "var": "ffn_stats.parquet", "mean_abs": "ffn_stats.parquet",
-    "value_norm_sq": "ffn_stats.parquet", "in_norm_sq": "ffn_stats.parquet",
-    "grad_sum": "mask_gradients.parquet", "grad_sq": "mask_gradients.parquet", "batches": "mask_gradients.parquet",
-    "cosine": "neuron_scores.parquet", "contribution": "anatomy/contributions.parquet",
-    "obs_rank": "obs_scores.parquet",
+SOURCES = {  # measurement -> the artifact it is read from (`layout.ModelFiles` names)
+    "mean": "ffn_stats", "var": "ffn_stats", "mean_abs": "ffn_stats", "value_norm_sq": "ffn_stats",
+    "in_norm_sq": "ffn_stats", "grad_sum": "mask_gradients", "grad_sq": "mask_gradients", "batches": "mask_gradients",
+    "cosine": "neuron_scores", "contribution": "contributions", "obs_rank": "obs_scores",
 }
 
 
@@ -148,6 +146,12 @@ def obs(stats):
     error to the layer's output (Hassibi and Stork 1993; structured as in ZipLM, Kurtic et al. 2023).
     Made for the refit compensation. A per-layer order: global allocation gives the same cut as uniform."""
     return stats["obs_rank"]
+
+
+def criterion_inputs(name: str) -> tuple[str, ...]:
+    """The artifacts a criterion reads besides the neuron scores and the calibration statistics."""
+    needs = {SOURCES[n] for n in CRITERIA[name].needs}
+    return tuple(k for k in ("mask_gradients", "obs_scores", "contributions") if k in needs)
 
 
 def importance(name: str, stats: NeuronStats) -> list[np.ndarray]:

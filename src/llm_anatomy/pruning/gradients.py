@@ -24,12 +24,13 @@ from torch import nn
 from ..batching import iter_padded, sorted_batches
 from ..device import model_device
 from ..io import write_parquet
-from ..models import SentimentClassifier, load_classifier, set_threads
+from ..data import read_split
+from ..models import SentimentClassifier, open_checkpoint
 from .calibration import calibration_reviews
 
 
-def mask_gradients(model: SentimentClassifier, encoded: Sequence[Sequence[int]], labels, pad_id: int,
-                   padding_side: str = "right", batch_size: int = 16) -> pd.DataFrame:
+def gradient_table(model: SentimentClassifier, encoded: Sequence[Sequence[int]], labels, pad_id: int,
+                   padding_side: str, batch_size: int) -> pd.DataFrame:
     """Per-batch mask gradients of every FFN neuron, in float32 with dropout off (the model is left so)."""
     if not len(encoded):
         raise ValueError("no calibration reviews given; set calibration_reviews >= 1")
@@ -70,14 +71,12 @@ def mask_gradients(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
                       for l, w in enumerate(widths)], ignore_index=True)
 
 
-def gradients_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, batch_size: int = 16,
-                    threads: int | None = None, device: str = "auto") -> dict:
-    """mask_gradients.parquet from the first `reviews` labelled reviews of the train split (the reviews
-    ffn_stats.parquet measures), tokenised as in training."""
-    set_threads(threads)
-    model, tokenizer, meta = load_classifier(model_dir, device)
-    encoded, labels = calibration_reviews(train, tokenizer, meta, reviews)
-    grads = mask_gradients(model, encoded, labels, tokenizer.pad_token_id, meta.get("padding_side", "right"),
-                           batch_size)
-    write_parquet(grads, out_path)
+def mask_gradients(finetuned, train, mask_gradients, reviews: int, batch_size: int, threads: int | None,
+                   device: str) -> dict:
+    """Rule mask_gradients: the `mask_gradients` file from the first `reviews` labelled reviews of the train split
+    (the reviews ffn_stats measures), tokenised as in training."""
+    ck = open_checkpoint(finetuned, device, threads)
+    encoded, labels = calibration_reviews(read_split(train), ck, reviews)
+    grads = gradient_table(ck.model, encoded, labels, ck.pad_id, ck.padding_side, batch_size)
+    write_parquet(grads, mask_gradients)
     return dict(reviews=len(encoded), batches=int(grads["batches"].iloc[0]), neurons=len(grads))

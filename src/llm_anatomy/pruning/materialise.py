@@ -5,7 +5,7 @@ config, tokenizer, head, classifier.json with the per-layer FFN widths), with an
 compensation already in its weights (the bias fold, or the fitted value vectors and output
 biases of rescale/refit), plus `pruning.json` (the plan's
 parameters, parameter counts and the folder's size). It loads in a fresh process with
-`llm_anatomy.load_pruned(folder)` (the same call as `load_classifier`).
+`llm_anatomy.load_classifier(folder)` (also spelled `load_pruned`).
 """
 from __future__ import annotations
 
@@ -16,21 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..adapters import ModelAdapter
 from ..io import atomic_dir, write_json
-from ..models import SentimentClassifier, load_classifier, save_classifier
+from ..data import read_split
+from ..layout import folder_file
+from ..models import SentimentClassifier, open_checkpoint, save_classifier
 from ..surgery import remove_masked, set_outputs, zero_masked
-from .costs import count_parameters
+from ..costs import count_parameters
 from .plan import Plan, read_plan
 from .refit import CalibrationSet, fit_compensation
 
 log = logging.getLogger(__name__)
-
-PRUNING_FILE = "pruning.json"
-
 
 @torch.no_grad()
 def compensate_bias(adapter: ModelAdapter, pruned: Sequence[Sequence[int]], pruned_means: Sequence[np.ndarray]) -> None:
@@ -67,7 +65,7 @@ def pruned_copy(model: SentimentClassifier, plan: Plan, how: str = "removed",
         dtype = next(model.parameters()).dtype
         out, _report = fit_compensation(model, plan.pruned, calibration.encoded, calibration.pad_id,
                                         calibration.padding_side, calibration.batch_size, plan.compensation,
-                                        plan.info["ridge"], plan.info.get("readout_ridge"))
+                                        plan.spec.ridge, plan.spec.readout_ridge)
         out.to(dtype)
     else:
         out = copy.deepcopy(model)
@@ -95,35 +93,40 @@ def folder_bytes(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def materialise(model_dir, plan_path, out_dir, target: str = "", train: pd.DataFrame | None = None,
-                calibration_reviews: int = 0) -> dict:
-    """Write the physically pruned classifier of `plan_path` to `out_dir` (atomically); return pruning.json.
-    A fitted compensation is computed on the first `calibration_reviews` reviews of `train`."""
+def calibration_set(plan: Plan, ck, fit: dict | None, train, where) -> CalibrationSet | None:
+    """The calibration reviews a plan's fitted compensation is fitted on (None for any other plan): the first
+    `fit["reviews"]` reviews of the `train` split, batched by `fit["batch_size"]`."""
+    if not plan.fitted:
+        return None
+    if train is None or not fit:
+        raise ValueError(f"{where}: {plan.compensation} compensation is fitted on the train split's calibration "
+                         "reviews; pass train and fit (the rules do for fitted plans)")
+    return CalibrationSet.from_split(read_split(train), ck, fit["reviews"], fit["batch_size"])
+
+
+def materialise(finetuned, plan, pruned, target: str, fit: dict | None = None, train=None) -> dict:
+    """Rule materialise: the physically pruned classifier of `plan` written to the folder `pruned` (atomically);
+    returns its pruning.json. A fitted compensation is computed on the calibration reviews `fit` names."""
     start = time.perf_counter()
-    model, tokenizer, meta = load_classifier(model_dir)
-    plan = read_plan(plan_path)
-    calibration = None
-    if plan.fitted:
-        if train is None:
-            raise ValueError(f"{plan_path}: {plan.compensation} compensation needs the train split's calibration "
-                             "reviews; pass train (the materialise rule does for fitted plans)")
-        calibration = CalibrationSet.from_split(train, tokenizer, meta, calibration_reviews)
+    plan_path, ck = plan, open_checkpoint(finetuned)
+    model, plan = ck.model, read_plan(plan_path)
+    calibration = calibration_set(plan, ck, fit, train, plan_path)
     widths = model.adapter.ffn_widths()
     if [int(w) for w in plan.table["width"]] != widths:
-        raise ValueError(f"{plan_path} was planned for FFN widths {plan.table['width'].tolist()}, but {model_dir} "
+        raise ValueError(f"{plan_path} was planned for FFN widths {plan.table['width'].tolist()}, but {finetuned} "
                          f"has {widths}; rebuild the plan from this checkpoint's scores")
-    pruned = pruned_copy(model, plan, "removed", calibration)
-    info = dict(target=target, source=str(model_dir), plan=plan.info, ffn_widths_dense=widths,
+    out = pruned_copy(model, plan, "removed", calibration)
+    info = dict(target=target, source=str(finetuned), plan=plan.info.to_dict(), ffn_widths_dense=widths,
                 calibration_reviews=len(calibration.encoded) if calibration else 0,
-                ffn_widths=pruned.adapter.ffn_widths(), neurons_pruned=int(sum(plan.counts)),
-                params_dense=count_parameters(model), params_pruned=count_parameters(pruned))
-    with atomic_dir(out_dir) as tmp:
-        save_classifier(pruned, tokenizer, tmp, dict(meta, pruned_from=str(model_dir), target=target))
+                ffn_widths=out.adapter.ffn_widths(), neurons_pruned=int(sum(plan.counts)),
+                params_dense=count_parameters(model), params_pruned=count_parameters(out))
+    with atomic_dir(pruned) as tmp:
+        save_classifier(out, ck.tokenizer, tmp, dict(ck.meta, pruned_from=str(finetuned), target=target))
         info["bytes"] = folder_bytes(tmp)
-        info["bytes_dense"] = folder_bytes(model_dir)
+        info["bytes_dense"] = folder_bytes(finetuned)
         info["seconds"] = time.perf_counter() - start
-        write_json(Path(tmp) / PRUNING_FILE, info)
+        write_json(folder_file(tmp, "pruning"), info)
     log.info("%s: %d of %d FFN neurons removed; %.1fM -> %.1fM parameters, %.1f -> %.1f MB on disk",
-             out_dir, info["neurons_pruned"], sum(widths), info["params_dense"] / 1e6, info["params_pruned"] / 1e6,
+             pruned, info["neurons_pruned"], sum(widths), info["params_dense"] / 1e6, info["params_pruned"] / 1e6,
              info["bytes_dense"] / 1e6, info["bytes"] / 1e6)
-    return info
+    return None

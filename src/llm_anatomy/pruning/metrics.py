@@ -7,18 +7,21 @@ same reviews later.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..io import from_record, read_json, write_json
+from ..layout import folder_file
 from ..logits import read_logits
-from ..io import read_json
 from ..stats import accuracy_interval, correct, paired_difference, seeded_accuracy, seeded_difference
-from .plan import read_plan
-from .targets import curve_of
+from .plan import PlanInfo, read_plan
+from .spec import THRESHOLD, curve_of
+
+log = logging.getLogger(__name__)
 
 
 def _f(doc: str, default=None):
@@ -26,7 +29,60 @@ def _f(doc: str, default=None):
 
 
 @dataclass
-class PruneMetrics:
+class Measured:
+    """The timing fields that timing.json and metrics.json share: each key defined once, here."""
+
+    machine: dict = _f("CPU model and bf16 features, threads, device, torch version of the timing run", None)
+    loop: dict | None = _f("the evaluation loop's parts in the timed runs: fused FFN input maps, read-token-only "
+                           "last block, weight dtype (docs/SPEED.md); None in timings made before it was recorded",
+                           None)
+    timed_reviews: int = _f("reviews per timed pass (the first of the test reviews)", 0)
+    batch_size: int = _f("inference batch size (length-sorted, dynamically padded)", 0)
+    precision: str = _f("fp32 | bf16 (backbone weights stored in bf16), as the checkpoint was fine-tuned", "fp32")
+    repeats: int = _f("alternating timed passes per variant", 0)
+    times_s: dict = _f("seconds of every timed pass, per variant (dense, zeroed, removed)", None)
+    time_dense_s: float = _f("median seconds, dense", 0.0)
+    time_zeroed_s: float | None = _f("median seconds, zeroed (the paper's way); null where not timed (sizing time_zeroed)", None)
+    time_removed_s: float = _f("median seconds, physically removed", 0.0)
+    speedup_zeroed: float | None = _f("time_dense_s / time_zeroed_s; null where not timed", None)
+    speedup_removed: float = _f("time_dense_s / time_removed_s", 0.0)
+    speedup_zeroed_spread: dict | None = _f(
+        "min, median, max over repeats of the per-repeat ratio dense/zeroed; null where not timed", None)
+    speedup_removed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/removed", None)
+    zeroed_vs_removed_max_abs_logit_diff_fp32: float = _f("float32 check that zeroing and removal agree", 0.0)
+    macs_dense: int = _f("multiply-adds of the dense backbone over the timed reviews", 0)
+    macs_removed: int = _f("the same for the removed model", 0)
+    macs_ratio: float = _f("macs_removed / macs_dense", 0.0)
+    speedup_bound: float = _f("1 / macs_ratio: the speedup if time followed multiply-adds", 0.0)
+    ffn_macs_dense: int = _f("FFN multiply-adds of the dense model over the timed reviews", 0)
+    ffn_macs_removed: int = _f("the same for the removed model", 0)
+    roofline: dict | None = _f("this machine's attainable matmul rate at the dense model's linear shapes, measured "
+                               "in the timing job (llm_anatomy.roofline); null on a GPU", None)
+    roofline_fraction_dense: float | None = _f("2 macs_dense / time_dense_s / attainable rate", None)
+    roofline_fraction_zeroed: float | None = _f("the same for zeroed (dense multiply-adds: zeroing removes none)", None)
+    roofline_fraction_removed: float | None = _f("2 macs_removed / time_removed_s / attainable rate", None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return from_record(cls, d)
+
+
+@dataclass
+class Timing(Measured):
+    """timing.json: one target's dense, zeroed (where timed) and removed models timed side by side."""
+
+    equality_check_reviews: int = _f("reviews the float32 check of zeroed against removed ran on", 0)
+    params_dense: int = _f("parameters of the dense classifier", 0)
+    params_removed: int = _f("parameters of the removed classifier", 0)
+    seconds: float = _f("the whole timing step, loading and checks included", 0.0)
+
+
+@dataclass
+class PruneMetrics(Measured):
+
     # identity
     model: str = _f("model name (profiles.<p>.models)")
     target: str = _f("named Figure-5a configuration, sweep-<pct>, flap-<pct> or <criterion>-<allocation>-"
@@ -111,36 +167,6 @@ class PruneMetrics:
     params_removed: int = _f("parameters of the materialised classifier", 0)
     model_bytes: int = _f("size on disk of the materialised folder", 0)
     model_bytes_dense: int = _f("size on disk of the fine-tuned folder", 0)
-    # timing (timing.json)
-    machine: dict = _f("CPU model and bf16 features, threads, device, torch version of the timing run", None)
-    loop: dict | None = _f("the evaluation loop's parts in the timed runs: fused FFN input maps, read-token-only "
-                           "last block, weight dtype (docs/SPEED.md); None in timings made before it was recorded",
-                           None)
-    timed_reviews: int = _f("reviews per timed pass (the first of the test reviews)", 0)
-    batch_size: int = _f("inference batch size (length-sorted, dynamically padded)", 0)
-    precision: str = _f("fp32 | bf16 (backbone weights stored in bf16), as the checkpoint was fine-tuned", "fp32")
-    repeats: int = _f("alternating timed passes per variant", 0)
-    times_s: dict = _f("seconds of every timed pass, per variant (dense, zeroed, removed)", None)
-    time_dense_s: float = _f("median seconds, dense", 0.0)
-    time_zeroed_s: float | None = _f("median seconds, zeroed (the paper's way); null where not timed (sizing time_zeroed)", None)
-    time_removed_s: float = _f("median seconds, physically removed", 0.0)
-    speedup_zeroed: float | None = _f("time_dense_s / time_zeroed_s; null where not timed", None)
-    speedup_removed: float = _f("time_dense_s / time_removed_s", 0.0)
-    speedup_zeroed_spread: dict | None = _f(
-        "min, median, max over repeats of the per-repeat ratio dense/zeroed; null where not timed", None)
-    speedup_removed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/removed", None)
-    zeroed_vs_removed_max_abs_logit_diff_fp32: float = _f("float32 check that zeroing and removal agree", 0.0)
-    macs_dense: int = _f("multiply-adds of the dense backbone over the timed reviews", 0)
-    macs_removed: int = _f("the same for the removed model", 0)
-    macs_ratio: float = _f("macs_removed / macs_dense", 0.0)
-    speedup_bound: float = _f("1 / macs_ratio: the speedup if time followed multiply-adds", 0.0)
-    ffn_macs_dense: int = _f("FFN multiply-adds of the dense model over the timed reviews", 0)
-    ffn_macs_removed: int = _f("the same for the removed model", 0)
-    roofline: dict | None = _f("this machine's attainable matmul rate at the dense model's linear shapes, measured "
-                               "in the timing job (llm_anatomy.roofline); null on a GPU", None)
-    roofline_fraction_dense: float | None = _f("2 macs_dense / time_dense_s / attainable rate", None)
-    roofline_fraction_zeroed: float | None = _f("the same for zeroed (dense multiply-adds: zeroing removes none)", None)
-    roofline_fraction_removed: float | None = _f("2 macs_removed / time_removed_s / attainable rate", None)
     # cost of each step (from the artifacts' own records)
     seconds_materialise: float = _f("seconds to load, prune and save the folder", 0.0)
     seconds_evaluate: float = _f("seconds of inference to evaluate the pruned folder", 0.0)
@@ -155,8 +181,6 @@ class PruneMetrics:
     seconds_calibration: float | None = _f("the per-model jobs the plan reads (ffn_stats, mask_gradients, "
                                            "obs_scores, layer_sensitivity), shared by the model's points")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def metrics_keys() -> dict[str, str]:
@@ -184,12 +208,28 @@ def cost_fields(benchmarks: dict[str, str] | None) -> dict:
                 seconds_calibration=sum(shared) if shared else None)
 
 
-def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, baselines, pruned_dir,
-                   timing_path, split: str = "test", benchmarks: dict[str, str] | None = None) -> PruneMetrics:
-    """One target's PruneMetrics from its step artifacts (and the benchmark files of its jobs)."""
-    plan = read_plan(plan_path)
+def plan_fields(info: PlanInfo) -> dict:
+    """The plan's fields of PruneMetrics, as the metrics have always named them: the threshold rules report their
+    rule and alpha (no allocation, no criterion), FLAP its allocation (the criterion is its name), the registry's
+    methods criterion, allocation and compensation, and a fitted compensation its ridges."""
+    s, r = info.spec, info.rule or {}
+    threshold = s.allocation == THRESHOLD
+    return dict(rule=s.family, alpha=r.get("alpha"), beta=r.get("beta"), focusing=r.get("focusing"),
+                focusing_spec=s.focusing if threshold else None, focus_multiplier=r.get("focus_multiplier"),
+                sides=r.get("sides"), allocation=None if threshold else s.allocation,
+                criterion=s.criterion if s.family == "criterion" else None, compensation=s.compensation,
+                ridge=s.ridge if s.fitted else None,
+                readout_ridge=(s.ridge if s.readout_ridge is None else s.readout_ridge) if s.fitted else None,
+                bias_compensation=s.compensation == "bias", thresholds=info.thresholds, search=info.search)
+
+
+def prune_metrics(plan, random_plans, pruned, dense_eval, eval, baselines, timing, metrics, model_name: str,
+                  target: str, split: str = "test", **benchmarks) -> dict:
+    """Rule prune_metrics: one target's PruneMetrics record from its step artifacts, and the seconds_* costs
+    from the benchmark files of its jobs (`benchmark_<job>` keywords)."""
+    the_plan = read_plan(plan)
     dense_df, _ = read_logits(dense_eval)
-    pruned_df, pruned_info = read_logits(pruned_eval)
+    pruned_df, pruned_info = read_logits(eval)
     base_df, base_info = read_logits(baselines)
     # The dense evaluation covers the model's largest limit, the target its own, the baselines the first of
     # those: each comparison pairs the first reviews both sides have (`review` is the row of the split).
@@ -205,38 +245,27 @@ def collect_target(model: str, target: str, plan_path, dense_eval, pruned_eval, 
     seeds = sorted(int(m.group(1)) for v in outcomes if (m := re.fullmatch(r"random-(\d+)", v)))
     evidence = accuracy_evidence(correct(dense_df["logit"], dense_df["label"]),
                                  correct(pruned_df["logit"], pruned_df["label"]), outcomes, seeds)
-    folder = read_json(Path(pruned_dir) / "pruning.json")
-    timing = read_json(timing_path)
-    widths = [int(w) for w in plan.table["width"]]
-    counts = plan.counts
-    info = plan.info
+    folder = read_json(folder_file(pruned, "pruning"))
+    measured = Timing.from_dict(read_json(timing))
+    widths = [int(w) for w in the_plan.table["width"]]
+    counts = the_plan.counts
     m = PruneMetrics(
-        model=model, target=target, curve=curve_of(target)[0], arch=_arch(pruned_dir),
-        rule=info["rule"], alpha=info.get("alpha"), beta=info.get("beta"), focusing=info.get("focusing"),
-        focusing_spec=info.get("focusing_spec"), focus_multiplier=info.get("focus_multiplier"),
-        sides=info.get("sides"), allocation=info.get("allocation"), criterion=info.get("criterion"),
-        compensation=plan.compensation, ridge=info.get("ridge") if plan.fitted else None,
-        readout_ridge=info.get("readout_ridge", info.get("ridge")) if plan.fitted else None,
-        bias_compensation=bool(info.get("bias_compensation")), thresholds=info.get("thresholds"),
-        search=info.get("search"), neurons_total=sum(widths), neurons_pruned=sum(counts),
-        pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,
-        pruned_pct_per_layer=[100.0 * n / w for n, w in zip(counts, widths)],
-        split=split, test_reviews=len(dense_df), baseline_reviews=len(base_df) // len(outcomes), random_seeds=seeds,
-        **evidence,
-        params_dense=folder["params_dense"], params_removed=folder["params_pruned"], model_bytes=folder["bytes"],
-        model_bytes_dense=folder["bytes_dense"], seconds_materialise=folder["seconds"],
-        seconds_evaluate=pruned_info.get("seconds", 0.0), seconds_baselines=base_info.get("seconds", 0.0),
-        seconds_time=timing["seconds"],
-        **{k: timing[k] for k in ("machine", "timed_reviews", "batch_size", "precision", "repeats", "times_s",
-                                  "time_dense_s", "time_zeroed_s", "time_removed_s", "speedup_zeroed",
-                                  "speedup_removed", "speedup_zeroed_spread", "speedup_removed_spread",
-                                  "zeroed_vs_removed_max_abs_logit_diff_fp32", "macs_dense", "macs_removed",
-                                  "macs_ratio", "speedup_bound", "ffn_macs_dense", "ffn_macs_removed")},
-        **{k: timing.get(k) for k in ("loop", "roofline", "roofline_fraction_dense", "roofline_fraction_zeroed",
-                                      "roofline_fraction_removed")},
-        **cost_fields(benchmarks),
-    )
-    return m
+        **{f.name: getattr(measured, f.name) for f in fields(Measured)}, **plan_fields(the_plan.info), **evidence,
+        **cost_fields({k.removeprefix("benchmark_"): v for k, v in benchmarks.items()}),
+        model=model_name, target=target, curve=curve_of(target)[0],
+        arch=read_json(folder_file(pruned, "meta"))["arch"], neurons_total=sum(widths),
+        neurons_pruned=sum(counts), pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,
+        pruned_pct_per_layer=[100.0 * n / w for n, w in zip(counts, widths)], split=split, test_reviews=len(dense_df),
+        baseline_reviews=len(base_df) // len(outcomes),
+        random_seeds=seeds, params_dense=folder["params_dense"], params_removed=folder["params_pruned"],
+        model_bytes=folder["bytes"], model_bytes_dense=folder["bytes_dense"],
+        seconds_materialise=folder["seconds"], seconds_evaluate=pruned_info.get("seconds", 0.0),
+        seconds_baselines=base_info.get("seconds", 0.0), seconds_time=measured.seconds)
+    write_json(metrics, m.to_dict())
+    log.info("%s/%s: pruned %.1f%%, accuracy %.4f (dense %.4f, random %.4f +- %.4f), speedup removed %.3fx",
+             m.model, m.target, m.pruned_pct, m.accuracy, m.accuracy_dense, m.accuracy_random_mean,
+             m.accuracy_random_std, m.speedup_removed)
+    return None
 
 
 def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str, np.ndarray],
@@ -266,7 +295,3 @@ def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str,
                                                       bounds="accuracy_random_uncompensated"))
         out.update(seeded_difference(unc, rand_unc).to_dict("gap_selection"))
     return out
-
-
-def _arch(folder) -> str:
-    return read_json(Path(folder) / "classifier.json")["arch"]

@@ -30,7 +30,8 @@ import torch
 from ..batching import progress_batches
 from ..device import model_device
 from ..io import write_parquet
-from ..models import SentimentClassifier, load_classifier, set_threads
+from ..data import read_split
+from ..models import SentimentClassifier, open_checkpoint
 from .calibration import calibration_reviews
 
 
@@ -93,8 +94,10 @@ def obs_order(values: np.ndarray, cov: np.ndarray, ridge: float) -> tuple[np.nda
     return rank, delta
 
 
-def obs_scores(model: SentimentClassifier, encoded, pad_id: int, padding_side: str = "right", batch_size: int = 16,
-               ridge: float = 1e-2) -> pd.DataFrame:
+def obs_table(model: SentimentClassifier, encoded, pad_id: int, padding_side: str, batch_size: int,
+              ridge: float) -> pd.DataFrame:
+    """Every layer's removal order (`obs_order`) from the activations' covariance on `encoded`: the
+    obs_scores table of the module doc."""
     _means, covs, n = ffn_moments(model, encoded, pad_id, padding_side, batch_size)
     frames = []
     for layer, cov in enumerate(covs):
@@ -104,12 +107,12 @@ def obs_scores(model: SentimentClassifier, encoded, pad_id: int, padding_side: s
     return pd.concat(frames, ignore_index=True)
 
 
-def obs_stage(model_dir, train: pd.DataFrame, out_path, reviews: int, ridge: float, batch_size: int = 16,
-              threads: int | None = None, device: str = "auto") -> dict:
-    """obs_scores.parquet from the first `reviews` train reviews (the calibration reviews of every criterion)."""
-    set_threads(threads)
-    model, tokenizer, meta = load_classifier(model_dir, device)
-    encoded, _labels = calibration_reviews(train, tokenizer, meta, reviews)
-    scores = obs_scores(model, encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"), batch_size, ridge)
-    write_parquet(scores, out_path)
+def obs_scores(finetuned, train, obs_scores, reviews: int, ridge: float, batch_size: int, threads: int | None,
+               device: str) -> dict:
+    """Rule obs_scores: the `obs_scores` file from the first `reviews` train reviews (the calibration reviews of
+    every criterion)."""
+    ck = open_checkpoint(finetuned, device, threads)
+    encoded, _labels = calibration_reviews(read_split(train), ck, reviews)
+    scores = obs_table(ck.model, encoded, ck.pad_id, ck.padding_side, batch_size, ridge)
+    write_parquet(scores, obs_scores)
     return dict(reviews=len(encoded), tokens=int(scores["tokens"].iloc[0]), neurons=len(scores))

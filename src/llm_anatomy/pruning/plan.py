@@ -1,44 +1,63 @@
 """Plans: which FFN neurons one target prunes, decided from scores alone (no forward pass).
 
-Four kinds of plan choose the neurons: the paper's threshold rules (`encoder`, `decoder`,
-on the neuron scores s_lj), FLAP (`flap`, on calibration activation statistics, carrying
-the pruned neurons' mean activations so their mean output can be folded into the bias),
-any criterion of the registry with an allocation and a compensation (`criterion`,
-`pruning.criteria`; a fitted compensation, rescale or refit, is computed when the plan is
-materialised, since it needs a forward pass), and the random baseline (`random`, one plan
-per seed, matched to a plan's per-layer counts and compensated as the plan is).
+One planner (`make_plan`) plans every method (`pruning.spec.MethodSpec`): the paper's threshold rules
+(allocation `threshold`: per-layer thresholds t_l on the neuron scores s_lj, alpha bisected when the spec has
+a target), and any criterion of the registry under a uniform, global or searched allocation (FLAP is
+fluctuation-uniform-bias). A bias-compensated plan carries the pruned neurons' mean activations, so their mean
+output can be folded into the bias; a fitted compensation (rescale, refit) is computed when the plan is
+materialised, since it needs a forward pass. The random baseline (`random_plan`, one plan per seed) matches a
+plan's per-layer counts and is compensated as the plan is.
 
 plan.parquet, one row per layer (the Figure-4a table):
   layer int, width int, masked int, masked_pct float, high int (neurons with score > high_threshold),
   threshold float (the rule's t_l, or the highest pruned criterion score; NaN where none),
   pruned list<int32>       the sorted indices of the pruned neurons
   pruned_mean list<float64> their mean activations (bias-compensated plans only, else null)
-  + rule-specific columns (c, focusing, sided for the threshold rules; high_masked for FLAP)
-and, in the file's metadata under `llm_anatomy.plan`, a JSON object: the rule's parameters,
-the sparsity search and the per-layer counts (`Plan.info`).
+  + c, focusing, sided for the threshold rules; high_masked for the others
+and, in the file's metadata under `llm_anatomy.plan`, the `PlanInfo` record as JSON.
 random_plans.parquet: the same columns plus `seed`, one block of rows per seed.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..io import dumps, parquet_metadata, read_parquet, write_parquet
+from ..io import dumps, from_record, parquet_metadata, read_parquet, write_parquet
 from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
-from .compensation import METHODS as COMPENSATIONS
+from .allocation import allocate, cut_values
 from .criteria import NeuronStats, importance
-from .allocation import allocate
-from .flap import flap_masks, fluctuation_scores, read_stats, score_thresholds
-from .random_baseline import random_masks
-from .rules import apply_rule, figure4a_lines, layer_table, rule_from_config
-from .search import bisect_alpha
+from .rules import apply_rule, bisect_alpha, figure4a_lines, layer_table, rule_from_spec
+from .spec import THRESHOLD, MethodSpec
+
+log = logging.getLogger(__name__)
 
 META_KEY = b"llm_anatomy.plan"
-FITTED = ("rescale", "refit")  # compensations fitted on calibration tokens when the plan is materialised
+
+
+@dataclass
+class PlanInfo:
+    """How a plan was made: its method, and what the planner found."""
+
+    spec: MethodSpec
+    thresholds: list             # per layer: t_l (threshold rules) or the highest pruned importance; NaN where none
+    search: dict | None = None   # target_fraction, pruned, reached (+ alpha, the threshold rules' bisection)
+    rule: dict | None = None     # threshold rules as applied: alpha, beta, focusing (layer indices), focus_multiplier, sides
+    scoring: str = "paper"       # which decoder scoring of s_lj and c_l the plan read
+    seed: int | None = None      # random baselines: the seed, and the score above which neurons were never drawn
+    high_threshold: float | None = None
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), spec=self.spec.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PlanInfo":
+        return from_record(cls, {k: v for k, v in d.items() if k != "spec"}, spec=MethodSpec.from_dict(d["spec"]))
 
 
 @dataclass
@@ -47,14 +66,18 @@ class Plan:
 
     pruned: list[np.ndarray]         # per layer, sorted neuron indices
     table: pd.DataFrame              # one row per layer (Figure-4a shape for the threshold rules)
-    info: dict                       # the rule's parameters and search (alpha, focusing, ... or allocation)
+    info: PlanInfo
     log_lines: list[str] = field(default_factory=list)
     pruned_means: list[np.ndarray] | None = None  # per layer, mean activation of each pruned neuron
 
     @property
+    def spec(self) -> MethodSpec:
+        return self.info.spec
+
+    @property
     def compensation(self) -> str:
         """none | bias (the mean-output fold, from `pruned_means`) | rescale | refit (fitted when materialised)."""
-        return self.info.get("compensation") or ("bias" if self.pruned_means is not None else "none")
+        return self.spec.compensation
 
     @property
     def compensated(self) -> bool:
@@ -62,15 +85,15 @@ class Plan:
 
     @property
     def fitted(self) -> bool:
-        return self.compensation in FITTED
+        return self.spec.fitted
 
     @property
     def counts(self) -> list[int]:
         return [len(p) for p in self.pruned]
 
     def without_compensation(self) -> "Plan":
-        return Plan(self.pruned, self.table, dict(self.info, bias_compensation=False, compensation="none"),
-                    self.log_lines, None)
+        info = replace(self.info, spec=replace(self.spec, compensation="none"))
+        return Plan(self.pruned, self.table, info, self.log_lines, None)
 
 
 def load_scores(layer_path, neuron_path, input_set: str = "probe", scoring: str = "paper"
@@ -86,21 +109,20 @@ def load_scores(layer_path, neuron_path, input_set: str = "probe", scoring: str 
     return c, scores
 
 
-def plan_threshold(cfg: dict, c, scores, high: float) -> Plan:
-    """The paper's rule (alpha bisected when cfg has `target`): thresholds t_l, |s_lj| < t_l pruned."""
+def _threshold_plan(spec: MethodSpec, c, scores, high: float) -> Plan:
+    """The paper's rule (alpha bisected when the spec has a target): thresholds t_l, |s_lj| < t_l pruned."""
     L = len(scores)
-    rule = rule_from_config(cfg, L, cfg["focus_multiplier"])
+    rule = rule_from_spec(spec, L)
     search = None
-    if cfg.get("target") is not None:
-        alpha, n, reached = bisect_alpha(rule, c, scores, float(cfg["target"]),
-                                         negative_alpha=bool(cfg.get("negative_alpha", False)))
+    if spec.target is not None:
+        alpha, n, reached = bisect_alpha(rule, c, scores, float(spec.target), negative_alpha=bool(spec.negative_alpha))
         rule = rule.with_alpha(alpha)
-        search = dict(target_fraction=float(cfg["target"]), alpha=alpha, pruned=n, reached=reached)
+        search = dict(target_fraction=float(spec.target), alpha=alpha, pruned=n, reached=reached)
     t, pruned = apply_rule(rule, c, scores)
     table = layer_table(rule, c, scores, t, pruned, high)
-    info = dict(rule=rule.kind, alpha=rule.alpha, beta=rule.beta, focusing=list(rule.focusing),
-                focusing_spec=cfg.get("focusing"), focus_multiplier=rule.focus_multiplier, sides=rule.sides(L),
-                thresholds=[float(x) for x in t], search=search, bias_compensation=False)
+    applied = dict(alpha=rule.alpha, beta=rule.beta, focusing=list(rule.focusing),
+                   focus_multiplier=rule.focus_multiplier, sides=rule.sides(L))
+    info = PlanInfo(spec, [float(x) for x in t], search, applied)
     return Plan(pruned, table, info, figure4a_lines(table))
 
 
@@ -114,70 +136,46 @@ def cut_table(importance, pruned, cut, scores, high: float) -> pd.DataFrame:
                          for l in range(len(importance))])
 
 
-def plan_flap(cfg: dict, stats_path, scores, high: float) -> Plan:
-    """FLAP: the lowest fluctuation scores, `cfg['target']` of all neurons, allocated per cfg."""
-    if stats_path is None:
-        raise ValueError("rule flap needs the calibration statistics (ffn_stats.parquet); none were given")
-    if cfg.get("target") is None:
-        raise ValueError("rule flap needs a target fraction of neurons to prune (e.g. target: 0.5)")
-    means, var, vnorm = read_stats(stats_path)
-    if [len(v) for v in var] != [len(s) for s in scores]:
-        raise ValueError(f"{stats_path}: {[len(v) for v in var]} neurons per layer do not match the neuron scores' "
-                         f"{[len(s) for s in scores]}; rebuild both from the same checkpoint")
-    allocation = cfg["allocation"]
-    f = fluctuation_scores(var, vnorm)
-    pruned = flap_masks(f, float(cfg["target"]), allocation)
-    cut = score_thresholds(f, pruned)
-    table = cut_table(f, pruned, cut, scores, high)
-    compensate = bool(cfg["bias_compensation"])
-    info = dict(rule="flap", allocation=allocation, bias_compensation=compensate, thresholds=cut,
-                search=dict(target_fraction=float(cfg["target"]), pruned=int(sum(len(p) for p in pruned)),
-                            reached=True))
-    lines = [f"layer {r.layer}: fluctuation threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
-             for r in table.itertuples()]
-    pruned_means = [np.asarray(m, dtype=np.float64)[p] for m, p in zip(means, pruned)] if compensate else None
-    return Plan(pruned, table, info, lines, pruned_means)
-
-
-def plan_criterion(cfg: dict, stats: NeuronStats, scores, high: float, sensitivity: pd.DataFrame | None = None) -> Plan:
-    """The lowest `cfg['criterion']` importances, `cfg['target']` of all neurons, allocated by
-    `cfg['allocation']` (uniform | global, as FLAP's | searched, from the validation `sensitivity`),
-    compensated by `cfg['compensation']`."""
-    if cfg.get("target") is None:
-        raise ValueError("rule criterion needs a target fraction of neurons to prune (e.g. target: 0.5)")
-    compensation = cfg["compensation"]
-    if compensation not in COMPENSATIONS:
-        raise ValueError(f"compensation {compensation!r} is not one of {COMPENSATIONS}")
-    imp = importance(cfg["criterion"], stats)
+def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | None = None,
+              sensitivity: pd.DataFrame | None = None) -> Plan:
+    """The plan of any method: `c` and `scores` are the layer and neuron scores (`load_scores`), `stats` what
+    the criterion reads, `sensitivity` the searched allocation's validation evidence."""
+    if spec.allocation == THRESHOLD:
+        return _threshold_plan(spec, c, scores, high)
+    if spec.target is None:
+        raise ValueError(f"{spec.curve} needs a target fraction of neurons to prune (e.g. target: 0.5)")
+    if stats is None:
+        raise ValueError(f"criterion {spec.criterion!r} needs the per-neuron measurements (NeuronStats); none were given")
+    imp = importance(spec.criterion, stats)
     if [len(v) for v in imp] != [len(s) for s in scores]:
-        raise ValueError(f"criterion {cfg['criterion']!r}: {[len(v) for v in imp]} neurons per layer do not match "
+        raise ValueError(f"criterion {spec.criterion!r}: {[len(v) for v in imp]} neurons per layer do not match "
                          f"the neuron scores' {[len(s) for s in scores]}; rebuild both from the same checkpoint")
-    pruned = allocate(imp, float(cfg["target"]), cfg["allocation"], sensitivity)
-    cut = score_thresholds(imp, pruned)
+    pruned = allocate(imp, float(spec.target), spec.allocation, sensitivity, spec.max_layer_fraction)
+    cut = cut_values(imp, pruned)
     table = cut_table(imp, pruned, cut, scores, high)
-    info = dict(rule="criterion", criterion=cfg["criterion"], allocation=cfg["allocation"], compensation=compensation,
-                ridge=float(cfg.get("ridge", 0.0)), bias_compensation=compensation == "bias", thresholds=cut,
-                search=dict(target_fraction=float(cfg["target"]), pruned=int(sum(len(p) for p in pruned)),
-                            reached=True))
-    if "readout_ridge" in cfg:
-        info["readout_ridge"] = float(cfg["readout_ridge"])
-    lines = [f"layer {r.layer}: {cfg['criterion']} threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
+    search = dict(target_fraction=float(spec.target), pruned=int(sum(len(p) for p in pruned)), reached=True)
+    lines = [f"layer {r.layer}: {spec.criterion} threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
              for r in table.itertuples()]
     pruned_means = None
-    if compensation == "bias":
+    if spec.compensation == "bias":
         pruned_means = [np.asarray(m, dtype=np.float64)[p] for m, p in zip(stats["mean"], pruned)]
-    return Plan(pruned, table, info, lines, pruned_means)
+    return Plan(pruned, table, PlanInfo(spec, cut, search), lines, pruned_means)
 
 
-def make_plan(cfg: dict, c, scores, high: float, ffn_stats_path=None, stats: NeuronStats | None = None,
-              sensitivity: pd.DataFrame | None = None) -> Plan:
-    if cfg["rule"] == "flap":
-        return plan_flap(cfg, ffn_stats_path, scores, high)
-    if cfg["rule"] == "criterion":
-        if stats is None:
-            raise ValueError("rule criterion needs the per-neuron measurements (NeuronStats); none were given")
-        return plan_criterion(cfg, stats, scores, high, sensitivity)
-    return plan_threshold(cfg, c, scores, high)
+def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float) -> list[np.ndarray]:
+    """Per layer, `counts[l]` neurons drawn without replacement from those with score <= `high`.
+
+    One generator per (seed, layer), so a layer's draw does not depend on the other layers.
+    """
+    out = []
+    for layer, (s, n) in enumerate(zip(scores, counts)):
+        candidates = np.flatnonzero(~(np.asarray(s) > high))
+        if n > len(candidates):
+            log.warning("layer %d: %d neurons to prune but only %d are not high; pruning those", layer, n, len(candidates))
+            n = len(candidates)
+        rng = np.random.default_rng([int(seed), layer])
+        out.append(np.sort(rng.choice(candidates, size=int(n), replace=False)))
+    return out
 
 
 def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarray] | None = None) -> Plan:
@@ -195,12 +193,8 @@ def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarr
     table = pd.DataFrame([dict(layer=l, width=len(s), masked=len(m), masked_pct=100.0 * len(m) / len(s),
                                high=int((np.asarray(s) > high).sum()), threshold=float("nan"))
                           for l, (s, m) in enumerate(zip(scores, masks))])
-    info = dict(rule="random", seed=int(seed), matched_to=plan.info.get("rule"), bias_compensation=folded,
-                compensation=plan.compensation, high_threshold=high)
-    if plan.fitted:
-        info["ridge"] = plan.info["ridge"]
-        if "readout_ridge" in plan.info:
-            info["readout_ridge"] = plan.info["readout_ridge"]
+    info = PlanInfo(plan.spec, [float("nan")] * len(masks), scoring=plan.info.scoring, seed=int(seed),
+                    high_threshold=high)
     return Plan(masks, table, info, pruned_means=pruned_means)
 
 
@@ -221,15 +215,16 @@ def _table(df: pd.DataFrame, info: dict) -> pa.Table:
 
 
 def write_plan(plan: Plan, path) -> None:
-    write_parquet(_table(_frame(plan), plan.info), path)
+    write_parquet(_table(_frame(plan), plan.info.to_dict()), path)
 
 
 def write_random_plans(plans: list[Plan], path) -> None:
-    df = pd.concat([_frame(p).assign(seed=p.info["seed"]) for p in plans], ignore_index=True)
-    write_parquet(_table(df, dict(seeds=[p.info["seed"] for p in plans], plans=[p.info for p in plans])), path)
+    df = pd.concat([_frame(p).assign(seed=p.info.seed) for p in plans], ignore_index=True)
+    write_parquet(_table(df, dict(seeds=[p.info.seed for p in plans], plans=[p.info.to_dict() for p in plans])), path)
 
 
 def _from_frame(df: pd.DataFrame, info: dict, path) -> Plan:
+    info = PlanInfo.from_dict(info)
     df = df.sort_values("layer").reset_index(drop=True)
     if not np.array_equal(df["layer"].to_numpy(), np.arange(len(df))):
         raise ValueError(f"{path}: layers {df['layer'].tolist()} are not 0..L-1; rewrite it with the prune_plan rule")
@@ -257,20 +252,22 @@ def read_random_plans(path) -> list[Plan]:
     return [_from_frame(df[df["seed"] == seed], info, path) for seed, info in zip(meta["seeds"], meta["plans"])]
 
 
-def plan_stage(cfg: dict, layer_scores_path, neuron_scores_path, plan_path, random_path, seeds, high: float,
-               average_over: str = "probe", ffn_stats_path=None, mask_gradients_path=None,
-               contributions_path=None, obs_scores_path=None, sensitivity_path=None) -> Plan:
-    """plan.parquet and random_plans.parquet (one plan per seed) of one target."""
-    scoring = cfg.get("scoring", "paper")
-    c, scores = load_scores(layer_scores_path, neuron_scores_path, average_over, scoring)
+def prune_plan(layer_scores, neuron_scores, plan, random_plans, spec, seeds, high_threshold: float,
+               average_over: str, ffn_stats=None, mask_gradients=None, contributions=None, obs_scores=None,
+               sensitivity=None) -> dict:
+    """plan.parquet and random_plans.parquet (one plan per seed) of one target (rule prune_plan). `spec` is a
+    MethodSpec or its dict; the other inputs are the files the spec's criterion and allocation read."""
+    spec = spec if isinstance(spec, MethodSpec) else MethodSpec.from_dict(dict(spec))
+    scoring = spec.scoring or "paper"
+    c, scores = load_scores(layer_scores, neuron_scores, average_over, scoring)
     stats = None
-    if cfg["rule"] == "criterion":
-        stats = NeuronStats.from_files(ffn_stats_path, mask_gradients_path, contributions_path, cosine=scores,
-                                       obs_scores=obs_scores_path)
-    sensitivity = read_parquet(sensitivity_path) if sensitivity_path is not None else None
-    plan = make_plan(cfg, c, scores, high, ffn_stats_path, stats, sensitivity)
-    plan.info["scoring"] = scoring
-    means = read_stats(ffn_stats_path)[0] if plan.compensation == "bias" else None
-    write_plan(plan, plan_path)
-    write_random_plans([random_plan(plan, scores, s, high, means) for s in seeds], random_path)
-    return plan
+    if spec.allocation != THRESHOLD:
+        stats = NeuronStats.from_files(ffn_stats, mask_gradients, contributions, cosine=scores, obs_scores=obs_scores)
+    made = make_plan(spec, c, scores, high_threshold, stats, read_parquet(sensitivity) if sensitivity else None)
+    made.info.scoring = scoring
+    means = stats["mean"] if made.compensation == "bias" else None
+    write_plan(made, plan)
+    write_random_plans([random_plan(made, scores, s, high_threshold, means) for s in seeds], random_plans)
+    for line in made.log_lines:
+        log.info(line)
+    return dict(target=spec.name, pruned=sum(made.counts), neurons=int(made.table["width"].sum()))

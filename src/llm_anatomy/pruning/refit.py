@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,7 @@ from ..batching import iter_padded, sorted_batches
 from ..device import model_device
 from ..models import SentimentClassifier
 from ..replay import StopForward, replay_below, stop_after
-from ..surgery import set_outputs, zero_masked
+from ..surgery import set_outputs, zero_masked, zero_neurons
 from .calibration import calibration_reviews
 from .compensation import LayerStats, compensate
 
@@ -45,16 +45,15 @@ class CalibrationSet:
 
     encoded: Sequence[Sequence[int]]
     pad_id: int
-    padding_side: str = "right"
-    batch_size: int = 16
+    padding_side: str
+    batch_size: int
 
     @classmethod
-    def from_split(cls, train: pd.DataFrame, tokenizer, meta: dict, reviews: int, batch_size: int = 16
-                   ) -> "CalibrationSet":
-        """The first `reviews` reviews of the train split, tokenised as the checkpoint was fine-tuned (the same
-        reviews `ffn_stats` and `mask_gradients` measure)."""
-        encoded, _labels = calibration_reviews(train, tokenizer, meta, reviews)
-        return cls(encoded, tokenizer.pad_token_id, meta.get("padding_side", "right"), batch_size)
+    def from_split(cls, train: pd.DataFrame, ck, reviews: int, batch_size: int) -> "CalibrationSet":
+        """The first `reviews` reviews of the train split, tokenised as the checkpoint `ck` was fine-tuned (the
+        same reviews `ffn_stats` and `mask_gradients` measure)."""
+        encoded, _labels = calibration_reviews(train, ck, reviews)
+        return cls(encoded, ck.pad_id, ck.padding_side, batch_size)
 
 
 def _run(model, ids, mask) -> None:
@@ -99,10 +98,9 @@ def refit_head(head: torch.nn.Linear, z: np.ndarray, logits: np.ndarray, ridge: 
 
 @torch.no_grad()
 def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], encoded, pad_id: int,
-                     padding_side: str = "right", batch_size: int = 16, method: str = "refit",
-                     ridge: float = 1e-2, readout_ridge: float | None = None, token_weights: str = "uniform",
-                     readout_context: float = 0.0, head_ridge: float | None = None
-                     ) -> tuple[SentimentClassifier, list[dict]]:
+                     padding_side: str, batch_size: int, method: str, ridge: float, readout_ridge: float | None = None,
+                     token_weights: str = "uniform", readout_context: float = 0.0, head_ridge: float | None = None,
+                     select: Callable | None = None) -> tuple[SentimentClassifier, list[dict]]:
     """(student, per-layer report). The student is a float32 copy of `dense` (float64 if `dense` is) with the
     `pruned` neurons zeroed and every layer's kept value vectors and output bias fitted by `method`. The report holds,
     per layer, the kept count, the calibration tokens fitted on (every real token; the last layer: the
@@ -111,7 +109,12 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
     `readout_ridge` (default: `ridge`) is the last layer's relative ridge. `token_weights` "norm" weights
     each token's squared error by 1 / the mean square of the dense residual stream there (what the next
     norm divides by; `norm_weights`), "uniform" by 1. `head_ridge` (None: keep the dense head) refits the
-    classifier head to the dense logits on the calibration reviews' read tokens (`refit_head`)."""
+    classifier head to the dense logits on the calibration reviews' read tokens (`refit_head`).
+
+    `select(layer, stats, values, ridge, count)`, where given, re-chooses each layer's pruned neurons during the
+    pass (experiments/sequential_obs.py): `stats` are then the sums over every neuron of the layer (the student's
+    activations, the drift-aware target), `values` [F, H] the dense value vectors, `count` the plan's number for
+    the layer; it returns the indices to prune, which the report's `pruned` records."""
     if token_weights not in TOKEN_WEIGHTS:
         raise ValueError(f"token_weights {token_weights!r} is not one of {TOKEN_WEIGHTS}")
     if readout_context < 0:
@@ -125,7 +128,8 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
     adapter, t_adapter = student.adapter, teacher.adapter
     adapter.ensure_ffn_biases()
     t_adapter.ensure_ffn_biases()
-    zero_masked(adapter, [np.asarray(p, dtype=np.int64) for p in pruned])
+    if select is None:
+        zero_masked(adapter, [np.asarray(p, dtype=np.int64) for p in pruned])
     device = model_device(student)
     L = adapter.num_layers
     batches = []  # (ids, mask, the weight of each position in each layer's fit)
@@ -167,10 +171,11 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
     for l in range(L):
         width = adapter.ffn_width(l)
         kept = np.setdiff1d(np.arange(width), np.asarray(pruned[l], dtype=np.int64))
+        cols = kept if select is None else np.arange(width)  # the activations the sums are taken over
         out = adapter.ffn(l).output
-        values = adapter.value_vectors(l).double().cpu().numpy()[kept]
+        values = adapter.value_vectors(l).double().cpu().numpy()[cols]
         bias = out.bias.detach().double().cpu().numpy()
-        stats = LayerStats(len(kept), adapter.hidden_size)
+        stats = LayerStats(len(cols), adapter.hidden_size)
         site, arg = adapter.residual_site(l)
         passes = []  # per batch: the block's output, the residual its FFN output is added to, the activations
         for b, (ids, mask, _read, fit_w) in enumerate(batches):
@@ -185,19 +190,24 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
                 h2.remove()
             passes.append((keep[0], seen["r"], seen["a"]))
             on = fit_w[l] > 0
-            a = seen["a"][on].double().cpu().numpy()[:, kept]
+            a = seen["a"][on].double().cpu().numpy()[:, cols]
             target = (sums[l][b].double() - seen["r"][on].double().cpu()).numpy()
             stats.add(a, target, weights[l][b])
         lam = ridge if readout_ridge is None or l < L - 1 else readout_ridge
-        w, c = compensate(stats, np.arange(len(kept)), values, bias, method, lam)
-        errors = {m: stats.error(np.arange(len(kept)), *compensate(stats, np.arange(len(kept)), values, bias, m))
-                  for m in ("none", "bias")}
-        errors[method] = stats.error(np.arange(len(kept)), w, c)
+        chosen = {}
+        if select is not None:
+            drop = np.sort(np.asarray(select(l, stats, values, lam, len(pruned[l])), dtype=np.int64))
+            zero_neurons(adapter, l, drop.tolist())
+            kept, chosen = np.setdiff1d(cols, drop), dict(pruned=drop)
+        idx = np.arange(len(kept)) if select is None else kept  # the kept neurons' rows of the sums
+        w, c = compensate(stats, idx, values, bias, method, lam)
+        errors = {m: stats.error(idx, *compensate(stats, idx, values, bias, m, 0.0)) for m in ("none", "bias")}
+        errors[method] = stats.error(idx, w, c)
         set_outputs(adapter, l, kept.tolist(), torch.from_numpy(w), torch.from_numpy(c))
         for b, (block_out, r, a) in enumerate(passes):  # the compensated block's output, for the layers above
             cached[b].append(adapter.with_ffn_output(l, block_out, r, out(a)))
         report.append(dict(layer=l, kept=int(len(kept)), tokens=stats.tokens, ridge=lam,
-                           **{f"error_{m}": e for m, e in errors.items()}))
+                           **{f"error_{m}": e for m, e in errors.items()}, **chosen))
         log.info("layer %d: %d kept, reconstruction error none %.4g, bias %.4g, %s %.4g", l, len(kept),
                  errors["none"], errors["bias"], method, errors[method])
     if head_ridge is not None:

@@ -7,10 +7,8 @@ test: "higher"/"lower" below 0.05, "no detectable difference" otherwise.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+import logging
 from itertools import combinations
-from pathlib import Path
 
 import matplotlib
 
@@ -19,9 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..io import read_json, write_csv, write_json, write_text  # noqa: E402
 from ..logits import read_logits  # noqa: E402
+from ..plots import save_figure  # noqa: E402
 from ..stats import FAMILIES, correct, judge, paired_difference  # noqa: E402
-from .targets import curve_order, method_of  # noqa: E402
+from .metrics import PruneMetrics  # noqa: E402
+from .spec import curve_order, method_of  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy_hi", "gap_dense", "gap_dense_lo",
             "gap_dense_hi", "accuracy_random_mean", "accuracy_random_lo", "accuracy_random_hi", "gap_random",
@@ -31,9 +34,9 @@ HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy
             "baseline_reviews"]
 
 
-def headline(m: dict) -> dict:
+def headline(m: PruneMetrics) -> dict:
     """The scalar metrics of one run (what dvc metrics show lists)."""
-    return {k: m[k] for k in HEADLINE if k in m}
+    return {k: getattr(m, k) for k in HEADLINE}
 
 
 # Accuracy and gap columns of the summary, in reading order; a gap's _p is its unadjusted p-value (exact
@@ -49,31 +52,31 @@ EVIDENCE = ["accuracy_dense", "accuracy_dense_lo", "accuracy_dense_hi", "accurac
             "gap_selection", "gap_selection_lo", "gap_selection_hi", "gap_selection_p"]
 
 
-def summary_table(runs: list[dict]) -> pd.DataFrame:
+def summary_table(runs: list[PruneMetrics]) -> pd.DataFrame:
     rows = []
     for m in runs:
-        rows.append(dict(model=m["model"], target=m["target"], curve=m["curve"], rule=m["rule"], alpha=m.get("alpha"),
-                         beta=m.get("beta"), focusing=" ".join(map(str, m.get("focusing") or [])),
-                         allocation=m.get("allocation"), criterion=m.get("criterion"),
-                         compensation=_compensation(m),
-                         bias_compensation=m.get("bias_compensation"),
-                         target_pct=100 * m["search"]["target_fraction"] if m.get("search") else None,
-                         target_reached=m["search"]["reached"] if m.get("search") else None,
-                         pruned_pct=m["pruned_pct"], test_reviews=m["test_reviews"],
-                         baseline_reviews=m.get("baseline_reviews") or m["test_reviews"],
-                         random_seeds=len(m.get("random_seeds") or []),
-                         **{k: m.get(k) for k in EVIDENCE},
-                         time_dense_s=m["time_dense_s"], time_zeroed_s=m["time_zeroed_s"],
-                         time_removed_s=m["time_removed_s"], speedup_zeroed=m["speedup_zeroed"],
-                         speedup_removed=m["speedup_removed"],
-                         speedup_removed_min=m["speedup_removed_spread"]["min"],
-                         speedup_removed_max=m["speedup_removed_spread"]["max"], speedup_bound=m["speedup_bound"],
-                         params_dense=m["params_dense"], params_removed=m["params_removed"],
-                         model_mb=m["model_bytes"] / 1e6, macs_ratio=m["macs_ratio"], timed_reviews=m["timed_reviews"],
-                         roofline_gflops=(m.get("roofline") or {}).get("attainable_gflops"),
-                         roofline_fraction_dense=m.get("roofline_fraction_dense"),
-                         roofline_fraction_removed=m.get("roofline_fraction_removed"),
-                         seconds_point=m.get("seconds_point"), cpu=m["machine"]["cpu"]))
+        rows.append(dict(model=m.model, target=m.target, curve=m.curve, rule=m.rule, alpha=m.alpha,
+                         beta=m.beta, focusing=" ".join(map(str, m.focusing or [])),
+                         allocation=m.allocation, criterion=m.criterion,
+                         compensation=m.compensation,
+                         bias_compensation=m.bias_compensation,
+                         target_pct=100 * m.search["target_fraction"] if m.search else None,
+                         target_reached=m.search["reached"] if m.search else None,
+                         pruned_pct=m.pruned_pct, test_reviews=m.test_reviews,
+                         baseline_reviews=m.baseline_reviews or m.test_reviews,
+                         random_seeds=len(m.random_seeds or []),
+                         **{k: getattr(m, k) for k in EVIDENCE},
+                         time_dense_s=m.time_dense_s, time_zeroed_s=m.time_zeroed_s,
+                         time_removed_s=m.time_removed_s, speedup_zeroed=m.speedup_zeroed,
+                         speedup_removed=m.speedup_removed,
+                         speedup_removed_min=m.speedup_removed_spread["min"],
+                         speedup_removed_max=m.speedup_removed_spread["max"], speedup_bound=m.speedup_bound,
+                         params_dense=m.params_dense, params_removed=m.params_removed,
+                         model_mb=m.model_bytes / 1e6, macs_ratio=m.macs_ratio, timed_reviews=m.timed_reviews,
+                         roofline_gflops=(m.roofline or {}).get("attainable_gflops"),
+                         roofline_fraction_dense=m.roofline_fraction_dense,
+                         roofline_fraction_removed=m.roofline_fraction_removed,
+                         seconds_point=m.seconds_point, cpu=m.machine["cpu"]))
     df = pd.DataFrame(rows)
     if not df.empty:
         df["order"] = df["curve"].map(curve_order)
@@ -91,51 +94,46 @@ def judge_summary(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _outcomes(target_dir: Path, variant: str | None = None, split: str = "test") -> np.ndarray:
-    if variant is None:
-        df, _ = read_logits(target_dir / f"eval_{split}.parquet")
-    else:
-        df, _ = read_logits(target_dir / f"baselines_{split}.parquet")
+def _outcomes(path, variant: str | None = None) -> np.ndarray:
+    df, _ = read_logits(path)
+    if variant is not None:
         df = df[df["variant"] == variant]
     return correct(df["logit"], df["label"])
 
 
-def method_comparisons(runs: list[dict], target_dir: Callable[[str, str], str | Path]) -> pd.DataFrame:
+def method_comparisons(runs: list[PruneMetrics], evals: list, baselines: list) -> pd.DataFrame:
     """Every pair of curve points of one model at the same target percentage (e.g. flap-50 vs sweep-50),
     paired on the first test reviews both read; a compensated method is also compared without its compensation,
     so the choice of neurons alone is set against the other method's. The verdicts follow p-values
-    adjusted over the model's comparisons (FAMILIES["comparisons"])."""
+    adjusted over the model's comparisons (FAMILIES["comparisons"]). `evals` and `baselines` are each run's
+    per-review logits, in the order of `runs`."""
+    files = {(m.model, m.target): (e, b) for m, e, b in zip(runs, evals, baselines)}
     rows = []
-    points = [m for m in runs if m["curve"] != "named" and m.get("search")]
+    points = [m for m in runs if m.curve != "named" and m.search]
     for a, b in combinations(points, 2):
-        pct_a, pct_b = a["search"]["target_fraction"], b["search"]["target_fraction"]
-        if a["model"] != b["model"] or pct_a != pct_b:
+        pct_a, pct_b = a.search["target_fraction"], b.search["target_fraction"]
+        if a.model != b.model or pct_a != pct_b:
             continue
-        if curve_order(a["curve"]) < curve_order(b["curve"]):
+        if curve_order(a.curve) < curve_order(b.curve):
             a, b = b, a  # the later curve (the stronger method) first: a positive gap favours it
-        dir_a, dir_b = Path(target_dir(a["model"], a["target"])), Path(target_dir(b["model"], b["target"]))
-        readings = [(a["target"], _outcomes(dir_a))]
+        (eval_a, base_a), (eval_b, _) = files[a.model, a.target], files[b.model, b.target]
+        readings = [(a.target, _outcomes(eval_a))]
         if _compensated(a):
-            readings.append((f"{a['target']} uncompensated", _outcomes(dir_a, "uncompensated")))
-        all_b = _outcomes(dir_b)
+            readings.append((f"{a.target} uncompensated", _outcomes(base_a, "uncompensated")))
+        all_b = _outcomes(eval_b)
         for name, out_a in readings:
             n = min(len(out_a), len(all_b))  # a headline point reads more reviews: pair on the first both read
             out_a, out_b = out_a[:n], all_b[:n]
             d = paired_difference(out_a, out_b)
-            rows.append(dict(model=a["model"], target_pct=100 * pct_a, a=name, b=b["target"],
-                             pruned_pct_a=a["pruned_pct"], pruned_pct_b=b["pruned_pct"],
+            rows.append(dict(model=a.model, target_pct=100 * pct_a, a=name, b=b.target,
+                             pruned_pct_a=a.pruned_pct, pruned_pct_b=b.pruned_pct,
                              accuracy_a=float(out_a.mean()), accuracy_b=float(out_b.mean()),
                              **d.to_dict("gap"), a_only=d.a_only, b_only=d.b_only, reviews=len(out_b)))
     return judge(pd.DataFrame(rows), "gap", FAMILIES["comparisons"], verdict_column="verdict")
 
 
-def _compensation(m: dict) -> str:
-    """A run's compensation; metrics from before the registry only say whether FLAP's bias fold was on."""
-    return m.get("compensation", "bias" if m.get("bias_compensation") else "none")
-
-
-def _compensated(m: dict) -> bool:
-    return _compensation(m) != "none"
+def _compensated(m: PruneMetrics) -> bool:
+    return m.compensation != "none"
 
 
 def _dominated(points: list[tuple[float, float]], i: int) -> bool:
@@ -149,20 +147,20 @@ FRONTIER_COLUMNS = ["model", "target", "curve", "pruned_pct", "accuracy", "accur
                     "seconds_point", "frontier_sparsity", "frontier_speedup", "test_reviews"]
 
 
-def frontier_table(runs: list[dict]) -> pd.DataFrame:
+def frontier_table(runs: list[PruneMetrics]) -> pd.DataFrame:
     """Every curve point (paper rule, FLAP, the registry's methods) of each model that no other point of the
     model beats on both accuracy and % pruned (`frontier_sparsity`) or on both accuracy and measured speedup
     (`frontier_speedup`). Point estimates decide membership; summary.csv's verdicts say which differences are detectable."""
     rows = []
-    _, groups = _by_model([m for m in runs if m["curve"] != "named"])
+    _, groups = _by_model([m for m in runs if m.curve != "named"])
     for mod, rs in groups.items():
-        by_sparsity = [(m["pruned_pct"], m["accuracy"]) for m in rs]
-        by_speed = [(m["speedup_removed"], m["accuracy"]) for m in rs]
+        by_sparsity = [(m.pruned_pct, m.accuracy) for m in rs]
+        by_speed = [(m.speedup_removed, m.accuracy) for m in rs]
         for i, m in enumerate(rs):
             on_sparsity, on_speed = not _dominated(by_sparsity, i), not _dominated(by_speed, i)
             if on_sparsity or on_speed:
-                spread = m["speedup_removed_spread"]
-                rows.append({**{k: m.get(k) for k in FRONTIER_COLUMNS if k in m}, "model": mod,
+                spread = m.speedup_removed_spread
+                rows.append({**{k: getattr(m, k) for k in FRONTIER_COLUMNS if hasattr(m, k)}, "model": mod,
                              "speedup_removed_min": spread["min"], "speedup_removed_max": spread["max"],
                              "frontier_sparsity": on_sparsity, "frontier_speedup": on_speed})
     df = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
@@ -177,40 +175,27 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _by_model(runs):
-    models = sorted({m["model"] for m in runs})
-    return models, {mod: [m for m in runs if m["model"] == mod] for mod in models}
+    models = sorted({m.model for m in runs})
+    return models, {mod: [m for m in runs if m.model == mod] for mod in models}
 
 
-def _dense_run(rs: list[dict]) -> dict:
+def _dense_run(rs: list[PruneMetrics]) -> PruneMetrics:
     """The run whose dense accuracy read the most reviews (the headline points read more than the others)."""
-    return max(rs, key=lambda m: m["test_reviews"])
+    return max(rs, key=lambda m: m.test_reviews)
 
 
-def _reviews_label(rs: list[dict]) -> str:
-    lo, hi = min(m["test_reviews"] for m in rs), max(m["test_reviews"] for m in rs)
+def _reviews_label(rs: list[PruneMetrics]) -> str:
+    lo, hi = min(m.test_reviews for m in rs), max(m.test_reviews for m in rs)
     return f"{hi:,}" if lo == hi else f"{lo:,}-{hi:,}"
 
 
 def _save(fig, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
-def _curve_runs(rs: list[dict], name: str) -> list[dict]:
-    return sorted([m for m in rs if m["curve"] == name], key=lambda m: m["pruned_pct"])
+def _curve_runs(rs: list[PruneMetrics], name: str) -> list[PruneMetrics]:
+    return sorted([m for m in rs if m.curve == name], key=lambda m: m.pruned_pct)
 
 
 def _band(ax, x, lo, hi, color):
@@ -219,8 +204,8 @@ def _band(ax, x, lo, hi, color):
 
 def _random_curve(ax, runs, prefix, color, label, style="s--"):
     """A random baseline's mean over seeds and its 95% interval over seeds and reviews."""
-    pts = [(m["pruned_pct"], m[f"{prefix}_mean"], m[f"{prefix}_lo"], m[f"{prefix}_hi"]) for m in runs
-           if m.get(f"{prefix}_mean") is not None]
+    pts = [(m.pruned_pct, getattr(m, f"{prefix}_mean"), getattr(m, f"{prefix}_lo"), getattr(m, f"{prefix}_hi")) for m in runs
+           if getattr(m, f"{prefix}_mean") is not None]
     if not pts:
         return
     x, mu, lo, hi = map(np.array, zip(*pts))
@@ -233,12 +218,12 @@ def _accuracy_curve(ax, runs, color, name, band_color):
     methods), and the random baseline treated the same way (and uncompensated, for compensated methods)."""
     if not runs:
         return
-    x = np.array([m["pruned_pct"] for m in runs])
-    ax.plot(x, [m["accuracy"] for m in runs], "o-", color=color, label=f"{name} (removed)")
-    _band(ax, x, [m["accuracy_lo"] for m in runs], [m["accuracy_hi"] for m in runs], color)
+    x = np.array([m.pruned_pct for m in runs])
+    ax.plot(x, [m.accuracy for m in runs], "o-", color=color, label=f"{name} (removed)")
+    _band(ax, x, [m.accuracy_lo for m in runs], [m.accuracy_hi for m in runs], color)
     compensated = any(_compensated(m) for m in runs)
     if compensated:
-        ax.plot(x, [m["accuracy_uncompensated"] for m in runs], "x:", color=color,
+        ax.plot(x, [m.accuracy_uncompensated for m in runs], "x:", color=color,
                 label=f"{name} without compensation")
     _random_curve(ax, runs, "accuracy_random", band_color,
                   f"random, {name}'s counts" + (", compensated" if compensated else ""))
@@ -247,7 +232,7 @@ def _accuracy_curve(ax, runs, color, name, band_color):
                       f"random, {name}'s counts, uncompensated", style="v:")
 
 
-def plot_accuracy(runs: list[dict], path) -> None:
+def draw_accuracy(runs: list[PruneMetrics], path) -> None:
     """Accuracy against % FFN neurons pruned: the paper rule and FLAP, each with the random baseline
     matched to its per-layer counts and treated as the method is; bands are 95% intervals (over reviews;
     over seeds and reviews for the random baselines). Markers: the Figure-5a configurations."""
@@ -262,32 +247,32 @@ def plot_accuracy(runs: list[dict], path) -> None:
         for curve, color in (("sweep-prenorm", "C5"), ("sweep-gain", "C6")):
             pts = _curve_runs(rs, curve)
             if pts:  # decoder scorings: the method with its interval (random baselines in the summary)
-                x = [m["pruned_pct"] for m in pts]
-                ax.errorbar(x, [m["accuracy"] for m in pts],
-                            yerr=[[m["accuracy"] - m["accuracy_lo"] for m in pts],
-                                  [m["accuracy_hi"] - m["accuracy"] for m in pts]],
+                x = [m.pruned_pct for m in pts]
+                ax.errorbar(x, [m.accuracy for m in pts],
+                            yerr=[[m.accuracy - m.accuracy_lo for m in pts],
+                                  [m.accuracy_hi - m.accuracy for m in pts]],
                             fmt="P-.", color=color, ms=6, capsize=2,
                             label=f"paper rule, {curve.split('-', 1)[1]} scoring")
         for m in named:
-            ax.errorbar(m["pruned_pct"], m["accuracy"], yerr=[[m["accuracy"] - m["accuracy_lo"]],
-                                                             [m["accuracy_hi"] - m["accuracy"]]],
+            ax.errorbar(m.pruned_pct, m.accuracy, yerr=[[m.accuracy - m.accuracy_lo],
+                                                             [m.accuracy_hi - m.accuracy]],
                         fmt="D", color="C2", ms=5, capsize=2)
-            ax.errorbar(m["pruned_pct"], m["accuracy_random_mean"],
-                        yerr=[[m["accuracy_random_mean"] - m["accuracy_random_lo"]],
-                              [m["accuracy_random_hi"] - m["accuracy_random_mean"]]], fmt="^", color="C3", ms=4,
+            ax.errorbar(m.pruned_pct, m.accuracy_random_mean,
+                        yerr=[[m.accuracy_random_mean - m.accuracy_random_lo],
+                              [m.accuracy_random_hi - m.accuracy_random_mean]], fmt="^", color="C3", ms=4,
                         capsize=2)
         if named:
             ax.plot([], [], "D", color="C2", label="Figure-5a configs (random: red triangles)")
         d = _dense_run(rs)
-        ax.axhline(d["accuracy_dense"], ls="--", color="grey", label="dense")
-        ax.axhspan(d["accuracy_dense_lo"], d["accuracy_dense_hi"], color="grey", alpha=0.1, lw=0)
+        ax.axhline(d.accuracy_dense, ls="--", color="grey", label="dense")
+        ax.axhspan(d.accuracy_dense_lo, d.accuracy_dense_hi, color="grey", alpha=0.1, lw=0)
         ax.set(title=f"{mod}: accuracy on {_reviews_label(rs)} test reviews (95% intervals)",
                xlabel="% FFN neurons pruned", ylabel="test accuracy")
         ax.legend(fontsize=7, loc="lower left")
     _save(fig, path)
 
 
-def plot_time(runs: list[dict], path) -> None:
+def draw_time(runs: list[PruneMetrics], path) -> None:
     """Inference time of zeroed and removed models relative to the dense model timed alternately in the
     same run (curves: lines; named configurations: markers); bands and bars span the per-repeat ratios
     (min to max over the repeats). Absolute times are in the summary."""
@@ -300,29 +285,29 @@ def plot_time(runs: list[dict], path) -> None:
                                          (named, "", "D", "Figure-5a configs")):
             if not group:
                 continue
-            x = [m["pruned_pct"] for m in group]
-            zeroed = [(m["pruned_pct"], 100 * m["time_zeroed_s"] / m["time_dense_s"]) for m in group
-                      if m.get("time_zeroed_s") is not None]
+            x = [m.pruned_pct for m in group]
+            zeroed = [(m.pruned_pct, 100 * m.time_zeroed_s / m.time_dense_s) for m in group
+                      if m.time_zeroed_s is not None]
             if zeroed:
                 ax.plot(*zip(*zeroed), marker + (":" if line else ""), color="C0", mfc="none", label=f"zeroed ({tag})")
-            ax.plot(x, [100 * m["time_removed_s"] / m["time_dense_s"] for m in group], marker + line,
+            ax.plot(x, [100 * m.time_removed_s / m.time_dense_s for m in group], marker + line,
                     color="C1", label=f"physically removed ({tag})")
             # the spread of the per-repeat ratios dense/removed: time ratio from 1/max to 1/min
-            lo = [100 / m["speedup_removed_spread"]["max"] for m in group]
-            hi = [100 / m["speedup_removed_spread"]["min"] for m in group]
+            lo = [100 / m.speedup_removed_spread["max"] for m in group]
+            hi = [100 / m.speedup_removed_spread["min"] for m in group]
             if line:
                 ax.fill_between(x, lo, hi, color="C1", alpha=0.12, lw=0)
             else:
-                mid = [100 * m["time_removed_s"] / m["time_dense_s"] for m in group]
+                mid = [100 * m.time_removed_s / m.time_dense_s for m in group]
                 # the ratio of medians need not lie inside the per-repeat range: clip the bars at it
                 ax.errorbar(x, mid, yerr=[np.maximum(np.subtract(mid, lo), 0), np.maximum(np.subtract(hi, mid), 0)],
                             fmt="none", color="C1", capsize=2, lw=0.8)
         ax.axhline(100, ls="--", color="grey", label="dense")
-        bound = sorted((m["pruned_pct"], 100 * m["macs_ratio"]) for m in rs)
+        bound = sorted((m.pruned_pct, 100 * m.macs_ratio) for m in rs)
         ax.plot(*zip(*bound), ":", color="k", lw=0.8, label="multiply-add bound (removed)")
         r0 = rs[0]
-        ax.set(title=f"{mod}: batch {r0['batch_size']}, {r0['machine']['threads']} threads, {r0['precision']}\n"
-                     f"{r0['machine']['cpu']}",
+        ax.set(title=f"{mod}: batch {r0.batch_size}, {r0.machine['threads']} threads, {r0.precision}\n"
+                     f"{r0.machine['cpu']}",
                xlabel="% FFN neurons pruned", ylabel="inference time, % of dense (median of alternating runs)")
         ax.legend(fontsize=7)
     _save(fig, path)
@@ -332,36 +317,36 @@ SERIES_NAMES = {"named": "paper rule (Fig. 5a)", "sweep": "paper rule", "flap": 
                 "sweep-prenorm": "paper rule, prenorm scoring", "sweep-gain": "paper rule, gain scoring"}
 
 
-def experiment_headline(runs: list[dict]) -> dict:
+def experiment_headline(runs: list[PruneMetrics]) -> dict:
     """The numbers `dvc exp show` and `dvc metrics diff` compare, in percent: each model's dense test
     accuracy and, per Figure-5a configuration and model (and under `methods`, per model and point of the
     registry's methods), the accuracy with its 95% interval, the share of FFN neurons pruned and the
     measured speedup of the physically pruned model."""
     pct = lambda v: None if v is None else round(100 * v, 2)  # noqa: E731
     out: dict = {"dense": {}}
-    for m in sorted(runs, key=lambda m: (m["target"], m["model"])):
-        out["dense"][m["model"]] = dict(accuracy=pct(m["accuracy_dense"]), accuracy_lo=pct(m.get("accuracy_dense_lo")),
-                                        accuracy_hi=pct(m.get("accuracy_dense_hi")))
-        point = dict(accuracy=pct(m["accuracy"]), accuracy_lo=pct(m["accuracy_lo"]), accuracy_hi=pct(m["accuracy_hi"]),
-                     pruned_pct=round(m["pruned_pct"], 2), speedup=round(m["speedup_removed"], 3))
-        if m["curve"] == "named":
-            out.setdefault(m["target"], {})[m["model"]] = point
-        elif method_of(m["curve"]):
-            out.setdefault("methods", {}).setdefault(m["model"], {})[m["target"]] = point
+    for m in sorted(runs, key=lambda m: (m.target, m.model)):
+        out["dense"][m.model] = dict(accuracy=pct(m.accuracy_dense), accuracy_lo=pct(m.accuracy_dense_lo),
+                                        accuracy_hi=pct(m.accuracy_dense_hi))
+        point = dict(accuracy=pct(m.accuracy), accuracy_lo=pct(m.accuracy_lo), accuracy_hi=pct(m.accuracy_hi),
+                     pruned_pct=round(m.pruned_pct, 2), speedup=round(m.speedup_removed, 3))
+        if m.curve == "named":
+            out.setdefault(m.target, {})[m.model] = point
+        elif method_of(m.curve):
+            out.setdefault("methods", {}).setdefault(m.model, {})[m.target] = point
     return out
 
 
-def plot_series(runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def plot_series(runs: list[PruneMetrics]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long tables (series, pruned_pct, accuracy | speedup) for DVC's data plots: one series per model
     and method, points in order of % pruned; the random baseline at FLAP's sizes as its own series."""
     acc, speed = [], []
     for m in runs:
-        series = f"{m['model']} · {SERIES_NAMES.get(m['curve'], m['curve'])}"
-        acc.append(dict(series=series, pruned_pct=round(m["pruned_pct"], 2), accuracy=round(100 * m["accuracy"], 2)))
-        speed.append(dict(series=series, pruned_pct=round(m["pruned_pct"], 2), speedup=round(m["speedup_removed"], 3)))
-        if m["curve"] == "flap" and m.get("accuracy_random_mean") is not None:
-            acc.append(dict(series=f"{m['model']} · random (FLAP's sizes)", pruned_pct=round(m["pruned_pct"], 2),
-                            accuracy=round(100 * m["accuracy_random_mean"], 2)))
+        series = f"{m.model} · {SERIES_NAMES.get(m.curve, m.curve)}"
+        acc.append(dict(series=series, pruned_pct=round(m.pruned_pct, 2), accuracy=round(100 * m.accuracy, 2)))
+        speed.append(dict(series=series, pruned_pct=round(m.pruned_pct, 2), speedup=round(m.speedup_removed, 3)))
+        if m.curve == "flap" and m.accuracy_random_mean is not None:
+            acc.append(dict(series=f"{m.model} · random (FLAP's sizes)", pruned_pct=round(m.pruned_pct, 2),
+                            accuracy=round(100 * m.accuracy_random_mean, 2)))
     order = lambda df: df.sort_values(["series", "pruned_pct"], kind="stable").reset_index(drop=True)  # noqa: E731
     return order(pd.DataFrame(acc)), order(pd.DataFrame(speed))
 
@@ -372,15 +357,15 @@ def _frontier_line(ax, pts, color):
             label="frontier")
 
 
-def plot_pareto(runs: list[dict], path) -> None:
+def draw_pareto(runs: list[PruneMetrics], path) -> None:
     """Per model, accuracy against % FFN neurons removed (left) and against the measured speedup of the
     physically pruned model (right): the paper rule, FLAP, the random baseline at FLAP's sizes and every
     method of the registry on the same axes; error bars are 95% intervals, the shaded step the frontier."""
-    models, groups = _by_model([m for m in runs if m["curve"] != "named"])
+    models, groups = _by_model([m for m in runs if m.curve != "named"])
     fig, axes = plt.subplots(max(len(models), 1), 2, figsize=(13, 4.8 * max(len(models), 1)), squeeze=False)
     for row, mod in zip(axes, models):
         rs = groups[mod]
-        curves = sorted({m["curve"] for m in rs}, key=lambda c: (curve_order(c), c))
+        curves = sorted({m.curve for m in rs}, key=lambda c: (curve_order(c), c))
         for i, curve in enumerate(curves):
             pts = _curve_runs(rs, curve)
             style = dict(color=f"C{i % 10}", ms=4, capsize=2, lw=1,
@@ -389,22 +374,56 @@ def plot_pareto(runs: list[dict], path) -> None:
             for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
                 if key == "speedup_removed":  # points only: a curve's speedups need not grow with its sparsity
                     style = dict(style, fmt=style["fmt"][0])
-                ax.errorbar([m[key] for m in pts], [m["accuracy"] for m in pts],
-                            yerr=[[m["accuracy"] - m["accuracy_lo"] for m in pts],
-                                  [m["accuracy_hi"] - m["accuracy"] for m in pts]], **style)
+                ax.errorbar([getattr(m, key) for m in pts], [m.accuracy for m in pts],
+                            yerr=[[m.accuracy - m.accuracy_lo for m in pts],
+                                  [m.accuracy_hi - m.accuracy for m in pts]], **style)
         flap = _curve_runs(rs, "flap")
         if flap:
-            row[0].plot([m["pruned_pct"] for m in flap], [m["accuracy_random_mean"] for m in flap], "kx:",
+            row[0].plot([m.pruned_pct for m in flap], [m.accuracy_random_mean for m in flap], "kx:",
                         label="random (FLAP's sizes, compensated)" if _compensated(flap[0]) else "random (FLAP's sizes)")
         for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
-            pts = [(m[key], m["accuracy"]) for m in rs]
+            pts = [(getattr(m, key), m.accuracy) for m in rs]
             _frontier_line(ax, [p for i, p in enumerate(pts) if not _dominated(pts, i)], "k")
             d = _dense_run(rs)
-            ax.axhline(d["accuracy_dense"], ls="--", color="grey", label="dense")
-            ax.axhspan(d["accuracy_dense_lo"], d["accuracy_dense_hi"], color="grey", alpha=0.1, lw=0)
+            ax.axhline(d.accuracy_dense, ls="--", color="grey", label="dense")
+            ax.axhspan(d.accuracy_dense_lo, d.accuracy_dense_hi, color="grey", alpha=0.1, lw=0)
         row[0].set(title=f"{mod}: test accuracy ({_reviews_label(rs)} reviews) vs sparsity",
                    xlabel="% FFN neurons removed", ylabel="test accuracy")
-        row[1].set(title=f"{mod}: test accuracy vs measured speedup ({rs[0]['machine']['cpu']})",
+        row[1].set(title=f"{mod}: test accuracy vs measured speedup ({rs[0].machine['cpu']})",
                    xlabel="speedup of the physically pruned model (median of alternating runs)")
         row[0].legend(fontsize=6, loc="lower left", ncol=2)
     _save(fig, path)
+
+
+def read_runs(metrics: list) -> list[PruneMetrics]:
+    return [PruneMetrics.from_dict(read_json(path)) for path in metrics]
+
+
+def prune_collect(metrics: list, collected) -> None:
+    """Rule prune_collect: one named configuration's headline metrics over the models it applies to."""
+    write_json(collected, {m.model: headline(m) for m in read_runs(metrics)})
+
+
+def prune_report(metrics: list, evals: list, baselines: list, summary, summary_md, comparisons, frontier, pareto,
+                 accuracy, time, headline, plot_accuracy, plot_speedup) -> dict:
+    """Rule prune_report: the summary table, the method comparisons, the frontier, Figures 4/5 and the Pareto
+    figure, and what DVC compares across experiments (headline metrics, data plots), from every target's
+    metrics and per-review logits (`evals`, `baselines`: in the order of `metrics`)."""
+    runs = read_runs(metrics)
+    table = summary_table(runs)
+    write_csv(table, summary)
+    pairs = method_comparisons(runs, evals, baselines)
+    write_csv(pairs, comparisons)
+    front = frontier_table(runs)
+    write_csv(front, frontier)
+    write_text(summary_md, to_markdown(table) + "\n## Method comparisons (paired, same reviews)\n\n"
+               + to_markdown(pairs) + "\n## Frontier (no other point is as accurate at as many % pruned, or as fast)\n\n"
+               + to_markdown(front))
+    draw_pareto(runs, pareto)
+    draw_accuracy(runs, accuracy)
+    draw_time(runs, time)
+    write_json(headline, experiment_headline(runs))
+    accuracy_series, speedup_series = plot_series(runs)
+    write_csv(accuracy_series, plot_accuracy)
+    write_csv(speedup_series, plot_speedup)
+    return dict(runs=len(runs), comparisons=len(pairs))

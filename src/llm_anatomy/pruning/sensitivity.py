@@ -10,7 +10,7 @@ reviews int64; fraction 0 rows are the dense model (increase 0).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,11 +22,16 @@ from .allocation import lowest
 
 
 @torch.inference_mode()
-def layer_sensitivity(ablator: Ablator, importance: Sequence[np.ndarray], fractions: Sequence[float]) -> pd.DataFrame:
+def sensitivity_table(ablator: Ablator, importance: Sequence[np.ndarray], fractions: Sequence[float],
+                      prune: Callable | None = None) -> pd.DataFrame:
     """Validation loss increase per (layer, fraction), each layer pruned alone (see the module docstring).
     `ablator` holds the validation reviews and their cached dense pass, with `means` set to the calibration
-    means the bias fold uses."""
+    means the bias fold uses. `prune(layer, idx)`: a context under which the model runs with those neurons of
+    the layer pruned; by default their activations pinned to the calibration means (the bias fold)."""
     model = ablator.model
+    if prune is None:
+        def prune(layer, idx):
+            return pin_to_means(model, {layer: idx}, ablator.means)
     dense = sum(float(torch.nn.functional.softplus(-b.margin).sum()) for b in ablator.batches)
     rows = []
     for layer, imp in enumerate(importance):
@@ -35,7 +40,7 @@ def layer_sensitivity(ablator: Ablator, importance: Sequence[np.ndarray], fracti
             idx = lowest(imp, int(round(f * len(imp))))
             total = 0.0
             for batch in ablator.batches:
-                with replay_below(model, layer, batch.block_outputs), pin_to_means(model, {layer: idx}, ablator.means):
+                with replay_below(model, layer, batch.block_outputs), prune(layer, idx):
                     total += float(torch.nn.functional.softplus(-margin_of(model, batch)).sum())
             rows.append(dict(layer=layer, fraction=float(f), pruned=len(idx),
                              loss_increase=(total - dense) / ablator.n_reviews))
@@ -44,33 +49,30 @@ def layer_sensitivity(ablator: Ablator, importance: Sequence[np.ndarray], fracti
     return df
 
 
-def sensitivity_stage(model_dir, val: pd.DataFrame, criterion: str, stats_files: dict, out_path, reviews: int,
-                      fractions: Sequence[float], batch_size: int = 16, threads: int | None = None,
-                      device: str = "auto") -> dict:
-    """sensitivity_<criterion>.parquet on the first `reviews` validation reviews. `stats_files` names the
-    criterion's inputs as the plan reads them (ffn_stats, mask_gradients, contributions, obs_scores,
-    neuron_scores); the bias fold uses ffn_stats' calibration means."""
-    from ..batching import encode_reviews
+def layer_sensitivity(finetuned, val, sensitivity, criterion: str, reviews: int, fractions: Sequence[float],
+                      batch_size: int, threads: int | None, device: str, neuron_scores=None, ffn_stats=None,
+                      mask_gradients=None, contributions=None, obs_scores=None) -> dict:
+    """Rule layer_sensitivity: the `sensitivity` table of one criterion on the first `reviews` validation reviews.
+    The criterion reads the files it needs among the last five (as the plan reads them); the bias fold uses
+    ffn_stats' calibration means."""
+    from ..data import read_split
     from ..io import write_parquet
-    from ..models import load_classifier, set_threads
+    from ..models import open_checkpoint
     from ..scores import mean_neuron_scores
     from .criteria import NeuronStats, importance
 
+    val = read_split(val)
     if reviews > len(val):
         raise ValueError(f"search_reviews = {reviews} exceeds the {len(val)} reviews of the validation split; "
                          "lower it or enlarge split.val")
-    set_threads(threads)
-    cosine = mean_neuron_scores(stats_files["neuron_scores"]) if stats_files.get("neuron_scores") else None
-    stats = NeuronStats.from_files(stats_files.get("ffn_stats"), stats_files.get("mask_gradients"),
-                                   stats_files.get("contributions"), cosine=cosine,
-                                   obs_scores=stats_files.get("obs_scores"))
+    cosine = mean_neuron_scores(neuron_scores) if neuron_scores else None
+    stats = NeuronStats.from_files(ffn_stats, mask_gradients, contributions, cosine=cosine, obs_scores=obs_scores)
     imp = importance(criterion, stats)
-    model, tokenizer, meta = load_classifier(model_dir, device)
+    ck = open_checkpoint(finetuned, device, threads)
     head = val.iloc[:reviews]
-    encoded = encode_reviews(tokenizer, meta, head["text"].tolist())
-    ablator = Ablator(model, encoded, head["label"].to_numpy(), tokenizer.pad_token_id,
-                      meta.get("padding_side", "right"), batch_size)
+    encoded = ck.encode(head["text"].tolist())
+    ablator = Ablator(ck.model, encoded, head["label"].to_numpy(), ck.pad_id, ck.padding_side, batch_size)
     ablator.means = [torch.tensor(m, dtype=torch.float32) for m in stats["mean"]]
-    table = layer_sensitivity(ablator, imp, fractions)
-    write_parquet(table, out_path)
+    table = sensitivity_table(ablator, imp, fractions)
+    write_parquet(table, sensitivity)
     return dict(criterion=criterion, reviews=len(encoded), points=len(table))

@@ -13,18 +13,18 @@ import logging
 import time
 
 import numpy as np
-import pandas as pd
 
-from ..device import machine_info, model_device, synchronize
-from ..batching import encode_reviews
-from ..evaluate import inference_model, loop_parts, predict_logits
-from ..logits import first_reviews
-from ..models import load_classifier, set_threads
 from .. import roofline
-from .costs import count_parameters, ffn_macs, forward_macs
+from ..costs import count_parameters, ffn_macs, forward_macs
+from ..data import read_split
+from ..device import machine_info, model_device, synchronize
+from ..inference import inference_model, loop_parts, predict_logits
+from ..io import write_json
+from ..logits import first_reviews
+from ..models import load_classifier, open_checkpoint
 from .materialise import pruned_copy, zeroed_like
+from .metrics import Timing
 from .plan import read_plan
-from .targets import Sizing
 
 log = logging.getLogger(__name__)
 
@@ -60,39 +60,40 @@ def ratio_spread(dense: list[float], other: list[float]) -> dict[str, float]:
     return dict(min=float(r.min()), median=float(np.median(r)), max=float(r.max()))
 
 
-def timing_stage(dense_dir, pruned_dir, plan_path, test: pd.DataFrame, sizing: Sizing, threads: int | None = None,
-                 device: str = "auto") -> dict:
-    set_threads(threads)
+def time_pruned(finetuned, pruned, plan, test, timing, time_limit: int, batch_size: int, repeats: int,
+                time_zeroed: bool, equality_check_reviews: int, threads: int | None, device: str) -> None:
+    """Rule time_pruned: the `timing` record of dense, zeroed and removed on the first `time_limit` test reviews."""
     start = time.perf_counter()
-    dense, tokenizer, meta = load_classifier(dense_dir, device)
-    removed, _, _ = load_classifier(pruned_dir, device)
-    plan = read_plan(plan_path)
-    zeroed = zeroed_like(dense, removed, plan) if plan.fitted else pruned_copy(dense, plan, "zeroed")
-    reviews = first_reviews(test, sizing.time_limit, "time_limit")
-    encoded = encode_reviews(tokenizer, meta, reviews["text"])
-    pad_id, side = tokenizer.pad_token_id, meta.get("padding_side", "right")
-    precision = meta.get("precision", "fp32")
+    ck = open_checkpoint(finetuned, device, threads)
+    dense = ck.model
+    removed, _, _ = load_classifier(pruned, device)
+    the_plan = read_plan(plan)
+    zeroed = zeroed_like(dense, removed, the_plan) if the_plan.fitted else pruned_copy(dense, the_plan, "zeroed")
+    reviews = first_reviews(read_split(test), time_limit, "time_limit")
+    encoded = ck.encode(reviews["text"])
+    pad_id, side, precision = ck.pad_id, ck.padding_side, ck.precision
 
-    check = encoded[: sizing.equality_check_reviews]
-    f32 = dict(batch_size=sizing.batch_size, precision="fp32", padding_side=side)
+    check = encoded[:equality_check_reviews]
+    f32 = dict(batch_size=batch_size, precision="fp32", padding_side=side)
     max_diff = float(np.abs(predict_logits(zeroed, check, pad_id, **f32)
                             - predict_logits(removed, check, pad_id, **f32)).max())
     log.info("zeroed vs removed, float32, %d reviews: max |logit difference| %.2e", len(check), max_diff)
     if not max_diff <= EQUALITY_TOLERANCE:
-        raise RuntimeError(f"{pruned_dir}: zeroed and removed models disagree by {max_diff:.3g} in float32 "
-                           f"(tolerance {EQUALITY_TOLERANCE}); the folder does not hold the plan {plan_path}")
+        raise RuntimeError(f"{pruned}: zeroed and removed models disagree by {max_diff:.3g} in float32 "
+                           f"(tolerance {EQUALITY_TOLERANCE}); the folder does not hold the plan {plan}")
 
     variants = {"dense": dense, "zeroed": zeroed, "removed": removed}
-    if not sizing.time_zeroed:
+    if not time_zeroed:
         del variants["zeroed"]
     variants = {n: inference_model(m, precision) for n, m in variants.items()}  # cast once, outside the clock
-    times = time_variants(variants, encoded, pad_id, sizing.batch_size, precision, side, sizing.repeats)
+    times = time_variants(variants, encoded, pad_id, batch_size, precision, side, repeats)
     median = {n: float(np.median(t)) for n, t in times.items()}
     timed_zeroed = "zeroed" in times
     lengths = [len(e) for e in encoded]
-    out = dict(
-        machine=machine_info(model_device(dense)), timed_reviews=len(encoded), batch_size=sizing.batch_size,
-        precision=precision, loop=loop_parts(variants["dense"]), repeats=sizing.repeats, times_s=times,
+    macs = {n: forward_macs(m.adapter, lengths) for n, m in (("dense", dense), ("removed", removed))}
+    out = Timing(
+        machine=machine_info(model_device(dense)), timed_reviews=len(encoded), batch_size=batch_size,
+        precision=precision, loop=loop_parts(variants["dense"]), repeats=repeats, times_s=times,
         time_dense_s=median["dense"], time_zeroed_s=median.get("zeroed"), time_removed_s=median["removed"],
         speedup_zeroed=median["dense"] / median["zeroed"] if timed_zeroed else None,
         speedup_removed=median["dense"] / median["removed"],
@@ -100,24 +101,20 @@ def timing_stage(dense_dir, pruned_dir, plan_path, test: pd.DataFrame, sizing: S
         speedup_removed_spread=ratio_spread(times["dense"], times["removed"]),
         zeroed_vs_removed_max_abs_logit_diff_fp32=max_diff, equality_check_reviews=len(check),
         params_dense=count_parameters(dense), params_removed=count_parameters(removed),
-        macs_dense=forward_macs(dense.adapter, lengths), macs_removed=forward_macs(removed.adapter, lengths),
+        macs_dense=macs["dense"], macs_removed=macs["removed"],
         ffn_macs_dense=ffn_macs(dense.adapter, lengths), ffn_macs_removed=ffn_macs(removed.adapter, lengths),
-    )
-    out["macs_ratio"] = out["macs_removed"] / out["macs_dense"]
-    out["speedup_bound"] = 1 / out["macs_ratio"]
+        macs_ratio=macs["removed"] / macs["dense"], speedup_bound=1 / (macs["removed"] / macs["dense"]))
     if model_device(dense).type == "cpu":  # the ceiling is measured on CPU matmuls only
-        out["roofline"] = roofline.measure(dense.adapter, precision, roofline.batch_rows(sizing.batch_size, lengths))
+        out.roofline = roofline.measure(dense.adapter, precision, roofline.batch_rows(batch_size, lengths))
         for name in median:
-            out[f"roofline_fraction_{name}"] = roofline.fraction(
-                out["macs_dense" if name != "removed" else "macs_removed"], median[name],
-                out["roofline"]["attainable_gflops"])
-    out["seconds"] = time.perf_counter() - start
-    zeroed_note = f", zeroed {out['speedup_zeroed']:.3f}x" if timed_zeroed else " (zeroed not timed)"
-    if "roofline" in out:
+            setattr(out, f"roofline_fraction_{name}", roofline.fraction(
+                macs["dense" if name != "removed" else "removed"], median[name], out.roofline["attainable_gflops"]))
         log.info("roofline at %d rows, %s: %.0f GFLOP/s attainable; dense reached %.0f%%, removed %.0f%%",
-                 out["roofline"]["tokens"], precision, out["roofline"]["attainable_gflops"],
-                 100 * out["roofline_fraction_dense"], 100 * out["roofline_fraction_removed"])
+                 out.roofline["tokens"], precision, out.roofline["attainable_gflops"],
+                 100 * out.roofline_fraction_dense, 100 * out.roofline_fraction_removed)
+    out.seconds = time.perf_counter() - start
+    zeroed_note = f", zeroed {out.speedup_zeroed:.3f}x" if timed_zeroed else " (zeroed not timed)"
     log.info("time dense %.2fs removed %.2fs: speedup removed %.3fx (repeats %.3f-%.3f)%s; multiply-add bound "
-             "%.3fx", median["dense"], median["removed"], out["speedup_removed"], out["speedup_removed_spread"]["min"],
-             out["speedup_removed_spread"]["max"], zeroed_note, out["speedup_bound"])
-    return out
+             "%.3fx", median["dense"], median["removed"], out.speedup_removed, out.speedup_removed_spread["min"],
+             out.speedup_removed_spread["max"], zeroed_note, out.speedup_bound)
+    write_json(timing, out.to_dict())

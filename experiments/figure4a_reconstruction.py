@@ -10,7 +10,7 @@ with the last layer t = alpha c_{L-1} (times k_{L-1} where k multiplies alpha). 
 zig-zags with the focusing layers is evidence against its placement: c_l is a cosine with the
 final target, which the paper's Figure 1 and every model here show rising smoothly with depth.
 
-    python -m llm_anatomy.pruning.reconstruction results/offline/minilm/layer_scores.parquet
+    python experiments/figure4a_reconstruction.py results/offline/minilm/layer_scores.parquet
 
 prints the implied curves, their direction changes, and their agreement with a measured curve
 resampled to 12 layers by relative depth.
@@ -81,7 +81,7 @@ def report(c_measured: Sequence[float] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from ..scores import mean_layer_scores
+    from llm_anatomy.scores import mean_layer_scores
 
     measured = mean_layer_scores(sys.argv[1]) if len(sys.argv) > 1 else None
     if measured is not None:

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from llm_anatomy.pruning.random_baseline import random_masks
-from llm_anatomy.pruning.rules import ThresholdRule, apply_rule
-from llm_anatomy.pruning.search import bisect_alpha
+from llm_anatomy.pruning.plan import random_masks
+from llm_anatomy.pruning.rules import ThresholdRule, apply_rule, bisect_alpha
 
 
 def _scores(seed=0, L=6, F=200):

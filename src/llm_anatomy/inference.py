@@ -1,5 +1,6 @@
-"""Inference over a split, and the evaluate step: a classifier folder + a split -> per-review logits
-(`llm_anatomy.logits`), which every later comparison pairs on the same reviews."""
+"""Inference: the evaluation loop (`inference_model`, `predict_logits`), and a classifier folder evaluated on a
+split (`evaluate_folder`; rule evaluate_dense) -> per-review logits (`llm_anatomy.logits`), which every later
+comparison pairs on the same reviews."""
 from __future__ import annotations
 
 import copy
@@ -13,10 +14,11 @@ import pandas as pd
 import torch
 
 from . import fused, readout
-from .batching import encode_reviews, progress_batches
+from .batching import progress_batches
+from .data import read_split
 from .device import amp_dtype, autocast, describe, machine_info, model_device
 from .logits import accuracy_of, first_reviews, logits_frame, write_logits
-from .models import SentimentClassifier, load_classifier, set_threads
+from .models import SentimentClassifier, open_checkpoint
 from .roofline import pass_speed
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
     cast = dtype == torch.bfloat16 and backbone_dtype(model) != dtype
     pin = not (fuse and last_token)  # a copy even with nothing to change, marked so later calls keep it so
     fuse = fuse and device.type == "cpu" and dtype in (None, torch.bfloat16) and fused.available() and not fused.is_fused(model)
-    last = last_token and model.adapter.arch in readout.READOUTS and not readout.is_installed(model)
+    last = last_token and readout.supported(model.adapter) and not readout.is_installed(model)
     if not (cast or fuse or pin or last):
         return model
     runner = copy.deepcopy(model)
@@ -89,29 +91,34 @@ def predict_logits(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
     return logits
 
 
-def evaluate_stage(model_dir, split: pd.DataFrame, out_path, limit: int | None = None, batch_size: int = 32,
-                   threads: int | None = None, device: str = "auto") -> float:
+def evaluate_folder(folder, split: pd.DataFrame, out, limit: int | None, batch_size: int, threads: int | None,
+                    device: str) -> float:
     """A classifier folder + a split -> eval parquet with per-review logits; returns the accuracy."""
-    set_threads(threads)
-    model, tokenizer, meta = load_classifier(model_dir, device)
-    reviews = first_reviews(split, limit, f"{out_path}")
-    precision = meta.get("precision", "fp32")
+    ck = open_checkpoint(folder, device, threads)
+    reviews = first_reviews(split, limit, f"{out}")
     start = time.perf_counter()
-    encoded = encode_reviews(tokenizer, meta, reviews["text"], what=f"{out_path} reviews")
+    encoded = ck.encode(reviews["text"], what=f"{out} reviews")
     tokenised = time.perf_counter()
-    runner = inference_model(model, precision)
+    runner = inference_model(ck.model, ck.precision)
     ready = time.perf_counter()
-    logits = predict_logits(runner, encoded, tokenizer.pad_token_id, batch_size, precision,
-                            meta.get("padding_side", "right"), desc=f"evaluate {Path(model_dir).name}")
+    logits = predict_logits(runner, encoded, ck.pad_id, batch_size, ck.precision, ck.padding_side,
+                            desc=f"evaluate {Path(folder).name}")
     done = time.perf_counter()
     df = logits_frame(logits, reviews["label"])
-    device_ = model_device(model)
-    info = dict(model=str(model_dir), reviews=len(df), device=describe(device_), machine=machine_info(device_),
-                precision=precision, loop=loop_parts(runner), batch_size=batch_size, truncation=encoded.truncation(),
-                seconds=done - start, tokenise_seconds=tokenised - start, inference_seconds=done - ready)
+    device_ = model_device(ck.model)
+    info = dict(model=str(folder), reviews=len(df), device=describe(device_), machine=machine_info(device_),
+                precision=ck.precision, loop=loop_parts(runner), batch_size=batch_size,
+                truncation=encoded.truncation(), seconds=done - start, tokenise_seconds=tokenised - start,
+                inference_seconds=done - ready)
     if device_.type == "cpu":
-        info.update(pass_speed(model.adapter, [len(e) for e in encoded], batch_size, precision, done - ready))
-    write_logits(df, out_path, info)
+        info.update(pass_speed(ck.model.adapter, [len(e) for e in encoded], batch_size, ck.precision, done - ready))
+    write_logits(df, out, info)
     acc = accuracy_of(df)
-    log.info("%s on %d reviews: accuracy %.4f (%.1f s)", model_dir, len(df), acc, info["seconds"])
+    log.info("%s on %d reviews: accuracy %.4f (%.1f s)", folder, len(df), acc, info["seconds"])
     return acc
+
+
+def evaluate_dense(finetuned, split, eval, limit: int | None, batch_size: int, threads: int | None,
+                   device: str) -> None:
+    """Rule evaluate_dense: per-review logits of the fine-tuned classifier on the first `limit` reviews of a split."""
+    evaluate_folder(finetuned, read_split(split), eval, limit, batch_size, threads, device)
