@@ -53,10 +53,13 @@ def _imports(src: Path, file: Path) -> set[str]:
 
 
 def import_graph(src: Path) -> dict[str, set[str]]:
-    """Every module of the package -> the package modules it imports (module-level or inside functions)."""
+    """Every module of the package -> the package modules it imports (module-level or inside functions). A module's
+    own parent packages are left out: Python runs them before the module whatever it imports, so `from . import x`
+    is an edge to `x` alone, not to the package's `__init__`."""
     src = Path(src).resolve()
     files = {_dotted(src, f): f for f in sorted((src / PACKAGE).rglob("*.py"))}
-    return {name: {m for m in _imports(src, file) if m in files and m != name} for name, file in files.items()}
+    return {name: {m for m in _imports(src, file) if m in files and m != name and not name.startswith(f"{m}.")}
+            for name, file in files.items()}
 
 
 def module_files(script: Path, src: Path) -> list[Path]:
