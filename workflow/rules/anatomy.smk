@@ -7,8 +7,10 @@ ANATOMY_PROBES = workdir_path(ANATOMY["probes"])
 FIGURES = LAYOUT.anatomy_figures(MODELS)
 
 ANATOMY_TARGETS = (
-    expand([getattr(MODEL, f) for f in MODEL.SCORES + MODEL.NEURON_SETS + MODEL.ABLATION + MODEL.LINEAR_PROBE],
-           model=MODELS)
+    expand(
+        [getattr(MODEL, f) for f in MODEL.SCORES + MODEL.NEURON_SETS + MODEL.ABLATION + MODEL.LINEAR_PROBE],
+        model=MODELS,
+    )
     + [FIGURES["figure1"], FIGURES["lens_figure"], FIGURES["ablation_figure"], LAYOUT.anatomy_metrics]
     + FIGURES["graph_figures"]
 )
