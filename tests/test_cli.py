@@ -38,9 +38,13 @@ def test_a_bad_model_folder_and_a_bad_file_are_named(tmp_path, capsys):
     assert "none.parquet: no such file" in capsys.readouterr().err
 
 
-def test_an_unreadable_data_file_is_named_and_left_untouched(tmp_path, capsys):
+def test_an_unreadable_data_file_is_named_and_left_untouched(tmp_path, capsys, monkeypatch):
     """A file the user names is never moved aside (the pipeline's own intermediates are: their rule rebuilds
-    them); the command stops before loading the model, naming the file and what it must be."""
+    them); the command stops before loading the model, naming the file and what it must be, and before it
+    makes the default --out's temporary folder (which a refused call used to leave behind, empty)."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where mkdtemp() makes the default --out
+    (tmp_path / "tmp").mkdir()
     model = tmp_path / "model"
     model.mkdir()
     (model / "classifier.json").write_text("{}")  # enough to pass the folder check: the data is read first
@@ -53,7 +57,8 @@ def test_an_unreadable_data_file_is_named_and_left_untouched(tmp_path, capsys):
     assert f"{data} cannot be read (ArrowInvalid" in err and "the file is left as it is" in err
     assert "`text` and `label` columns" in err and "Rerun Snakemake" not in err and "moved" not in err
     assert (data.read_bytes(), data.stat().st_mtime_ns) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reviews.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reviews.parquet", "tmp"]
+    assert list((tmp_path / "tmp").iterdir()) == []  # no default --out folder left behind
 
 
 def test_pull_outside_a_clone_names_the_folder_and_the_fix(tmp_path, capsys):

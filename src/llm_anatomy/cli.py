@@ -145,10 +145,9 @@ def _evaluate(args) -> dict:
     from .inference import evaluate_folder
     from .logits import read_logits
     from .stats import accuracy_interval, correct
-    model = _classifier_dir(args.model)
-    out = args.out or ModelFiles(tempfile.mkdtemp()).dense_eval(Path(args.data).stem)
-    evaluate_folder(model, read_split(_data(args.data, "--data")), out, args.limit, args.batch_size, args.threads,
-                    args.device)
+    model, data = _classifier_dir(args.model), _data(args.data, "--data")  # checked before the default --out is made
+    out = args.out or ModelFiles(tempfile.mkdtemp()).dense_eval(Path(data).stem)
+    evaluate_folder(model, read_split(data), out, args.limit, args.batch_size, args.threads, args.device)
     df, info = read_logits(out)
     acc = accuracy_interval(correct(df["logit"].to_numpy(), df["label"].to_numpy()))
     return dict(model=str(model), reviews=int(len(df)), accuracy=acc.value, accuracy_lo=acc.lo, accuracy_hi=acc.hi,
