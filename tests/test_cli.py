@@ -38,6 +38,18 @@ def test_a_bad_model_folder_and_a_bad_file_are_named(tmp_path, capsys):
     assert "none.parquet: no such file" in capsys.readouterr().err
 
 
+def test_prune_refuses_an_average_over_no_layer_scores_hold_before_reading_anything(tmp_path, capsys):
+    """The choices come from the schema's enum (they used to be unchecked: the calibration passes ran, then
+    the layer scores had no such input_set). The folders named do not exist: nothing is read."""
+    with pytest.raises(SystemExit) as stop:
+        main(["prune", str(tmp_path / "model"), "--scores", str(tmp_path / "scores"), "--calibration",
+              str(tmp_path / "train.parquet"), "--sparsity", "0.5", "--out", str(tmp_path / "out"), "--average-over", "probes"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --average-over: invalid choice: 'probes' (choose from " in err
+    assert all(choice in err for choice in ("probe", "calibration", "validation"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unreadable_data_file_is_named_and_left_untouched(tmp_path, capsys, monkeypatch):
     """A file the user names is never moved aside (the pipeline's own intermediates are: their rule rebuilds
     them); the command stops before loading the model, naming the file and what it must be, and before it

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from llm_anatomy.config import ParamsError, load_params, validate
+from llm_anatomy.config import ParamsError, load_params, schema_properties, validate
 
 from conftest import ROOT
 
@@ -186,7 +186,8 @@ def test_params_yaml_has_no_anchors_or_merge_keys():
 
 def test_average_over_must_be_an_input_set_of_the_layer_scores(params):
     """`pruning.average_over` is read only when the plans are made, after fine-tune, extract and score;
-    a value no layer_scores.parquet holds stops validation instead."""
+    a value no layer_scores.parquet holds stops validation instead (the schema's enum, which also gives
+    `llm-anatomy prune --average-over` its choices)."""
     import pandas as pd
 
     from llm_anatomy.probes import INPUT_SETS, anatomy_inputs
@@ -194,9 +195,10 @@ def test_average_over_must_be_an_input_set_of_the_layer_scores(params):
     probes = pd.DataFrame({"input_id": [0], "subtask": ["s"], "variant": ["v"], "text": ["p"]})
     # the valid values are exactly the input sets the extraction writes (and scores.py carries over)
     assert sorted(set(anatomy_inputs(probes, reviews, reviews)["input_set"])) == sorted(INPUT_SETS)
+    assert schema_properties("$defs", "pruning")["average_over"]["enum"] == list(INPUT_SETS)
     msg = _bad(params, lambda p: p["pruning"].update(average_over="probes"))
-    assert "pruning.average_over: 'probes' is not an input_set" in msg
-    assert "['probe', 'calibration', 'validation']" in msg and "did you mean 'probe'?" in msg
+    assert ("  pruning.average_over: 'probes' is not one of ['probe', 'calibration', 'validation'] (did you mean "
+            "'probe'?) (expected: input_set of layer_scores.parquet to average c_l over") in msg
     for good in INPUT_SETS:
         p = copy.deepcopy(params)
         p["pruning"]["average_over"] = good

@@ -141,7 +141,8 @@ def check_schema(config: dict, schema_path: str | Path) -> None:
                           "profile in params.yaml)" for k in missing]
                 continue
             hint = err.schema.get("description") if isinstance(err.schema, dict) else None
-            lines.append(f"  {_key(err.absolute_path)}: {err.message}" + (f" (expected: {hint})" if hint else ""))
+            close = _did_you_mean(err.instance, map(str, err.validator_value)) if err.validator == "enum" else ""
+            lines.append(f"  {_key(err.absolute_path)}: {err.message}{close}" + (f" (expected: {hint})" if hint else ""))
         raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))
 
 
@@ -247,11 +248,6 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
     from .pruning.rules import RuleError, resolve_focusing
     from .pruning.spec import method_of
 
-    from .probes import INPUT_SETS
-    if "average_over" in pruning and pruning["average_over"] not in INPUT_SETS:  # the schema fills the default
-        raise ParamsError(f"pruning.average_over: {pruning['average_over']!r} is not an input_set of "
-                          f"layer_scores.parquet; choose one of {list(INPUT_SETS)}"
-                          + _did_you_mean(pruning["average_over"], INPUT_SETS))
     configs = pruning["configs"]
     for kind, ref in pruning.get("sweep", {}).items():
         if kind not in ("encoder", "decoder"):
