@@ -63,14 +63,18 @@ def test_a_yaml_syntax_error_in_params_yaml_names_its_line_before_snakemake_load
      "enc-a0.01-b0.001, enc-a0.025-b0.001, enc-a0.05-b0.001, enc-a0.05-b0.005, enc-a0.05-b0.01, sweep-25, "
      "sweep-50, sweep-75, flap-50, fisher-searched-refit-50."),
     (Layout("tiny").pruned("tiny-llama", "flapp-50"), "'flapp-50' is not a prune target of tiny-llama"),
+    (Layout("tiny").config_metrics("enc-z"), "'enc-z' is not a configuration under pruning.configs; the DVC metrics "
+     "files are results/metrics/<profile>/prune/<name>.json for ['enc-a0.01-b0.001', "),
 ])
 def test_a_bad_target_stops_the_plan_with_the_valid_names(tmp_path, target, message):
     """A percentage outside (0, 100) used to plan seven jobs and fail at the plan; a misspelt name gave
-    "No rule to produce" (and in Snakemake 9 an AttributeError) with no list of names."""
+    "No rule to produce" (and in Snakemake 9 an AttributeError) with no list of names. The message is the
+    last line, not followed by the traceback Snakemake adds to an input function's error."""
     out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "--", target)
     assert out.returncode != 0
-    said = out.stdout + out.stderr  # Snakemake logs the error to stdout when it is not a terminal
-    assert message in said and "Job stats" not in said  # no job planned
+    said = out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("TargetError: " + message)
+    assert "Traceback" not in said and 'File "' not in said and "Job stats" not in said  # no job planned
 
 
 def job_counts(output: str) -> dict[str, int]:

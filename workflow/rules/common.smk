@@ -1,5 +1,6 @@
 # Shared helpers: params validation (before any compute), the active profile, its files and targets.
 # Every path comes from llm_anatomy.layout; what each rule reads, from llm_anatomy.pipeline (unit-tested).
+import functools
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from llm_anatomy.config import exit_on_params_error, resolve_path, retype_overri
 from llm_anatomy.layout import SCHEMA, Layout
 from llm_anatomy.pipeline import Pipeline
 from llm_anatomy.pruning.criteria import CRITERIA
+from llm_anatomy.pruning.targets import TargetError
 
 with exit_on_params_error():  # a bad value ends the run with its message, before any job
     retype_overrides(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None) or {})
@@ -59,6 +61,20 @@ def source_digest(script):
 
 # Input and parameter functions of the rules (workflow/rules/anatomy.smk, prune.smk): thin wrappers of
 # llm_anatomy.pipeline and llm_anatomy.pruning.targets, which the tests import.
+def target_checked(func):
+    """An input function that checks a target's name (Targets.check_name): a bad name ends the run with its
+    message alone. Snakemake follows an input function's exception with its traceback, but not an exit."""
+
+    @functools.wraps(func)
+    def checked(wildcards):
+        try:
+            return func(wildcards)
+        except TargetError as err:
+            raise SystemExit(f"TargetError: {err}") from None
+
+    return checked
+
+
 def model_spec(wildcards):
     return PROFILE["models"][wildcards.model]
 
@@ -93,16 +109,19 @@ def random_seeds(wildcards):
     return TARGETS.random_seeds(wildcards.model, wildcards.target)
 
 
+@target_checked
 def method_spec(wildcards):
     return TARGETS.checked_spec(wildcards.model, wildcards.target).to_dict()
 
 
+@target_checked
 def fitted_inputs(wildcards):
     """The train split, for targets whose compensation is fitted on calibration reviews."""
     fitted = TARGETS.checked_spec(wildcards.model, wildcards.target).fitted
     return dict(train=LAYOUT.split("train")) if fitted else {}
 
 
+@target_checked
 def fit_params(wildcards):
     """Calibration sizing of a fitted compensation (None for every other target)."""
     if not TARGETS.checked_spec(wildcards.model, wildcards.target).fitted:
@@ -111,6 +130,7 @@ def fit_params(wildcards):
     return dict(reviews=s.calibration_reviews, batch_size=s.calibration_batch_size)
 
 
+@target_checked
 def plan_inputs(wildcards):
     return PIPE.plan_inputs(wildcards.model, wildcards.target)
 
@@ -119,6 +139,7 @@ def metrics_inputs(wildcards):
     return PIPE.metrics_inputs(wildcards.model, wildcards.target)
 
 
+@target_checked
 def benchmark_inputs(wildcards):
     return PIPE.benchmark_inputs(wildcards.model, wildcards.target)
 
@@ -131,5 +152,6 @@ def flap_fractions(wildcards):
     return TARGETS.flap_fractions(wildcards.model)
 
 
+@target_checked
 def config_metrics_inputs(wildcards):
     return PIPE.config_metrics_inputs(wildcards.target)
