@@ -139,13 +139,13 @@ def _prune(args) -> dict:
 
 
 def _evaluate(args) -> dict:
+    model, data = _classifier_dir(args.model), _data(args.data, "--data")  # before torch loads and --out is made
     import numpy as np
 
     from .data import read_split
     from .inference import evaluate_folder
     from .logits import read_logits
     from .stats import accuracy_interval, correct
-    model, data = _classifier_dir(args.model), _data(args.data, "--data")  # checked before the default --out is made
     out = args.out or ModelFiles(tempfile.mkdtemp()).dense_eval(Path(data).stem)
     evaluate_folder(model, read_split(data), out, args.limit, args.batch_size, args.threads, args.device)
     df, info = read_logits(out)
