@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .adapters import removed_on_exit
 from .batching import iter_padded, sorted_batches
 from .device import model_device
 from .io import read_parquet
@@ -133,12 +134,8 @@ class Ablator:
             hooks = [block.register_forward_hook(lambda _m, _a, out, l=l: outs.__setitem__(l, out))
                      for l, block in enumerate(self.adapter.layers())]
             state["mask"] = batch.mask.bool()
-            try:
-                with self.adapter.activation_hooks(grab):
-                    batch.margin = margin_of(self.model, batch)
-            finally:
-                for h in hooks:
-                    h.remove()
+            with removed_on_exit(hooks), self.adapter.activation_hooks(grab):
+                batch.margin = margin_of(self.model, batch)
             batch.block_outputs = [outs[l] for l in range(L)]
             tokens += int(batch.mask.sum())
         self.means = [(s / tokens).float() for s in s1]
@@ -191,12 +188,9 @@ class Ablator:
                     return (x, *args[1:])
 
                 below = [_repeat(batch.block_outputs[layer - 1], k)] * layer if layer else []
-                handle = self.adapter.ffn(layer).output.register_forward_pre_hook(pin)
-                try:
-                    with replay_below(self.model, layer, below):
-                        logits = self.model(batch.ids.repeat(k, 1), batch.mask.repeat(k, 1)).float().view(k, b)
-                finally:
-                    handle.remove()
+                with removed_on_exit([self.adapter.ffn(layer).output.register_forward_pre_hook(pin)]), \
+                        replay_below(self.model, layer, below):
+                    logits = self.model(batch.ids.repeat(k, 1), batch.mask.repeat(k, 1)).float().view(k, b)
                 out[start: start + k, batch.idx] = (batch.sign * logits - batch.margin).double().cpu().numpy()
         return out
 
@@ -220,8 +214,8 @@ class Ablator:
         width = self.adapter.ffn_width(target)
         total, total_abs = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
         seen: list = []
-        handle = self.adapter.ffn(target).output.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-        try:
+        with removed_on_exit([self.adapter.ffn(target).output.register_forward_pre_hook(
+                lambda _m, args: seen.append(args[0]))]):
             for batch in self.batches:
                 for pinned in (False, True):
                     pins = {layer: np.array([neuron])} if pinned else {}
@@ -236,8 +230,6 @@ class Ablator:
                 total += d.sum(0)
                 total_abs += d.abs().sum(0)
                 seen.clear()
-        finally:
-            handle.remove()
         return (total / self.tokens).numpy(), (total_abs / self.tokens).numpy()
 
     def attribution(self) -> list[np.ndarray]:

@@ -20,8 +20,8 @@ from transformers.pytorch_utils import Conv1D
 from . import modeling_llm_anatomy as portable
 from .modeling_llm_anatomy import target_positions
 
-__all__ = ["ADAPTERS", "AttentionBlock", "FFNBlock", "ModelAdapter", "adapter_for", "target_positions",
-           "weight_rows_are_neurons"]
+__all__ = ["ADAPTERS", "AttentionBlock", "FFNBlock", "ModelAdapter", "adapter_for", "removed_on_exit",
+           "target_positions", "weight_rows_are_neurons"]
 
 KEPT_HEADS = "llm_anatomy_kept_heads"  # attribute of an attention module: the dense model's indices of its heads
 
@@ -70,6 +70,16 @@ def weight_rows_are_neurons(module: nn.Module, side: str) -> bool:
     if isinstance(module, nn.Linear):
         return side == "input"
     raise TypeError(f"unsupported FFN projection type {type(module).__name__}")
+
+
+@contextmanager
+def removed_on_exit(handles) -> Iterator[None]:
+    """The hooks behind `handles` (torch RemovableHandles) stay for the `with` block, removed on exit, even on error."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _with_first(block_out, hidden: torch.Tensor):
@@ -187,12 +197,8 @@ class ModelAdapter:
     def activation_hooks(self, make_hook: Callable[[int], Callable]) -> Iterator[None]:
         """Forward pre-hooks `make_hook(layer)` on every FFN output projection, whose input is the
         neurons' activations [batch, seq, neurons]; removed on exit, even on error."""
-        hooks = [self.ffn(l).output.register_forward_pre_hook(make_hook(l)) for l in range(self.num_layers)]
-        try:
+        with removed_on_exit([self.ffn(l).output.register_forward_pre_hook(make_hook(l)) for l in range(self.num_layers)]):
             yield
-        finally:
-            for h in hooks:
-                h.remove()
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The normalisation the backbone applies after its last layer (identity for BERT)."""

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .adapters import removed_on_exit
 from .batching import encode_reviews, progress_batches
 from .device import autocast, model_device
 from .io import read_back, write_parquet
@@ -73,22 +74,18 @@ def extract_targets(model: SentimentClassifier, encoded: Sequence[Sequence[int]]
     norm = adapter.final_norm_module()
     prenorm = np.empty((n, adapter.hidden_size), dtype=np.float32)
     bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10, device=device)
-    norm_hook = norm.register_forward_pre_hook(grab_prenorm) if norm is not None else None
-    try:
-        with adapter.activation_hooks(grab), autocast(precision, device):
-            for idx, ids, mask in bar:
-                state["rows"] = torch.arange(len(idx), device=device)
-                state["pos"] = adapter.target_positions(mask)
-                states = adapter.hidden_states(ids, mask)
-                targets = torch.stack([h[state["rows"], state["pos"]] for h in states], dim=1)  # [b, L+1, H]
-                hidden[idx] = targets.float().cpu().numpy()
-                prenorm[idx] = state.pop("prenorm") if norm is not None else hidden[idx, -1]
-                logits[idx] = model.head_logits(targets[:, -1]).float().cpu().numpy()
-                for layer in range(n_layers):
-                    ffn[layer][idx] = state.pop(layer)
-    finally:
-        if norm_hook is not None:
-            norm_hook.remove()
+    with removed_on_exit([norm.register_forward_pre_hook(grab_prenorm)] if norm is not None else []), \
+            adapter.activation_hooks(grab), autocast(precision, device):
+        for idx, ids, mask in bar:
+            state["rows"] = torch.arange(len(idx), device=device)
+            state["pos"] = adapter.target_positions(mask)
+            states = adapter.hidden_states(ids, mask)
+            targets = torch.stack([h[state["rows"], state["pos"]] for h in states], dim=1)  # [b, L+1, H]
+            hidden[idx] = targets.float().cpu().numpy()
+            prenorm[idx] = state.pop("prenorm") if norm is not None else hidden[idx, -1]
+            logits[idx] = model.head_logits(targets[:, -1]).float().cpu().numpy()
+            for layer in range(n_layers):
+                ffn[layer][idx] = state.pop(layer)
     return Extraction(hidden, ffn, logits, np.array([len(s) for s in encoded], dtype=np.int64), prenorm)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 
+from .adapters import removed_on_exit
 from .models import SentimentClassifier
 
 
@@ -32,8 +33,5 @@ def stop_after(model: SentimentClassifier, layer: int, keep: list):
     def hook(_module, _args, out):
         keep.append(out)
         raise StopForward
-    handle = model.adapter.layers()[layer].register_forward_hook(hook)
-    try:
+    with removed_on_exit([model.adapter.layers()[layer].register_forward_hook(hook)]):
         yield
-    finally:
-        handle.remove()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..adapters import ModelAdapter, weight_rows_are_neurons
+from ..adapters import ModelAdapter, removed_on_exit, weight_rows_are_neurons
 from ..batching import progress_batches
 from ..device import autocast, model_device
 from ..models import SentimentClassifier
@@ -46,15 +46,11 @@ def head_output_means(model: SentimentClassifier, encoded: Sequence[Sequence[int
         return hook
 
     hooks = [adapter.attention(l).output.register_forward_pre_hook(grab(l)) for l in range(adapter.num_layers)]
-    try:
-        with autocast(precision, device):
-            for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, desc, device=device):
-                state["mask"] = mask.bool()
-                state["tokens"] += int(mask.sum())
-                model(ids, mask)
-    finally:
-        for h in hooks:
-            h.remove()
+    with removed_on_exit(hooks), autocast(precision, device):
+        for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, desc, device=device):
+            state["mask"] = mask.bool()
+            state["tokens"] += int(mask.sum())
+            model(ids, mask)
     return [(s / state["tokens"]).cpu().numpy().reshape(adapter.attention(l).heads, -1) for l, s in enumerate(sums)]
 
 
@@ -125,15 +121,10 @@ def fit_head_outputs(model: SentimentClassifier, pruned: Sequence[Sequence[int]]
         return hook
 
     todo = [l for l, p in enumerate(pruned) if len(p)]
-    hooks = [blocks[l].output.register_forward_hook(grab(l)) for l in todo]
-    try:
-        with torch.inference_mode():
-            for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, device=device):
-                state["mask"] = mask.bool()
-                model(ids, mask)
-    finally:
-        for h in hooks:
-            h.remove()
+    with removed_on_exit([blocks[l].output.register_forward_hook(grab(l)) for l in todo]), torch.inference_mode():
+        for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, device=device):
+            state["mask"] = mask.bool()
+            model(ids, mask)
     adapter.ensure_attention_biases()
     report = []
     for l in todo:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..adapters import removed_on_exit
 from ..batching import iter_padded, sorted_batches
 from ..device import model_device
 from ..models import SentimentClassifier
@@ -153,11 +154,8 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
                 lambda _m, args, l=l, arg=arg: seen.__setitem__(("r", l), args[arg])))
             hooks.append(t_adapter.ffn(l).output.register_forward_hook(
                 lambda _m, _a, out, l=l: seen.__setitem__(("y", l), out)))
-        try:
+        with removed_on_exit(hooks):
             dense_logits.append(teacher(ids, mask).double().cpu().numpy())
-        finally:
-            for h in hooks:
-                h.remove()
         for l in range(L):
             on = fit_w[l] > 0
             h = seen[("y", l)] + seen[("r", l)]
@@ -180,14 +178,10 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
         passes = []  # per batch: the block's output, the residual its FFN output is added to, the activations
         for b, (ids, mask, _read, fit_w) in enumerate(batches):
             seen, keep = {}, []
-            h1 = site.register_forward_pre_hook(lambda _m, args: seen.__setitem__("r", args[arg]))
-            h2 = out.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))
-            try:
-                with replay_below(student, l, cached[b]), stop_after(student, l, keep):
-                    _run(student, ids, mask)
-            finally:
-                h1.remove()
-                h2.remove()
+            with removed_on_exit([site.register_forward_pre_hook(lambda _m, args: seen.__setitem__("r", args[arg])),
+                                  out.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))]), \
+                    replay_below(student, l, cached[b]), stop_after(student, l, keep):
+                _run(student, ids, mask)
             passes.append((keep[0], seen["r"], seen["a"]))
             on = fit_w[l] > 0
             a = seen["a"][on].double().cpu().numpy()[:, cols]
