@@ -28,7 +28,6 @@ def save_figure(fig, path, dpi: int = 130) -> None:
     plt.close(fig)
 
 
-
 def plot_layer_cosine(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, path) -> None:
     """One panel per model, one line per probe input (Figures 1 and 1a in one view)."""
     sns.set_theme(style="whitegrid", context="notebook")

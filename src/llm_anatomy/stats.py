@@ -228,7 +228,6 @@ def spearman_interval(x, y, seed: int = 0) -> Interval:
     return Interval(rho, float(lo), float(hi))
 
 
-
 # ---- verdicts over families of comparisons ------------------------------------------------------------
 NO_DIFFERENCE = "no detectable difference"
 

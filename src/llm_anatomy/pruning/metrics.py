@@ -182,12 +182,6 @@ class PruneMetrics(Measured):
                                            "obs_scores, layer_sensitivity), shared by the model's points")
 
 
-
-def metrics_keys() -> dict[str, str]:
-    """{key: description} of metrics.json."""
-    return {f.name: f.metadata["doc"] for f in fields(PruneMetrics)}
-
-
 def benchmark_seconds(path) -> float:
     """Wall seconds of one job from its Snakemake benchmark file (column `s`, first row)."""
     df = pd.read_csv(path, sep="\t")
