@@ -154,9 +154,7 @@ def make_splits(frames: dict[str, pd.DataFrame], n_train: int, n_val: int, n_tes
     test_idx = balanced_sample(test_src, n_test, rng, "IMDB test")
 
     def frame(src, idx, name):
-        out = src.iloc[idx][["text", "label"]].copy()
-        out["source_split"] = name
-        out["source_index"] = idx.astype("int64")
+        out = src.iloc[idx][["text", "label"]].assign(source_split=name, source_index=idx.astype("int64"))
         return out.reset_index(drop=True)[SPLIT_COLUMNS]
 
     splits = {"train": frame(train_src, train_idx, "train"), "val": frame(train_src, val_idx, "train"),

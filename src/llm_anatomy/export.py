@@ -99,8 +99,7 @@ def export_onnx(model: torch.nn.Module, tokenizer, path: Path) -> dict:
         raise RuntimeError("--onnx needs onnxruntime, onnx and onnxscript: pip install 'llm-anatomy[onnx]'") from err
     wrapper = _Logits(model).eval()
     example = _probe_batch(tokenizer, PROBES[:2])
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dims = {0: batch, 1: sequence}
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
     with warnings.catch_warnings():  # the two inputs share both axes, which the exporter reports per axis name
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")
         torch.onnx.export(wrapper, example, str(path), input_names=["input_ids", "attention_mask"],
@@ -129,14 +128,9 @@ def _opset(path: Path) -> int | None:
     return next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain == ""), None)
 
 
-def default_out(model_dir) -> Path:
-    folder = Path(model_dir)
-    return folder.with_name(folder.name + "-hf")
-
-
 def check_out(model_dir, out_dir) -> Path:
     """The folder to write, refused where it would replace the source or a folder this command did not write."""
-    out = Path(out_dir) if out_dir else default_out(model_dir)
+    out = Path(out_dir) if out_dir else Path(model_dir).with_name(Path(model_dir).name + "-hf")
     if out.resolve() == Path(model_dir).resolve():
         raise ValueError(f"--out {out} is the classifier folder itself; give another folder")
     if out.exists() and not (out / EXPORT_FILE).exists():

@@ -14,7 +14,6 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-
 from .graph import node_name  # noqa: E402
 from .io import atomic_path, read_json, write_json  # noqa: E402
 from .probes import read_probes  # noqa: E402
@@ -77,9 +76,8 @@ def plot_lens(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.D
             ax2.fill_between(p["layer"], p["probe_accuracy_lo"], p["probe_accuracy_hi"], color="tab:green", alpha=0.2)
         ax2.set(ylabel="accuracy", ylim=(0.4, 1.0))
         ax2.grid(False)
-        lines = ax.get_legend_handles_labels()
-        lines2 = ax2.get_legend_handles_labels()
-        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
+        (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     fig.subplots_adjust(wspace=0.45)
     save_figure(fig, path)
 
@@ -223,7 +221,6 @@ def anatomy_figures(layer_scores: list, lens: list, linear_probe: list, graphs: 
                     r.spearman_within_layer, r.spearman_within_layer_lo, r.spearman_within_layer_hi]
     for model in models:
         out[model]["probe_validation_accuracy"] = probe_tables[model]["probe_accuracy"].round(4).tolist()
-    for model in models:
         out[model]["graph_edges_measured"] = [int(edges[model]["measured"].sum()), len(edges[model])]
     write_json(metrics, out)
     log.info("anatomy figures for %s", models)
