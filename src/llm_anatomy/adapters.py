@@ -422,8 +422,6 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {"bert": BertAdapter, "gpt2": GPT2Adap
 def adapter_for(backbone: nn.Module) -> ModelAdapter:
     model_type = backbone.config.model_type
     if model_type not in ADAPTERS:
-        raise ValueError(
-            f"no adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}. "
-            "Add a ModelAdapter subclass in llm_anatomy/adapters.py."
-        )
+        raise ValueError(f"no adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}. "
+                         "Add a ModelAdapter subclass in llm_anatomy/adapters.py.")
     return ADAPTERS[model_type](backbone)

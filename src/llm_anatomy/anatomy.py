@@ -86,21 +86,17 @@ def score(finetuned, hidden, ffn, inputs, layer_scores, neuron_scores, lens, con
         sel = (keys["input_set"] == name).to_numpy()
         if sel.any():
             lens_parts.append(lens_table(name, lens_logits(model, hidden[sel]), inputs.loc[sel, "label"]))
-    lens_df = pd.concat(lens_parts, ignore_index=True)
-    write_csv(lens_df, lens)
+    write_csv(lens_df := pd.concat(lens_parts, ignore_index=True), lens)
     _, acts = read_vectors(ffn_path, "activation", input_set="calibration")
     acts = [acts[:, l] for l in range(acts.shape[1])] if isinstance(acts, np.ndarray) else acts
     s_mean = [x.astype(np.float64).mean(0) for x in s]
     write_parquet(tables.contributions(acts, values, head_direction(model), s_mean), contributions)
 
-    result = dict(
-        layers=adapter.num_layers, probes=int(is_probe.sum()),
-        mean_layer_cosine=cos[is_probe].mean(0).tolist(),
-        mean_layer_cosine_normed=cos_normed[is_probe].mean(0).tolist(),
-        final_target_pairwise_cosine=pairwise_mean_cosine(final),
-        lens_validation_accuracy=lens_df.loc[lens_df["input_set"] == "validation", "accuracy"].tolist(),
-        score_seconds=time.perf_counter() - start,
-    )
+    result = dict(layers=adapter.num_layers, probes=int(is_probe.sum()), mean_layer_cosine=cos[is_probe].mean(0).tolist(),
+                  mean_layer_cosine_normed=cos_normed[is_probe].mean(0).tolist(),
+                  final_target_pairwise_cosine=pairwise_mean_cosine(final),
+                  lens_validation_accuracy=lens_df.loc[lens_df["input_set"] == "validation", "accuracy"].tolist(),
+                  score_seconds=time.perf_counter() - start)
     write_json(score_summary, result)
     log.info("scored in %.1f s; lens validation accuracy by layer %s", result["score_seconds"],
              [round(x, 3) for x in result["lens_validation_accuracy"]])
@@ -114,40 +110,33 @@ def neuron_sets(neuron_scores, contributions, score_summary, neuron_share, high_
     direct contribution, and the model's anatomy `summary` (the score summary included)."""
     start = time.perf_counter()
     probe_ids, s = read_probe_scores(neuron_scores)
-    share = tables.neuron_share(probe_ids, s, threshold)
-    write_csv(share, neuron_share)
+    write_csv(share := tables.neuron_share(probe_ids, s, threshold), neuron_share)
     write_csv(high_neuron_lists(probe_ids, s, threshold), high_neurons)
-    overlap = tables.neuron_overlap(s, threshold)
-    write_csv(overlap, neuron_overlap)
+    write_csv(overlap := tables.neuron_overlap(s, threshold), neuron_overlap)
 
     # Section 3.2's graph on the probe-mean scores
     s_mean = [x.astype(np.float64).mean(0) for x in s]
     g = neuron_graph(s_mean, threshold)
     with atomic_path(graph) as tmp:
         nx.write_graphml(g, tmp)
-    counts = layer_counts(g)
-    write_csv(counts, graph_counts)
-    ranks = tables.rank_agreement(read_parquet(contributions), threshold)
-    write_csv(ranks, rank_agreement)
+    write_csv(counts := layer_counts(g), graph_counts)
+    write_csv(ranks := tables.rank_agreement(read_parquet(contributions), threshold), rank_agreement)
 
     per_layer = share.groupby("layer")[["share_high", "share_negative"]].mean()
     scored = read_json(score_summary)
-    result = dict(
-        threshold=threshold, layers=scored["layers"], probes=scored["probes"],
-        mean_layer_cosine=scored["mean_layer_cosine"], mean_layer_cosine_normed=scored["mean_layer_cosine_normed"],
-        share_high_per_layer=per_layer["share_high"].tolist(),
-        share_negative_per_layer=per_layer["share_negative"].tolist(),
-        max_share_high=float(share["share_high"].max()),
-        layers_all_inputs_below_5pct=int((share.groupby("layer")["share_high"].max() < 0.05).sum()),
-        mean_jaccard_per_layer=overlap["mean_jaccard"].tolist(),
-        random_jaccard_per_layer=overlap["random_jaccard"].tolist(),
-        final_target_pairwise_cosine=scored["final_target_pairwise_cosine"],
-        graph_high_nodes=counts["n_high"].tolist(), graph_offset_nodes=counts["n_offset"].tolist(),
-        funnel_necks=counts.loc[counts["funnel_neck"], "layer"].tolist(),
-        lens_validation_accuracy=scored["lens_validation_accuracy"],
-        spearman_signed=ranks["spearman_signed"].tolist(), spearman_abs=ranks["spearman_abs"].tolist(),
-        score_seconds=scored["score_seconds"] + time.perf_counter() - start,
-    )
+    result = dict(threshold=threshold, layers=scored["layers"], probes=scored["probes"],
+                  mean_layer_cosine=scored["mean_layer_cosine"], mean_layer_cosine_normed=scored["mean_layer_cosine_normed"],
+                  share_high_per_layer=per_layer["share_high"].tolist(),
+                  share_negative_per_layer=per_layer["share_negative"].tolist(), max_share_high=float(share["share_high"].max()),
+                  layers_all_inputs_below_5pct=int((share.groupby("layer")["share_high"].max() < 0.05).sum()),
+                  mean_jaccard_per_layer=overlap["mean_jaccard"].tolist(),
+                  random_jaccard_per_layer=overlap["random_jaccard"].tolist(),
+                  final_target_pairwise_cosine=scored["final_target_pairwise_cosine"],
+                  graph_high_nodes=counts["n_high"].tolist(), graph_offset_nodes=counts["n_offset"].tolist(),
+                  funnel_necks=counts.loc[counts["funnel_neck"], "layer"].tolist(),
+                  lens_validation_accuracy=scored["lens_validation_accuracy"],
+                  spearman_signed=ranks["spearman_signed"].tolist(), spearman_abs=ranks["spearman_abs"].tolist(),
+                  score_seconds=scored["score_seconds"] + time.perf_counter() - start)
     write_json(summary, result)
     log.info("neuron sets at threshold %.2f: share high per layer %s, funnel necks %s", threshold,
              np.round(result["share_high_per_layer"], 4).tolist(), result["funnel_necks"])

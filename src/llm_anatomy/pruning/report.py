@@ -53,31 +53,23 @@ EVIDENCE = ["accuracy_dense", "accuracy_dense_lo", "accuracy_dense_hi", "accurac
 
 
 def summary_table(runs: list[PruneMetrics]) -> pd.DataFrame:
-    rows = []
-    for m in runs:
-        rows.append(dict(model=m.model, target=m.target, curve=m.curve, rule=m.rule, alpha=m.alpha,
-                         beta=m.beta, focusing=" ".join(map(str, m.focusing or [])),
-                         allocation=m.allocation, criterion=m.criterion,
-                         compensation=m.compensation,
-                         bias_compensation=m.bias_compensation,
-                         target_pct=100 * m.search["target_fraction"] if m.search else None,
-                         target_reached=m.search["reached"] if m.search else None,
-                         pruned_pct=m.pruned_pct, test_reviews=m.test_reviews,
-                         baseline_reviews=m.baseline_reviews or m.test_reviews,
-                         random_seeds=len(m.random_seeds or []),
-                         **{k: getattr(m, k) for k in EVIDENCE},
-                         time_dense_s=m.time_dense_s, time_zeroed_s=m.time_zeroed_s,
-                         time_removed_s=m.time_removed_s, speedup_zeroed=m.speedup_zeroed,
-                         speedup_removed=m.speedup_removed,
-                         speedup_removed_min=m.speedup_removed_spread["min"],
-                         speedup_removed_max=m.speedup_removed_spread["max"], speedup_bound=m.speedup_bound,
-                         params_dense=m.params_dense, params_removed=m.params_removed,
-                         model_mb=m.model_bytes / 1e6, macs_ratio=m.macs_ratio, timed_reviews=m.timed_reviews,
-                         roofline_gflops=(m.roofline or {}).get("attainable_gflops"),
-                         roofline_fraction_dense=m.roofline_fraction_dense,
-                         roofline_fraction_removed=m.roofline_fraction_removed,
-                         seconds_point=m.seconds_point, cpu=m.machine["cpu"]))
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([dict(model=m.model, target=m.target, curve=m.curve, rule=m.rule, alpha=m.alpha, beta=m.beta,
+                            focusing=" ".join(map(str, m.focusing or [])), allocation=m.allocation, criterion=m.criterion,
+                            compensation=m.compensation, bias_compensation=m.bias_compensation,
+                            target_pct=100 * m.search["target_fraction"] if m.search else None,
+                            target_reached=m.search["reached"] if m.search else None, pruned_pct=m.pruned_pct,
+                            test_reviews=m.test_reviews, baseline_reviews=m.baseline_reviews or m.test_reviews,
+                            random_seeds=len(m.random_seeds or []), **{k: getattr(m, k) for k in EVIDENCE},
+                            time_dense_s=m.time_dense_s, time_zeroed_s=m.time_zeroed_s, time_removed_s=m.time_removed_s,
+                            speedup_zeroed=m.speedup_zeroed, speedup_removed=m.speedup_removed,
+                            speedup_removed_min=m.speedup_removed_spread["min"],
+                            speedup_removed_max=m.speedup_removed_spread["max"], speedup_bound=m.speedup_bound,
+                            params_dense=m.params_dense, params_removed=m.params_removed, model_mb=m.model_bytes / 1e6,
+                            macs_ratio=m.macs_ratio, timed_reviews=m.timed_reviews,
+                            roofline_gflops=(m.roofline or {}).get("attainable_gflops"),
+                            roofline_fraction_dense=m.roofline_fraction_dense,
+                            roofline_fraction_removed=m.roofline_fraction_removed, seconds_point=m.seconds_point,
+                            cpu=m.machine["cpu"]) for m in runs])
     if not df.empty:
         df["order"] = df["curve"].map(curve_order)
         df = df.sort_values(["model", "order", "pruned_pct"]).drop(columns="order").reset_index(drop=True)
@@ -190,10 +182,6 @@ def _reviews_label(rs: list[PruneMetrics]) -> str:
     return f"{hi:,}" if lo == hi else f"{lo:,}-{hi:,}"
 
 
-def _save(fig, path):
-    save_figure(fig, path, dpi=120)
-
-
 def _curve_runs(rs: list[PruneMetrics], name: str) -> list[PruneMetrics]:
     return sorted([m for m in rs if m.curve == name], key=lambda m: m.pruned_pct)
 
@@ -269,7 +257,7 @@ def draw_accuracy(runs: list[PruneMetrics], path) -> None:
         ax.set(title=f"{mod}: accuracy on {_reviews_label(rs)} test reviews (95% intervals)",
                xlabel="% FFN neurons pruned", ylabel="test accuracy")
         ax.legend(fontsize=7, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 def draw_time(runs: list[PruneMetrics], path) -> None:
@@ -310,7 +298,7 @@ def draw_time(runs: list[PruneMetrics], path) -> None:
                      f"{r0.machine['cpu']}",
                xlabel="% FFN neurons pruned", ylabel="inference time, % of dense (median of alternating runs)")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 SERIES_NAMES = {"named": "paper rule (Fig. 5a)", "sweep": "paper rule", "flap": "FLAP",
@@ -392,7 +380,7 @@ def draw_pareto(runs: list[PruneMetrics], path) -> None:
         row[1].set(title=f"{mod}: test accuracy vs measured speedup ({rs[0].machine['cpu']})",
                    xlabel="speedup of the physically pruned model (median of alternating runs)")
         row[0].legend(fontsize=6, loc="lower left", ncol=2)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 def read_runs(metrics: list) -> list[PruneMetrics]:
@@ -410,12 +398,9 @@ def prune_report(metrics: list, evals: list, baselines: list, summary, summary_m
     figure, and what DVC compares across experiments (headline metrics, data plots), from every target's
     metrics and per-review logits (`evals`, `baselines`: in the order of `metrics`)."""
     runs = read_runs(metrics)
-    table = summary_table(runs)
-    write_csv(table, summary)
-    pairs = method_comparisons(runs, evals, baselines)
-    write_csv(pairs, comparisons)
-    front = frontier_table(runs)
-    write_csv(front, frontier)
+    write_csv(table := summary_table(runs), summary)
+    write_csv(pairs := method_comparisons(runs, evals, baselines), comparisons)
+    write_csv(front := frontier_table(runs), frontier)
     write_text(summary_md, to_markdown(table) + "\n## Method comparisons (paired, same reviews)\n\n"
                + to_markdown(pairs) + "\n## Frontier (no other point is as accurate at as many % pruned, or as fast)\n\n"
                + to_markdown(front))
