@@ -34,8 +34,7 @@ class AttentionBlock:
     features offset + h x head_dim ... offset + (h + 1) x head_dim - 1 (GPT-2's three share one fused
     `c_attn` Conv1D at offsets 0, width and 2 x width). `output` maps the heads' concatenated outputs
     (head h: input features h x head_dim ...) to the hidden state. Query head h reads key/value head
-    h // group (grouped-query attention; group = 1 for BERT and GPT-2).
-    """
+    h // group (grouped-query attention; group = 1 for BERT and GPT-2)."""
 
     module: nn.Module
     query: tuple[nn.Module, int]
@@ -63,8 +62,7 @@ def weight_rows_are_neurons(module: nn.Module, side: str) -> bool:
     """Whether a projection's weight indexes neurons along dim 0.
 
     nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out]. `side` is "input" for a
-    hidden -> neurons projection and "output" for neurons -> hidden.
-    """
+    hidden -> neurons projection and "output" for neurons -> hidden."""
     if isinstance(module, Conv1D):
         return side == "output"
     if isinstance(module, nn.Linear):
@@ -228,8 +226,7 @@ class ModelAdapter:
     def target_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Index of the token the classifier reads, per row; works for left and right padding.
 
-        Encoders read the first real token (CLS); decoders the last real token.
-        """
+        Encoders read the first real token (CLS); decoders the last real token."""
         return target_positions(attention_mask, self.is_decoder)
 
     def forward_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
@@ -244,8 +241,7 @@ class ModelAdapter:
     def hidden_states(self, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
         """L+1 hidden states [batch, seq, hidden]: embeddings, then each layer's output.
 
-        The last entry is what the backbone returns (after the final norm for decoders).
-        """
+        The last entry is what the backbone returns (after the final norm for decoders)."""
         out = self.backbone(**self.forward_kwargs(input_ids, attention_mask), output_hidden_states=True)
         return out.hidden_states
 

@@ -33,8 +33,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation_side: st
     many texts were cut, and by how much, is logged and kept on the result.
 
     One tokenisation pass: a fast tokenizer returns what truncation cut as overflow rows (stride 0), whose
-    content tokens are counted and dropped. A tokenizer without that support is run twice (cut and uncut).
-    """
+    content tokens are counted and dropped. A tokenizer without that support is run twice (cut and uncut)."""
     texts = list(texts)
     tokenizer.truncation_side = truncation_side
     out = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
@@ -88,8 +87,7 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
 def grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> list[np.ndarray]:
     """A seeded shuffle, sorted by length within groups of `group` batches, batch order shuffled.
 
-    Deterministic in (lengths, batch_size, seed), which is what lets training resume mid-epoch.
-    """
+    Deterministic in (lengths, batch_size, seed), which is what lets training resume mid-epoch."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths))
     lengths = np.asarray(lengths)

@@ -24,8 +24,7 @@ def forward_macs(adapter, lengths: Sequence[int], readout: bool = True) -> int:
     Per layer and sequence of T tokens: T x (weights of its linear maps) + 2 T^2 x A (attention scores
     and the weighted sum, A = its query heads x head dimension: the hidden size unless heads were
     removed); the readout layer: T x (key and value weights) + the other weights + 2 T x A.
-    Embeddings, norms and activations are left out.
-    """
+    Embeddings, norms and activations are left out."""
     layers = adapter.layers()
     widths = [adapter.attention_width(l) for l in range(len(layers))]
     if not readout:

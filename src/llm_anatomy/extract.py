@@ -127,8 +127,7 @@ def write_extraction(ex: Extraction, inputs: pd.DataFrame, hidden_path, ffn_path
 def read_vectors(path, column: str, input_set: str | None = None) -> tuple[pd.DataFrame, np.ndarray | list]:
     """Inverse of the writer: (keys [N] with input_set, input_id; array [N, layers, D]).
 
-    Ragged (variable-width) tables come back as a list over layers of [N, D_l] arrays.
-    """
+    Ragged (variable-width) tables come back as a list over layers of [N, D_l] arrays."""
     filters = [("input_set", "=", input_set)] if input_set else None
     table = read_back(path, lambda p: pq.read_table(p, filters=filters))
     if table.num_rows == 0:

@@ -187,8 +187,7 @@ def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, va
     so no choice made while fine-tuning can have looked at it.
 
     `device` (auto, cpu, cuda, cuda:<i>) and the thread count are not part of the checkpoint
-    fingerprint: a run interrupted on one device resumes on another.
-    """
+    fingerprint: a run interrupted on one device resumes on another."""
     set_threads(p.threads)
     device = resolve_device(device)
     checkpoint_path = Path(checkpoint_path)

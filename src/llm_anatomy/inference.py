@@ -38,8 +38,7 @@ def inference_model(model: SentimentClassifier, precision: str, fuse: bool = Tru
     SmolLM2, each is faster at the same accuracy (docs/SPEED.md). Float16 (the CUDA fallback where bf16
     is missing) keeps autocast, which keeps LayerNorm and softmax in float32. `fuse=False` keeps the
     eager FFN modules and `last_token=False` runs the last block for every token
-    (`benchmarks/loop_parts.py --without fused|readout` times each against the whole loop).
-    """
+    (`benchmarks/loop_parts.py --without fused|readout` times each against the whole loop)."""
     if getattr(model, "_inference_form", None) == precision:
         return model
     device = model_device(model)

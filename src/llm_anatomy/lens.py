@@ -20,8 +20,7 @@ from .models import SentimentClassifier
 def normed_states(model: SentimentClassifier, hidden: np.ndarray) -> np.ndarray:
     """[N, L+1, H] with the backbone's final norm applied to layers 0..L-1 (layer L already has it).
 
-    Identity for encoders. The space the head reads, so layers compare without the norm's distortion.
-    """
+    Identity for encoders. The space the head reads, so layers compare without the norm's distortion."""
     if not model.adapter.is_decoder:
         return np.asarray(hidden, dtype=np.float32)
     h = torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32))
@@ -54,8 +53,7 @@ def head_direction(model: SentimentClassifier) -> np.ndarray:
     """The head's weight as seen from the residual stream before the final norm ([H]).
 
     Decoders: the norm's gain folded in (and, for LayerNorm, mean-centred); the per-input 1/rms
-    scale is left out, so contributions are exact up to a positive factor per input.
-    """
+    scale is left out, so contributions are exact up to a positive factor per input."""
     w = model.head.weight.detach()[0].double()
     if model.adapter.is_decoder:
         norm = getattr(model.backbone, "norm", None) or getattr(model.backbone, "ln_f", None)

@@ -129,8 +129,7 @@ class SentimentClassifier(nn.Module):
     """The paper's head on a backbone: dropout -> dense(hidden, 1) -> sigmoid, fed the target token.
 
     `forward` returns logits; the sigmoid lives in the loss (BCE with logits) and in
-    `predict_proba`, which is the same function computed stably.
-    """
+    `predict_proba`, which is the same function computed stably."""
 
     def __init__(self, backbone: nn.Module, dropout: float = 0.1):
         super().__init__()
@@ -162,8 +161,7 @@ def save_classifier(model: SentimentClassifier, tokenizer, folder: str | Path, m
 
     `meta` must carry what rebuilding the classifier needs (`dropout`, `max_length`, ...);
     the per-layer FFN widths, query and key/value head counts and the dense model's indices of the
-    kept heads are added so physically pruned models reload.
-    """
+    kept heads are added so physically pruned models reload."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.backbone.save_pretrained(folder, safe_serialization=True)

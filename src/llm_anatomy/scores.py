@@ -178,8 +178,7 @@ def neuron_overlap(scores: list[np.ndarray], threshold: float) -> pd.DataFrame:
     """Per layer: how alike the inputs' high-neuron sets are (section 3.3's "same neurons").
 
     mean/min_jaccard over input pairs where either set is non-empty; random_jaccard is what two
-    random sets of the same mean size would give (the chance level to compare against).
-    """
+    random sets of the same mean size would give (the chance level to compare against)."""
     rows = []
     for layer, s in enumerate(scores):
         sets = [set(np.flatnonzero(row > threshold)) for row in s]

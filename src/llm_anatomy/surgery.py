@@ -76,8 +76,7 @@ def remove_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> Non
     """Slice out, per layer, the neurons listed in `pruned[layer]`.
 
     A layer whose every neuron is pruned keeps one, zeroed (same function as zeroing them all):
-    zero-width projections break GPT-2's Conv1D and cannot be saved and reloaded.
-    """
+    zero-width projections break GPT-2's Conv1D and cannot be saved and reloaded."""
     for layer, drop in enumerate(pruned):
         if len(drop):
             drop_set = set(int(d) for d in drop)

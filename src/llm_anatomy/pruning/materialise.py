@@ -37,8 +37,7 @@ def compensate_bias(adapter: ModelAdapter, pruned: Sequence[Sequence[int]], prun
     `pruned_means[l]` holds the mean activation of each neuron in `pruned[l]`, in the same
     order. Call before zeroing or removing those neurons (it reads their value vectors). An
     FFN without biases (Llama's, `mlp_bias: false`) is given them first (`ensure_ffn_biases`),
-    so the compensated model saves and reloads as a standard checkpoint.
-    """
+    so the compensated model saves and reloads as a standard checkpoint."""
     for layer, (drop, mu) in enumerate(zip(pruned, pruned_means)):
         if not len(drop):
             continue

@@ -165,8 +165,7 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
 def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float) -> list[np.ndarray]:
     """Per layer, `counts[l]` neurons drawn without replacement from those with score <= `high`.
 
-    One generator per (seed, layer), so a layer's draw does not depend on the other layers.
-    """
+    One generator per (seed, layer), so a layer's draw does not depend on the other layers."""
     out = []
     for layer, (s, n) in enumerate(zip(scores, counts)):
         candidates = np.flatnonzero(~(np.asarray(s) > high))
@@ -183,8 +182,7 @@ def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarr
 
     A compensated plan gets a compensated baseline (the random neurons' mean activations from `means`,
     the same calibration statistics), so the baseline is treated exactly as the method is; the
-    uncompensated reading of both is one `without_compensation()` away.
-    """
+    uncompensated reading of both is one `without_compensation()` away."""
     folded = plan.compensation == "bias"
     if folded and means is None:
         raise ValueError("a compensated plan's random baseline needs the calibration means (ffn_stats.parquet)")

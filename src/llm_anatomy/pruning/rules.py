@@ -35,8 +35,7 @@ def resolve_focusing(spec, num_layers: int) -> list[int]:
     even-from-third+last   the even layers l with ceil(L/3) <= l < L-1, plus the last layer
                            (L=12: 4,6,8,10,11 -- the paper's BERT set)
     last-N/12              the last ceil(N * L / 12) layers (L=12: the last N -- the paper's GPT-2 sets)
-    [i, j, ...]            these layers exactly (each must be < L)
-    """
+    [i, j, ...]            these layers exactly (each must be < L)"""
     L = int(num_layers)
     if isinstance(spec, str):
         if spec == "even-from-third+last":
