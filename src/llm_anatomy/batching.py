@@ -69,12 +69,8 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tupl
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
-        if side == "right":
-            ids[row, : len(s)] = torch.as_tensor(s)
-            mask[row, : len(s)] = 1
-        else:
-            ids[row, width - len(s):] = torch.as_tensor(s)
-            mask[row, width - len(s):] = 1
+        at = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[row, at], mask[row, at] = torch.as_tensor(s), 1
     return ids, mask
 
 

@@ -37,9 +37,5 @@ def forward_macs(adapter, lengths: Sequence[int], readout: bool = True) -> int:
 
 
 def ffn_macs(adapter, lengths: Sequence[int]) -> int:
-    tokens = sum(lengths)
-    total = 0
-    for l in range(adapter.num_layers):
-        block = adapter.ffn(l)
-        total += sum(m.weight.numel() for m in (*block.inputs, block.output))
-    return int(tokens * total)
+    total = sum(sum(m.weight.numel() for m in (*b.inputs, b.output)) for b in map(adapter.ffn, range(adapter.num_layers)))
+    return int(sum(lengths) * total)

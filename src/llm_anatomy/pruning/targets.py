@@ -165,17 +165,13 @@ class Targets:
         curve_point = curve is not None and curve != "named"
         if curve_point:
             time_limit = kind.get("sweep_time_limit", time_limit)
-        seeds = kind["random_seeds"]
-        if curve is not None and method_of(curve):
-            seeds = kind["methods"]["random_seeds"]
+        seeds = kind["methods"]["random_seeds"] if curve is not None and method_of(curve) else kind["random_seeds"]
         headline = curve is None or curve == "flap" or method_of(curve) is not None
         return Sizing(test_limit=kind.get("headline_limit", kind["test_limit"]) if headline else kind["test_limit"],
-                      baseline_limit=kind["test_limit"], time_limit=time_limit,
-                      batch_size=tree["batch_size"], repeats=tree["repeats"],
-                      time_zeroed=tree["time_zeroed"] == "all" or not curve_point, random_seeds=seeds,
-                      equality_check_reviews=kind["equality_check_reviews"],
-                      calibration_reviews=kind["calibration_reviews"],
-                      calibration_batch_size=tree["calibration_batch_size"],
+                      baseline_limit=kind["test_limit"], time_limit=time_limit, batch_size=tree["batch_size"],
+                      repeats=tree["repeats"], time_zeroed=tree["time_zeroed"] == "all" or not curve_point,
+                      random_seeds=seeds, equality_check_reviews=kind["equality_check_reviews"],
+                      calibration_reviews=kind["calibration_reviews"], calibration_batch_size=tree["calibration_batch_size"],
                       search_reviews=kind["methods"]["search_reviews"])
 
     def random_seeds(self, model: str, name: str | None = None) -> list[int]:
