@@ -70,6 +70,12 @@ def weight_rows_are_neurons(module: nn.Module, side: str) -> bool:
     raise TypeError(f"unsupported FFN projection type {type(module).__name__}")
 
 
+def neuron_dim(module: nn.Module, side: str) -> int:
+    """The weight dimension that indexes a projection's neurons (`side` as in `weight_rows_are_neurons`; for
+    attention, "input" indexes a hidden -> heads projection's output features, "output" the heads' inputs)."""
+    return 0 if weight_rows_are_neurons(module, side) else 1
+
+
 @contextmanager
 def removed_on_exit(handles) -> Iterator[None]:
     """The hooks behind `handles` (torch RemovableHandles) stay for the `with` block, removed on exit, even on error."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import modeling_llm_anatomy as portable
-from .adapters import KEPT_HEADS, AttentionBlock, ModelAdapter, weight_rows_are_neurons
+from .adapters import KEPT_HEADS, AttentionBlock, ModelAdapter, neuron_dim
 
 
 def _features(heads: Sequence[int], offset: int, head_dim: int) -> torch.Tensor:
@@ -40,16 +40,6 @@ def _features(heads: Sequence[int], offset: int, head_dim: int) -> torch.Tensor:
     if not len(heads):
         return torch.zeros(0, dtype=torch.long)
     return torch.cat([torch.arange(offset + h * head_dim, offset + (h + 1) * head_dim) for h in heads])
-
-
-def _out_dim(module: nn.Module) -> int:
-    """The weight dimension that indexes a hidden -> heads projection's output features."""
-    return 0 if weight_rows_are_neurons(module, "input") else 1
-
-
-def _in_dim(module: nn.Module) -> int:
-    """The weight dimension that indexes the output projection's input features (the heads')."""
-    return 0 if weight_rows_are_neurons(module, "output") else 1
 
 
 def kept_key_values(block: AttentionBlock, keep: Sequence[int]) -> list[int]:
@@ -93,10 +83,10 @@ def zero_heads(adapter: ModelAdapter, layer: int, heads: Sequence[int]) -> None:
                if all(h in heads for h in range(g * block.group, (g + 1) * block.group))]
     for (proj, offset), which in ((block.query, heads), (block.key, gone_kv), (block.value, gone_kv)):
         idx = _features(which, offset, d)
-        proj.weight.index_fill_(_out_dim(proj), idx, 0.0)
+        proj.weight.index_fill_(neuron_dim(proj, "input"), idx, 0.0)
         if proj.bias is not None:
             proj.bias.index_fill_(0, idx, 0.0)
-    block.output.weight.index_fill_(_in_dim(block.output), _features(heads, 0, d), 0.0)
+    block.output.weight.index_fill_(neuron_dim(block.output, "output"), _features(heads, 0, d), 0.0)
 
 
 @torch.no_grad()
@@ -117,11 +107,11 @@ def keep_heads(adapter: ModelAdapter, layer: int, keep: Sequence[int]) -> None:
     sliced = []
     for proj, parts in rows.values():
         idx = torch.cat(parts).to(proj.weight.device)
-        sliced.append((proj.weight.index_select(_out_dim(proj), idx),
+        sliced.append((proj.weight.index_select(neuron_dim(proj, "input"), idx),
                        None if proj.bias is None else proj.bias.index_select(0, idx)))
     out = block.output
     out_idx = _features(keep, 0, d).to(out.weight.device)
-    out_weight, out_bias = out.weight.index_select(_in_dim(out), out_idx), out.bias
+    out_weight, out_bias = out.weight.index_select(neuron_dim(out, "output"), out_idx), out.bias
     kept_before = adapter.kept_heads(layer)
 
     portable.resize_attention(adapter.layers()[layer], adapter.arch, len(keep), len(kv_keep))

@@ -12,11 +12,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .adapters import ModelAdapter, weight_rows_are_neurons
-
-
-def _neuron_dim(module: nn.Module, side: str) -> int:
-    return 0 if weight_rows_are_neurons(module, side) else 1
+from .adapters import ModelAdapter, neuron_dim
 
 
 @torch.no_grad()
@@ -27,15 +23,15 @@ def zero_neurons(adapter: ModelAdapter, layer: int, neurons: torch.Tensor | Sequ
         return
     block = adapter.ffn(layer)
     for proj in block.inputs:
-        proj.weight.index_fill_(_neuron_dim(proj, "input"), idx, 0.0)
+        proj.weight.index_fill_(neuron_dim(proj, "input"), idx, 0.0)
         if proj.bias is not None:
             proj.bias.index_fill_(0, idx, 0.0)
-    block.output.weight.index_fill_(_neuron_dim(block.output, "output"), idx, 0.0)
+    block.output.weight.index_fill_(neuron_dim(block.output, "output"), idx, 0.0)
 
 
 def _sliced(module: nn.Module, keep: torch.Tensor, side: str) -> nn.Module:
     """A new projection holding only the neurons in `keep` (same type, dtype and device)."""
-    dim = _neuron_dim(module, side)
+    dim = neuron_dim(module, side)
     weight = module.weight.detach().index_select(dim, keep).clone()
     bias = module.bias
     if side == "input" and bias is not None:
@@ -101,7 +97,7 @@ def set_outputs(adapter: ModelAdapter, layer: int, neurons: Sequence[int], value
     out = adapter.ffn(layer).output
     idx = torch.as_tensor(list(neurons), dtype=torch.long, device=out.weight.device)
     values = values.to(device=out.weight.device, dtype=out.weight.dtype)
-    if _neuron_dim(out, "output") == 0:
+    if neuron_dim(out, "output") == 0:
         out.weight[idx] = values
     else:
         out.weight[:, idx] = values.T
