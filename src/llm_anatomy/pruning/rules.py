@@ -104,12 +104,8 @@ class ThresholdRule:
 
 def prune_masks(scores: Sequence[np.ndarray], thresholds: Sequence[float], sides: Sequence[str]) -> list[np.ndarray]:
     """Per layer, the sorted indices of the neurons the thresholds prune."""
-    out = []
-    for s, t, side in zip(scores, thresholds, sides):
-        s = np.asarray(s, dtype=np.float64)
-        hit = np.abs(s) < t if side == "two" else s < t
-        out.append(np.flatnonzero(hit))
-    return out
+    as64 = (np.asarray(s, dtype=np.float64) for s in scores)
+    return [np.flatnonzero(np.abs(s) < t if side == "two" else s < t) for s, t, side in zip(as64, thresholds, sides)]
 
 
 def apply_rule(rule: ThresholdRule, c, scores) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -120,29 +116,18 @@ def apply_rule(rule: ThresholdRule, c, scores) -> tuple[np.ndarray, list[np.ndar
 
 def layer_table(rule: ThresholdRule, c, scores, thresholds, pruned, high: float) -> pd.DataFrame:
     """One row per layer: the Figure-4a numbers (threshold, neurons masked) and context."""
-    L = len(scores)
-    sides = rule.sides(L)
-    rows = []
-    for l in range(L):
-        width = len(scores[l])
-        rows.append(dict(layer=l, c=float(c[l]), focusing=l in rule.focusing, threshold=float(thresholds[l]),
-                         sided=sides[l], width=width, masked=len(pruned[l]),
-                         masked_pct=100.0 * len(pruned[l]) / width,
-                         high=int((np.asarray(scores[l]) > high).sum())))
-    return pd.DataFrame(rows)
+    sides = rule.sides(len(scores))
+    return pd.DataFrame([dict(layer=l, c=float(c[l]), focusing=l in rule.focusing, threshold=float(thresholds[l]),
+                              sided=sides[l], width=len(scores[l]), masked=len(pruned[l]),
+                              masked_pct=100.0 * len(pruned[l]) / len(scores[l]), high=int((np.asarray(scores[l]) > high).sum()))
+                         for l in range(len(scores))])
 
 
 def figure4a_lines(table: pd.DataFrame) -> list[str]:
     """The paper's log format: 'Threshold of layer l are between t and -t number of neurons ...'."""
-    lines = []
-    for r in table.itertuples():
-        if r.sided == "two":
-            lines.append(f"Threshold of layer {r.layer} are between {r.threshold:.6g} and {-r.threshold:.6g} "
-                         f"number of neurons being masked in layer {r.layer}: {r.masked}")
-        else:
-            lines.append(f"Threshold of layer {r.layer} is {r.threshold:.6g} "
-                         f"number of neurons being masked in layer {r.layer}: {r.masked}")
-    return lines
+    return [(f"Threshold of layer {r.layer} are between {r.threshold:.6g} and {-r.threshold:.6g} " if r.sided == "two"
+             else f"Threshold of layer {r.layer} is {r.threshold:.6g} ")
+            + f"number of neurons being masked in layer {r.layer}: {r.masked}" for r in table.itertuples()]
 
 
 def rule_from_spec(spec, num_layers: int) -> ThresholdRule:
