@@ -52,3 +52,9 @@ rule all:
     input:
         all_targets(),
     localrule: True
+
+
+# A file target that no rule produces ends the run here, with the profile's nearest targets: Snakemake 9.15
+# fails while formatting its own "No rule to produce" message and shows an AttributeError traceback instead.
+if unproducible := unproducible_targets(workflow):
+    sys.exit(unproducible_message(unproducible[0], workflow))

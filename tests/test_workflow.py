@@ -65,6 +65,8 @@ def test_a_yaml_syntax_error_in_params_yaml_names_its_line_before_snakemake_load
     (Layout("tiny").pruned("tiny-llama", "flapp-50"), "'flapp-50' is not a prune target of tiny-llama"),
     (Layout("tiny").config_metrics("enc-z"), "'enc-z' is not a configuration under pruning.configs; the DVC metrics "
      "files are results/metrics/<profile>/prune/<name>.json for ['enc-a0.01-b0.001', "),
+    ("results/tiny/tiny-bert/lens.cvs", "no rule produces results/tiny/tiny-bert/lens.cvs (did you mean "
+     "results/tiny/tiny-bert/anatomy/lens.csv"),  # no rule's pattern: Snakemake 9.15's own message fails
 ])
 def test_a_bad_target_stops_the_plan_with_the_valid_names(tmp_path, target, message):
     """A percentage outside (0, 100) used to plan seven jobs and fail at the plan; a misspelt name gave

@@ -1,7 +1,9 @@
 # Shared helpers: params validation (before any compute), the active profile, its files and targets.
 # Every path comes from llm_anatomy.layout; what each rule reads, from llm_anatomy.pipeline (unit-tested).
+import difflib
 import functools
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(workflow.basedir)  # the Snakefile's folder, which also put ROOT/src on sys.path
@@ -51,6 +53,36 @@ def workdir_path(path):
 def all_targets():
     targets = expand(MODEL.finetune_metrics, model=MODELS) + [LAYOUT.finetune_summary]
     return targets + ANATOMY_TARGETS + PIPE.prune_outputs()  # workflow/rules/anatomy.smk
+
+
+def unproducible_targets(workflow):
+    """The command line's file targets that no rule produces and that do not exist. Read with Snakemake's own
+    parser: the workflow is loaded before Snakemake hands its targets over."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args, _ = get_argument_parser().parse_known_args(sys.argv[1:])
+    except SystemExit:  # not Snakemake's command line (its API, a test runner): Snakemake reports what it finds
+        return []
+    rules = list(workflow.rules)
+    return [
+        t
+        for t in args.targets or []
+        if t not in {r.name for r in rules} and not Path(t).exists() and not any(r.is_producer(t) for r in rules)
+    ]
+
+
+def unproducible_message(target, workflow):
+    near = difflib.get_close_matches(target, all_targets(), n=3, cutoff=0.6)
+    patterns = sorted(
+        {re.sub(r"{(\w+),[^}]*}", r"{\1}", o) for r in workflow.rules for o in r.output}
+    )  # no constraints
+    return (
+        f"TargetError: no rule produces {target}"
+        + (f" (did you mean {' or '.join(near)}?)" if near else "")
+        + f". The workflow's outputs are: {', '.join(patterns)}; "
+        f"`snakemake --config profile={config['profile']}` with no target runs them all (docs/WORKFLOW.md)."
+    )
 
 
 def source_digest(script):
