@@ -57,10 +57,7 @@ def _score_rows(tables: dict[str, pd.DataFrame], cells) -> list[list[str]]:
 
 def agreement_table(agreement: dict[str, pd.DataFrame]) -> str:
     """Per score: Spearman's rho with each target, within layers and pooled, per model."""
-    header = ["score"]
-    for model in agreement:
-        for target in TARGETS:
-            header += [f"{model} within layers, {target}", f"{model} pooled, {target}"]
+    header = ["score"] + [f"{m} {kind}, {t}" for m in agreement for t in TARGETS for kind in ("within layers", "pooled")]
     return _table(header, _score_rows(agreement, lambda r: [
         interval(r.spearman_within_layer, r.spearman_within_layer_lo, r.spearman_within_layer_hi),
         interval(r.spearman, r.spearman_lo, r.spearman_hi)]))
