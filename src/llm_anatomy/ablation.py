@@ -454,8 +454,7 @@ def edge_table(ablator: Ablator, edges: Sequence[tuple[tuple[int, int], tuple[in
     j's own standard deviation, and its percentile among the same relative change of every neuron of block
     l + 1. `measured`: the percentile reaches CONFIRM_QUANTILE (i moves j more than 90% of that block)."""
     rows = []
-    sources = sorted({u for u, _ in edges})
-    for u in sources:
+    for u in sorted({u for u, _ in edges}):
         change, abs_change = ablator.downstream_change(*u)
         std = ablator.std[u[0] + 1]
         relative = np.divide(abs_change, std, out=np.full_like(abs_change, np.nan), where=std > 0)
