@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import pandas as pd
@@ -115,9 +115,7 @@ class Ablator:
         """Cache every block's output and the margins; the neurons' mean and mean |a| over real tokens."""
         L = self.adapter.num_layers
         widths = self.adapter.ffn_widths()
-        s1 = [torch.zeros(w, dtype=torch.float64) for w in widths]
-        s2 = [torch.zeros(w, dtype=torch.float64) for w in widths]
-        sabs = [torch.zeros(w, dtype=torch.float64) for w in widths]
+        s1, s2, sabs = ([torch.zeros(w, dtype=torch.float64) for w in widths] for _ in range(3))
         tokens = 0
         state: dict = {}
 
@@ -217,14 +215,11 @@ class Ablator:
         with removed_on_exit([self.adapter.ffn(target).output.register_forward_pre_hook(
                 lambda _m, args: seen.append(args[0]))]):
             for batch in self.batches:
-                for pinned in (False, True):
-                    pins = {layer: np.array([neuron])} if pinned else {}
+                for pins in ({}, {layer: np.array([neuron])}):  # dense, then ablated
                     with replay_below(self.model, layer, batch.block_outputs), \
-                            pin_to_means(self.model, pins, self.means), stop_after(self.model, target, []):
-                        try:
-                            self.model(batch.ids, batch.mask)
-                        except StopForward:
-                            pass
+                            pin_to_means(self.model, pins, self.means), stop_after(self.model, target, []), \
+                            suppress(StopForward):
+                        self.model(batch.ids, batch.mask)
                 dense, ablated = seen[-2:]
                 d = (ablated.double() - dense.double())[batch.mask.bool()].cpu()  # [real tokens, width]
                 total += d.sum(0)
@@ -254,19 +249,15 @@ class Ablator:
                     return hook
                 with torch.enable_grad(), self.adapter.activation_hooks(keep):
                     margin_of(self.model, batch).sum().backward()
-                self._accumulate(acc, acts, batch)
+                m = batch.mask.unsqueeze(-1).double()
+                for l in range(self.adapter.num_layers):  # sum over real tokens of (mean - a) * d margin / d a
+                    a, g = acts[l].detach().double(), acts[l].grad.double()
+                    acc[l] += (((self.means[l].double() - a) * g) * m).sum(dim=(0, 1)).cpu()
         finally:
             embed.remove()
             for q, flag in frozen:
                 q.requires_grad_(flag)
         return [(x / self.n_reviews).numpy() for x in acc]
-
-    def _accumulate(self, acc, acts, batch) -> None:
-        """Add sum over real tokens of (mean - a) * d margin / d a, per neuron."""
-        m = batch.mask.unsqueeze(-1).double()
-        for l in range(self.adapter.num_layers):
-            a, g = acts[l].detach().double(), acts[l].grad.double()
-            acc[l] += (((self.means[l].double() - a) * g) * m).sum(dim=(0, 1)).cpu()
 
 
 def _no_readout(model, what: str) -> None:
@@ -463,8 +454,7 @@ def edge_table(ablator: Ablator, edges: Sequence[tuple[tuple[int, int], tuple[in
     j's own standard deviation, and its percentile among the same relative change of every neuron of block
     l + 1. `measured`: the percentile reaches CONFIRM_QUANTILE (i moves j more than 90% of that block)."""
     rows = []
-    sources = sorted({u for u, _ in edges})
-    for u in sources:
+    for u in sorted({u for u, _ in edges}):
         change, abs_change = ablator.downstream_change(*u)
         std = ablator.std[u[0] + 1]
         relative = np.divide(abs_change, std, out=np.full_like(abs_change, np.nan), where=std > 0)
@@ -473,7 +463,7 @@ def edge_table(ablator: Ablator, edges: Sequence[tuple[tuple[int, int], tuple[in
             rows.append(dict(source=f"{u[0]}:{u[1]}", target=f"{lv}:{j}", source_layer=u[0], source_neuron=u[1],
                              target_layer=lv, target_neuron=j, change=float(change[j]), abs_change=float(abs_change[j]),
                              relative_change=float(relative[j]), percentile=pct,
-                             measured=bool(pct >= CONFIRM_QUANTILE) if pct == pct else False))
+                             measured=bool(pct >= CONFIRM_QUANTILE)))  # False for a NaN percentile
     columns = ["source", "target", "source_layer", "source_neuron", "target_layer", "target_neuron", "change",
                "abs_change", "relative_change", "percentile", "measured"]
     return pd.DataFrame(rows, columns=columns)

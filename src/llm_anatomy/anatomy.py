@@ -45,7 +45,7 @@ def extract(finetuned, train, val, probes, hidden, ffn, inputs, calibration_size
 
 
 def score(finetuned, hidden, ffn, inputs, layer_scores, neuron_scores, lens, contributions, score_summary,
-          threads: int | None) -> dict:
+          threads: int | None) -> None:
     """Rule score: the threshold-free tables from the extracted Parquet files: layer and neuron scores, the
     classifier lens, direct contributions, and `score_summary` (see docs/ANATOMY.md). What depends on
     anatomy.threshold is `neuron_sets`'s, so changing the threshold leaves these files, and the
@@ -100,11 +100,10 @@ def score(finetuned, hidden, ffn, inputs, layer_scores, neuron_scores, lens, con
     write_json(score_summary, result)
     log.info("scored in %.1f s; lens validation accuracy by layer %s", result["score_seconds"],
              [round(x, 3) for x in result["lens_validation_accuracy"]])
-    return None
 
 
 def neuron_sets(neuron_scores, contributions, score_summary, neuron_share, high_neurons, neuron_overlap, graph,
-                graph_counts, rank_agreement, summary, threshold: float) -> dict:
+                graph_counts, rank_agreement, summary, threshold: float) -> None:
     """Rule neuron_sets: what anatomy.threshold decides, from the score tables: the high and negative neuron
     shares and lists, their overlap across inputs, section 3.2's graph, the rank agreement of the cosine with the
     direct contribution, and the model's anatomy `summary` (the score summary included)."""
@@ -140,4 +139,3 @@ def neuron_sets(neuron_scores, contributions, score_summary, neuron_share, high_
     write_json(summary, result)
     log.info("neuron sets at threshold %.2f: share high per layer %s, funnel necks %s", threshold,
              np.round(result["share_high_per_layer"], 4).tolist(), result["funnel_necks"])
-    return None

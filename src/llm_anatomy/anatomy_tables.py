@@ -43,39 +43,33 @@ def probe_table(probe: pd.DataFrame) -> str:
                    "cos(probe, head)"], rows)
 
 
-def agreement_table(agreement: dict[str, pd.DataFrame]) -> str:
-    """Per score: Spearman's rho with each target, within layers and pooled, per model."""
-    header = ["score"]
-    for model in agreement:
-        for target in TARGETS:
-            header += [f"{model} within layers, {target}", f"{model} pooled, {target}"]
+def _score_rows(tables: dict[str, pd.DataFrame], cells) -> list[list[str]]:
+    """One row per score: the `cells` of its row for each target, in each model's table (columns score, target)."""
     rows = []
     for name in SCORES:
         row = [name]
-        for ag in agreement.values():
+        for tab in tables.values():
             for target in TARGETS:
-                r = ag[(ag["score"] == name) & (ag["target"] == target)].iloc[0]
-                row += [interval(r.spearman_within_layer, r.spearman_within_layer_lo, r.spearman_within_layer_hi),
-                        interval(r.spearman, r.spearman_lo, r.spearman_hi)]
+                row += cells(tab[(tab["score"] == name) & (tab["target"] == target)].iloc[0])
         rows.append(row)
-    return _table(header, rows)
+    return rows
+
+
+def agreement_table(agreement: dict[str, pd.DataFrame]) -> str:
+    """Per score: Spearman's rho with each target, within layers and pooled, per model."""
+    header = ["score"] + [f"{m} {kind}, {t}" for m in agreement for t in TARGETS for kind in ("within layers", "pooled")]
+    return _table(header, _score_rows(agreement, lambda r: [
+        interval(r.spearman_within_layer, r.spearman_within_layer_lo, r.spearman_within_layer_hi),
+        interval(r.spearman, r.spearman_lo, r.spearman_hi)]))
 
 
 def tails_table(tails: dict[str, pd.DataFrame]) -> str:
     """Per score and model: the share of its top-tail neurons above their layer's random median (95% exact
     interval, binomial p against 1/2) and their mean percentile, per target."""
     header = ["score"] + [f"{m}, {t}" for m in tails for t in TARGETS]
-    rows = []
-    for name in SCORES:
-        row = [name]
-        for tab in tails.values():
-            for target in TARGETS:
-                r = tab[(tab["score"] == name) & (tab["target"] == target)].iloc[0]
-                row.append(f"{int(r.above_layer_median)}/{int(r.tail_neurons)} = "
-                           f"{interval(r.share, r.share_lo, r.share_hi)}, p = {r.p_binomial:.2g}; "
-                           f"percentile {r.mean_percentile:.2f}")
-        rows.append(row)
-    return _table(header, rows)
+    return _table(header, _score_rows(tails, lambda r: [
+        f"{int(r.above_layer_median)}/{int(r.tail_neurons)} = {interval(r.share, r.share_lo, r.share_hi)}, "
+        f"p = {r.p_binomial:.2g}; percentile {r.mean_percentile:.2f}"]))
 
 
 def tops_table(tops: dict[str, pd.DataFrame]) -> str:

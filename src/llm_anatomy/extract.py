@@ -61,20 +61,16 @@ def extract_targets(model: SentimentClassifier, encoded: Sequence[Sequence[int]]
     logits = np.empty(n, dtype=np.float32)
     state: dict = {}
 
-    def grab(layer):
+    def grab(key):  # key: a block's index (its FFN activations) or "prenorm" (the final norm's input)
         def hook(_module, args):
-            x = args[0]  # [batch, seq, neurons]
-            state[layer] = x[state["rows"], state["pos"]].float().cpu().numpy()
+            state[key] = args[0][state["rows"], state["pos"]].float().cpu().numpy()  # args[0]: [batch, seq, width]
         return hook
-
-    def grab_prenorm(_module, args):
-        state["prenorm"] = args[0][state["rows"], state["pos"]].float().cpu().numpy()
 
     device = model_device(model)
     norm = adapter.final_norm_module()
     prenorm = np.empty((n, adapter.hidden_size), dtype=np.float32)
     bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10, device=device)
-    with removed_on_exit([norm.register_forward_pre_hook(grab_prenorm)] if norm is not None else []), \
+    with removed_on_exit([norm.register_forward_pre_hook(grab("prenorm"))] if norm is not None else []), \
             adapter.activation_hooks(grab), autocast(precision, device):
         for idx, ids, mask in bar:
             state["rows"] = torch.arange(len(idx), device=device)

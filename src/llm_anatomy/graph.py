@@ -24,10 +24,9 @@ def neuron_graph(scores: list[np.ndarray], threshold: float) -> nx.DiGraph:
     for layer, s in enumerate(scores):
         s = np.asarray(s)
         hi = np.flatnonzero(s > threshold)
-        for j in hi:
-            g.add_node(node_name(layer, j), layer=layer, neuron=int(j), score=float(s[j]), kind="high")
-        for j in np.flatnonzero(s < -threshold):
-            g.add_node(node_name(layer, j), layer=layer, neuron=int(j), score=float(s[j]), kind="offset")
+        for kind, idx in (("high", hi), ("offset", np.flatnonzero(s < -threshold))):
+            for j in idx:
+                g.add_node(node_name(layer, j), layer=layer, neuron=int(j), score=float(s[j]), kind=kind)
         high.append([node_name(layer, j) for j in hi])
     for layer in range(len(scores) - 1):
         g.add_edges_from((a, b) for a in high[layer] for b in high[layer + 1])

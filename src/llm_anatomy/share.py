@@ -16,18 +16,18 @@ from pathlib import Path
 SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
-def _run(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *cmd], cwd=repo, capture_output=True, text=True, check=check)
+def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *cmd], cwd=repo, capture_output=True, text=True, check=False)
 
 
 def default_remote(repo: Path) -> tuple[str, str]:
     """(name, url) of the repository's default DVC remote; urls of local folders come back absolute."""
-    answer = _run(repo, "dvc", "remote", "default", check=False)
+    answer = _run(repo, "dvc", "remote", "default")
     name = answer.stdout.strip() if answer.returncode == 0 else ""
     if not name:
         raise ValueError(f"{repo}: no default DVC remote. Add one: `dvc remote add -d shared <path or url>`")
     # `dvc remote list` wraps long urls at the terminal width; `dvc config` prints one tab-separated line
-    answer = _run(repo, "dvc", "config", "--show-origin", f"remote.{name}.url", check=False)
+    answer = _run(repo, "dvc", "config", "--show-origin", f"remote.{name}.url")
     if answer.returncode != 0 or not answer.stdout.strip():
         raise ValueError(f"{repo}: the default DVC remote {name!r} has no url; set one: "
                          f"`dvc remote modify --local {name} url <path or url>`")
@@ -53,10 +53,10 @@ def pull(repo: Path = Path("."), jobs: int | None = None) -> dict:
         raise ValueError(f"--repo {repo}: not a clone of this project (no .dvc folder); run `llm-anatomy pull` "
                          "inside the clone, or pass --repo <clone>")
     url = check_remote(repo)
-    pulled = _run(repo, "dvc", "pull", *([f"--jobs={jobs}"] if jobs else []), check=False)
+    pulled = _run(repo, "dvc", "pull", *([f"--jobs={jobs}"] if jobs else []))
     if pulled.returncode != 0:
         raise RuntimeError(f"dvc pull from {url} failed:\n{(pulled.stdout + pulled.stderr)[-3000:]}")
-    touched = _run(repo, "snakemake", "--touch", "--cores", "1", check=False)
+    touched = _run(repo, "snakemake", "--touch", "--cores", "1")
     if touched.returncode != 0:
         raise RuntimeError(f"snakemake --touch after the pull failed:\n{touched.stderr[-3000:]}")
     return dict(remote=url, pulled=pulled.stdout.strip().splitlines()[-1:] or [""])
