@@ -29,7 +29,7 @@ from .inference import predict_logits
 from .logits import accuracy
 from .stats import accuracy_interval, correct
 from .data import read_split
-from .io import atomic_dir, read_json, write_json
+from .io import atomic_dir, atomic_path, read_json, write_json
 from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
 from .progress import progress
 
@@ -150,10 +150,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
+        torch.save(state, tmp)
 
 
 def finetune(train, val, finetuned, metrics, spec: dict, model_name: str, threads: int | None, device: str,
