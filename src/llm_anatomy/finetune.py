@@ -82,7 +82,7 @@ def freeze(model: SentimentClassifier, p: FinetuneParams) -> None:
 
 def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
     decay, no_decay = [], []
-    for name, param in model.backbone.named_parameters():
+    for param in model.backbone.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     return [{"params": decay, "lr": p.lr, "weight_decay": p.weight_decay},
@@ -155,7 +155,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def finetune(train, val, finetuned, metrics, spec: dict, model_name: str, threads: int | None, device: str,
-             checkpoint) -> dict:
+             checkpoint) -> None:
     """Rule finetune: the model `spec` (source, tokenizer, num_layers, finetune settings) fine-tuned on the
     first `train_limit` reviews of the train split, validated on the val split, saved to the `finetuned` folder
     with its `metrics`; the resumable `checkpoint` is removed once the folder supersedes it."""
@@ -167,7 +167,6 @@ def finetune(train, val, finetuned, metrics, spec: dict, model_name: str, thread
     log.info("%s: validation accuracy %.4f [%.4f, %.4f], %.0f s training", model_name, result["val_accuracy"],
              result["val_accuracy_lo"], result["val_accuracy_hi"], result["train_seconds"])
     shutil.rmtree(Path(checkpoint).parent, ignore_errors=True)  # the checkpoint's own folder
-    return None
 
 
 def finetune_summary(metrics: list, summary, models: list) -> None:
