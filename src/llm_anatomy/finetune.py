@@ -110,10 +110,9 @@ def tokenizer_digest(tokenizer) -> str:
 
 def fingerprint(source: str, tokenizer, p: FinetuneParams, train: pd.DataFrame, val: pd.DataFrame) -> dict[str, str]:
     """Everything that determines a training run, part by part, so a mismatch can say what changed."""
-    params = asdict(p)
     return {"model source": source, "tokenizer": tokenizer_digest(tokenizer), "seed": str(p.seed),
             # threads, like the device, may differ between the killed run and its resumption
-            "fine-tune params": _digest({k: v for k, v in params.items() if k not in ("seed", "threads")}),
+            "fine-tune params": _digest({k: v for k, v in asdict(p).items() if k not in ("seed", "threads")}),
             "train split": frame_digest(train), "validation split": frame_digest(val)}
 
 
