@@ -74,7 +74,7 @@ def freeze(model: SentimentClassifier, p: FinetuneParams) -> None:
     if p.freeze_embeddings:
         model.backbone.get_input_embeddings().requires_grad_(False)
         for name, module in model.backbone.named_children():
-            if "embed" in name or name in {"wpe", "wte", "embeddings"}:
+            if "embed" in name or name in {"wpe", "wte"}:  # "embed" covers embeddings, embed_tokens
                 module.requires_grad_(False)
     for layer in adapter.layers()[: p.freeze_bottom_layers]:
         layer.requires_grad_(False)
