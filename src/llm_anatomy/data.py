@@ -19,7 +19,6 @@ from .layout import mirror_file
 
 log = logging.getLogger(__name__)
 
-REQUIRED = {"text", "label"}
 SPLIT_COLUMNS = ["text", "label", "source_split", "source_index"]
 
 
@@ -28,7 +27,7 @@ class DataError(ValueError):
 
 
 def check_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    missing = REQUIRED - set(df.columns)
+    missing = {"text", "label"} - set(df.columns)
     if missing:
         raise DataError(f"{where}: missing column(s) {sorted(missing)}; found {list(df.columns)}. "
                         "An IMDB table needs `text` (string) and `label` (0/1).")
@@ -42,7 +41,6 @@ def check_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
 def read_mirror(mirror_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The `train` and `test` splits of a local Parquet mirror (see ../shared/data/imdb/README.md)."""
-    mirror_dir = Path(mirror_dir)
     frames = {}
     for split in ("train", "test"):
         path = mirror_file(mirror_dir, split)

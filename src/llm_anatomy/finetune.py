@@ -29,7 +29,7 @@ from .inference import predict_logits
 from .logits import accuracy
 from .stats import accuracy_interval, correct
 from .data import read_split
-from .io import atomic_dir, read_json, write_json
+from .io import atomic_dir, atomic_path, read_json, write_json
 from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
 from .progress import progress
 
@@ -74,7 +74,7 @@ def freeze(model: SentimentClassifier, p: FinetuneParams) -> None:
     if p.freeze_embeddings:
         model.backbone.get_input_embeddings().requires_grad_(False)
         for name, module in model.backbone.named_children():
-            if "embed" in name or name in {"wpe", "wte", "embeddings"}:
+            if "embed" in name or name in {"wpe", "wte"}:  # "embed" covers embeddings, embed_tokens
                 module.requires_grad_(False)
     for layer in adapter.layers()[: p.freeze_bottom_layers]:
         layer.requires_grad_(False)
@@ -82,7 +82,7 @@ def freeze(model: SentimentClassifier, p: FinetuneParams) -> None:
 
 def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
     decay, no_decay = [], []
-    for name, param in model.backbone.named_parameters():
+    for param in model.backbone.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     return [{"params": decay, "lr": p.lr, "weight_decay": p.weight_decay},
@@ -110,10 +110,9 @@ def tokenizer_digest(tokenizer) -> str:
 
 def fingerprint(source: str, tokenizer, p: FinetuneParams, train: pd.DataFrame, val: pd.DataFrame) -> dict[str, str]:
     """Everything that determines a training run, part by part, so a mismatch can say what changed."""
-    params = asdict(p)
     return {"model source": source, "tokenizer": tokenizer_digest(tokenizer), "seed": str(p.seed),
             # threads, like the device, may differ between the killed run and its resumption
-            "fine-tune params": _digest({k: v for k, v in params.items() if k not in ("seed", "threads")}),
+            "fine-tune params": _digest({k: v for k, v in asdict(p).items() if k not in ("seed", "threads")}),
             "train split": frame_digest(train), "validation split": frame_digest(val)}
 
 
@@ -150,14 +149,12 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
+        torch.save(state, tmp)
 
 
 def finetune(train, val, finetuned, metrics, spec: dict, model_name: str, threads: int | None, device: str,
-             checkpoint) -> dict:
+             checkpoint) -> None:
     """Rule finetune: the model `spec` (source, tokenizer, num_layers, finetune settings) fine-tuned on the
     first `train_limit` reviews of the train split, validated on the val split, saved to the `finetuned` folder
     with its `metrics`; the resumable `checkpoint` is removed once the folder supersedes it."""
@@ -169,7 +166,6 @@ def finetune(train, val, finetuned, metrics, spec: dict, model_name: str, thread
     log.info("%s: validation accuracy %.4f [%.4f, %.4f], %.0f s training", model_name, result["val_accuracy"],
              result["val_accuracy_lo"], result["val_accuracy_hi"], result["train_seconds"])
     shutil.rmtree(Path(checkpoint).parent, ignore_errors=True)  # the checkpoint's own folder
-    return None
 
 
 def finetune_summary(metrics: list, summary, models: list) -> None:

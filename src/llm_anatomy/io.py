@@ -21,8 +21,6 @@ import pandas as pd
 def _jsonable(x):
     if isinstance(x, (np.integer, np.floating, np.bool_)):
         return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")

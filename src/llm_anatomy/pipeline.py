@@ -62,10 +62,9 @@ class Pipeline:
 
     def report_inputs(self, split: str = "test") -> dict[str, list[str]]:
         """Every target's metrics and per-review logits (pruned model and baselines), in the same order."""
-        pairs = self.targets.pairs()
-        return dict(metrics=[self.layout.target(m, t).metrics for m, t in pairs],
-                    evals=[self.layout.target(m, t).eval(split) for m, t in pairs],
-                    baselines=[self.layout.target(m, t).baselines(split) for m, t in pairs])
+        targets = [self.layout.target(m, t) for m, t in self.targets.pairs()]
+        return dict(metrics=[t.metrics for t in targets], evals=[t.eval(split) for t in targets],
+                    baselines=[t.baselines(split) for t in targets])
 
     def pruned_dirs(self) -> list[str]:
         return [self.layout.pruned(m, t) for m, t in self.targets.pairs()]

@@ -31,7 +31,7 @@ class LogProgress:
     def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
                  initial: int = 0, interval: float = INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         self.iterable, self.desc, self.interval, self.clock = iterable, desc, interval, clock
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        if total is None and hasattr(iterable, "__len__"):  # None has no length
             total = len(iterable)
         self.total, self.n, self.initial = total, initial, initial
         self.start = self.last = clock()
