@@ -182,6 +182,12 @@ def active_profile(config: dict) -> dict:
     return config["profiles"][name]
 
 
+def profile_anatomy(config: dict, prof: dict) -> dict:
+    """The anatomy settings a profile runs with: each top-level key of its `anatomy:` section replaces the
+    section's whole value (a shallow merge: the tiny profile's `probe:` block replaces the default block)."""
+    return {**config["anatomy"], **prof.get("anatomy", {})}
+
+
 def resolve_path(path: str | Path, root: str | Path) -> Path:
     path = Path(path)
     return path if path.is_absolute() else (Path(root) / path).resolve()
@@ -198,7 +204,7 @@ def check_semantics(config: dict, root: str | Path) -> None:
                 raise ParamsError(f"data.mirror_dir: {mirror_file(resolve_path(data['mirror_dir'], root), split)} does "
                                   "not exist; point it at the IMDB Parquet mirror (default ../shared/data/imdb) or set "
                                   "data.source: hub")
-    anatomy = {**config["anatomy"], **prof.get("anatomy", {})}
+    anatomy = profile_anatomy(config, prof)
     from .probes import ProbeError, read_probes
     try:  # read now, so a bad probe file stops the run before any fine-tuning
         read_probes(resolve_path(anatomy["probes"], root))
