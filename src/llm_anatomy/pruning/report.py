@@ -182,6 +182,11 @@ def _curve_runs(rs: list[PruneMetrics], name: str) -> list[PruneMetrics]:
     return sorted([m for m in rs if m.curve == name], key=lambda m: m.pruned_pct)
 
 
+def _accuracy_yerr(runs: list[PruneMetrics]) -> list[list[float]]:
+    """Error bars from each run's accuracy down and up to the ends of its 95% interval."""
+    return [[m.accuracy - m.accuracy_lo for m in runs], [m.accuracy_hi - m.accuracy for m in runs]]
+
+
 def _band(ax, x, lo, hi, color):
     ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
 
@@ -229,16 +234,11 @@ def draw_accuracy(runs: list[PruneMetrics], path) -> None:
             pts = _curve_runs(rs, curve)
             if pts:  # decoder scorings: the method with its interval (random baselines in the summary)
                 x = [m.pruned_pct for m in pts]
-                ax.errorbar(x, [m.accuracy for m in pts],
-                            yerr=[[m.accuracy - m.accuracy_lo for m in pts],
-                                  [m.accuracy_hi - m.accuracy for m in pts]],
-                            fmt="P-.", color=color, ms=6, capsize=2,
-                            label=f"paper rule, {curve.split('-', 1)[1]} scoring")
+                ax.errorbar(x, [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), fmt="P-.", color=color, ms=6,
+                            capsize=2, label=f"paper rule, {curve.split('-', 1)[1]} scoring")
         named = _curve_runs(rs, "named")
         for m in named:
-            ax.errorbar(m.pruned_pct, m.accuracy, yerr=[[m.accuracy - m.accuracy_lo],
-                                                             [m.accuracy_hi - m.accuracy]],
-                        fmt="D", color="C2", ms=5, capsize=2)
+            ax.errorbar(m.pruned_pct, m.accuracy, yerr=_accuracy_yerr([m]), fmt="D", color="C2", ms=5, capsize=2)
             ax.errorbar(m.pruned_pct, m.accuracy_random_mean,
                         yerr=[[m.accuracy_random_mean - m.accuracy_random_lo],
                               [m.accuracy_random_hi - m.accuracy_random_mean]], fmt="^", color="C3", ms=4,
@@ -345,9 +345,7 @@ def draw_pareto(runs: list[PruneMetrics], path) -> None:
             for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
                 if key == "speedup_removed":  # points only: a curve's speedups need not grow with its sparsity
                     style = dict(style, fmt=style["fmt"][0])
-                ax.errorbar([getattr(m, key) for m in pts], [m.accuracy for m in pts],
-                            yerr=[[m.accuracy - m.accuracy_lo for m in pts],
-                                  [m.accuracy_hi - m.accuracy for m in pts]], **style)
+                ax.errorbar([getattr(m, key) for m in pts], [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), **style)
         flap = _curve_runs(rs, "flap")
         if flap:
             row[0].plot([m.pruned_pct for m in flap], [m.accuracy_random_mean for m in flap], "kx:",
