@@ -89,12 +89,10 @@ def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str], edges: pd.D
     n_layers = int(g.graph["layers"])
     pos = {}
     for layer in range(n_layers):
-        for kind, side in (("high", 1), ("offset", -1)):
+        for kind, left, right in (("high", 0, 1), ("offset", 1.15, 1.5)):  # offset nodes on the right
             nodes = sorted((n for n, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == kind),
                            key=lambda n: g.nodes[n]["neuron"])
-            # high nodes spread over [0, 1], offset nodes over [1.15, 1.5] on the right
-            xs = np.linspace(0, 1, len(nodes) + 2)[1:-1] if side > 0 else np.linspace(1.15, 1.5, len(nodes) + 2)[1:-1]
-            pos.update({n: (x, -layer) for n, x in zip(nodes, xs)})
+            pos.update({n: (x, -layer) for n, x in zip(nodes, np.linspace(left, right, len(nodes) + 2)[1:-1])})
     fig, ax = plt.subplots(figsize=(9, max(4.0, min(0.45 * n_layers, 10.0) + 1.5)))
     measured = {(r.source, r.target) for r in edges.itertuples() if r.measured}
     presumed = [(pos[a], pos[b]) for a, b in g.edges() if (a, b) not in measured]
@@ -106,13 +104,11 @@ def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str], edges: pd.D
         ax.add_collection(LineCollection([(pos[a], pos[b]) for a, b in measured], colors="black", linewidths=1.2,
                                          label="edge measured: source's ablation moves the target\nmore than 90% "
                                                "of its block"))
-    for kind, color in (("high", "tab:blue"), ("offset", "tab:red")):
+    for kind, color, rule in (("high", "tab:blue", "score > "), ("offset", "tab:red", "score < -")):
         nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
         if nodes:
             xy = np.array([pos[n] for n in nodes])
-            ax.scatter(xy[:, 0], xy[:, 1], s=14, color=color, zorder=3,
-                       label=f"{kind} ({'score >' if kind == 'high' else 'score <'} "
-                             f"{'' if kind == 'high' else '-'}{g.graph['threshold']})")
+            ax.scatter(xy[:, 0], xy[:, 1], s=14, color=color, zorder=3, label=f"{kind} ({rule}{g.graph['threshold']})")
     ringed = [n for n in confirmed if n in pos]
     if ringed:
         xy = np.array([pos[n] for n in ringed])
