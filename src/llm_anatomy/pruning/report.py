@@ -139,14 +139,14 @@ def frontier_table(runs: list[PruneMetrics]) -> pd.DataFrame:
     model beats on both accuracy and % pruned (`frontier_sparsity`) or on both accuracy and measured speedup
     (`frontier_speedup`). Point estimates decide membership; summary.csv's verdicts say which differences are detectable."""
     rows = []
-    for mod, rs in _by_model([m for m in runs if m.curve != "named"]).items():
+    for rs in _by_model([m for m in runs if m.curve != "named"]).values():
         by_sparsity = [(m.pruned_pct, m.accuracy) for m in rs]
         by_speed = [(m.speedup_removed, m.accuracy) for m in rs]
         for i, m in enumerate(rs):
             on_sparsity, on_speed = not _dominated(by_sparsity, i), not _dominated(by_speed, i)
             if on_sparsity or on_speed:
                 spread = m.speedup_removed_spread
-                rows.append({**{k: getattr(m, k) for k in FRONTIER_COLUMNS if hasattr(m, k)}, "model": mod,
+                rows.append({**{k: getattr(m, k) for k in FRONTIER_COLUMNS if hasattr(m, k)},
                              "speedup_removed_min": spread["min"], "speedup_removed_max": spread["max"],
                              "frontier_sparsity": on_sparsity, "frontier_speedup": on_speed})
     df = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
