@@ -193,10 +193,10 @@ def _pull(args) -> dict:
     return pull(Path(args.repo), args.jobs)
 
 
-def _option(p, key: str, prop: dict, flag: str | None = None, dest: str | None = None) -> None:
+def _option(p, key: str, prop: dict) -> None:
     """An option for one params.yaml key: its type, choices, default and description from the schema."""
-    flag = flag or "--" + key.replace("_", "-")
-    kw = dict(dest=dest or key, default=prop.get("default"))
+    flag = "--" + key.replace("_", "-")
+    kw = dict(dest=key, default=prop.get("default"))
     if "enum" in prop:
         kw["choices"] = prop["enum"]
     elif prop.get("type") == "boolean":

@@ -97,18 +97,14 @@ def _did_you_mean(value, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _unknown(kind: str, value: str, choices) -> str:
-    return f"{kind} {value!r} is unknown" + _did_you_mean(value, choices)
-
-
 def _curve_parts(curve: str, criteria, allocations, compensations) -> list[str]:
     """What is wrong in a curve name: each part that names no criterion, allocation or compensation.
     Criteria may hold hyphens (wanda-sp); allocations and compensations hold none."""
     head, _, compensation = curve.rpartition("-")
     criterion, _, allocation = head.rpartition("-")
-    problems = [_unknown(k, v, c) for k, v, c in (("criterion", criterion, criteria),
-                                                  ("allocation", allocation, allocations),
-                                                  ("compensation", compensation, compensations)) if v not in c]
+    problems = [f"{kind} {value!r} is unknown{_did_you_mean(value, choices)}"
+                for kind, value, choices in (("criterion", criterion, criteria), ("allocation", allocation, allocations),
+                                             ("compensation", compensation, compensations)) if value not in choices]
     return problems or ["three parts are needed"]
 
 
@@ -182,6 +178,12 @@ def active_profile(config: dict) -> dict:
     return config["profiles"][name]
 
 
+def profile_anatomy(config: dict, prof: dict) -> dict:
+    """The anatomy settings a profile runs with: each top-level key of its `anatomy:` section replaces the
+    section's whole value (a shallow merge: the tiny profile's `probe:` block replaces the default block)."""
+    return {**config["anatomy"], **prof.get("anatomy", {})}
+
+
 def resolve_path(path: str | Path, root: str | Path) -> Path:
     path = Path(path)
     return path if path.is_absolute() else (Path(root) / path).resolve()
@@ -194,11 +196,11 @@ def check_semantics(config: dict, root: str | Path) -> None:
     data = config["data"]
     if data["source"] == "mirror":
         for split in ("train", "test"):
-            if not mirror_file(resolve_path(data["mirror_dir"], root), split).exists():
-                raise ParamsError(f"data.mirror_dir: {mirror_file(resolve_path(data['mirror_dir'], root), split)} does "
-                                  "not exist; point it at the IMDB Parquet mirror (default ../shared/data/imdb) or set "
-                                  "data.source: hub")
-    anatomy = {**config["anatomy"], **prof.get("anatomy", {})}
+            path = mirror_file(resolve_path(data["mirror_dir"], root), split)
+            if not path.exists():
+                raise ParamsError(f"data.mirror_dir: {path} does not exist; point it at the IMDB Parquet mirror (default "
+                                  "../shared/data/imdb) or set data.source: hub")
+    anatomy = profile_anatomy(config, prof)
     from .probes import ProbeError, read_probes
     try:  # read now, so a bad probe file stops the run before any fine-tuning
         read_probes(resolve_path(anatomy["probes"], root))
@@ -271,8 +273,8 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
             raise ParamsError(f"{key}.calibration_reviews = {reviews} exceeds "
                               f"split.train = {prof['split']['train']}; lower it (calibration statistics come from "
                               "the train split)")
-        _check_method_curves(methods.get("curves", []), f"{key}.methods.curves")
         curves = methods.get("curves", [])
+        _check_method_curves(curves, f"{key}.methods.curves")
         searched = curves == "all" or any(method_of(c)[1] == "searched" for c in curves)
         if searched and methods.get("percents") and methods.get("search_reviews", 0) > prof["split"]["val"]:
             raise ParamsError(f"{key}.methods.search_reviews = {methods['search_reviews']} exceeds split.val = "

@@ -47,9 +47,9 @@ def plot_layer_cosine(tables: dict[str, pd.DataFrame], probes: pd.DataFrame, pat
 
 
 def plot_lens(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.DataFrame], path,
-              probe_tables: dict[str, pd.DataFrame] | None = None) -> None:
-    """Per model: mean probe cosine (left axis) beside the classifier lens accuracy and, when given, the
-    linear probes' validation accuracy with its 95% interval (right axis)."""
+              probe_tables: dict[str, pd.DataFrame]) -> None:
+    """Per model: mean probe cosine (left axis) beside the classifier lens accuracy and the linear probes'
+    validation accuracy with its 95% interval (right axis)."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, len(layer_tables), figsize=(6 * len(layer_tables), 4), squeeze=False)
     for ax, model in zip(axes[0], layer_tables):
@@ -69,11 +69,10 @@ def plot_lens(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.D
             if len(d):
                 ax2.plot(d["layer"], d["accuracy"], color="tab:red", linestyle=style, marker="s", markersize=3,
                          label=f"lens accuracy ({name})")
-        if probe_tables is not None and model in probe_tables:
-            p = probe_tables[model]
-            ax2.plot(p["layer"], p["probe_accuracy"], color="tab:green", marker="^", markersize=3,
-                     label="linear probe accuracy (validation, 95% interval)")
-            ax2.fill_between(p["layer"], p["probe_accuracy_lo"], p["probe_accuracy_hi"], color="tab:green", alpha=0.2)
+        p = probe_tables[model]
+        ax2.plot(p["layer"], p["probe_accuracy"], color="tab:green", marker="^", markersize=3,
+                 label="linear probe accuracy (validation, 95% interval)")
+        ax2.fill_between(p["layer"], p["probe_accuracy_lo"], p["probe_accuracy_hi"], color="tab:green", alpha=0.2)
         ax2.set(ylabel="accuracy", ylim=(0.4, 1.0))
         ax2.grid(False)
         (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
@@ -82,45 +81,40 @@ def plot_lens(layer_tables: dict[str, pd.DataFrame], lens_tables: dict[str, pd.D
     save_figure(fig, path)
 
 
-def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str] | None = None,
-               edges: pd.DataFrame | None = None) -> None:
+def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str], edges: pd.DataFrame) -> None:
     """Layer 0 at the top, the last layer at the bottom; high nodes blue, offset nodes red; nodes whose
     ablation moves the margin more than 90% of random neurons (`confirmed`) ringed in black. Edges: the
-    paper's presumed full connection layer to layer; with `edges` (graph_edges.csv) the measured ones (the
+    paper's presumed full connection layer to layer; the measured ones of `edges` (graph_edges.csv: the
     source's ablation moves the target more than 90% of its block) drawn dark, the others dashed."""
     n_layers = int(g.graph["layers"])
     pos = {}
     for layer in range(n_layers):
-        for kind, side in (("high", 1), ("offset", -1)):
+        for kind, left, right in (("high", 0, 1), ("offset", 1.15, 1.5)):  # offset nodes on the right
             nodes = sorted((n for n, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == kind),
                            key=lambda n: g.nodes[n]["neuron"])
-            # high nodes spread over [0, 1], offset nodes over [1.15, 1.5] on the right
-            xs = np.linspace(0, 1, len(nodes) + 2)[1:-1] if side > 0 else np.linspace(1.15, 1.5, len(nodes) + 2)[1:-1]
-            pos.update({n: (x, -layer) for n, x in zip(nodes, xs)})
+            pos.update({n: (x, -layer) for n, x in zip(nodes, np.linspace(left, right, len(nodes) + 2)[1:-1])})
     fig, ax = plt.subplots(figsize=(9, max(4.0, min(0.45 * n_layers, 10.0) + 1.5)))
-    measured = set() if edges is None else {(r.source, r.target) for r in edges.itertuples() if r.measured}
+    measured = {(r.source, r.target) for r in edges.itertuples() if r.measured}
     presumed = [(pos[a], pos[b]) for a, b in g.edges() if (a, b) not in measured]
     if presumed:
-        label = "edge presumed (paper), not measured" if edges is not None else "edge presumed (paper), unmeasured"
         ax.add_collection(LineCollection(presumed, colors="grey", linewidths=0.6, linestyles="dashed",
-                                         alpha=min(0.6, 40 / len(presumed) ** 0.5), label=label))
+                                         alpha=min(0.6, 40 / len(presumed) ** 0.5),
+                                         label="edge presumed (paper), not measured"))
     if measured:
         ax.add_collection(LineCollection([(pos[a], pos[b]) for a, b in measured], colors="black", linewidths=1.2,
                                          label="edge measured: source's ablation moves the target\nmore than 90% "
                                                "of its block"))
-    for kind, color in (("high", "tab:blue"), ("offset", "tab:red")):
+    for kind, color, rule in (("high", "tab:blue", "score > "), ("offset", "tab:red", "score < -")):
         nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
         if nodes:
             xy = np.array([pos[n] for n in nodes])
-            ax.scatter(xy[:, 0], xy[:, 1], s=14, color=color, zorder=3,
-                       label=f"{kind} ({'score >' if kind == 'high' else 'score <'} "
-                             f"{'' if kind == 'high' else '-'}{g.graph['threshold']})")
-    ringed = [n for n in (confirmed or set()) if n in pos]
+            ax.scatter(xy[:, 0], xy[:, 1], s=14, color=color, zorder=3, label=f"{kind} ({rule}{g.graph['threshold']})")
+    ringed = [n for n in confirmed if n in pos]
     if ringed:
         xy = np.array([pos[n] for n in ringed])
         ax.scatter(xy[:, 0], xy[:, 1], s=60, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,
                    label="confirmed by ablation")
-    elif confirmed is not None and g.number_of_nodes():
+    elif g.number_of_nodes():
         ax.plot([], [], " ", label="no node confirmed by ablation")
     for layer in range(n_layers):
         n_hi = sum(1 for _, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == "high")

@@ -66,8 +66,7 @@ class Difference:
     b_only: int
 
     def to_dict(self, prefix: str) -> dict:
-        return {f"{prefix}": self.diff, f"{prefix}_lo": self.lo, f"{prefix}_hi": self.hi,
-                f"{prefix}_p": self.p_mcnemar}
+        return {prefix: self.diff, f"{prefix}_lo": self.lo, f"{prefix}_hi": self.hi, f"{prefix}_p": self.p_mcnemar}
 
 
 @dataclass(frozen=True)
@@ -86,9 +85,10 @@ class SeededDifference:
         return {prefix: self.diff, f"{prefix}_lo": self.lo, f"{prefix}_hi": self.hi, f"{prefix}_p": self.p}
 
 
-def _bootstrap(data: tuple, statistic, seed: int, paired: bool) -> tuple[float, float]:
-    res = stats.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=RESAMPLES,
-                          confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(seed))
+def _bootstrap_mean(x: np.ndarray, seed: int) -> tuple[float, float]:
+    res = stats.bootstrap((x,), lambda s, axis=-1: s.mean(axis=axis), paired=False, vectorized=True,
+                          n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                          random_state=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return float(lo), float(hi)
 
@@ -100,7 +100,7 @@ def accuracy_interval(outcomes, seed: int = 0) -> Interval:
         raise ValueError("no reviews to compute an accuracy interval on")
     if np.all(x == x[0]):
         return Interval(float(x[0]), float(x[0]), float(x[0]))
-    lo, hi = _bootstrap((x,), lambda s, axis=-1: s.mean(axis=axis), seed, paired=False)
+    lo, hi = _bootstrap_mean(x, seed)
     return Interval(float(x.mean()), lo, hi)
 
 
@@ -124,7 +124,7 @@ def paired_difference(a, b, seed: int = 0) -> Difference:
     if np.all(d == d[0]):
         lo = hi = diff
     else:
-        lo, hi = _bootstrap((d,), lambda s, axis=-1: s.mean(axis=axis), seed, paired=False)
+        lo, hi = _bootstrap_mean(d, seed)
     return Difference(diff, lo, hi, p, a_only, b_only)
 
 

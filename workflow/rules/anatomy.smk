@@ -2,7 +2,9 @@
 # extract (model -> Parquet) -> score (Parquet -> scores, lens, contributions) -> neuron_sets
 # (anatomy.threshold -> high neurons, graph, summary) -> ablate -> anatomy_figures; linear_probe (per-layer
 # probes beside the lens). Reads train and validation reviews only, never the test split.
-ANATOMY = {**config["anatomy"], **PROFILE.get("anatomy", {})}  # a profile may override any key
+from llm_anatomy.config import profile_anatomy
+
+ANATOMY = profile_anatomy(config, PROFILE)  # a profile may override any key
 ANATOMY_PROBES = workdir_path(ANATOMY["probes"])
 FIGURES = LAYOUT.anatomy_figures(MODELS)
 

@@ -32,23 +32,22 @@ def _f(doc: str, default=None):
 class Measured:
     """The timing fields that timing.json and metrics.json share: each key defined once, here."""
 
-    machine: dict = _f("CPU model and bf16 features, threads, device, torch version of the timing run", None)
+    machine: dict = _f("CPU model and bf16 features, threads, device, torch version of the timing run")
     loop: dict | None = _f("the evaluation loop's parts in the timed runs: fused FFN input maps, read-token-only "
-                           "last block, weight dtype (docs/SPEED.md); None in timings made before it was recorded",
-                           None)
+                           "last block, weight dtype (docs/SPEED.md); None in timings made before it was recorded")
     timed_reviews: int = _f("reviews per timed pass (the first of the test reviews)", 0)
     batch_size: int = _f("inference batch size (length-sorted, dynamically padded)", 0)
     precision: str = _f("fp32 | bf16 (backbone weights stored in bf16), as the checkpoint was fine-tuned", "fp32")
     repeats: int = _f("alternating timed passes per variant", 0)
-    times_s: dict = _f("seconds of every timed pass, per variant (dense, zeroed, removed)", None)
+    times_s: dict = _f("seconds of every timed pass, per variant (dense, zeroed, removed)")
     time_dense_s: float = _f("median seconds, dense", 0.0)
-    time_zeroed_s: float | None = _f("median seconds, zeroed (the paper's way); null where not timed (sizing time_zeroed)", None)
+    time_zeroed_s: float | None = _f("median seconds, zeroed (the paper's way); null where not timed (sizing time_zeroed)")
     time_removed_s: float = _f("median seconds, physically removed", 0.0)
-    speedup_zeroed: float | None = _f("time_dense_s / time_zeroed_s; null where not timed", None)
+    speedup_zeroed: float | None = _f("time_dense_s / time_zeroed_s; null where not timed")
     speedup_removed: float = _f("time_dense_s / time_removed_s", 0.0)
-    speedup_zeroed_spread: dict | None = _f(
-        "min, median, max over repeats of the per-repeat ratio dense/zeroed; null where not timed", None)
-    speedup_removed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/removed", None)
+    speedup_zeroed_spread: dict | None = _f("min, median, max over repeats of the per-repeat ratio dense/zeroed; null where "
+                                            "not timed")
+    speedup_removed_spread: dict = _f("min, median, max over repeats of the per-repeat ratio dense/removed")
     zeroed_vs_removed_max_abs_logit_diff_fp32: float = _f("float32 check that zeroing and removal agree", 0.0)
     macs_dense: int = _f("multiply-adds of the dense backbone over the timed reviews", 0)
     macs_removed: int = _f("the same for the removed model", 0)
@@ -57,10 +56,10 @@ class Measured:
     ffn_macs_dense: int = _f("FFN multiply-adds of the dense model over the timed reviews", 0)
     ffn_macs_removed: int = _f("the same for the removed model", 0)
     roofline: dict | None = _f("this machine's attainable matmul rate at the dense model's linear shapes, measured "
-                               "in the timing job (llm_anatomy.roofline); null on a GPU", None)
-    roofline_fraction_dense: float | None = _f("2 macs_dense / time_dense_s / attainable rate", None)
-    roofline_fraction_zeroed: float | None = _f("the same for zeroed (dense multiply-adds: zeroing removes none)", None)
-    roofline_fraction_removed: float | None = _f("2 macs_removed / time_removed_s / attainable rate", None)
+                               "in the timing job (llm_anatomy.roofline); null on a GPU")
+    roofline_fraction_dense: float | None = _f("2 macs_dense / time_dense_s / attainable rate")
+    roofline_fraction_zeroed: float | None = _f("the same for zeroed (dense multiply-adds: zeroing removes none)")
+    roofline_fraction_removed: float | None = _f("2 macs_removed / time_removed_s / attainable rate")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,8 +107,8 @@ class PruneMetrics(Measured):
     neurons_total: int = _f("FFN neurons of the dense model", 0)
     neurons_pruned: int = _f("FFN neurons the plan prunes", 0)
     pruned_pct: float = _f("100 x neurons_pruned / neurons_total", 0.0)
-    pruned_per_layer: list = _f("per layer: neurons pruned", None)
-    pruned_pct_per_layer: list = _f("per layer: % of the layer's neurons pruned", None)
+    pruned_per_layer: list = _f("per layer: neurons pruned")
+    pruned_pct_per_layer: list = _f("per layer: % of the layer's neurons pruned")
     # accuracy (eval_<split>.parquet of the dense model and of the pruned folder; baselines_<split>.parquet).
     # Every accuracy has a 95% interval (_lo, _hi); every gap is paired on the same reviews, with its
     # interval and an unadjusted p-value (_p): exact McNemar against one model, the combined seeds-and-reviews
@@ -130,7 +129,7 @@ class PruneMetrics(Measured):
     gap_dense_hi: float = _f("95% paired bootstrap interval of gap_dense, high end", 0.0)
     gap_dense_p: float = _f("exact McNemar p-value, pruned vs dense", 1.0)
     accuracy_random: list = _f("random baseline per seed (the plan's per-layer counts, high neurons kept), "
-                               "treated as the plan is (compensated the same way when it is)", None)
+                               "treated as the plan is (compensated the same way when it is)")
     accuracy_random_mean: float = _f("mean of accuracy_random", 0.0)
     accuracy_random_std: float = _f("sample standard deviation of accuracy_random over seeds (0 for one seed)", 0.0)
     accuracy_random_lo: float = _f("95% interval of accuracy_random_mean over seeds and reviews "
@@ -142,7 +141,7 @@ class PruneMetrics(Measured):
                               "(stats.seeded_difference), low end", 0.0)
     gap_random_hi: float = _f("the interval's high end", 0.0)
     gap_random_p: float = _f("two-sided p-value of gap_random = 0, the test its interval inverts (unadjusted)", 1.0)
-    random_seeds: list = _f("seeds of the random baseline", None)
+    random_seeds: list = _f("seeds of the random baseline")
     # compensated plans only (null otherwise): selection and compensation separated
     accuracy_uncompensated: float | None = _f("the same neurons removed without compensation")
     accuracy_uncompensated_lo: float | None = _f("95% bootstrap interval of accuracy_uncompensated, low end")
@@ -218,7 +217,7 @@ def plan_fields(info: PlanInfo) -> dict:
 
 
 def prune_metrics(plan, random_plans, pruned, dense_eval, eval, baselines, timing, metrics, model_name: str,
-                  target: str, split: str = "test", **benchmarks) -> dict:
+                  target: str, split: str = "test", **benchmarks) -> None:
     """Rule prune_metrics: one target's PruneMetrics record from its step artifacts, and the seconds_* costs
     from the benchmark files of its jobs (`benchmark_<job>` keywords)."""
     the_plan = read_plan(plan)
@@ -259,7 +258,6 @@ def prune_metrics(plan, random_plans, pruned, dense_eval, eval, baselines, timin
     log.info("%s/%s: pruned %.1f%%, accuracy %.4f (dense %.4f, random %.4f +- %.4f), speedup removed %.3fx",
              m.model, m.target, m.pruned_pct, m.accuracy, m.accuracy_dense, m.accuracy_random_mean,
              m.accuracy_random_std, m.speedup_removed)
-    return None
 
 
 def accuracy_evidence(dense: np.ndarray, pruned: np.ndarray, variants: dict[str, np.ndarray],

@@ -34,11 +34,6 @@ HEADLINE = ["pruned_pct", "accuracy_dense", "accuracy", "accuracy_lo", "accuracy
             "baseline_reviews"]
 
 
-def headline(m: PruneMetrics) -> dict:
-    """The scalar metrics of one run (what dvc metrics show lists)."""
-    return {k: getattr(m, k) for k in HEADLINE}
-
-
 # Accuracy and gap columns of the summary, in reading order; a gap's _p is its unadjusted p-value (exact
 # McNemar against one model, the combined seeds-and-reviews test against a random baseline).
 EVIDENCE = ["accuracy_dense", "accuracy_dense_lo", "accuracy_dense_hi", "accuracy", "accuracy_lo", "accuracy_hi",
@@ -144,15 +139,14 @@ def frontier_table(runs: list[PruneMetrics]) -> pd.DataFrame:
     model beats on both accuracy and % pruned (`frontier_sparsity`) or on both accuracy and measured speedup
     (`frontier_speedup`). Point estimates decide membership; summary.csv's verdicts say which differences are detectable."""
     rows = []
-    _, groups = _by_model([m for m in runs if m.curve != "named"])
-    for mod, rs in groups.items():
+    for rs in _by_model([m for m in runs if m.curve != "named"]).values():
         by_sparsity = [(m.pruned_pct, m.accuracy) for m in rs]
         by_speed = [(m.speedup_removed, m.accuracy) for m in rs]
         for i, m in enumerate(rs):
             on_sparsity, on_speed = not _dominated(by_sparsity, i), not _dominated(by_speed, i)
             if on_sparsity or on_speed:
                 spread = m.speedup_removed_spread
-                rows.append({**{k: getattr(m, k) for k in FRONTIER_COLUMNS if hasattr(m, k)}, "model": mod,
+                rows.append({**{k: getattr(m, k) for k in FRONTIER_COLUMNS if hasattr(m, k)},
                              "speedup_removed_min": spread["min"], "speedup_removed_max": spread["max"],
                              "frontier_sparsity": on_sparsity, "frontier_speedup": on_speed})
     df = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
@@ -167,14 +161,16 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _by_model(runs):
-    models = sorted({m.model for m in runs})
-    return models, {mod: [m for m in runs if m.model == mod] for mod in models}
+def _by_model(runs) -> dict[str, list[PruneMetrics]]:
+    return {mod: [m for m in runs if m.model == mod] for mod in sorted({m.model for m in runs})}
 
 
-def _dense_run(rs: list[PruneMetrics]) -> PruneMetrics:
-    """The run whose dense accuracy read the most reviews (the headline points read more than the others)."""
-    return max(rs, key=lambda m: m.test_reviews)
+def _dense_line(ax, rs: list[PruneMetrics]) -> None:
+    """The dense accuracy and its 95% interval, from the run whose dense accuracy read the most reviews (the
+    headline points read more than the others)."""
+    d = max(rs, key=lambda m: m.test_reviews)
+    ax.axhline(d.accuracy_dense, ls="--", color="grey", label="dense")
+    ax.axhspan(d.accuracy_dense_lo, d.accuracy_dense_hi, color="grey", alpha=0.1, lw=0)
 
 
 def _reviews_label(rs: list[PruneMetrics]) -> str:
@@ -184,6 +180,11 @@ def _reviews_label(rs: list[PruneMetrics]) -> str:
 
 def _curve_runs(rs: list[PruneMetrics], name: str) -> list[PruneMetrics]:
     return sorted([m for m in rs if m.curve == name], key=lambda m: m.pruned_pct)
+
+
+def _accuracy_yerr(runs: list[PruneMetrics]) -> list[list[float]]:
+    """Error bars from each run's accuracy down and up to the ends of its 95% interval."""
+    return [[m.accuracy - m.accuracy_lo for m in runs], [m.accuracy_hi - m.accuracy for m in runs]]
 
 
 def _band(ax, x, lo, hi, color):
@@ -224,36 +225,27 @@ def draw_accuracy(runs: list[PruneMetrics], path) -> None:
     """Accuracy against % FFN neurons pruned: the paper rule and FLAP, each with the random baseline
     matched to its per-layer counts and treated as the method is; bands are 95% intervals (over reviews;
     over seeds and reviews for the random baselines). Markers: the Figure-5a configurations."""
-    models, groups = _by_model(runs)
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6.5 * max(len(models), 1), 5), squeeze=False)
-    for ax, mod in zip(axes[0], models):
-        rs = groups[mod]
-        sweep, flap = _curve_runs(rs, "sweep"), _curve_runs(rs, "flap")
-        named = _curve_runs(rs, "named")
-        _accuracy_curve(ax, sweep, "C0", "paper rule", "C3")
-        _accuracy_curve(ax, flap, "C1", "FLAP", "C4")
+    groups = _by_model(runs)
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6.5 * max(len(groups), 1), 5), squeeze=False)
+    for ax, (mod, rs) in zip(axes[0], groups.items()):
+        _accuracy_curve(ax, _curve_runs(rs, "sweep"), "C0", "paper rule", "C3")
+        _accuracy_curve(ax, _curve_runs(rs, "flap"), "C1", "FLAP", "C4")
         for curve, color in (("sweep-prenorm", "C5"), ("sweep-gain", "C6")):
             pts = _curve_runs(rs, curve)
             if pts:  # decoder scorings: the method with its interval (random baselines in the summary)
                 x = [m.pruned_pct for m in pts]
-                ax.errorbar(x, [m.accuracy for m in pts],
-                            yerr=[[m.accuracy - m.accuracy_lo for m in pts],
-                                  [m.accuracy_hi - m.accuracy for m in pts]],
-                            fmt="P-.", color=color, ms=6, capsize=2,
-                            label=f"paper rule, {curve.split('-', 1)[1]} scoring")
+                ax.errorbar(x, [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), fmt="P-.", color=color, ms=6,
+                            capsize=2, label=f"paper rule, {curve.split('-', 1)[1]} scoring")
+        named = _curve_runs(rs, "named")
         for m in named:
-            ax.errorbar(m.pruned_pct, m.accuracy, yerr=[[m.accuracy - m.accuracy_lo],
-                                                             [m.accuracy_hi - m.accuracy]],
-                        fmt="D", color="C2", ms=5, capsize=2)
+            ax.errorbar(m.pruned_pct, m.accuracy, yerr=_accuracy_yerr([m]), fmt="D", color="C2", ms=5, capsize=2)
             ax.errorbar(m.pruned_pct, m.accuracy_random_mean,
                         yerr=[[m.accuracy_random_mean - m.accuracy_random_lo],
                               [m.accuracy_random_hi - m.accuracy_random_mean]], fmt="^", color="C3", ms=4,
                         capsize=2)
         if named:
             ax.plot([], [], "D", color="C2", label="Figure-5a configs (random: red triangles)")
-        d = _dense_run(rs)
-        ax.axhline(d.accuracy_dense, ls="--", color="grey", label="dense")
-        ax.axhspan(d.accuracy_dense_lo, d.accuracy_dense_hi, color="grey", alpha=0.1, lw=0)
+        _dense_line(ax, rs)
         ax.set(title=f"{mod}: accuracy on {_reviews_label(rs)} test reviews (95% intervals)",
                xlabel="% FFN neurons pruned", ylabel="test accuracy")
         ax.legend(fontsize=7, loc="lower left")
@@ -264,10 +256,9 @@ def draw_time(runs: list[PruneMetrics], path) -> None:
     """Inference time of zeroed and removed models relative to the dense model timed alternately in the
     same run (curves: lines; named configurations: markers); bands and bars span the per-repeat ratios
     (min to max over the repeats). Absolute times are in the summary."""
-    models, groups = _by_model(runs)
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.5 * max(len(models), 1), 4), squeeze=False)
-    for ax, mod in zip(axes[0], models):
-        rs = groups[mod]
+    groups = _by_model(runs)
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(5.5 * max(len(groups), 1), 4), squeeze=False)
+    for ax, (mod, rs) in zip(axes[0], groups.items()):
         sweep, flap, named = _curve_runs(rs, "sweep"), _curve_runs(rs, "flap"), _curve_runs(rs, "named")
         for group, line, marker, tag in ((sweep, "-", "o", "paper rule"), (flap, "--", "s", "FLAP"),
                                          (named, "", "D", "Figure-5a configs")):
@@ -278,17 +269,16 @@ def draw_time(runs: list[PruneMetrics], path) -> None:
                       if m.time_zeroed_s is not None]
             if zeroed:
                 ax.plot(*zip(*zeroed), marker + (":" if line else ""), color="C0", mfc="none", label=f"zeroed ({tag})")
-            ax.plot(x, [100 * m.time_removed_s / m.time_dense_s for m in group], marker + line,
-                    color="C1", label=f"physically removed ({tag})")
+            removed = [100 * m.time_removed_s / m.time_dense_s for m in group]
+            ax.plot(x, removed, marker + line, color="C1", label=f"physically removed ({tag})")
             # the spread of the per-repeat ratios dense/removed: time ratio from 1/max to 1/min
             lo = [100 / m.speedup_removed_spread["max"] for m in group]
             hi = [100 / m.speedup_removed_spread["min"] for m in group]
             if line:
                 ax.fill_between(x, lo, hi, color="C1", alpha=0.12, lw=0)
-            else:
-                mid = [100 * m.time_removed_s / m.time_dense_s for m in group]
-                # the ratio of medians need not lie inside the per-repeat range: clip the bars at it
-                ax.errorbar(x, mid, yerr=[np.maximum(np.subtract(mid, lo), 0), np.maximum(np.subtract(hi, mid), 0)],
+            else:  # the ratio of medians need not lie inside the per-repeat range: clip the bars at it
+                ax.errorbar(x, removed, yerr=[np.maximum(np.subtract(removed, lo), 0),
+                                              np.maximum(np.subtract(hi, removed), 0)],
                             fmt="none", color="C1", capsize=2, lw=0.8)
         ax.axhline(100, ls="--", color="grey", label="dense")
         bound = sorted((m.pruned_pct, 100 * m.macs_ratio) for m in rs)
@@ -339,20 +329,13 @@ def plot_series(runs: list[PruneMetrics]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return order(pd.DataFrame(acc)), order(pd.DataFrame(speed))
 
 
-def _frontier_line(ax, pts, color):
-    pts = sorted(pts)
-    ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=color, lw=2, alpha=0.35,
-            label="frontier")
-
-
 def draw_pareto(runs: list[PruneMetrics], path) -> None:
     """Per model, accuracy against % FFN neurons removed (left) and against the measured speedup of the
     physically pruned model (right): the paper rule, FLAP, the random baseline at FLAP's sizes and every
     method of the registry on the same axes; error bars are 95% intervals, the shaded step the frontier."""
-    models, groups = _by_model([m for m in runs if m.curve != "named"])
-    fig, axes = plt.subplots(max(len(models), 1), 2, figsize=(13, 4.8 * max(len(models), 1)), squeeze=False)
-    for row, mod in zip(axes, models):
-        rs = groups[mod]
+    groups = _by_model([m for m in runs if m.curve != "named"])
+    fig, axes = plt.subplots(max(len(groups), 1), 2, figsize=(13, 4.8 * max(len(groups), 1)), squeeze=False)
+    for row, (mod, rs) in zip(axes, groups.items()):
         curves = sorted({m.curve for m in rs}, key=lambda c: (curve_order(c), c))
         for i, curve in enumerate(curves):
             pts = _curve_runs(rs, curve)
@@ -362,19 +345,17 @@ def draw_pareto(runs: list[PruneMetrics], path) -> None:
             for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
                 if key == "speedup_removed":  # points only: a curve's speedups need not grow with its sparsity
                     style = dict(style, fmt=style["fmt"][0])
-                ax.errorbar([getattr(m, key) for m in pts], [m.accuracy for m in pts],
-                            yerr=[[m.accuracy - m.accuracy_lo for m in pts],
-                                  [m.accuracy_hi - m.accuracy for m in pts]], **style)
+                ax.errorbar([getattr(m, key) for m in pts], [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), **style)
         flap = _curve_runs(rs, "flap")
         if flap:
             row[0].plot([m.pruned_pct for m in flap], [m.accuracy_random_mean for m in flap], "kx:",
                         label="random (FLAP's sizes, compensated)" if _compensated(flap[0]) else "random (FLAP's sizes)")
         for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
             pts = [(getattr(m, key), m.accuracy) for m in rs]
-            _frontier_line(ax, [p for i, p in enumerate(pts) if not _dominated(pts, i)], "k")
-            d = _dense_run(rs)
-            ax.axhline(d.accuracy_dense, ls="--", color="grey", label="dense")
-            ax.axhspan(d.accuracy_dense_lo, d.accuracy_dense_hi, color="grey", alpha=0.1, lw=0)
+            front = sorted(p for i, p in enumerate(pts) if not _dominated(pts, i))
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=2, alpha=0.35,
+                    label="frontier")
+            _dense_line(ax, rs)
         row[0].set(title=f"{mod}: test accuracy ({_reviews_label(rs)} reviews) vs sparsity",
                    xlabel="% FFN neurons removed", ylabel="test accuracy")
         row[1].set(title=f"{mod}: test accuracy vs measured speedup ({rs[0].machine['cpu']})",
@@ -388,8 +369,9 @@ def read_runs(metrics: list) -> list[PruneMetrics]:
 
 
 def prune_collect(metrics: list, collected) -> None:
-    """Rule prune_collect: one named configuration's headline metrics over the models it applies to."""
-    write_json(collected, {m.model: headline(m) for m in read_runs(metrics)})
+    """Rule prune_collect: one named configuration's headline metrics (the scalars `dvc metrics show` lists)
+    over the models it applies to."""
+    write_json(collected, {m.model: {k: getattr(m, k) for k in HEADLINE} for m in read_runs(metrics)})
 
 
 def prune_report(metrics: list, evals: list, baselines: list, summary, summary_md, comparisons, frontier, pareto,
