@@ -101,7 +101,7 @@ def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str], edges: pd.D
                                          alpha=min(0.6, 40 / len(presumed) ** 0.5),
                                          label="edge presumed (paper), not measured"))
     if measured:
-        ax.add_collection(LineCollection([(pos[a], pos[b]) for a, b in measured], colors="black", linewidths=1.2,
+        ax.add_collection(LineCollection([(pos[a], pos[b]) for a, b in sorted(measured)], colors="black", linewidths=1.2,
                                          label="edge measured: source's ablation moves the target\nmore than 90% "
                                                "of its block"))
     for kind, color, rule in (("high", "tab:blue", "score > "), ("offset", "tab:red", "score < -")):
@@ -109,7 +109,7 @@ def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str], edges: pd.D
         if nodes:
             xy = np.array([pos[n] for n in nodes])
             ax.scatter(xy[:, 0], xy[:, 1], s=14, color=color, zorder=3, label=f"{kind} ({rule}{g.graph['threshold']})")
-    ringed = [n for n in confirmed if n in pos]
+    ringed = [n for n in sorted(confirmed) if n in pos]
     if ringed:
         xy = np.array([pos[n] for n in ringed])
         ax.scatter(xy[:, 0], xy[:, 1], s=60, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,

@@ -67,7 +67,7 @@ def pack(out: Path) -> dict:
     import yaml
     from safetensors.torch import load_file, save_file
 
-    from llm_anatomy.config import validate
+    from llm_anatomy.config import profile_anatomy, validate
     from llm_anatomy.data import make_splits, read_imdb
     from llm_anatomy.io import write_parquet
     from llm_anatomy.layout import SCHEMA
@@ -97,7 +97,7 @@ def pack(out: Path) -> dict:
         for part, df in make_splits(frames, split["train"], split["val"], split["test"], split["seed"],
                                     split["overlap"]).items():
             write_parquet(df, tmp / "data" / name / f"{part}.parquet")
-        anatomy = {**config["anatomy"], **profile.get("anatomy", {})}
+        anatomy = profile_anatomy(config, profile)
         models = {m: dict(spec=spec, sizing=asdict(targets.sizing(m, TARGET)), plan=targets.spec(m, TARGET).to_dict(),
                           seeds=targets.random_seeds(m, TARGET))
                   for m, spec in profile["models"].items() if keep is None or m in keep}
