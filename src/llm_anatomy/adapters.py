@@ -20,9 +20,6 @@ from transformers.pytorch_utils import Conv1D
 from . import modeling_llm_anatomy as portable
 from .modeling_llm_anatomy import target_positions
 
-__all__ = ["ADAPTERS", "AttentionBlock", "FFNBlock", "ModelAdapter", "adapter_for", "removed_on_exit",
-           "target_positions", "weight_rows_are_neurons"]
-
 KEPT_HEADS = "llm_anatomy_kept_heads"  # attribute of an attention module: the dense model's indices of its heads
 
 
