@@ -189,9 +189,7 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu"
     if any(shape != dense for shape in zip(widths, heads, kv_heads)):
         backbone = AutoModel.from_config(config)
         portable.resize(backbone, meta["arch"], widths, heads, kv_heads)
-        state = {}
-        for shard in sorted(folder.glob("model*.safetensors")):
-            state.update(load_file(shard))
+        state = {k: v for shard in sorted(folder.glob("model*.safetensors")) for k, v in load_file(shard).items()}
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if "position_ids" not in m]:
             raise RuntimeError(f"checkpoint {folder} does not match its config: missing={missing} unexpected={unexpected}")
