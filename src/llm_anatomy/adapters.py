@@ -8,7 +8,7 @@ architecture, and nowhere else (and, for loading outside the project, in `modeli
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,9 +19,6 @@ from transformers.pytorch_utils import Conv1D
 
 from . import modeling_llm_anatomy as portable
 from .modeling_llm_anatomy import target_positions
-
-__all__ = ["ADAPTERS", "AttentionBlock", "FFNBlock", "ModelAdapter", "adapter_for", "removed_on_exit",
-           "target_positions", "weight_rows_are_neurons"]
 
 KEPT_HEADS = "llm_anatomy_kept_heads"  # attribute of an attention module: the dense model's indices of its heads
 
@@ -93,9 +90,10 @@ def _with_first(block_out, hidden: torch.Tensor):
 
 def _attend(block, q, k, v, scaling):
     """Softmax attention of one query per row over that row's real tokens (the key mask the readout set on the
-    block for this batch): [B, heads, 1, head_dim]."""
+    block for this batch), the heads' outputs concatenated: [B, 1, heads x head_dim]."""
     mask = block._readout_key_mask[:, None, None, :].bool()
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+    return ctx.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
 def _heads(x, head_dim):
@@ -140,7 +138,7 @@ class ModelAdapter:
 
     def ffn_width(self, layer: int) -> int:
         out = self.ffn(layer).output
-        return out.weight.shape[0] if isinstance(out, Conv1D) else out.weight.shape[1]
+        return out.weight.shape[neuron_dim(out, "output")]
 
     def ffn_widths(self) -> list[int]:
         return [self.ffn_width(layer) for layer in range(self.num_layers)]
@@ -164,7 +162,8 @@ class ModelAdapter:
 
     def key_value_weights(self, layer: int) -> int:
         """How many weights map the hidden state onto `layer`'s attention keys and values."""
-        raise NotImplementedError
+        block = self.attention(layer)
+        return 2 * self.hidden_size * block.kv_heads * block.head_dim
 
     # ---- attention heads -------------------------------------------------------------------
     def attention(self, layer: int) -> AttentionBlock:
@@ -270,10 +269,6 @@ class BertAdapter(ModelAdapter):
         block = self.backbone.encoder.layer[layer]
         return FFNBlock(inputs=(block.intermediate.dense,), output=block.output.dense)
 
-    def key_value_weights(self, layer):
-        att = self.backbone.encoder.layer[layer].attention.self
-        return att.key.weight.numel() + att.value.weight.numel()
-
     def residual_site(self, layer):
         return self.backbone.encoder.layer[layer].output, 1  # BertOutput(hidden, input_tensor): LN(dense + input)
 
@@ -289,7 +284,7 @@ class BertAdapter(ModelAdapter):
         xt = x[rows, positions][:, None]
         hd = att.attention_head_size
         ctx = _attend(block, _heads(att.query(xt), hd), _heads(att.key(x), hd), _heads(att.value(x), hd), att.scaling)
-        a = block.attention.output(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1), xt)  # heads x head_dim wide
+        a = block.attention.output(ctx, xt)
         return block.output(block.intermediate(a), a)[:, 0]
 
 
@@ -303,9 +298,6 @@ class GPT2Adapter(ModelAdapter):
     def ffn(self, layer):
         mlp = self.backbone.h[layer].mlp
         return FFNBlock(inputs=(mlp.c_fc,), output=mlp.c_proj)
-
-    def key_value_weights(self, layer):
-        return self.backbone.h[layer].attn.c_attn.weight.numel() * 2 // 3  # [hidden, query | key | value]
 
     def residual_site(self, layer):
         return self.backbone.h[layer].ln_2, 0  # residual = hidden; hidden = residual + mlp(ln_2(hidden))
@@ -336,7 +328,7 @@ class GPT2Adapter(ModelAdapter):
         k, v = kv.view(*h.shape[:2], 2 * width).split(width, dim=2)
         hd = attn.head_dim
         ctx = _attend(block, _heads(q, hd), _heads(k, hd), _heads(v, hd), attn.scaling)
-        a = xt + attn.resid_dropout(attn.c_proj(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1)))
+        a = xt + attn.resid_dropout(attn.c_proj(ctx))
         return (a + block.mlp(block.ln_2(a)))[:, 0]
 
 
@@ -351,10 +343,6 @@ class LlamaAdapter(ModelAdapter):
     def ffn(self, layer):
         mlp = self.backbone.layers[layer].mlp
         return FFNBlock(inputs=(mlp.gate_proj, mlp.up_proj), output=mlp.down_proj)
-
-    def key_value_weights(self, layer):
-        att = self.backbone.layers[layer].self_attn
-        return att.k_proj.weight.numel() + att.v_proj.weight.numel()
 
     def residual_site(self, layer):
         return self.backbone.layers[layer].post_attention_layernorm, 0  # as GPT-2, with RMSNorm
@@ -382,40 +370,33 @@ class LlamaAdapter(ModelAdapter):
         cos, sin = kwargs["position_embeddings"]  # [B, T, head_dim]
         q = _rotate(q, cos[rows, positions][:, None], sin[rows, positions][:, None])
         k = _rotate(k, cos, sin)
-        ctx = _attend(block, q, k, v, attn.scaling)
-        a = xt + attn.o_proj(ctx.transpose(1, 2).reshape(*xt.shape[:2], -1))
+        a = xt + attn.o_proj(_attend(block, q, k, v, attn.scaling))
         return (a + block.mlp(block.post_attention_layernorm(a)))[:, 0]
 
     @torch.no_grad()
     def ensure_ffn_biases(self):
         """Zero biases on gate, up and down projections, and `mlp_bias: true` in the config, so a
         compensated output bias is saved and reloads through the standard LlamaMLP."""
-        if self.config.mlp_bias:
-            return
-        for layer in range(self.num_layers):
-            block = self.ffn(layer)
-            for proj in (*block.inputs, block.output):
-                _add_zero_bias(proj)
-        self.config.mlp_bias = True
+        if not self.config.mlp_bias:
+            _add_zero_biases(p for b in map(self.ffn, range(self.num_layers)) for p in (*b.inputs, b.output))
+            self.config.mlp_bias = True
 
     @torch.no_grad()
     def ensure_attention_biases(self):
         """Zero biases on the query, key, value and output projections, and `attention_bias: true` in the
         config (LlamaAttention gives all four a bias or none), so a folded output bias is saved and reloads
         through the standard LlamaAttention."""
-        if self.config.attention_bias:
-            return
-        for layer in range(self.num_layers):
-            block = self.attention(layer)
-            for proj in (block.query[0], block.key[0], block.value[0], block.output):
-                _add_zero_bias(proj)
-        self.config.attention_bias = True
+        if not self.config.attention_bias:
+            blocks = map(self.attention, range(self.num_layers))
+            _add_zero_biases(p for b in blocks for p in (b.query[0], b.key[0], b.value[0], b.output))
+            self.config.attention_bias = True
 
 
-def _add_zero_bias(proj: nn.Linear) -> None:
-    if proj.bias is None:
-        proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype, device=proj.weight.device),
-                                 requires_grad=False)
+def _add_zero_biases(projections: Iterable[nn.Linear]) -> None:
+    for proj in projections:
+        if proj.bias is None:
+            proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype, device=proj.weight.device),
+                                     requires_grad=False)
 
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {"bert": BertAdapter, "gpt2": GPT2Adapter, "llama": LlamaAdapter}

@@ -60,7 +60,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation_side: st
 
 def encode_reviews(tokenizer, meta: dict, texts, what: str = "reviews") -> Encoded:
     """Tokenise as a saved checkpoint was fine-tuned (its classifier.json max_length and truncation side)."""
-    return encode(tokenizer, list(texts), meta["max_length"], meta.get("truncation_side", "right"), what)
+    return encode(tokenizer, texts, meta["max_length"], meta.get("truncation_side", "right"), what)
 
 
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

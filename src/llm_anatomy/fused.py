@@ -1,5 +1,5 @@
 """Inference on CPU with oneDNN's fused linear + bias + activation for each FFN's input map, as
-`evaluate.inference_model` runs every prediction (docs/SPEED.md).
+`inference.inference_model` runs every prediction (docs/SPEED.md).
 
 Eager PyTorch runs an FFN's input map as `addmm` (which first copies the bias into its output) and
 then the activation as a separate pass over the [tokens, FFN] tensor; on an AMX CPU those two
@@ -72,8 +72,7 @@ def fuse_ffn_inputs(model) -> int:
     swapped (0 where the architecture or activation is not covered: the model is then left as is)."""
     adapter, config = model.adapter, model.backbone.config
     swapped = 0
-    for layer in range(adapter.num_layers):
-        block = adapter.layers()[layer]
+    for block in adapter.layers():
         if adapter.arch == "bert" and config.hidden_act in ACTIVATIONS:
             dense = block.intermediate.dense  # the same attribute path, so the adapter still finds the map
             block.intermediate.dense = FusedLinearAct(dense.weight, dense.bias, config.hidden_act)

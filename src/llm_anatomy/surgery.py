@@ -34,10 +34,8 @@ def _sliced(module: nn.Module, keep: torch.Tensor, side: str) -> nn.Module:
     dim = neuron_dim(module, side)
     weight = module.weight.detach().index_select(dim, keep).clone()
     bias = module.bias
-    if side == "input" and bias is not None:
-        bias = bias.detach().index_select(0, keep).clone()
-    elif bias is not None:
-        bias = bias.detach().clone()
+    if bias is not None:  # an output projection's bias is per hidden feature: kept whole
+        bias = (bias.detach().index_select(0, keep) if side == "input" else bias.detach()).clone()
     if isinstance(module, Conv1D):
         new = Conv1D(weight.shape[1], weight.shape[0])  # Conv1D(nf=out, nx=in), weight [in, out]
     else:
