@@ -28,6 +28,18 @@ from ..io import write_parquet
 from ..models import Checkpoint, SentimentClassifier, open_checkpoint
 
 
+def real_token_passes(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int, padding_side: str,
+                      batch_size: int, state: dict, desc: str | None = None) -> int:
+    """Run `model` over `encoded` in padded batches, with `state["mask"]` each batch's real tokens (bool) for the
+    caller's hooks to read; returns how many real tokens there were."""
+    tokens = 0
+    for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, desc, device=model_device(model)):
+        state["mask"] = mask.bool()
+        tokens += int(mask.sum())
+        model(ids, mask)
+    return tokens
+
+
 @torch.inference_mode()
 def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int,
                          padding_side: str, batch_size: int, precision: str = "fp32",
@@ -45,7 +57,7 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
     s1 = [torch.zeros(adapter.ffn_width(l), dtype=torch.float64, device=device) for l in range(L)]
     s2 = [torch.zeros_like(s) for s in s1]
     sabs = [torch.zeros_like(s) for s in s1]
-    state: dict = {"tokens": 0}
+    state: dict = {}
 
     def grab(layer):
         def hook(_module, args):
@@ -58,13 +70,8 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
             sabs[layer] += x.abs().sum(0)
         return hook
 
-    bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=10, device=device)
     with adapter.activation_hooks(grab), autocast(precision, device):
-        for _idx, ids, mask in bar:
-            state["mask"] = mask.bool()
-            state["tokens"] += int(mask.sum())
-            model(ids, mask)
-    n = state["tokens"]
+        n = real_token_passes(model, encoded, pad_id, padding_side, batch_size, state, desc)
     frames = []
     for l in range(L):
         m1 = s1[l].cpu() / n

@@ -54,8 +54,7 @@ def flap_allocation_choice(finetuned, val, ffn_stats, neuron_scores, choice, fra
         row = dict(target_pct=100 * fraction, reviews=len(val), bias_compensation=flap["bias_compensation"])
         for allocation in ALLOCATIONS:
             row.update(accuracy_interval(outcomes[allocation]).to_dict(f"accuracy_{allocation}"))
-        row.update(d.to_dict("gap_global_minus_uniform"))
-        row.update(chosen=flap["allocation"])
+        row.update(d.to_dict("gap_global_minus_uniform"), chosen=flap["allocation"])
         rows.append(row)
         log.info("FLAP %.0f%% on %d validation reviews: uniform %.4f, global %.4f, gap %+.4f [%+.4f, %+.4f]",
                  100 * fraction, len(val), row["accuracy_uniform"], row["accuracy_global"], d.diff, d.lo, d.hi)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..adapters import ModelAdapter, removed_on_exit, weight_rows_are_neurons
-from ..batching import progress_batches
 from ..device import autocast, model_device
 from ..models import SentimentClassifier
+from .calibration import real_token_passes
 
 
 @torch.inference_mode()
@@ -38,7 +38,7 @@ def head_output_means(model: SentimentClassifier, encoded: Sequence[Sequence[int
     device = model_device(model)
     sums = [torch.zeros(adapter.attention_width(l), dtype=torch.float64, device=device)
             for l in range(adapter.num_layers)]
-    state: dict = {"tokens": 0}
+    state: dict = {}
 
     def grab(layer):
         def hook(_module, args):
@@ -47,11 +47,8 @@ def head_output_means(model: SentimentClassifier, encoded: Sequence[Sequence[int
 
     hooks = [adapter.attention(l).output.register_forward_pre_hook(grab(l)) for l in range(adapter.num_layers)]
     with removed_on_exit(hooks), autocast(precision, device):
-        for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, desc, device=device):
-            state["mask"] = mask.bool()
-            state["tokens"] += int(mask.sum())
-            model(ids, mask)
-    return [(s / state["tokens"]).cpu().numpy().reshape(adapter.attention(l).heads, -1) for l, s in enumerate(sums)]
+        tokens = real_token_passes(model, encoded, pad_id, padding_side, batch_size, state, desc)
+    return [(s / tokens).cpu().numpy().reshape(adapter.attention(l).heads, -1) for l, s in enumerate(sums)]
 
 
 def head_output_weights(adapter: ModelAdapter, layer: int) -> torch.Tensor:
@@ -108,7 +105,6 @@ def fit_head_outputs(model: SentimentClassifier, pruned: Sequence[Sequence[int]]
     pruned = check_heads(model.adapter, pruned)
     adapter = model.adapter
     model.eval()
-    device = model_device(model)
     blocks = [adapter.attention(l) for l in range(adapter.num_layers)]
     kept = [kept_features(b.heads, b.head_dim, p) for b, p in zip(blocks, pruned)]
     stats = [LayerStats(len(k), adapter.hidden_size) for k in kept]
@@ -122,9 +118,7 @@ def fit_head_outputs(model: SentimentClassifier, pruned: Sequence[Sequence[int]]
 
     todo = [l for l, p in enumerate(pruned) if len(p)]
     with removed_on_exit([blocks[l].output.register_forward_hook(grab(l)) for l in todo]), torch.inference_mode():
-        for _idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, device=device):
-            state["mask"] = mask.bool()
-            model(ids, mask)
+        real_token_passes(model, encoded, pad_id, padding_side, batch_size, state)
     adapter.ensure_attention_biases()
     report = []
     for l in todo:

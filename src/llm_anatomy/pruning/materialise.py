@@ -103,9 +103,9 @@ def calibration_set(plan: Plan, ck, fit: dict | None, train, where) -> Calibrati
     return CalibrationSet.from_split(read_split(train), ck, fit["reviews"], fit["batch_size"])
 
 
-def materialise(finetuned, plan, pruned, target: str, fit: dict | None = None, train=None) -> dict:
-    """Rule materialise: the physically pruned classifier of `plan` written to the folder `pruned` (atomically);
-    returns its pruning.json. A fitted compensation is computed on the calibration reviews `fit` names."""
+def materialise(finetuned, plan, pruned, target: str, fit: dict | None = None, train=None) -> None:
+    """Rule materialise: the physically pruned classifier of `plan` written to the folder `pruned` (atomically),
+    with its pruning.json. A fitted compensation is computed on the calibration reviews `fit` names."""
     start = time.perf_counter()
     plan_path, ck = plan, open_checkpoint(finetuned)
     model, plan = ck.model, read_plan(plan_path)
@@ -128,4 +128,3 @@ def materialise(finetuned, plan, pruned, target: str, fit: dict | None = None, t
     log.info("%s: %d of %d FFN neurons removed; %.1fM -> %.1fM parameters, %.1f -> %.1f MB on disk",
              pruned, info["neurons_pruned"], sum(widths), info["params_dense"] / 1e6, info["params_pruned"] / 1e6,
              info["bytes_dense"] / 1e6, info["bytes"] / 1e6)
-    return None

@@ -27,12 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import progress_batches
-from ..device import model_device
 from ..io import write_parquet
 from ..data import read_split
 from ..models import SentimentClassifier, open_checkpoint
-from .calibration import calibration_reviews
+from .calibration import calibration_reviews, real_token_passes
 
 
 @torch.no_grad()
@@ -44,7 +42,7 @@ def ffn_moments(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pa
     widths = adapter.ffn_widths()
     s1 = [torch.zeros(w, dtype=torch.float64) for w in widths]
     s2 = [torch.zeros(w, w, dtype=torch.float64) for w in widths]
-    state = {"mask": None, "tokens": 0}
+    state: dict = {}
 
     def grab(layer):
         def hook(_module, args):
@@ -53,14 +51,8 @@ def ffn_moments(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pa
             s2[layer] += x.T @ x
         return hook
 
-    bar = progress_batches(encoded, batch_size, pad_id, padding_side, "moments", mininterval=10,
-                           device=model_device(model))
     with adapter.activation_hooks(grab):
-        for _idx, ids, mask in bar:
-            state["mask"] = mask.bool()
-            state["tokens"] += int(mask.sum())
-            model(ids, mask)
-    n = state["tokens"]
+        n = real_token_passes(model, encoded, pad_id, padding_side, batch_size, state, "moments")
     means = [(s / n).numpy() for s in s1]
     covs = [(s / n).numpy() - np.outer(m, m) for s, m in zip(s2, means)]
     return means, covs, n

@@ -156,10 +156,8 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
     search = dict(target_fraction=float(spec.target), pruned=int(sum(len(p) for p in pruned)), reached=True)
     lines = [f"layer {r.layer}: {spec.criterion} threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
              for r in table.itertuples()]
-    pruned_means = None
-    if spec.compensation == "bias":
-        pruned_means = [np.asarray(m, dtype=np.float64)[p] for m, p in zip(stats["mean"], pruned)]
-    return Plan(pruned, table, PlanInfo(spec, cut, search), lines, pruned_means)
+    means = [np.asarray(m, dtype=np.float64)[p] for m, p in zip(stats["mean"], pruned)] if spec.compensation == "bias" else None
+    return Plan(pruned, table, PlanInfo(spec, cut, search), lines, means)
 
 
 def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float) -> list[np.ndarray]:
@@ -227,9 +225,7 @@ def _from_frame(df: pd.DataFrame, info: dict, path) -> Plan:
     if not np.array_equal(df["layer"].to_numpy(), np.arange(len(df))):
         raise ValueError(f"{path}: layers {df['layer'].tolist()} are not 0..L-1; rewrite it with the prune_plan rule")
     pruned = [np.asarray(p, dtype=np.int64) for p in df["pruned"]]
-    means = None
-    if df["pruned_mean"].notna().all():
-        means = [np.asarray(m, dtype=np.float64) for m in df["pruned_mean"]]
+    means = [np.asarray(m, dtype=np.float64) for m in df["pruned_mean"]] if df["pruned_mean"].notna().all() else None
     table = df.drop(columns=["pruned", "pruned_mean", "seed"], errors="ignore")
     return Plan(pruned, table, info, pruned_means=means)
 

@@ -18,6 +18,7 @@ interpolating those few samples.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from ..models import SentimentClassifier
 from ..replay import StopForward, replay_below, stop_after
 from ..surgery import set_outputs, zero_masked, zero_neurons
 from .calibration import calibration_reviews
-from .compensation import LayerStats, compensate
+from .compensation import LayerStats, compensate, relative_ridge
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,6 @@ class CalibrationSet:
         same reviews `ffn_stats` and `mask_gradients` measure)."""
         encoded, _labels = calibration_reviews(train, ck, reviews)
         return cls(encoded, ck.pad_id, ck.padding_side, batch_size)
-
-
-def _run(model, ids, mask) -> None:
-    try:
-        model(ids, mask)
-    except StopForward:
-        pass
 
 
 TOKEN_WEIGHTS = ("uniform", "norm")
@@ -92,7 +86,7 @@ def refit_head(head: torch.nn.Linear, z: np.ndarray, logits: np.ndarray, ridge: 
     w0 = head.weight.detach().double().cpu().numpy().reshape(-1)
     zc, yc = z - z.mean(0), y - y.mean()
     g = zc.T @ zc
-    lam = ridge * float(np.trace(g)) / len(w0)
+    lam = relative_ridge(g, ridge)
     w = np.linalg.solve(g + lam * np.eye(len(w0)), zc.T @ yc + lam * w0)
     return w, float(y.mean() - z.mean(0) @ w)
 
@@ -139,13 +133,13 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
         # The last layer only matters at the token the classifier reads (Kwon et al.'s cls_only).
         read = torch.zeros_like(mask, dtype=torch.bool)
         read[torch.arange(len(mask), device=mask.device), adapter.target_positions(mask)] = True
-        batches.append((ids, mask, read, fit_weights(mask, read, L, readout_context)))
+        batches.append((ids, mask, fit_weights(mask, read, L, readout_context)))
 
     # The teacher's FFN output plus residual at every layer, on the tokens fitted on: one dense pass.
     sums: list[list[torch.Tensor]] = [[] for _ in range(L)]
     weights: list[list[np.ndarray]] = [[] for _ in range(L)]
     dense_logits = []
-    for ids, mask, read, fit_w in batches:
+    for ids, mask, fit_w in batches:
         seen: dict = {}
         hooks = []
         for l in range(L):
@@ -176,12 +170,13 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
         stats = LayerStats(len(cols), adapter.hidden_size)
         site, arg = adapter.residual_site(l)
         passes = []  # per batch: the block's output, the residual its FFN output is added to, the activations
-        for b, (ids, mask, _read, fit_w) in enumerate(batches):
+        for b, (ids, mask, fit_w) in enumerate(batches):
             seen, keep = {}, []
             with removed_on_exit([site.register_forward_pre_hook(lambda _m, args: seen.__setitem__("r", args[arg])),
                                   out.register_forward_pre_hook(lambda _m, args: seen.__setitem__("a", args[0]))]), \
                     replay_below(student, l, cached[b]), stop_after(student, l, keep):
-                _run(student, ids, mask)
+                with contextlib.suppress(StopForward):  # stop_after ends the pass after block l
+                    student(ids, mask)
             passes.append((keep[0], seen["r"], seen["a"]))
             on = fit_w[l] > 0
             a = seen["a"][on].double().cpu().numpy()[:, cols]
@@ -206,7 +201,7 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
                  errors["none"], errors["bias"], method, errors[method])
     if head_ridge is not None:
         z = []
-        for b, (ids, mask, _read, _fit_w) in enumerate(batches):  # every block replays: the final norm and read token
+        for b, (ids, mask, _fit_w) in enumerate(batches):  # every block replays: the final norm and read token
             with replay_below(student, L, cached[b]):
                 z.append(student.target_tokens(adapter.last_hidden_state(ids, mask), mask).double().cpu().numpy())
         w, c = refit_head(student.head, np.concatenate(z), np.concatenate(dense_logits), head_ridge)

@@ -145,10 +145,6 @@ def rule_from_spec(spec, num_layers: int) -> ThresholdRule:
 # most one neuron per layer). The paper's alpha is non-negative, so by default the search stays in alpha >= 0:
 # a target below what alpha = 0 already prunes (the encoder's beta term prunes on its own) is reported as not
 # reached, at alpha = 0, rather than met with a negative alpha the paper never used (`negative_alpha` lifts it).
-def pruned_count(rule: ThresholdRule, c, scores) -> int:
-    return sum(len(p) for p in apply_rule(rule, c, scores)[1])
-
-
 def bisect_alpha(rule: ThresholdRule, c, scores, target_fraction: float, max_iter: int = 200,
                  negative_alpha: bool = False) -> tuple[float, int, bool]:
     """(alpha, pruned count, reached) for the wanted fraction of all neurons."""
@@ -156,7 +152,10 @@ def bisect_alpha(rule: ThresholdRule, c, scores, target_fraction: float, max_ite
         raise ValueError(f"target fraction {target_fraction} is outside [0, 1]; give a fraction such as 0.5")
     total = sum(len(s) for s in scores)
     want = int(round(target_fraction * total))
-    count = lambda a: pruned_count(rule.with_alpha(a), c, scores)  # noqa: E731
+
+    def count(alpha: float) -> int:
+        return sum(len(p) for p in apply_rule(rule.with_alpha(alpha), c, scores)[1])
+
     hi = 0.05
     while count(hi) < want and hi < 1e6:
         hi *= 2

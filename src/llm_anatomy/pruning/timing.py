@@ -88,16 +88,15 @@ def time_pruned(finetuned, pruned, plan, test, timing, time_limit: int, batch_si
     variants = {n: inference_model(m, precision) for n, m in variants.items()}  # cast once, outside the clock
     times = time_variants(variants, encoded, pad_id, batch_size, precision, side, repeats)
     median = {n: float(np.median(t)) for n, t in times.items()}
-    timed_zeroed = "zeroed" in times
     lengths = [len(e) for e in encoded]
     macs = {n: forward_macs(m.adapter, lengths) for n, m in (("dense", dense), ("removed", removed))}
     out = Timing(
         machine=machine_info(model_device(dense)), timed_reviews=len(encoded), batch_size=batch_size,
         precision=precision, loop=loop_parts(variants["dense"]), repeats=repeats, times_s=times,
         time_dense_s=median["dense"], time_zeroed_s=median.get("zeroed"), time_removed_s=median["removed"],
-        speedup_zeroed=median["dense"] / median["zeroed"] if timed_zeroed else None,
+        speedup_zeroed=median["dense"] / median["zeroed"] if time_zeroed else None,
         speedup_removed=median["dense"] / median["removed"],
-        speedup_zeroed_spread=ratio_spread(times["dense"], times["zeroed"]) if timed_zeroed else None,
+        speedup_zeroed_spread=ratio_spread(times["dense"], times["zeroed"]) if time_zeroed else None,
         speedup_removed_spread=ratio_spread(times["dense"], times["removed"]),
         zeroed_vs_removed_max_abs_logit_diff_fp32=max_diff, equality_check_reviews=len(check),
         params_dense=count_parameters(dense), params_removed=count_parameters(removed),
@@ -113,7 +112,7 @@ def time_pruned(finetuned, pruned, plan, test, timing, time_limit: int, batch_si
                  out.roofline["tokens"], precision, out.roofline["attainable_gflops"],
                  100 * out.roofline_fraction_dense, 100 * out.roofline_fraction_removed)
     out.seconds = time.perf_counter() - start
-    zeroed_note = f", zeroed {out.speedup_zeroed:.3f}x" if timed_zeroed else " (zeroed not timed)"
+    zeroed_note = f", zeroed {out.speedup_zeroed:.3f}x" if time_zeroed else " (zeroed not timed)"
     log.info("time dense %.2fs removed %.2fs: speedup removed %.3fx (repeats %.3f-%.3f)%s; multiply-add bound "
              "%.3fx", median["dense"], median["removed"], out.speedup_removed, out.speedup_removed_spread["min"],
              out.speedup_removed_spread["max"], zeroed_note, out.speedup_bound)
