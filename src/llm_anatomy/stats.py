@@ -218,12 +218,9 @@ def spearman_interval(x, y, seed: int = 0) -> Interval:
     """Spearman's rank correlation with a 95% bootstrap interval over the (x, y) pairs."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     rho = float(stats.spearmanr(x, y).statistic)
-
-    def statistic(xs, ys, axis=-1):
-        return stats.spearmanr(xs, ys).statistic
-
-    res = stats.bootstrap((x, y), statistic, paired=True, vectorized=False, n_resamples=1000,
-                          confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(seed))
+    res = stats.bootstrap((x, y), lambda xs, ys, axis=-1: stats.spearmanr(xs, ys).statistic, paired=True,
+                          vectorized=False, n_resamples=1000, confidence_level=CONFIDENCE, method="percentile",
+                          random_state=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return Interval(rho, float(lo), float(hi))
 
