@@ -178,9 +178,10 @@ def _curve_runs(rs: list[PruneMetrics], name: str) -> list[PruneMetrics]:
     return sorted([m for m in rs if m.curve == name], key=lambda m: m.pruned_pct)
 
 
-def _accuracy_yerr(runs: list[PruneMetrics]) -> list[list[float]]:
-    """Error bars from each run's accuracy down and up to the ends of its 95% interval."""
-    return [[m.accuracy - m.accuracy_lo for m in runs], [m.accuracy_hi - m.accuracy for m in runs]]
+def _accuracy_yerr(runs: list[PruneMetrics], value: str = "accuracy", bounds: str = "accuracy") -> list[list[float]]:
+    """Error bars from each run's `value` down and up to the ends of its 95% interval (`<bounds>_lo`, `_hi`)."""
+    return [[getattr(m, value) - getattr(m, f"{bounds}_lo") for m in runs],
+            [getattr(m, f"{bounds}_hi") - getattr(m, value) for m in runs]]
 
 
 def _accuracy_curve(ax, runs, color, name, band_color):
@@ -218,16 +219,13 @@ def draw_accuracy(runs: list[PruneMetrics], path) -> None:
         for curve, color in (("sweep-prenorm", "C5"), ("sweep-gain", "C6")):
             pts = _curve_runs(rs, curve)
             if pts:  # decoder scorings: the method with its interval (random baselines in the summary)
-                x = [m.pruned_pct for m in pts]
-                ax.errorbar(x, [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), fmt="P-.", color=color, ms=6,
-                            capsize=2, label=f"paper rule, {curve.split('-', 1)[1]} scoring")
+                ax.errorbar([m.pruned_pct for m in pts], [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), fmt="P-.",
+                            color=color, ms=6, capsize=2, label=f"paper rule, {curve.split('-', 1)[1]} scoring")
         named = _curve_runs(rs, "named")
         for m in named:
             ax.errorbar(m.pruned_pct, m.accuracy, yerr=_accuracy_yerr([m]), fmt="D", color="C2", ms=5, capsize=2)
-            ax.errorbar(m.pruned_pct, m.accuracy_random_mean,
-                        yerr=[[m.accuracy_random_mean - m.accuracy_random_lo],
-                              [m.accuracy_random_hi - m.accuracy_random_mean]], fmt="^", color="C3", ms=4,
-                        capsize=2)
+            ax.errorbar(m.pruned_pct, m.accuracy_random_mean, yerr=_accuracy_yerr([m], "accuracy_random_mean", "accuracy_random"),
+                        fmt="^", color="C3", ms=4, capsize=2)
         if named:
             ax.plot([], [], "D", color="C2", label="Figure-5a configs (random: red triangles)")
         _dense_line(ax, rs)
