@@ -87,11 +87,12 @@ def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str], edges: pd.D
     paper's presumed full connection layer to layer; the measured ones of `edges` (graph_edges.csv: the
     source's ablation moves the target more than 90% of its block) drawn dark, the others dashed."""
     n_layers = int(g.graph["layers"])
-    pos = {}
+    pos, count = {}, {}
     for layer in range(n_layers):
         for kind, left, right in (("high", 0, 1), ("offset", 1.15, 1.5)):  # offset nodes on the right
             nodes = sorted((n for n, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == kind),
                            key=lambda n: g.nodes[n]["neuron"])
+            count[layer, kind] = len(nodes)
             pos.update({n: (x, -layer) for n, x in zip(nodes, np.linspace(left, right, len(nodes) + 2)[1:-1])})
     fig, ax = plt.subplots(figsize=(9, max(4.0, min(0.45 * n_layers, 10.0) + 1.5)))
     measured = {(r.source, r.target) for r in edges.itertuples() if r.measured}
@@ -117,9 +118,7 @@ def plot_graph(g: nx.DiGraph, path, title: str, confirmed: set[str], edges: pd.D
     elif g.number_of_nodes():
         ax.plot([], [], " ", label="no node confirmed by ablation")
     for layer in range(n_layers):
-        n_hi = sum(1 for _, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == "high")
-        n_off = sum(1 for _, d in g.nodes(data=True) if d["layer"] == layer and d["kind"] == "offset")
-        ax.text(1.55, -layer, f"{n_hi} high / {n_off} offset", va="center", fontsize=7)
+        ax.text(1.55, -layer, f"{count[layer, 'high']} high / {count[layer, 'offset']} offset", va="center", fontsize=7)
     ax.set(xlim=(-0.05, 1.85), ylim=(-n_layers + 0.5, 0.5), title=title, ylabel="FFN block (layer)")
     ax.set_yticks(-np.arange(n_layers), [str(l) for l in range(n_layers)], fontsize=7)
     ax.set_xticks([])
@@ -185,12 +184,13 @@ def anatomy_figures(layer_scores: list, lens: list, linear_probe: list, graphs: 
     """Rule anatomy_figures: Figure 1, the lens (and the linear probes) beside it, each model's neuron graph
     (ablation-confirmed nodes ringed, measured edges drawn dark), the ablation figure, and the anatomy metrics
     DVC reads; every list is in the order of `models`."""
-    layers = {m: pd.read_parquet(p) for m, p in zip(models, layer_scores)}
+    def read(paths, reader=pd.read_csv) -> dict:
+        return {m: reader(p) for m, p in zip(models, paths)}
+
+    layers, tables = read(layer_scores, pd.read_parquet), read(ablation, pd.read_parquet)
+    probe_tables, scores, edges = read(linear_probe), read(ablation_scores), read(graph_edges)
     plot_layer_cosine(layers, read_probes(probes), figure1)
-    probe_tables = {m: pd.read_csv(p) for m, p in zip(models, linear_probe)}
-    plot_lens(layers, {m: pd.read_csv(p) for m, p in zip(models, lens)}, lens_figure, probe_tables)
-    tables = {m: pd.read_parquet(p) for m, p in zip(models, ablation)}
-    edges = {m: pd.read_csv(p) for m, p in zip(models, graph_edges)}
+    plot_lens(layers, read(lens), lens_figure, probe_tables)
     for model, graph_path, png in zip(models, graphs, graph_figures):
         g = nx.read_graphml(graph_path)
         g.graph["layers"] = int(g.graph["layers"])
@@ -198,8 +198,7 @@ def anatomy_figures(layer_scores: list, lens: list, linear_probe: list, graphs: 
         confirmed = {node_name(int(r.layer), int(r.neuron)) for r in t[t["confirmed"]].itertuples()}
         plot_graph(g, png, f"{model}: FFN neurons with probe-mean cosine > {g.graph['threshold']} to the final target",
                    confirmed, edges[model])
-    plot_ablation(tables, {m: pd.read_csv(p) for m, p in zip(models, ablation_top)},
-                  {m: pd.read_csv(p) for m, p in zip(models, ablation_scores)}, ablation_figure)
+    plot_ablation(tables, read(ablation_top), scores, ablation_figure)
     out = {}
     for model, path in zip(models, summaries):
         s = read_json(path)
@@ -207,13 +206,11 @@ def anatomy_figures(layer_scores: list, lens: list, linear_probe: list, graphs: 
                                         "final_target_pairwise_cosine", "funnel_necks", "score_seconds")}
         out[model]["lens_validation_accuracy_last"] = (s["lens_validation_accuracy"][-1]
                                                        if s["lens_validation_accuracy"] else None)
-    for model, path in zip(models, ablation_scores):
-        for r in pd.read_csv(path).itertuples():
+        for r in scores[model].itertuples():
             out[model][f"ablation_spearman_{r.score}_{r.target}"] = [r.spearman, r.spearman_lo, r.spearman_hi]
             if r.score != "attribution_signed_vs_exact_signed":
                 out[model][f"ablation_spearman_within_layer_{r.score}_{r.target}"] = [
                     r.spearman_within_layer, r.spearman_within_layer_lo, r.spearman_within_layer_hi]
-    for model in models:
         out[model]["probe_validation_accuracy"] = probe_tables[model]["probe_accuracy"].round(4).tolist()
         out[model]["graph_edges_measured"] = [int(edges[model]["measured"].sum()), len(edges[model])]
     write_json(metrics, out)

@@ -85,12 +85,16 @@ class SeededDifference:
         return {prefix: self.diff, f"{prefix}_lo": self.lo, f"{prefix}_hi": self.hi, f"{prefix}_p": self.p}
 
 
-def _bootstrap_mean(x: np.ndarray, seed: int) -> tuple[float, float]:
+def _bootstrap_mean(x: np.ndarray, seed: int) -> Interval:
+    """The mean with its 95% percentile bootstrap interval; a constant sample is its own point interval."""
+    mean = float(x.mean())
+    if np.all(x == x[0]):
+        return Interval(mean, mean, mean)
     res = stats.bootstrap((x,), lambda s, axis=-1: s.mean(axis=axis), paired=False, vectorized=True,
                           n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
                           random_state=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
-    return float(lo), float(hi)
+    return Interval(mean, float(lo), float(hi))
 
 
 def accuracy_interval(outcomes, seed: int = 0) -> Interval:
@@ -98,10 +102,7 @@ def accuracy_interval(outcomes, seed: int = 0) -> Interval:
     x = np.asarray(outcomes, dtype=np.float64)
     if x.size == 0:
         raise ValueError("no reviews to compute an accuracy interval on")
-    if np.all(x == x[0]):
-        return Interval(float(x[0]), float(x[0]), float(x[0]))
-    lo, hi = _bootstrap_mean(x, seed)
-    return Interval(float(x.mean()), lo, hi)
+    return _bootstrap_mean(x, seed)
 
 
 def mcnemar_exact(a, b) -> tuple[float, int, int]:
@@ -119,13 +120,8 @@ def paired_difference(a, b, seed: int = 0) -> Difference:
     if a.shape != b.shape:
         raise ValueError(f"paired outcomes must cover the same reviews: {a.shape} vs {b.shape}")
     p, a_only, b_only = mcnemar_exact(a, b)
-    d = a - b
-    diff = float(d.mean())
-    if np.all(d == d[0]):
-        lo = hi = diff
-    else:
-        lo, hi = _bootstrap_mean(d, seed)
-    return Difference(diff, lo, hi, p, a_only, b_only)
+    d = _bootstrap_mean(a - b, seed)
+    return Difference(d.value, d.lo, d.hi, p, a_only, b_only)
 
 
 def crossed_parts(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,12 +214,9 @@ def spearman_interval(x, y, seed: int = 0) -> Interval:
     """Spearman's rank correlation with a 95% bootstrap interval over the (x, y) pairs."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     rho = float(stats.spearmanr(x, y).statistic)
-
-    def statistic(xs, ys, axis=-1):
-        return stats.spearmanr(xs, ys).statistic
-
-    res = stats.bootstrap((x, y), statistic, paired=True, vectorized=False, n_resamples=1000,
-                          confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(seed))
+    res = stats.bootstrap((x, y), lambda xs, ys, axis=-1: stats.spearmanr(xs, ys).statistic, paired=True,
+                          vectorized=False, n_resamples=1000, confidence_level=CONFIDENCE, method="percentile",
+                          random_state=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return Interval(rho, float(lo), float(hi))
 

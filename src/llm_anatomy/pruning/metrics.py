@@ -181,20 +181,17 @@ class PruneMetrics(Measured):
                                            "obs_scores, layer_sensitivity), shared by the model's points")
 
 
-def benchmark_seconds(path) -> float:
-    """Wall seconds of one job from its Snakemake benchmark file (column `s`, first row)."""
-    df = pd.read_csv(path, sep="\t")
-    if "s" not in df.columns or df.empty:
-        raise ValueError(f"{path} is not a Snakemake benchmark file (no `s` column); rerun the job that writes it")
-    return float(df["s"].iloc[0])
-
-
 def cost_fields(benchmarks: dict[str, str] | None) -> dict:
-    """The seconds_* cost fields from the benchmark files by job (plan, materialise, and the per-model
-    ffn_stats, mask_gradients, obs_scores, layer_sensitivity)."""
+    """The seconds_* cost fields from the Snakemake benchmark files by job (wall seconds: column `s`, first
+    row) of plan, materialise, and the per-model ffn_stats, mask_gradients, obs_scores, layer_sensitivity."""
     if not benchmarks:
         return {}
-    sec = {k: benchmark_seconds(v) for k, v in benchmarks.items()}
+    sec = {}
+    for job, path in benchmarks.items():
+        df = pd.read_csv(path, sep="\t")
+        if "s" not in df.columns or df.empty:
+            raise ValueError(f"{path} is not a Snakemake benchmark file (no `s` column); rerun the job that writes it")
+        sec[job] = float(df["s"].iloc[0])
     shared = [sec[k] for k in ("ffn_stats", "mask_gradients", "obs_scores", "layer_sensitivity") if k in sec]
     return dict(seconds_plan=sec.get("plan"), seconds_materialise_job=sec.get("materialise"),
                 seconds_point=sec["plan"] + sec["materialise"] if {"plan", "materialise"} <= sec.keys() else None,

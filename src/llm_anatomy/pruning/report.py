@@ -105,7 +105,7 @@ def method_comparisons(runs: list[PruneMetrics], evals: list, baselines: list) -
             a, b = b, a  # the later curve (the stronger method) first: a positive gap favours it
         (eval_a, base_a), (eval_b, _) = files[a.model, a.target], files[b.model, b.target]
         readings = [(a.target, _outcomes(eval_a))]
-        if _compensated(a):
+        if a.compensation != "none":
             readings.append((f"{a.target} uncompensated", _outcomes(base_a, "uncompensated")))
         all_b = _outcomes(eval_b)
         for name, out_a in readings:
@@ -117,10 +117,6 @@ def method_comparisons(runs: list[PruneMetrics], evals: list, baselines: list) -
                              accuracy_a=float(out_a.mean()), accuracy_b=float(out_b.mean()),
                              **d.to_dict("gap"), a_only=d.a_only, b_only=d.b_only, reviews=len(out_b)))
     return judge(pd.DataFrame(rows), "gap", FAMILIES["comparisons"], verdict_column="verdict")
-
-
-def _compensated(m: PruneMetrics) -> bool:
-    return m.compensation != "none"
 
 
 def _dominated(points: list[tuple[float, float]], i: int) -> bool:
@@ -182,43 +178,33 @@ def _curve_runs(rs: list[PruneMetrics], name: str) -> list[PruneMetrics]:
     return sorted([m for m in rs if m.curve == name], key=lambda m: m.pruned_pct)
 
 
-def _accuracy_yerr(runs: list[PruneMetrics]) -> list[list[float]]:
-    """Error bars from each run's accuracy down and up to the ends of its 95% interval."""
-    return [[m.accuracy - m.accuracy_lo for m in runs], [m.accuracy_hi - m.accuracy for m in runs]]
-
-
-def _band(ax, x, lo, hi, color):
-    ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
-
-
-def _random_curve(ax, runs, prefix, color, label, style="s--"):
-    """A random baseline's mean over seeds and its 95% interval over seeds and reviews."""
-    pts = [(m.pruned_pct, getattr(m, f"{prefix}_mean"), getattr(m, f"{prefix}_lo"), getattr(m, f"{prefix}_hi")) for m in runs
-           if getattr(m, f"{prefix}_mean") is not None]
-    if not pts:
-        return
-    x, mu, lo, hi = map(np.array, zip(*pts))
-    ax.plot(x, mu, style, color=color, ms=4, lw=1, label=label)
-    _band(ax, x, lo, hi, color)
+def _accuracy_yerr(runs: list[PruneMetrics], value: str = "accuracy", bounds: str = "accuracy") -> list[list[float]]:
+    """Error bars from each run's `value` down and up to the ends of its 95% interval (`<bounds>_lo`, `_hi`)."""
+    return [[getattr(m, value) - getattr(m, f"{bounds}_lo") for m in runs],
+            [getattr(m, f"{bounds}_hi") - getattr(m, value) for m in runs]]
 
 
 def _accuracy_curve(ax, runs, color, name, band_color):
     """A method's removed-model accuracy with its 95% interval, its uncompensated reading (compensated
-    methods), and the random baseline treated the same way (and uncompensated, for compensated methods)."""
+    methods), and the random baseline treated the same way (and uncompensated, for compensated methods):
+    the mean over seeds and its 95% interval over seeds and reviews."""
     if not runs:
         return
     x = np.array([m.pruned_pct for m in runs])
     ax.plot(x, [m.accuracy for m in runs], "o-", color=color, label=f"{name} (removed)")
-    _band(ax, x, [m.accuracy_lo for m in runs], [m.accuracy_hi for m in runs], color)
-    compensated = any(_compensated(m) for m in runs)
+    ax.fill_between(x, [m.accuracy_lo for m in runs], [m.accuracy_hi for m in runs], color=color, alpha=0.15, lw=0)
+    compensated = any(m.compensation != "none" for m in runs)
+    baselines = [("accuracy_random", "s--", f"random, {name}'s counts" + (", compensated" if compensated else ""))]
     if compensated:
-        ax.plot(x, [m.accuracy_uncompensated for m in runs], "x:", color=color,
-                label=f"{name} without compensation")
-    _random_curve(ax, runs, "accuracy_random", band_color,
-                  f"random, {name}'s counts" + (", compensated" if compensated else ""))
-    if compensated:
-        _random_curve(ax, runs, "accuracy_random_uncompensated", band_color,
-                      f"random, {name}'s counts, uncompensated", style="v:")
+        ax.plot(x, [m.accuracy_uncompensated for m in runs], "x:", color=color, label=f"{name} without compensation")
+        baselines.append(("accuracy_random_uncompensated", "v:", f"random, {name}'s counts, uncompensated"))
+    for prefix, style, label in baselines:
+        pts = [(m.pruned_pct, getattr(m, f"{prefix}_mean"), getattr(m, f"{prefix}_lo"), getattr(m, f"{prefix}_hi"))
+               for m in runs if getattr(m, f"{prefix}_mean") is not None]
+        if pts:
+            px, mu, lo, hi = map(np.array, zip(*pts))
+            ax.plot(px, mu, style, color=band_color, ms=4, lw=1, label=label)
+            ax.fill_between(px, lo, hi, color=band_color, alpha=0.15, lw=0)
 
 
 def draw_accuracy(runs: list[PruneMetrics], path) -> None:
@@ -233,16 +219,13 @@ def draw_accuracy(runs: list[PruneMetrics], path) -> None:
         for curve, color in (("sweep-prenorm", "C5"), ("sweep-gain", "C6")):
             pts = _curve_runs(rs, curve)
             if pts:  # decoder scorings: the method with its interval (random baselines in the summary)
-                x = [m.pruned_pct for m in pts]
-                ax.errorbar(x, [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), fmt="P-.", color=color, ms=6,
-                            capsize=2, label=f"paper rule, {curve.split('-', 1)[1]} scoring")
+                ax.errorbar([m.pruned_pct for m in pts], [m.accuracy for m in pts], yerr=_accuracy_yerr(pts), fmt="P-.",
+                            color=color, ms=6, capsize=2, label=f"paper rule, {curve.split('-', 1)[1]} scoring")
         named = _curve_runs(rs, "named")
         for m in named:
             ax.errorbar(m.pruned_pct, m.accuracy, yerr=_accuracy_yerr([m]), fmt="D", color="C2", ms=5, capsize=2)
-            ax.errorbar(m.pruned_pct, m.accuracy_random_mean,
-                        yerr=[[m.accuracy_random_mean - m.accuracy_random_lo],
-                              [m.accuracy_random_hi - m.accuracy_random_mean]], fmt="^", color="C3", ms=4,
-                        capsize=2)
+            ax.errorbar(m.pruned_pct, m.accuracy_random_mean, yerr=_accuracy_yerr([m], "accuracy_random_mean", "accuracy_random"),
+                        fmt="^", color="C3", ms=4, capsize=2)
         if named:
             ax.plot([], [], "D", color="C2", label="Figure-5a configs (random: red triangles)")
         _dense_line(ax, rs)
@@ -349,7 +332,7 @@ def draw_pareto(runs: list[PruneMetrics], path) -> None:
         flap = _curve_runs(rs, "flap")
         if flap:
             row[0].plot([m.pruned_pct for m in flap], [m.accuracy_random_mean for m in flap], "kx:",
-                        label="random (FLAP's sizes, compensated)" if _compensated(flap[0]) else "random (FLAP's sizes)")
+                        label="random (FLAP's sizes, compensated)" if flap[0].compensation != "none" else "random (FLAP's sizes)")
         for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
             pts = [(getattr(m, key), m.accuracy) for m in rs]
             front = sorted(p for i, p in enumerate(pts) if not _dominated(pts, i))
