@@ -382,8 +382,7 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
     nodes = [tuple(map(int, n)) for n in graph_nodes]
     timings.update(ablate_each(ablator, table, sample, tail_neurons(table, tail), nodes, per_pass, progress))
     margins = ablator.margins
-    in_sample = table[table["in_sample"]]
-    cut = float(np.quantile(np.abs(in_sample["exact_effect"]), CONFIRM_QUANTILE))
+    cut = float(np.quantile(np.abs(table.loc[table["in_sample"], "exact_effect"]), CONFIRM_QUANTILE))
     table["confirmed"] = table["graph_node"] & (np.abs(table["exact_effect"]) > cut)
     flat = table.reset_index()
     agreement = score_agreement(flat, ablator.n_reviews, seed)

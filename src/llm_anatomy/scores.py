@@ -227,7 +227,7 @@ def rank_agreement(contrib: pd.DataFrame, threshold: float) -> pd.DataFrame:
     rows = []
     for layer, g in contrib.groupby("layer", sort=True):
         k = int((g["cosine_score"] > threshold).sum())
-        top_k = set(g.nlargest(max(k, 1), "mean_abs_contribution")["neuron"]) if k else set()
+        top_k = set(g.nlargest(k, "mean_abs_contribution")["neuron"]) if k else set()
         high = set(g.loc[g["cosine_score"] > threshold, "neuron"])
         rows.append(dict(layer=int(layer),
                          spearman_signed=spearman(g["cosine_score"], g["contribution"]),
