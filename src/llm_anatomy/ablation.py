@@ -274,10 +274,8 @@ def stratified_sample(widths: Sequence[int], total: int, seed: int) -> list[tupl
     """About `total` (layer, neuron) pairs, the same number from every layer, drawn without replacement."""
     per_layer = max(1, math.ceil(total / len(widths)))
     rng = np.random.default_rng(seed)
-    out = []
-    for layer, w in enumerate(widths):
-        out += [(layer, int(j)) for j in np.sort(rng.choice(w, size=min(per_layer, w), replace=False))]
-    return out
+    return [(layer, int(j)) for layer, w in enumerate(widths)
+            for j in np.sort(rng.choice(w, size=min(per_layer, w), replace=False))]
 
 
 def _by_layer(pairs) -> dict[int, np.ndarray]:

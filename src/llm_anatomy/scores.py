@@ -59,10 +59,9 @@ def layer_score_table(keys: pd.DataFrame, cos: np.ndarray, cos_normed: np.ndarra
     df = pd.DataFrame({"input_set": np.repeat(keys["input_set"].to_numpy().astype(str), n_layers),
                        "input_id": np.repeat(keys["input_id"].to_numpy(np.int64), n_layers),
                        "layer": np.tile(np.arange(n_layers, dtype=np.int16), n), "cosine": cos.reshape(-1).astype(np.float32)})
-    if cos_normed is not None:
-        df["cosine_normed"] = cos_normed.reshape(-1).astype(np.float32)
-    if cos_prenorm is not None:
-        df["cosine_prenorm"] = cos_prenorm.reshape(-1).astype(np.float32)
+    for name, c in (("cosine_normed", cos_normed), ("cosine_prenorm", cos_prenorm)):
+        if c is not None:
+            df[name] = c.reshape(-1).astype(np.float32)
     return df
 
 
