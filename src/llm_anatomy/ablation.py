@@ -113,9 +113,7 @@ class Ablator:
     @torch.inference_mode()
     def _dense_pass(self) -> None:
         """Cache every block's output and the margins; the neurons' mean and mean |a| over real tokens."""
-        L = self.adapter.num_layers
-        widths = self.adapter.ffn_widths()
-        s1, s2, sabs = ([torch.zeros(w, dtype=torch.float64) for w in widths] for _ in range(3))
+        s1, s2, sabs = ([torch.zeros(w, dtype=torch.float64) for w in self.adapter.ffn_widths()] for _ in range(3))
         tokens = 0
         state: dict = {}
 
@@ -134,7 +132,7 @@ class Ablator:
             state["mask"] = batch.mask.bool()
             with removed_on_exit(hooks), self.adapter.activation_hooks(grab):
                 batch.margin = margin_of(self.model, batch)
-            batch.block_outputs = [outs[l] for l in range(L)]
+            batch.block_outputs = [outs[l] for l in range(self.adapter.num_layers)]
             tokens += int(batch.mask.sum())
         self.means = [(s / tokens).float() for s in s1]
         self.activation = [(s / tokens).numpy() for s in sabs]
@@ -276,10 +274,8 @@ def stratified_sample(widths: Sequence[int], total: int, seed: int) -> list[tupl
     """About `total` (layer, neuron) pairs, the same number from every layer, drawn without replacement."""
     per_layer = max(1, math.ceil(total / len(widths)))
     rng = np.random.default_rng(seed)
-    out = []
-    for layer, w in enumerate(widths):
-        out += [(layer, int(j)) for j in np.sort(rng.choice(w, size=min(per_layer, w), replace=False))]
-    return out
+    return [(layer, int(j)) for layer, w in enumerate(widths)
+            for j in np.sort(rng.choice(w, size=min(per_layer, w), replace=False))]
 
 
 def _by_layer(pairs) -> dict[int, np.ndarray]:
@@ -384,8 +380,7 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
     nodes = [tuple(map(int, n)) for n in graph_nodes]
     timings.update(ablate_each(ablator, table, sample, tail_neurons(table, tail), nodes, per_pass, progress))
     margins = ablator.margins
-    in_sample = table[table["in_sample"]]
-    cut = float(np.quantile(np.abs(in_sample["exact_effect"]), CONFIRM_QUANTILE))
+    cut = float(np.quantile(np.abs(table.loc[table["in_sample"], "exact_effect"]), CONFIRM_QUANTILE))
     table["confirmed"] = table["graph_node"] & (np.abs(table["exact_effect"]) > cut)
     flat = table.reset_index()
     agreement = score_agreement(flat, ablator.n_reviews, seed)
@@ -400,13 +395,13 @@ def ablation_tables(ablator: Ablator, scores: pd.DataFrame, graph_nodes: Sequenc
                                   margins) for _ in range(random_draws)]
     r = np.array([x["exact_effect"] for x in random_sets])
     r_abs = np.array([x["exact_abs_effect"] for x in random_sets])
+    random = dict(random_mean=float(r.mean()), random_sd=float(r.std(ddof=1)) if len(r) > 1 else 0.0,
+                  random_min=float(r.min()), random_max=float(r.max()), random_draws=len(r))
     top_rows = []
     for name in SCORES:
         top = keys[np.argsort(-table[name].to_numpy(), kind="stable")[:k]]
         eff = effect_summary(ablator.review_effect(_by_layer(top)), margins)
-        top_rows.append(dict(score=name, neurons=k, effect=float(eff["exact_effect"]), random_mean=float(r.mean()),
-                             random_sd=float(r.std(ddof=1)) if len(r) > 1 else 0.0, random_min=float(r.min()),
-                             random_max=float(r.max()), random_draws=len(r),
+        top_rows.append(dict(score=name, neurons=k, effect=float(eff["exact_effect"]), **random,
                              # share of random sets that hurt at least as much (one-sided, empirical)
                              p_random=float((np.sum(r <= eff["exact_effect"]) + 1) / (len(r) + 1)),
                              abs_effect=float(eff["exact_abs_effect"]), random_abs_mean=float(r_abs.mean()),
@@ -559,11 +554,9 @@ def ablate(finetuned, val, neuron_scores, contributions, ffn_stats, graph, ablat
                    ablated_neurons=int(table["exact_effect"].notna().sum()),
                    graph_nodes=int(table["graph_node"].sum()), confirmed_graph_nodes=int(table["confirmed"].sum()),
                    graph_edges=len(edges), measured_graph_edges=int(edges["measured"].sum()),
-                   spearman={t: {r.score: [r.spearman, r.spearman_lo, r.spearman_hi]
-                                 for r in g.itertuples()} for t, g in scored.groupby("target")},
-                   spearman_within_layer={t: {r.score: [r.spearman_within_layer, r.spearman_within_layer_lo,
-                                                        r.spearman_within_layer_hi] for r in g.itertuples()}
-                                          for t, g in scored.groupby("target")},
+                   # per target and score, [rho, lo, hi] pooled (spearman) and within layers (spearman_within_layer)
+                   **{c: {t: {r.score: [getattr(r, c), getattr(r, f"{c}_lo"), getattr(r, f"{c}_hi")] for r in g.itertuples()}
+                          for t, g in scored.groupby("target")} for c in ("spearman", "spearman_within_layer")},
                    attribution_vs_exact=agreement.iloc[-1][["spearman", "pearson"]].tolist(),
                    dense_seconds=dense_seconds, edge_seconds=edge_seconds, **timings,
                    seconds=time.perf_counter() - start)

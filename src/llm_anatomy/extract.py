@@ -100,8 +100,7 @@ def _vector_table(keys: pd.DataFrame, arrays: list[np.ndarray], column: str) -> 
     n, n_layers = len(keys), len(arrays)
     width = arrays[0].shape[1]
     if any(a.shape[1] != width for a in arrays):  # physically pruned FFNs: ragged widths
-        values = [a[i] for i in range(n) for a in arrays]
-        vec = pa.array([v.tolist() for v in values], type=pa.list_(pa.float32()))
+        vec = pa.array([a[i].tolist() for i in range(n) for a in arrays], type=pa.list_(pa.float32()))
     else:
         flat = np.stack(arrays, axis=1).reshape(-1).astype(np.float32)  # [N, L, D] -> flat
         vec = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
@@ -138,8 +137,7 @@ def read_vectors(path, column: str, input_set: str | None = None) -> tuple[pd.Da
                          "input_id": table.column("input_id").to_numpy()[::n_layers]})
     col = table.column(column).combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
-        flat = col.flatten().to_numpy()
-        return keys, flat.reshape(n, n_layers, col.type.list_size)
+        return keys, col.flatten().to_numpy().reshape(n, n_layers, col.type.list_size)
     rows = col.to_pylist()
     return keys, [np.array([rows[i * n_layers + layer] for i in range(n)], dtype=np.float32)
                   for layer in range(n_layers)]

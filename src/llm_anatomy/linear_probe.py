@@ -18,7 +18,7 @@ layers: embeddings to the final, normed state):
 linear_probe.csv, one row per layer: layer, train_reviews, validation_reviews, penalty, cv_log_loss,
   cv_accuracy, train_accuracy, probe_accuracy (+ _lo, _hi), probe_positive_share, lens_accuracy (+ _lo,
   _hi), lens_positive_share, head_cosine (cosine between the probe's weight vector in the hidden space
-  and the direction the head reads there, `head_reading_direction`), converged, iterations.
+  and the direction the lens reads there, `lens.head_direction` below layer L), converged, iterations.
 linear_probe_cv.csv, one row per (layer, penalty): cv_log_loss, cv_accuracy, chosen.
 linear_probe_weights.parquet, one row per layer: layer, penalty, intercept, weight (list<float64>[H]):
   the refitted probe in the unstandardised hidden space, logit = hidden . weight + intercept.
@@ -43,12 +43,6 @@ MAX_ITER = 5000  # L-BFGS iterations per fit; a weak penalty on separable states
 GTOL = 1e-7  # stop when every gradient coordinate of the mean loss is below this
 
 
-def penalised_loss(theta: torch.Tensor, x: torch.Tensor, sign: torch.Tensor, penalty: float) -> torch.Tensor:
-    """The objective above; theta = [w, b], sign = 2y - 1 (float64 tensors)."""
-    w, b = theta[:-1], theta[-1]
-    return torch.nn.functional.softplus(-sign * (x @ w + b)).mean() + 0.5 * penalty * (w @ w)
-
-
 @dataclass(frozen=True)
 class Fit:
     theta: np.ndarray  # [w (standardised space), b]
@@ -57,7 +51,7 @@ class Fit:
 
 
 def logistic_fit(x: np.ndarray, y: np.ndarray, penalty: float, start: np.ndarray | None = None) -> Fit:
-    """Minimise `penalised_loss` over theta by torch's L-BFGS (strong Wolfe line search), in float64;
+    """Minimise the objective above over theta = [w, b] by torch's L-BFGS (strong Wolfe line search), in float64;
     `start` warm-starts it (e.g. the fit at a larger penalty). torch, not scipy: it runs on the job's torch
     threads (`models.set_threads`), where scipy's L-BFGS-B calls a BLAS that starts one thread per core
     whatever the job was given, many times slower on a shared machine."""
@@ -73,14 +67,14 @@ def logistic_fit(x: np.ndarray, y: np.ndarray, penalty: float, start: np.ndarray
 
     def closure():
         opt.zero_grad()
-        loss = penalised_loss(theta, xt, sign, penalty)
+        w, b = theta[:-1], theta[-1]
+        loss = torch.nn.functional.softplus(-sign * (xt @ w + b)).mean() + 0.5 * penalty * (w @ w)  # sign = 2y - 1
         loss.backward()
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
-        opt.zero_grad()
-        penalised_loss(theta, xt, sign, penalty).backward()
+        closure()  # the gradient at the point reached, for the convergence test
     converged = float(theta.grad.abs().max()) <= GTOL
     return Fit(theta.detach().numpy().copy(), converged, int(opt.state[theta]["n_iter"]))
 
@@ -99,11 +93,6 @@ def one_thread():
 
 def decision(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) @ theta[:-1] + theta[-1]
-
-
-def log_loss(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    z = (2.0 * np.asarray(y, dtype=np.float64) - 1.0) * decision(theta, x)
-    return float(np.logaddexp(0.0, -z).mean())
 
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -148,7 +137,8 @@ def cross_validate(x: np.ndarray, y: np.ndarray, penalties: Sequence[float], fol
         theta = None
         for p in order:
             theta = logistic_fit(x[train], y[train], p, theta).theta
-            loss[p].append(log_loss(theta, x[held], y[held]) * held.sum())
+            z = (2.0 * np.asarray(y[held], dtype=np.float64) - 1.0) * decision(theta, x[held])  # held-out margins
+            loss[p].append(float(np.logaddexp(0.0, -z).mean()) * held.sum())
             acc[p].append(((decision(theta, x[held]) > 0) == (y[held] == 1)).sum())
     n = len(y)
     return pd.DataFrame({"penalty": order, "cv_log_loss": [sum(loss[p]) / n for p in order],
@@ -184,17 +174,6 @@ def fit_probe(hidden: np.ndarray, y: np.ndarray, penalties: Sequence[float], fol
         log.warning("probe at penalty %g stopped after %d iterations without meeting the tolerance; its accuracy "
                     "is that of the coefficients reached", best, fit.iterations)
     return Probe(std, fit, best, cv)
-
-
-def head_reading_direction(model, layer: int, num_layers: int) -> np.ndarray:
-    """The direction in layer `layer`'s hidden space along which the lens's logit grows: the head's weight
-    for the final (already normed) state and for encoders; for a decoder's earlier layers the head's weight
-    seen through the final norm's linear part (`lens.head_direction`)."""
-    from .lens import head_direction
-
-    if layer == num_layers or not model.adapter.is_decoder:
-        return model.head.weight.detach()[0].double().cpu().numpy()
-    return head_direction(model)
 
 
 def layer_probes(train_hidden: np.ndarray, y_train, val_hidden: np.ndarray, y_val, lens_logits: np.ndarray,
@@ -241,7 +220,7 @@ def linear_probe(finetuned, train, hidden, inputs, linear_probe, linear_probe_cv
     from .data import read_split
     from .extract import extract_inputs, read_vectors
     from .io import read_parquet, write_csv, write_parquet
-    from .lens import lens_logits
+    from .lens import head_direction, lens_logits
     from .models import open_checkpoint, set_threads
     from .probes import sample_reviews
     from .progress import progress
@@ -259,8 +238,10 @@ def linear_probe(finetuned, train, hidden, inputs, linear_probe, linear_probe_cv
                         desc="probe states")
     extracted = time.perf_counter()
     model = ck.model.cpu()
-    L = model.adapter.num_layers
-    heads = [head_reading_direction(model, layer, L) for layer in range(L + 1)]
+    # the direction along which the lens's logit grows in each layer's hidden space: the head's weight for the
+    # final (already normed) state, and for a decoder's earlier layers that weight seen through the final
+    # norm's linear part (`lens.head_direction`, which is the head's weight itself for encoders)
+    heads = [head_direction(model)] * model.adapter.num_layers + [model.head.weight.detach()[0].double().numpy()]
     table, cv, weights = layer_probes(ex.hidden, sample["label"].to_numpy(), val_hidden, labels,
                                       lens_logits(model, val_hidden), p["penalties"], p["folds"], p["seed"], heads,
                                       progress=lambda xs: progress(xs, desc="probe fits"))

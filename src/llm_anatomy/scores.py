@@ -59,10 +59,9 @@ def layer_score_table(keys: pd.DataFrame, cos: np.ndarray, cos_normed: np.ndarra
     df = pd.DataFrame({"input_set": np.repeat(keys["input_set"].to_numpy().astype(str), n_layers),
                        "input_id": np.repeat(keys["input_id"].to_numpy(np.int64), n_layers),
                        "layer": np.tile(np.arange(n_layers, dtype=np.int16), n), "cosine": cos.reshape(-1).astype(np.float32)})
-    if cos_normed is not None:
-        df["cosine_normed"] = cos_normed.reshape(-1).astype(np.float32)
-    if cos_prenorm is not None:
-        df["cosine_prenorm"] = cos_prenorm.reshape(-1).astype(np.float32)
+    for name, c in (("cosine_normed", cos_normed), ("cosine_prenorm", cos_prenorm)):
+        if c is not None:
+            df[name] = c.reshape(-1).astype(np.float32)
     return df
 
 
@@ -227,7 +226,7 @@ def rank_agreement(contrib: pd.DataFrame, threshold: float) -> pd.DataFrame:
     rows = []
     for layer, g in contrib.groupby("layer", sort=True):
         k = int((g["cosine_score"] > threshold).sum())
-        top_k = set(g.nlargest(max(k, 1), "mean_abs_contribution")["neuron"]) if k else set()
+        top_k = set(g.nlargest(k, "mean_abs_contribution")["neuron"]) if k else set()
         high = set(g.loc[g["cosine_score"] > threshold, "neuron"])
         rows.append(dict(layer=int(layer),
                          spearman_signed=spearman(g["cosine_score"], g["contribution"]),
