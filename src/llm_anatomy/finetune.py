@@ -81,12 +81,9 @@ def freeze(model: SentimentClassifier, p: FinetuneParams) -> None:
 
 
 def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
-    decay, no_decay = [], []
-    for param in model.backbone.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    return [{"params": decay, "lr": p.lr, "weight_decay": p.weight_decay},
-            {"params": no_decay, "lr": p.lr, "weight_decay": 0.0},
+    trainable = [q for q in model.backbone.parameters() if q.requires_grad]
+    return [{"params": [q for q in trainable if q.ndim >= 2], "lr": p.lr, "weight_decay": p.weight_decay},
+            {"params": [q for q in trainable if q.ndim < 2], "lr": p.lr, "weight_decay": 0.0},
             {"params": list(model.head.parameters()), "lr": p.head_lr, "weight_decay": 0.0}]
 
 
@@ -141,11 +138,6 @@ def load_checkpoint(path: Path, fp: dict[str, str]) -> dict | None:
                     path, ", ".join(changed))
         return None
     return state
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    names = {n for n, prm in model.named_parameters() if prm.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k in names}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -224,12 +216,14 @@ def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, va
         resumed_from = step
         log.info("resumed %s from step %d of %d (%s)", model_name, step, total_steps, checkpoint_path)
 
+    trainable = {n for n, prm in model.named_parameters() if prm.requires_grad}  # all a checkpoint saves of the model
+
     def checkpoint():
         save_checkpoint(checkpoint_path, {
-            "fingerprint": fp, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step,
-            "history": history, "train_seconds": train_seconds})
+            "fingerprint": fp, "model": {k: v for k, v in model.state_dict().items() if k in trainable},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "step": step, "history": history, "train_seconds": train_seconds})
 
     n_trainable = sum(prm.numel() for prm in model.parameters() if prm.requires_grad)
     log.info("%s: %d train reviews, %d steps, %.1fM trainable parameters, %s on %s",
