@@ -96,8 +96,16 @@ def _score(args) -> dict:
     return json.loads(Path(out.summary).read_text())
 
 
-def _prune_spec(args):
+def _prune(args) -> dict:
+    from .pruning.chain import prune_model
     from .pruning.spec import MethodSpec, method_params
+    model, scores = _classifier_dir(args.model), ModelFiles(args.scores)
+    for name in ("layer_scores", "neuron_scores"):
+        if not Path(getattr(scores, name)).exists():
+            raise CliError(f"--scores {args.scores}: no {getattr(scores, name)}; run `llm-anatomy score` on this "
+                           "model first")
+    if not 0.0 < args.sparsity < 1.0:
+        raise CliError(f"--sparsity {args.sparsity}: give the fraction of FFN neurons to remove, in (0, 1)")
     if args.criterion == "flap":
         if args.compensation not in ("bias", "none"):
             raise CliError(f"--criterion flap --compensation {args.compensation}: FLAP folds the mean output (bias) "
@@ -108,19 +116,7 @@ def _prune_spec(args):
         spec = MethodSpec.flap(args.sparsity, args.allocation, args.compensation == "bias")
     else:
         spec = MethodSpec(args.criterion, args.allocation, args.compensation, args.sparsity)
-    return spec.with_values({name: getattr(args, name) for name, _ in method_params() if hasattr(args, name)})
-
-
-def _prune(args) -> dict:
-    from .pruning.chain import prune_model
-    model, scores = _classifier_dir(args.model), ModelFiles(args.scores)
-    for name in ("layer_scores", "neuron_scores"):
-        if not Path(getattr(scores, name)).exists():
-            raise CliError(f"--scores {args.scores}: no {getattr(scores, name)}; run `llm-anatomy score` on this "
-                           "model first")
-    if not 0.0 < args.sparsity < 1.0:
-        raise CliError(f"--sparsity {args.sparsity}: give the fraction of FFN neurons to remove, in (0, 1)")
-    spec = _prune_spec(args)
+    spec = spec.with_values({name: getattr(args, name) for name, _ in method_params() if hasattr(args, name)})
     if spec.criterion == "contribution" and not Path(scores.contributions).exists():
         raise CliError(f"--criterion contribution: no {scores.contributions}; run `llm-anatomy score` on this model "
                        "first")
