@@ -257,9 +257,7 @@ def parser() -> argparse.ArgumentParser:
     from .pruning.compensation import METHODS
     from .pruning.criteria import CRITERIA
     from .pruning.spec import MethodSpec, method_params
-    pruning, methods = schema_properties("$defs", "pruning"), schema_properties("$defs", "pruning", "methods")
-    flap = schema_properties("$defs", "pruning", "flap")
-    per_kind = schema_properties("$defs", "prune_sizing")
+    pruning, flap = schema_properties("$defs", "pruning"), schema_properties("$defs", "pruning", "flap")
     p = sub.add_parser("prune", help="remove FFN neurons by a method of the registry, write a smaller classifier")
     p.add_argument("model", help="classifier folder")
     p.add_argument("--scores", required=True, help="folder written by `llm-anatomy score` for this model")
@@ -280,10 +278,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, required=True, help="fraction of FFN neurons to remove, e.g. 0.5")
     p.add_argument("--calibration", required=True, help="Parquet reviews for the activation statistics (train split)")
     p.add_argument("--validation", default=None, help="Parquet reviews for the searched allocation (validation split)")
-    _option(p, "calibration_reviews", per_kind["calibration_reviews"])
+    _option(p, "calibration_reviews", schema_properties("$defs", "prune_sizing")["calibration_reviews"])
     _option(p, "calibration_batch_size", sizing["calibration_batch_size"])
     _option(p, "search_reviews", schema_properties("$defs", "prune_sizing", "methods")["search_reviews"])
-    _option(p, "search_fractions", methods["search_fractions"])
+    _option(p, "search_fractions", schema_properties("$defs", "pruning", "methods")["search_fractions"])
     _option(p, "high_threshold", pruning["high_threshold"])
     _option(p, "average_over", pruning["average_over"])
     p.add_argument("--out", required=True, help="pruned classifier folder to write")

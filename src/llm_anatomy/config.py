@@ -218,12 +218,11 @@ KIND_BY_SOURCE = {"tiny:bert": "encoder", "tiny:gpt2": "decoder", "tiny:llama": 
 
 def model_kind(spec: dict, where: str = "model") -> str:
     """encoder or decoder: which pruning rule applies (the model's `kind`, else known from its source)."""
-    if spec.get("kind"):
-        return spec["kind"]
-    if spec["source"] in KIND_BY_SOURCE:
-        return KIND_BY_SOURCE[spec["source"]]
-    raise ParamsError(f"{where}.kind: cannot tell whether {spec['source']!r} is an encoder or a decoder; "
-                      "add `kind: encoder` or `kind: decoder` to the model")
+    kind = spec.get("kind") or KIND_BY_SOURCE.get(spec["source"])
+    if not kind:
+        raise ParamsError(f"{where}.kind: cannot tell whether {spec['source']!r} is an encoder or a decoder; "
+                          "add `kind: encoder` or `kind: decoder` to the model")
+    return kind
 
 
 def check_pruning(config: dict, prof: dict, name: str) -> None:

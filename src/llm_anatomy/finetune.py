@@ -100,14 +100,11 @@ def frame_digest(df: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenizer_digest(tokenizer) -> str:
-    """What turns a review into ids: the tokenizer class, its vocabulary and special tokens."""
-    return _digest([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens])
-
-
 def fingerprint(source: str, tokenizer, p: FinetuneParams, train: pd.DataFrame, val: pd.DataFrame) -> dict[str, str]:
-    """Everything that determines a training run, part by part, so a mismatch can say what changed."""
-    return {"model source": source, "tokenizer": tokenizer_digest(tokenizer), "seed": str(p.seed),
+    """Everything that determines a training run, part by part, so a mismatch can say what changed; of the
+    tokenizer, what turns a review into ids: its class, its vocabulary and special tokens."""
+    ids = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens]
+    return {"model source": source, "tokenizer": _digest(ids), "seed": str(p.seed),
             # threads, like the device, may differ between the killed run and its resumption
             "fine-tune params": _digest({k: v for k, v in asdict(p).items() if k not in ("seed", "threads")}),
             "train split": frame_digest(train), "validation split": frame_digest(val)}

@@ -101,8 +101,7 @@ def write_parquet(df: pd.DataFrame, path: str | Path, schema=None, info: dict | 
 
 def parquet_info(path: str | Path) -> dict:
     """The `info` a file was written with ({} when none)."""
-    meta = parquet_metadata(path)
-    return json.loads(meta[PARQUET_INFO]) if PARQUET_INFO in meta else {}
+    return json.loads(parquet_metadata(path).get(PARQUET_INFO, b"{}"))
 
 
 class UnreadableFile(RuntimeError):
