@@ -100,8 +100,7 @@ def _check_method_curves(curves, key: str) -> None:
 
 def check_schema(config: dict, schema_path: str | Path) -> None:
     """Validate `config` against the schema, filling in the schema's defaults for absent keys."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = DefaultFillingValidator(schema)
+    validator = DefaultFillingValidator(yaml.safe_load(Path(schema_path).read_text()))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []

@@ -214,14 +214,6 @@ def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, va
         log.info("resumed %s from step %d of %d (%s)", model_name, step, total_steps, checkpoint_path)
 
     trainable = {n for n, prm in model.named_parameters() if prm.requires_grad}  # all a checkpoint saves of the model
-
-    def checkpoint():
-        save_checkpoint(checkpoint_path, {
-            "fingerprint": fp, "model": {k: v for k, v in model.state_dict().items() if k in trainable},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "step": step, "history": history, "train_seconds": train_seconds})
-
     n_trainable = sum(prm.numel() for prm in model.parameters() if prm.requires_grad)
     log.info("%s: %d train reviews, %d steps, %.1fM trainable parameters, %s on %s",
              model_name, len(lengths), total_steps, n_trainable / 1e6, p.precision, describe(device))
@@ -260,7 +252,12 @@ def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, va
                     final_val = val_logits if step == total_steps else None
                     log.info("epoch %d: validation accuracy %.4f", epoch + 1, history[-1]["val_accuracy"])
                     model.train()
-                checkpoint()
+                save_checkpoint(checkpoint_path, {
+                    "fingerprint": fp, "model": {k: v for k, v in model.state_dict().items() if k in trainable},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step,
+                    "history": history, "train_seconds": train_seconds})
     bar.close()
 
     model.eval()
