@@ -202,17 +202,14 @@ def _option(p, key: str, prop: dict) -> None:
     else:
         kw["type"] = TYPES[prop["type"]]
     if "minimum" in prop:
-        kw["type"] = _at_least(kw["type"], prop["minimum"], flag)
+        kind, minimum = kw["type"], prop["minimum"]
+        def parse(text):  # argparse names the type by this name when `kind` rejects the text
+            value = kind(text)
+            if value < minimum:
+                raise argparse.ArgumentTypeError(f"{flag} {value}: must be >= {minimum}")
+            return value
+        kw["type"] = parse
     p.add_argument(flag, help=f"{prop.get('description', '')} (default: %(default)s)".lstrip(), **kw)
-
-
-def _at_least(kind, minimum, flag):
-    def parse(text):
-        value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} {value}: must be >= {minimum}")
-        return value
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:
