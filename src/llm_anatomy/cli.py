@@ -216,12 +216,11 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llm-anatomy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    profile = schema_properties("$defs", "profile")
     sizing = schema_properties("$defs", "profile_pruning")
 
     def common(p, batch_size: dict):
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-        _option(p, "device", profile["device"])
+        _option(p, "device", schema_properties("$defs", "profile")["device"])
         _option(p, "batch_size", batch_size)
 
     p = sub.add_parser("finetune", help="fine-tune a backbone + head as a sentiment classifier")
