@@ -96,8 +96,16 @@ def _score(args) -> dict:
     return json.loads(Path(out.summary).read_text())
 
 
-def _prune_spec(args):
+def _prune(args) -> dict:
+    from .pruning.chain import prune_model
     from .pruning.spec import MethodSpec, method_params
+    model, scores = _classifier_dir(args.model), ModelFiles(args.scores)
+    for name in ("layer_scores", "neuron_scores"):
+        if not Path(getattr(scores, name)).exists():
+            raise CliError(f"--scores {args.scores}: no {getattr(scores, name)}; run `llm-anatomy score` on this "
+                           "model first")
+    if not 0.0 < args.sparsity < 1.0:
+        raise CliError(f"--sparsity {args.sparsity}: give the fraction of FFN neurons to remove, in (0, 1)")
     if args.criterion == "flap":
         if args.compensation not in ("bias", "none"):
             raise CliError(f"--criterion flap --compensation {args.compensation}: FLAP folds the mean output (bias) "
@@ -108,19 +116,7 @@ def _prune_spec(args):
         spec = MethodSpec.flap(args.sparsity, args.allocation, args.compensation == "bias")
     else:
         spec = MethodSpec(args.criterion, args.allocation, args.compensation, args.sparsity)
-    return spec.with_values({name: getattr(args, name) for name, _ in method_params() if hasattr(args, name)})
-
-
-def _prune(args) -> dict:
-    from .pruning.chain import prune_model
-    model, scores = _classifier_dir(args.model), ModelFiles(args.scores)
-    for name in ("layer_scores", "neuron_scores"):
-        if not Path(getattr(scores, name)).exists():
-            raise CliError(f"--scores {args.scores}: no {getattr(scores, name)}; run `llm-anatomy score` on this "
-                           "model first")
-    if not 0.0 < args.sparsity < 1.0:
-        raise CliError(f"--sparsity {args.sparsity}: give the fraction of FFN neurons to remove, in (0, 1)")
-    spec = _prune_spec(args)
+    spec = spec.with_values({name: getattr(args, name) for name, _ in method_params() if hasattr(args, name)})
     if spec.criterion == "contribution" and not Path(scores.contributions).exists():
         raise CliError(f"--criterion contribution: no {scores.contributions}; run `llm-anatomy score` on this model "
                        "first")
@@ -206,29 +202,25 @@ def _option(p, key: str, prop: dict) -> None:
     else:
         kw["type"] = TYPES[prop["type"]]
     if "minimum" in prop:
-        kw["type"] = _at_least(kw["type"], prop["minimum"], flag)
+        kind, minimum = kw["type"], prop["minimum"]
+        def parse(text):  # argparse names the type by this name when `kind` rejects the text
+            value = kind(text)
+            if value < minimum:
+                raise argparse.ArgumentTypeError(f"{flag} {value}: must be >= {minimum}")
+            return value
+        kw["type"] = parse
     p.add_argument(flag, help=f"{prop.get('description', '')} (default: %(default)s)".lstrip(), **kw)
-
-
-def _at_least(kind, minimum, flag):
-    def parse(text):
-        value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} {value}: must be >= {minimum}")
-        return value
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llm-anatomy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    profile = schema_properties("$defs", "profile")
     sizing = schema_properties("$defs", "profile_pruning")
 
     def common(p, batch_size: dict):
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-        _option(p, "device", profile["device"])
+        _option(p, "device", schema_properties("$defs", "profile")["device"])
         _option(p, "batch_size", batch_size)
 
     p = sub.add_parser("finetune", help="fine-tune a backbone + head as a sentiment classifier")
@@ -261,9 +253,7 @@ def parser() -> argparse.ArgumentParser:
     from .pruning.compensation import METHODS
     from .pruning.criteria import CRITERIA
     from .pruning.spec import MethodSpec, method_params
-    pruning, methods = schema_properties("$defs", "pruning"), schema_properties("$defs", "pruning", "methods")
-    flap = schema_properties("$defs", "pruning", "flap")
-    per_kind = schema_properties("$defs", "prune_sizing")
+    pruning, flap = schema_properties("$defs", "pruning"), schema_properties("$defs", "pruning", "flap")
     p = sub.add_parser("prune", help="remove FFN neurons by a method of the registry, write a smaller classifier")
     p.add_argument("model", help="classifier folder")
     p.add_argument("--scores", required=True, help="folder written by `llm-anatomy score` for this model")
@@ -284,10 +274,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, required=True, help="fraction of FFN neurons to remove, e.g. 0.5")
     p.add_argument("--calibration", required=True, help="Parquet reviews for the activation statistics (train split)")
     p.add_argument("--validation", default=None, help="Parquet reviews for the searched allocation (validation split)")
-    _option(p, "calibration_reviews", per_kind["calibration_reviews"])
+    _option(p, "calibration_reviews", schema_properties("$defs", "prune_sizing")["calibration_reviews"])
     _option(p, "calibration_batch_size", sizing["calibration_batch_size"])
     _option(p, "search_reviews", schema_properties("$defs", "prune_sizing", "methods")["search_reviews"])
-    _option(p, "search_fractions", methods["search_fractions"])
+    _option(p, "search_fractions", schema_properties("$defs", "pruning", "methods")["search_fractions"])
     _option(p, "high_threshold", pruning["high_threshold"])
     _option(p, "average_over", pruning["average_over"])
     p.add_argument("--out", required=True, help="pruned classifier folder to write")

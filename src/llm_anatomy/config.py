@@ -59,36 +59,18 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
-def _filling_defaults(validator_class):
-    """A validator class that also writes each missing property's schema `default:` into the
+def _filling_properties(validator, props, instance, schema):
+    """JSON Schema's `properties` check that first writes each missing property's schema `default:` into the
     instance, so every default lives in the schema and nowhere else."""
-    check_properties = validator_class.VALIDATORS["properties"]
-
-    def properties(validator, props, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in props.items():
-                if isinstance(sub, dict) and "default" in sub:
-                    instance.setdefault(name, copy.deepcopy(sub["default"]))
-        yield from check_properties(validator, props, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": properties})
+    if isinstance(instance, dict):
+        for name, sub in props.items():
+            if isinstance(sub, dict) and "default" in sub:
+                instance.setdefault(name, copy.deepcopy(sub["default"]))
+    yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, props, instance, schema)
 
 
-DefaultFillingValidator = _filling_defaults(jsonschema.Draft202012Validator)
-
-
-def _unknown_keys(err) -> list[str]:
-    """One line per key the schema does not allow, with the closest allowed key as a suggestion."""
-    allowed = sorted(err.schema.get("properties", {}))
-    lines = []
-    for key in err.instance:
-        if key in allowed:
-            continue
-        where = _key([*err.absolute_path, key])
-        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(allowed)}"
-        lines.append(f"  {where}: unknown key {key!r}; {hint}")
-    return lines
+DefaultFillingValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                                       {"properties": _filling_properties})
 
 
 def _did_you_mean(value, choices) -> str:
@@ -97,24 +79,20 @@ def _did_you_mean(value, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _curve_parts(curve: str, criteria, allocations, compensations) -> list[str]:
-    """What is wrong in a curve name: each part that names no criterion, allocation or compensation.
-    Criteria may hold hyphens (wanda-sp); allocations and compensations hold none."""
-    head, _, compensation = curve.rpartition("-")
-    criterion, _, allocation = head.rpartition("-")
-    problems = [f"{kind} {value!r} is unknown{_did_you_mean(value, choices)}"
-                for kind, value, choices in (("criterion", criterion, criteria), ("allocation", allocation, allocations),
-                                             ("compensation", compensation, compensations)) if value not in choices]
-    return problems or ["three parts are needed"]
-
-
 def _check_method_curves(curves, key: str) -> None:
+    """Each curve names a method; the message says which part of a bad name is unknown. Criteria may hold
+    hyphens (wanda-sp); allocations and compensations hold none."""
     if curves == "all":
         return
     from .pruning.spec import ALLOCATIONS, COMPENSATIONS, CRITERIA, method_of
     for curve in curves:
         if not isinstance(curve, str) or method_of(curve) is None:
-            problems = "; ".join(_curve_parts(str(curve), CRITERIA, ALLOCATIONS, COMPENSATIONS))
+            head, _, compensation = str(curve).rpartition("-")
+            criterion, _, allocation = head.rpartition("-")
+            problems = "; ".join(f"{kind} {value!r} is unknown{_did_you_mean(value, choices)}" for kind, value, choices
+                                 in (("criterion", criterion, CRITERIA), ("allocation", allocation, ALLOCATIONS),
+                                     ("compensation", compensation, COMPENSATIONS)) if value not in choices)
+            problems = problems or "three parts are needed"
             raise ParamsError(f"{key}: {curve!r} is not <criterion>-<allocation>-<compensation>: {problems}. "
                               f"Criteria {sorted(CRITERIA)}, allocations {list(ALLOCATIONS)}, compensations "
                               f"{list(COMPENSATIONS)} (e.g. fluctuation-uniform-refit), or `curves: all` for every one")
@@ -122,14 +100,17 @@ def _check_method_curves(curves, key: str) -> None:
 
 def check_schema(config: dict, schema_path: str | Path) -> None:
     """Validate `config` against the schema, filling in the schema's defaults for absent keys."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = DefaultFillingValidator(schema)
+    validator = DefaultFillingValidator(yaml.safe_load(Path(schema_path).read_text()))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
         for err in errors[:10]:
             if err.validator == "additionalProperties" and isinstance(err.instance, dict) and err.schema.get("properties"):
-                lines += _unknown_keys(err)
+                allowed = sorted(err.schema["properties"])
+                for key in (k for k in err.instance if k not in allowed):  # each with the closest allowed key
+                    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                    hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(allowed)}"
+                    lines.append(f"  {_key([*err.absolute_path, key])}: unknown key {key!r}; {hint}")
                 continue
             if err.validator == "required":
                 missing = [k for k in err.validator_value if k not in err.instance]
@@ -165,9 +146,7 @@ def retype_overrides(config: dict, overrides: dict) -> None:
             elif isinstance(value, list) and isinstance(target.get(key), list):
                 target[key] = [_scalar(v) if isinstance(v, str) else v for v in value]
 
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):  # top-level scalars are typed already
-            walk(config[key], value)
+    walk(config, {k: v for k, v in overrides.items() if isinstance(v, dict)})  # top-level scalars are typed already
 
 
 def active_profile(config: dict) -> dict:
@@ -189,8 +168,10 @@ def resolve_path(path: str | Path, root: str | Path) -> Path:
     return path if path.is_absolute() else (Path(root) / path).resolve()
 
 
-def check_semantics(config: dict, root: str | Path) -> None:
-    """Checks JSON Schema cannot express: files that must exist, values bounded by other values."""
+def validate(config: dict, schema_path: str | Path, root: str | Path) -> dict:
+    """The schema, then what JSON Schema cannot express (files that must exist, values bounded by other values),
+    then the pruning configurations (`check_pruning`); returns the active profile."""
+    check_schema(config, schema_path)
     prof = active_profile(config)
     name = config["profile"]
     data = config["data"]
@@ -225,6 +206,8 @@ def check_semantics(config: dict, root: str | Path) -> None:
                               f"model's {spec['num_layers']} layers")
         if spec["source"].startswith("path:") and not resolve_path(spec["source"][5:], root).exists():
             raise ParamsError(f"{key}.source: folder {spec['source'][5:]} does not exist")
+    check_pruning(config, prof, name)
+    return prof
 
 
 KIND_BY_SOURCE = {"tiny:bert": "encoder", "tiny:gpt2": "decoder", "tiny:llama": "decoder",
@@ -234,12 +217,11 @@ KIND_BY_SOURCE = {"tiny:bert": "encoder", "tiny:gpt2": "decoder", "tiny:llama": 
 
 def model_kind(spec: dict, where: str = "model") -> str:
     """encoder or decoder: which pruning rule applies (the model's `kind`, else known from its source)."""
-    if spec.get("kind"):
-        return spec["kind"]
-    if spec["source"] in KIND_BY_SOURCE:
-        return KIND_BY_SOURCE[spec["source"]]
-    raise ParamsError(f"{where}.kind: cannot tell whether {spec['source']!r} is an encoder or a decoder; "
-                      "add `kind: encoder` or `kind: decoder` to the model")
+    kind = spec.get("kind") or KIND_BY_SOURCE.get(spec["source"])
+    if not kind:
+        raise ParamsError(f"{where}.kind: cannot tell whether {spec['source']!r} is an encoder or a decoder; "
+                          "add `kind: encoder` or `kind: decoder` to the model")
+    return kind
 
 
 def check_pruning(config: dict, prof: dict, name: str) -> None:
@@ -302,11 +284,3 @@ def check_pruning(config: dict, prof: dict, name: str) -> None:
             except RuleError as err:
                 raise ParamsError(f"pruning.configs.{cname}.focusing: {err} ({key} has num_layers "
                                   f"{spec['num_layers']})") from None
-
-
-def validate(config: dict, schema_path: str | Path, root: str | Path) -> dict:
-    """Schema, then semantic checks; returns the active profile."""
-    check_schema(config, schema_path)
-    check_semantics(config, root)
-    check_pruning(config, active_profile(config), config["profile"])
-    return active_profile(config)

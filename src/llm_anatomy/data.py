@@ -55,27 +55,21 @@ def read_mirror(mirror_dir: str | Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def read_hub(name: str) -> dict[str, pd.DataFrame]:
-    """The `train` and `test` splits of a hub dataset such as `stanfordnlp/imdb` (needs a network)."""
-    from datasets import load_dataset
-
-    ds = load_dataset(name)
-    return {split: check_frame(ds[split].to_pandas(), f"{name}[{split}]") for split in ("train", "test")}
-
-
 def read_imdb(source: str, mirror_dir: str | Path, hub_name: str) -> dict[str, pd.DataFrame]:
     if source == "mirror":
         return read_mirror(mirror_dir)
-    if source == "hub":
-        return read_hub(hub_name)
+    if source == "hub":  # a hub dataset such as `stanfordnlp/imdb` (needs a network)
+        from datasets import load_dataset
+
+        ds = load_dataset(hub_name)
+        return {split: check_frame(ds[split].to_pandas(), f"{hub_name}[{split}]") for split in ("train", "test")}
     raise DataError(f"data.source is {source!r}; use `mirror` or `hub`")
 
 
 def balanced_sample(df: pd.DataFrame, n: int, rng: np.random.Generator, where: str) -> np.ndarray:
     """Row positions of n rows, half of each label (the odd one negative), in shuffled order."""
-    per_label = {0: n - n // 2, 1: n // 2}
     picks = []
-    for label, count in per_label.items():
+    for label, count in ((0, n - n // 2), (1, n // 2)):
         pool = np.flatnonzero(df["label"].to_numpy() == label)
         if count > len(pool):
             raise DataError(f"{where}: asked for {count} reviews of label {label}, only {len(pool)} exist; "

@@ -81,12 +81,9 @@ def freeze(model: SentimentClassifier, p: FinetuneParams) -> None:
 
 
 def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
-    decay, no_decay = [], []
-    for param in model.backbone.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    return [{"params": decay, "lr": p.lr, "weight_decay": p.weight_decay},
-            {"params": no_decay, "lr": p.lr, "weight_decay": 0.0},
+    trainable = [q for q in model.backbone.parameters() if q.requires_grad]
+    return [{"params": [q for q in trainable if q.ndim >= 2], "lr": p.lr, "weight_decay": p.weight_decay},
+            {"params": [q for q in trainable if q.ndim < 2], "lr": p.lr, "weight_decay": 0.0},
             {"params": list(model.head.parameters()), "lr": p.head_lr, "weight_decay": 0.0}]
 
 
@@ -103,14 +100,11 @@ def frame_digest(df: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenizer_digest(tokenizer) -> str:
-    """What turns a review into ids: the tokenizer class, its vocabulary and special tokens."""
-    return _digest([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens])
-
-
 def fingerprint(source: str, tokenizer, p: FinetuneParams, train: pd.DataFrame, val: pd.DataFrame) -> dict[str, str]:
-    """Everything that determines a training run, part by part, so a mismatch can say what changed."""
-    return {"model source": source, "tokenizer": tokenizer_digest(tokenizer), "seed": str(p.seed),
+    """Everything that determines a training run, part by part, so a mismatch can say what changed; of the
+    tokenizer, what turns a review into ids: its class, its vocabulary and special tokens."""
+    ids = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens]
+    return {"model source": source, "tokenizer": _digest(ids), "seed": str(p.seed),
             # threads, like the device, may differ between the killed run and its resumption
             "fine-tune params": _digest({k: v for k, v in asdict(p).items() if k not in ("seed", "threads")}),
             "train split": frame_digest(train), "validation split": frame_digest(val)}
@@ -141,11 +135,6 @@ def load_checkpoint(path: Path, fp: dict[str, str]) -> dict | None:
                     path, ", ".join(changed))
         return None
     return state
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    names = {n for n, prm in model.named_parameters() if prm.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k in names}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -224,13 +213,7 @@ def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, va
         resumed_from = step
         log.info("resumed %s from step %d of %d (%s)", model_name, step, total_steps, checkpoint_path)
 
-    def checkpoint():
-        save_checkpoint(checkpoint_path, {
-            "fingerprint": fp, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step,
-            "history": history, "train_seconds": train_seconds})
-
+    trainable = {n for n, prm in model.named_parameters() if prm.requires_grad}  # all a checkpoint saves of the model
     n_trainable = sum(prm.numel() for prm in model.parameters() if prm.requires_grad)
     log.info("%s: %d train reviews, %d steps, %.1fM trainable parameters, %s on %s",
              model_name, len(lengths), total_steps, n_trainable / 1e6, p.precision, describe(device))
@@ -269,7 +252,12 @@ def train_classifier(source: str, tokenizer_source: str, train: pd.DataFrame, va
                     final_val = val_logits if step == total_steps else None
                     log.info("epoch %d: validation accuracy %.4f", epoch + 1, history[-1]["val_accuracy"])
                     model.train()
-                checkpoint()
+                save_checkpoint(checkpoint_path, {
+                    "fingerprint": fp, "model": {k: v for k, v in model.state_dict().items() if k in trainable},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step,
+                    "history": history, "train_seconds": train_seconds})
     bar.close()
 
     model.eval()

@@ -87,12 +87,12 @@ def write_json(path: str | Path, obj) -> None:
 PARQUET_INFO = b"llm_anatomy.info"
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path, schema=None, info: dict | None = None) -> None:
+def write_parquet(df: pd.DataFrame, path: str | Path, info: dict | None = None) -> None:
     """`info`: a JSON object kept in the file's schema metadata (read it back with `parquet_info`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
     if info is not None:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_INFO: dumps(info).encode()})
     with atomic_path(path) as tmp:
@@ -101,8 +101,7 @@ def write_parquet(df: pd.DataFrame, path: str | Path, schema=None, info: dict | 
 
 def parquet_info(path: str | Path) -> dict:
     """The `info` a file was written with ({} when none)."""
-    meta = parquet_metadata(path)
-    return json.loads(meta[PARQUET_INFO]) if PARQUET_INFO in meta else {}
+    return json.loads(parquet_metadata(path).get(PARQUET_INFO, b"{}"))
 
 
 class UnreadableFile(RuntimeError):
@@ -147,7 +146,7 @@ def read_back(path: str | Path, reader: Callable):
                              "Rerun Snakemake: the file is now missing, so the rule that writes it runs again.") from None
 
 
-def read_parquet(path: str | Path, columns: list[str] | None = None, **kwargs) -> pd.DataFrame:
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """pandas.read_parquet of a cached intermediate (see `read_back`). Asking for a column the file does
     not have is a ValueError naming both (a file from another version is readable, not corrupt)."""
     import pyarrow.parquet as pq
@@ -157,7 +156,7 @@ def read_parquet(path: str | Path, columns: list[str] | None = None, **kwargs) -
     if missing:
         raise ValueError(f"{path} has no column(s) {missing} (it has {names}); it was written by another version: "
                          "delete it and rerun Snakemake")
-    return read_back(path, lambda p: pd.read_parquet(p, columns=columns, **kwargs))
+    return read_back(path, lambda p: pd.read_parquet(p, columns=columns))
 
 
 def read_json(path: str | Path):
@@ -172,9 +171,9 @@ def parquet_metadata(path: str | Path) -> dict:
     return read_back(path, lambda p: pq.read_schema(p).metadata or {})
 
 
-def write_csv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, **kwargs)
+        df.to_csv(tmp, index=False)
 
 
 @contextmanager
