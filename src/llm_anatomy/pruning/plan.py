@@ -126,16 +126,6 @@ def _threshold_plan(spec: MethodSpec, c, scores, high: float) -> Plan:
     return Plan(pruned, table, info, figure4a_lines(table))
 
 
-def cut_table(importance, pruned, cut, scores, high: float) -> pd.DataFrame:
-    """One row per layer of a plan that cuts by an importance: the highest pruned importance, the counts, and
-    how many high neurons (paper score above `high`) there are and are pruned."""
-    return pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(importance[l]), masked=len(pruned[l]),
-                              masked_pct=100.0 * len(pruned[l]) / len(importance[l]),
-                              high=int((np.asarray(scores[l]) > high).sum()),
-                              high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
-                         for l in range(len(importance))])
-
-
 def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | None = None,
               sensitivity: pd.DataFrame | None = None) -> Plan:
     """The plan of any method: `c` and `scores` are the layer and neuron scores (`load_scores`), `stats` what
@@ -152,7 +142,12 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
                          f"the neuron scores' {[len(s) for s in scores]}; rebuild both from the same checkpoint")
     pruned = allocate(imp, float(spec.target), spec.allocation, sensitivity, spec.max_layer_fraction)
     cut = cut_values(imp, pruned)
-    table = cut_table(imp, pruned, cut, scores, high)
+    # per layer: the highest pruned importance, the counts, and how many high neurons (paper score above `high`)
+    # there are and are pruned
+    table = pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(imp[l]), masked=len(pruned[l]),
+                               masked_pct=100.0 * len(pruned[l]) / len(imp[l]), high=int((np.asarray(scores[l]) > high).sum()),
+                               high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
+                          for l in range(len(imp))])
     search = dict(target_fraction=float(spec.target), pruned=int(sum(len(p) for p in pruned)), reached=True)
     lines = [f"layer {r.layer}: {spec.criterion} threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
              for r in table.itertuples()]
