@@ -109,29 +109,23 @@ def load_scores(layer_path, neuron_path, input_set: str = "probe", scoring: str 
     return c, scores
 
 
-def _threshold_plan(spec: MethodSpec, c, scores, high: float) -> Plan:
-    """The paper's rule (alpha bisected when the spec has a target): thresholds t_l, |s_lj| < t_l pruned."""
-    L = len(scores)
-    rule = rule_from_spec(spec, L)
-    search = None
-    if spec.target is not None:
-        alpha, n, reached = bisect_alpha(rule, c, scores, float(spec.target), negative_alpha=bool(spec.negative_alpha))
-        rule = rule.with_alpha(alpha)
-        search = dict(target_fraction=float(spec.target), alpha=alpha, pruned=n, reached=reached)
-    t, pruned = apply_rule(rule, c, scores)
-    table = layer_table(rule, c, scores, t, pruned, high)
-    applied = dict(alpha=rule.alpha, beta=rule.beta, focusing=list(rule.focusing),
-                   focus_multiplier=rule.focus_multiplier, sides=rule.sides(L))
-    info = PlanInfo(spec, [float(x) for x in t], search, applied)
-    return Plan(pruned, table, info, figure4a_lines(table))
-
-
 def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | None = None,
               sensitivity: pd.DataFrame | None = None) -> Plan:
     """The plan of any method: `c` and `scores` are the layer and neuron scores (`load_scores`), `stats` what
     the criterion reads, `sensitivity` the searched allocation's validation evidence."""
     if spec.allocation == THRESHOLD:
-        return _threshold_plan(spec, c, scores, high)
+        # the paper's rule (alpha bisected when the spec has a target): thresholds t_l, |s_lj| < t_l pruned
+        rule = rule_from_spec(spec, len(scores))
+        search = None
+        if spec.target is not None:
+            alpha, n, reached = bisect_alpha(rule, c, scores, float(spec.target), negative_alpha=bool(spec.negative_alpha))
+            rule = rule.with_alpha(alpha)
+            search = dict(target_fraction=float(spec.target), alpha=alpha, pruned=n, reached=reached)
+        t, pruned = apply_rule(rule, c, scores)
+        table = layer_table(rule, c, scores, t, pruned, high)
+        applied = dict(alpha=rule.alpha, beta=rule.beta, focusing=list(rule.focusing),
+                       focus_multiplier=rule.focus_multiplier, sides=rule.sides(len(scores)))
+        return Plan(pruned, table, PlanInfo(spec, [float(x) for x in t], search, applied), figure4a_lines(table))
     if spec.target is None:
         raise ValueError(f"{spec.curve} needs a target fraction of neurons to prune (e.g. target: 0.5)")
     if stats is None:
