@@ -247,8 +247,7 @@ class ModelAdapter:
         """L+1 hidden states [batch, seq, hidden]: embeddings, then each layer's output.
 
         The last entry is what the backbone returns (after the final norm for decoders)."""
-        out = self.backbone(**self.forward_kwargs(input_ids, attention_mask), output_hidden_states=True)
-        return out.hidden_states
+        return self.backbone(**self.forward_kwargs(input_ids, attention_mask), output_hidden_states=True).hidden_states
 
     def last_hidden_state(self, input_ids, attention_mask) -> torch.Tensor:
         return self.backbone(**self.forward_kwargs(input_ids, attention_mask)).last_hidden_state
