@@ -247,8 +247,7 @@ class ModelAdapter:
         """L+1 hidden states [batch, seq, hidden]: embeddings, then each layer's output.
 
         The last entry is what the backbone returns (after the final norm for decoders)."""
-        out = self.backbone(**self.forward_kwargs(input_ids, attention_mask), output_hidden_states=True)
-        return out.hidden_states
+        return self.backbone(**self.forward_kwargs(input_ids, attention_mask), output_hidden_states=True).hidden_states
 
     def last_hidden_state(self, input_ids, attention_mask) -> torch.Tensor:
         return self.backbone(**self.forward_kwargs(input_ids, attention_mask)).last_hidden_state
@@ -373,30 +372,29 @@ class LlamaAdapter(ModelAdapter):
         a = xt + attn.o_proj(_attend(block, q, k, v, attn.scaling))
         return (a + block.mlp(block.post_attention_layernorm(a)))[:, 0]
 
-    @torch.no_grad()
     def ensure_ffn_biases(self):
         """Zero biases on gate, up and down projections, and `mlp_bias: true` in the config, so a
         compensated output bias is saved and reloads through the standard LlamaMLP."""
-        if not self.config.mlp_bias:
-            _add_zero_biases(p for b in map(self.ffn, range(self.num_layers)) for p in (*b.inputs, b.output))
-            self.config.mlp_bias = True
+        blocks = map(self.ffn, range(self.num_layers))
+        _add_zero_biases(self.config, "mlp_bias", (p for b in blocks for p in (*b.inputs, b.output)))
 
-    @torch.no_grad()
     def ensure_attention_biases(self):
         """Zero biases on the query, key, value and output projections, and `attention_bias: true` in the
         config (LlamaAttention gives all four a bias or none), so a folded output bias is saved and reloads
         through the standard LlamaAttention."""
-        if not self.config.attention_bias:
-            blocks = map(self.attention, range(self.num_layers))
-            _add_zero_biases(p for b in blocks for p in (b.query[0], b.key[0], b.value[0], b.output))
-            self.config.attention_bias = True
+        blocks = map(self.attention, range(self.num_layers))
+        _add_zero_biases(self.config, "attention_bias", (p for b in blocks for p in (b.query[0], b.key[0], b.value[0], b.output)))
 
 
-def _add_zero_biases(projections: Iterable[nn.Linear]) -> None:
-    for proj in projections:
-        if proj.bias is None:
-            proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype, device=proj.weight.device),
-                                     requires_grad=False)
+@torch.no_grad()
+def _add_zero_biases(config, flag: str, projections: Iterable[nn.Linear]) -> None:
+    """Unless the config's `flag` is already true: a zero bias on every one of `projections` without one, and the flag set."""
+    if not getattr(config, flag):
+        for proj in projections:
+            if proj.bias is None:
+                proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype, device=proj.weight.device),
+                                         requires_grad=False)
+        setattr(config, flag, True)
 
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {"bert": BertAdapter, "gpt2": GPT2Adapter, "llama": LlamaAdapter}

@@ -44,9 +44,11 @@ PROBES = ["A wonderful, moving film.", "Dull. I walked out after twenty minutes 
           "An overlong mess."]
 
 
-def hf_config(model: SentimentClassifier):
-    """The backbone's config as the folder's config class, with the per-layer shapes, the head's dropout,
-    one label and the auto_map."""
+@torch.no_grad()
+def hf_model(model: SentimentClassifier) -> torch.nn.Module:
+    """The classifier as the folder's model class, holding the same weights (float32, eval mode); its config is
+    the backbone's as the folder's config class, with the per-layer shapes, the head's dropout, one label and
+    the auto_map."""
     config_cls, model_cls = portable.CLASSES[model.adapter.arch]
     base = model.backbone.config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version", "id2label", "label2id",
@@ -54,18 +56,12 @@ def hf_config(model: SentimentClassifier):
         base.pop(key, None)
     adapter = model.adapter
     module = MODELING_FILE.removesuffix(".py")
-    return config_cls(**base, ffn_widths=adapter.ffn_widths(), attention_heads=adapter.head_counts(),
-                      kv_heads=adapter.kv_head_counts(), head_dropout=model.dropout.p,
-                      id2label={0: "positive"}, label2id={"positive": 0}, architectures=[model_cls.__name__],
-                      auto_map={"AutoConfig": f"{module}.{config_cls.__name__}",
-                                "AutoModelForSequenceClassification": f"{module}.{model_cls.__name__}"})
-
-
-@torch.no_grad()
-def hf_model(model: SentimentClassifier) -> torch.nn.Module:
-    """The classifier as the folder's model class, holding the same weights (float32, eval mode)."""
-    config = hf_config(model)
-    out = portable.CLASSES[model.adapter.arch][1](config).eval()
+    config = config_cls(**base, ffn_widths=adapter.ffn_widths(), attention_heads=adapter.head_counts(),
+                        kv_heads=adapter.kv_head_counts(), head_dropout=model.dropout.p,
+                        id2label={0: "positive"}, label2id={"positive": 0}, architectures=[model_cls.__name__],
+                        auto_map={"AutoConfig": f"{module}.{config_cls.__name__}",
+                                  "AutoModelForSequenceClassification": f"{module}.{model_cls.__name__}"})
+    out = model_cls(config).eval()
     state = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("pooler.")}  # unused by the head
     missing, unexpected = getattr(out, out.base_model_prefix).load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if "position_ids" not in m]:
@@ -116,16 +112,13 @@ def export_onnx(model: torch.nn.Module, tokenizer, path: Path) -> dict:
         shapes.append(list(ids.shape))
     if worst > ORT_TOL:
         raise RuntimeError(f"ONNX Runtime's logits differ from the torch model's by {worst:.3g} (> {ORT_TOL})")
-    return dict(example_shape=list(example[0].shape), checked_shapes=shapes, max_abs_logit_diff=worst,
-                onnxruntime=ort.__version__, opset=_opset(path))
-
-
-def _opset(path: Path) -> int | None:
     try:
         import onnx
+        opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain == ""), None)
     except ImportError:
-        return None
-    return next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain == ""), None)
+        opset = None
+    return dict(example_shape=list(example[0].shape), checked_shapes=shapes, max_abs_logit_diff=worst,
+                onnxruntime=ort.__version__, opset=opset)
 
 
 def check_out(model_dir, out_dir) -> Path:

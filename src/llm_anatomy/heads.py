@@ -97,33 +97,28 @@ def keep_heads(adapter: ModelAdapter, layer: int, keep: Sequence[int]) -> None:
     rows: dict[int, tuple[nn.Module, list[torch.Tensor]]] = {}
     for (proj, offset), which in ((block.query, keep), (block.key, kv_keep), (block.value, kv_keep)):
         rows.setdefault(id(proj), (proj, []))[1].append(_features(which, offset, d))
-    sliced = []
+    sliced = []  # (projection, its kept weight, its kept bias): the input projections, then the output
     for proj, parts in rows.values():
         idx = torch.cat(parts).to(proj.weight.device)
-        sliced.append((proj.weight.index_select(neuron_dim(proj, "input"), idx),
+        sliced.append((proj, proj.weight.index_select(neuron_dim(proj, "input"), idx),
                        None if proj.bias is None else proj.bias.index_select(0, idx)))
     out = block.output
     out_idx = _features(keep, 0, d).to(out.weight.device)
-    out_weight, out_bias = out.weight.index_select(neuron_dim(out, "output"), out_idx), out.bias
+    sliced.append((out, out.weight.index_select(neuron_dim(out, "output"), out_idx), out.bias))
     kept_before = adapter.kept_heads(layer)
 
     portable.resize_attention(adapter.layers()[layer], adapter.arch, len(keep), len(kv_keep))
     new = adapter.attention(layer)
     inputs = list({id(p): p for p in (new.query[0], new.key[0], new.value[0])}.values())
-    for proj, old_proj, (weight, bias) in zip(inputs, (p for p, _ in rows.values()), sliced):
-        _load(proj, old_proj, weight, bias)
-    _load(new.output, out, out_weight, out_bias)
+    for proj, (old, weight, bias) in zip([*inputs, new.output], sliced):
+        if proj is old:  # the projection kept its shape (every key/value head kept): nothing was removed from it
+            continue
+        proj.weight.copy_(weight)
+        proj.weight.requires_grad_(old.weight.requires_grad)
+        if bias is not None:
+            proj.bias.copy_(bias)
+            proj.bias.requires_grad_(old.bias.requires_grad)
     setattr(new.module, KEPT_HEADS, [kept_before[h] for h in keep])
-
-
-def _load(new: nn.Module, old: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    if new is old:  # the projection kept its shape (every key/value head kept): nothing was removed from it
-        return
-    new.weight.copy_(weight)
-    new.weight.requires_grad_(old.weight.requires_grad)
-    if bias is not None:
-        new.bias.copy_(bias)
-        new.bias.requires_grad_(old.bias.requires_grad)
 
 
 def remove_heads(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:

@@ -82,18 +82,15 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
 
 def tiny_config(arch: str, vocab_size: int, pad_token_id: int | None):
     d = TINY_DIMS
+    named = dict(vocab_size=vocab_size, hidden_size=d["hidden"], num_hidden_layers=d["layers"],  # BERT's and Llama's names
+                 num_attention_heads=d["heads"], intermediate_size=d["ffn"], max_position_embeddings=d["positions"])
     if arch == "bert":
-        return BertConfig(vocab_size=vocab_size, hidden_size=d["hidden"], num_hidden_layers=d["layers"],
-                          num_attention_heads=d["heads"], intermediate_size=d["ffn"],
-                          max_position_embeddings=d["positions"], pad_token_id=pad_token_id or 0)
+        return BertConfig(**named, pad_token_id=pad_token_id or 0)
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_embd=d["hidden"], n_layer=d["layers"], n_head=d["heads"],
                           n_inner=d["ffn"], n_positions=d["positions"], pad_token_id=pad_token_id)
     if arch == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=d["hidden"], num_hidden_layers=d["layers"],
-                           num_attention_heads=d["heads"], num_key_value_heads=d["heads"] // 2,
-                           intermediate_size=d["ffn"], max_position_embeddings=d["positions"],
-                           pad_token_id=pad_token_id, tie_word_embeddings=False)
+        return LlamaConfig(**named, num_key_value_heads=d["heads"] // 2, pad_token_id=pad_token_id, tie_word_embeddings=False)
     raise ValueError(f"unknown tiny architecture {arch!r}; choose bert, gpt2 or llama")
 
 
@@ -109,19 +106,15 @@ def load_backbone(source: str, tokenizer: PreTrainedTokenizerBase | None = None,
         folder, gguf = embedded_location(value)
         model = AutoModel.from_pretrained(folder, gguf_file=gguf) if gguf else AutoModel.from_pretrained(folder)
         if gguf:
-            _forget_gguf(model)
+            # A GGUF load de-quantizes every tensor to float, but leaves a quantizer behind that makes
+            # `save_pretrained` refuse ("quantized with gguf and is not serializable"); drop it.
+            model.hf_quantizer = None
+            if getattr(model.config, "quantization_config", None) is not None:
+                del model.config.quantization_config
+            model.is_quantized = False
     else:
         model = AutoModel.from_pretrained(value)
     return model if model.dtype == torch.float32 else model.to(torch.float32)
-
-
-def _forget_gguf(model: nn.Module) -> None:
-    """A GGUF load de-quantizes every tensor to float, but leaves a quantizer behind that makes
-    `save_pretrained` refuse ("quantized with gguf and is not serializable"); drop it."""
-    model.hf_quantizer = None
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-    model.is_quantized = False
 
 
 class SentimentClassifier(nn.Module):
@@ -185,8 +178,14 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu"
     meta = read_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder)
-    widths, heads, kv_heads, dense = _per_layer_shapes(meta, config)
-    if any(shape != dense for shape in zip(widths, heads, kv_heads)):
+    # (FFN widths, query heads, key/value heads) per layer as classifier.json records them, against the dense
+    # config's; a folder written before heads could be pruned has every head.
+    dense_heads = config.num_attention_heads
+    dense_kv = getattr(config, "num_key_value_heads", None) or dense_heads
+    dense_width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    widths = meta["ffn_widths"]
+    heads, kv_heads = meta.get("attention_heads", [dense_heads] * len(widths)), meta.get("kv_heads", [dense_kv] * len(widths))
+    if any(shape != (dense_width, dense_heads, dense_kv) for shape in zip(widths, heads, kv_heads)):
         backbone = AutoModel.from_config(config)
         portable.resize(backbone, meta["arch"], widths, heads, kv_heads)
         state = {k: v for shard in sorted(folder.glob("model*.safetensors")) for k, v in load_file(shard).items()}
@@ -201,17 +200,6 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu"
     model.head.load_state_dict(load_file(folder / HEAD_FILE))
     model.eval()
     return model.to(resolve_device(device)), tokenizer, meta
-
-
-def _per_layer_shapes(meta: dict, config) -> tuple[list[int], list[int], list[int], tuple[int, int, int]]:
-    """(FFN widths, query heads, key/value heads) per layer as classifier.json records them, and the dense
-    config's (width, heads, kv heads). A folder written before heads could be pruned has every head."""
-    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    layers = len(meta["ffn_widths"])
-    return (meta["ffn_widths"], meta.get("attention_heads", [heads] * layers), meta.get("kv_heads", [kv] * layers),
-            (width, heads, kv))
 
 
 def set_threads(n: int | None) -> None:

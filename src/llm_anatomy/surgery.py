@@ -57,17 +57,9 @@ def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def keep_neurons(adapter: ModelAdapter, layer: int, keep: torch.Tensor | Sequence[int]) -> None:
-    """Physically remove every neuron of `layer` not in `keep` (sorted, unique indices)."""
-    keep = torch.as_tensor(sorted(set(int(k) for k in keep)), dtype=torch.long)
-    block = adapter.ffn(layer)
-    for proj in block.inputs:
-        _replace(adapter.backbone, proj, _sliced(proj, keep, "input"))
-    _replace(adapter.backbone, block.output, _sliced(block.output, keep, "output"))
-
-
 def remove_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:
-    """Slice out, per layer, the neurons listed in `pruned[layer]`.
+    """Slice out, per layer, the neurons listed in `pruned[layer]`: its projections are replaced by ones
+    holding only the kept neurons.
 
     A layer whose every neuron is pruned keeps one, zeroed (same function as zeroing them all):
     zero-width projections break GPT-2's Conv1D and cannot be saved and reloaded."""
@@ -78,7 +70,11 @@ def remove_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> Non
             if not keep:
                 keep = [min(drop_set)]
                 zero_neurons(adapter, layer, keep)
-            keep_neurons(adapter, layer, keep)
+            keep = torch.as_tensor(keep, dtype=torch.long)  # sorted and unique
+            block = adapter.ffn(layer)
+            for proj in block.inputs:
+                _replace(adapter.backbone, proj, _sliced(proj, keep, "input"))
+            _replace(adapter.backbone, block.output, _sliced(block.output, keep, "output"))
 
 
 def zero_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:

@@ -109,39 +109,23 @@ def load_scores(layer_path, neuron_path, input_set: str = "probe", scoring: str 
     return c, scores
 
 
-def _threshold_plan(spec: MethodSpec, c, scores, high: float) -> Plan:
-    """The paper's rule (alpha bisected when the spec has a target): thresholds t_l, |s_lj| < t_l pruned."""
-    L = len(scores)
-    rule = rule_from_spec(spec, L)
-    search = None
-    if spec.target is not None:
-        alpha, n, reached = bisect_alpha(rule, c, scores, float(spec.target), negative_alpha=bool(spec.negative_alpha))
-        rule = rule.with_alpha(alpha)
-        search = dict(target_fraction=float(spec.target), alpha=alpha, pruned=n, reached=reached)
-    t, pruned = apply_rule(rule, c, scores)
-    table = layer_table(rule, c, scores, t, pruned, high)
-    applied = dict(alpha=rule.alpha, beta=rule.beta, focusing=list(rule.focusing),
-                   focus_multiplier=rule.focus_multiplier, sides=rule.sides(L))
-    info = PlanInfo(spec, [float(x) for x in t], search, applied)
-    return Plan(pruned, table, info, figure4a_lines(table))
-
-
-def cut_table(importance, pruned, cut, scores, high: float) -> pd.DataFrame:
-    """One row per layer of a plan that cuts by an importance: the highest pruned importance, the counts, and
-    how many high neurons (paper score above `high`) there are and are pruned."""
-    return pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(importance[l]), masked=len(pruned[l]),
-                              masked_pct=100.0 * len(pruned[l]) / len(importance[l]),
-                              high=int((np.asarray(scores[l]) > high).sum()),
-                              high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
-                         for l in range(len(importance))])
-
-
 def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | None = None,
               sensitivity: pd.DataFrame | None = None) -> Plan:
     """The plan of any method: `c` and `scores` are the layer and neuron scores (`load_scores`), `stats` what
     the criterion reads, `sensitivity` the searched allocation's validation evidence."""
     if spec.allocation == THRESHOLD:
-        return _threshold_plan(spec, c, scores, high)
+        # the paper's rule (alpha bisected when the spec has a target): thresholds t_l, |s_lj| < t_l pruned
+        rule = rule_from_spec(spec, len(scores))
+        search = None
+        if spec.target is not None:
+            alpha, n, reached = bisect_alpha(rule, c, scores, float(spec.target), negative_alpha=bool(spec.negative_alpha))
+            rule = rule.with_alpha(alpha)
+            search = dict(target_fraction=float(spec.target), alpha=alpha, pruned=n, reached=reached)
+        t, pruned = apply_rule(rule, c, scores)
+        table = layer_table(rule, c, scores, t, pruned, high)
+        applied = dict(alpha=rule.alpha, beta=rule.beta, focusing=list(rule.focusing),
+                       focus_multiplier=rule.focus_multiplier, sides=rule.sides(len(scores)))
+        return Plan(pruned, table, PlanInfo(spec, [float(x) for x in t], search, applied), figure4a_lines(table))
     if spec.target is None:
         raise ValueError(f"{spec.curve} needs a target fraction of neurons to prune (e.g. target: 0.5)")
     if stats is None:
@@ -152,7 +136,12 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
                          f"the neuron scores' {[len(s) for s in scores]}; rebuild both from the same checkpoint")
     pruned = allocate(imp, float(spec.target), spec.allocation, sensitivity, spec.max_layer_fraction)
     cut = cut_values(imp, pruned)
-    table = cut_table(imp, pruned, cut, scores, high)
+    # per layer: the highest pruned importance, the counts, and how many high neurons (paper score above `high`)
+    # there are and are pruned
+    table = pd.DataFrame([dict(layer=l, threshold=cut[l], width=len(imp[l]), masked=len(pruned[l]),
+                               masked_pct=100.0 * len(pruned[l]) / len(imp[l]), high=int((np.asarray(scores[l]) > high).sum()),
+                               high_masked=int((np.asarray(scores[l])[pruned[l]] > high).sum()))
+                          for l in range(len(imp))])
     search = dict(target_fraction=float(spec.target), pruned=int(sum(len(p) for p in pruned)), reached=True)
     lines = [f"layer {r.layer}: {spec.criterion} threshold {r.threshold:.6g}, neurons pruned {r.masked} of {r.width}"
              for r in table.itertuples()]

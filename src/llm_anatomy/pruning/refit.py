@@ -69,14 +69,6 @@ def norm_weights(h: torch.Tensor, centred: bool) -> torch.Tensor:
     return 1.0 / (h.double() * h.double()).mean(-1).clamp_min(1e-12)
 
 
-def fit_weights(mask: torch.Tensor, read: torch.Tensor, layers: int, readout_context: float) -> list[torch.Tensor]:
-    """Per layer, each position's weight in the fit [B, S] (0: not fitted on): every real token in the layers
-    below the last; in the last, the read token, and every other real token at `readout_context` (0: none)."""
-    real = mask.double()
-    last = torch.where(read, torch.ones_like(real), real * readout_context)
-    return [real] * (layers - 1) + [last]
-
-
 @torch.no_grad()
 def refit_head(head: torch.nn.Linear, z: np.ndarray, logits: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
     """(w [H], b): the classifier head refitted by ridge least squares to the dense model's `logits` [R] from
@@ -127,13 +119,15 @@ def fit_compensation(dense: SentimentClassifier, pruned: Sequence[np.ndarray], e
         zero_masked(adapter, [np.asarray(p, dtype=np.int64) for p in pruned])
     device = model_device(student)
     L = adapter.num_layers
-    batches = []  # (ids, mask, the weight of each position in each layer's fit)
+    batches = []  # (ids, mask, per layer the weight of each position in its fit [B, S], 0: not fitted on)
     for _i, ids, mask in iter_padded(encoded, sorted_batches([len(s) for s in encoded], batch_size), pad_id,
                                      padding_side, device):
-        # The last layer only matters at the token the classifier reads (Kwon et al.'s cls_only).
+        # Every real token in the layers below the last. The last layer only matters at the token the classifier
+        # reads (Kwon et al.'s cls_only): that token, and every other real token at `readout_context` (0: none).
         read = torch.zeros_like(mask, dtype=torch.bool)
         read[torch.arange(len(mask), device=mask.device), adapter.target_positions(mask)] = True
-        batches.append((ids, mask, fit_weights(mask, read, L, readout_context)))
+        real = mask.double()
+        batches.append((ids, mask, [real] * (L - 1) + [torch.where(read, torch.ones_like(real), real * readout_context)]))
 
     # The teacher's FFN output plus residual at every layer, on the tokens fitted on: one dense pass.
     sums: list[list[torch.Tensor]] = [[] for _ in range(L)]

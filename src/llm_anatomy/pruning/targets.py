@@ -68,13 +68,10 @@ class Targets:
             sweep += [f"sweep-{v}-{p}" for v in self.pruning["sweep"]["decoder_scorings"]
                       for p in sizing.get("scoring_sweep", [])]
         flap = [f"flap-{p}" for p in sizing.get("flap", [])]
-        return named + sweep + flap + [f"{c}-{p}" for c in self.method_curves(model)
-                                       for p in sizing.get("methods", {}).get("percents", [])]
-
-    def method_curves(self, model: str) -> list[str]:
-        """The model's method curves (<criterion>-<allocation>-<compensation>); `all` is the full grid."""
-        curves = self.sizing_tree[self.kinds[model]].get("methods", {}).get("curves", [])
-        return list(ALL_METHODS) if curves == "all" else list(curves)
+        methods = sizing.get("methods", {})
+        curves = methods.get("curves", [])  # <criterion>-<allocation>-<compensation>; `all` is the full grid
+        return named + sweep + flap + [f"{c}-{p}" for c in (ALL_METHODS if curves == "all" else curves)
+                                       for p in methods.get("percents", [])]
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every (model, target) of the profile."""
