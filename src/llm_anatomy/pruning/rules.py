@@ -93,25 +93,20 @@ class ThresholdRule:
         if len(c) < L:
             raise RuleError(f"{len(c)} layer scores given for a model of {L} layers (need L or L+1)")
         k = np.array([self.focus_multiplier if l in self.focusing else 1.0 for l in range(L)])
-        layers = np.arange(L, dtype=np.float64)
         if self.kind == "encoder":
-            t = self.alpha * c[:L] + k * self.beta * layers
+            t = self.alpha * c[:L] + k * self.beta * np.arange(L, dtype=np.float64)
             t[L - 1] = self.alpha * c[L - 1]
         else:
             t = k * self.alpha * c[:L]
         return t
 
 
-def prune_masks(scores: Sequence[np.ndarray], thresholds: Sequence[float], sides: Sequence[str]) -> list[np.ndarray]:
-    """Per layer, the sorted indices of the neurons the thresholds prune."""
-    as64 = (np.asarray(s, dtype=np.float64) for s in scores)
-    return [np.flatnonzero(np.abs(s) < t if side == "two" else s < t) for s, t, side in zip(as64, thresholds, sides)]
-
-
 def apply_rule(rule: ThresholdRule, c, scores) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The thresholds t_l and, per layer, the sorted indices of the neurons they prune."""
     L = len(scores)
     t = rule.thresholds(c, L)
-    return t, prune_masks(scores, t, rule.sides(L))
+    as64 = (np.asarray(s, dtype=np.float64) for s in scores)
+    return t, [np.flatnonzero(np.abs(s) < tl if side == "two" else s < tl) for s, tl, side in zip(as64, t, rule.sides(L))]
 
 
 def layer_table(rule: ThresholdRule, c, scores, thresholds, pruned, high: float) -> pd.DataFrame:
@@ -163,13 +158,8 @@ def bisect_alpha(rule: ThresholdRule, c, scores, target_fraction: float, max_ite
     while negative_alpha and count(lo) > want and lo > -1e6:
         lo *= 2
     n_lo, n_hi = count(lo), count(hi)
-    if n_hi < want or n_lo > want:
-        best = hi if abs(n_hi - want) <= abs(n_lo - want) else lo
-        log.warning("target %.1f%% (%d neurons) is out of this rule's reach (%d..%d neurons for alpha in "
-                    "[%g, %g]); using alpha=%g and reporting the target as not reached", 100 * target_fraction, want,
-                    n_lo, n_hi, lo, hi, best)
-        return float(best), count(best), False
-    for _ in range(max_iter):
+    reachable = n_lo <= want <= n_hi
+    for _ in range(max_iter if reachable else 0):
         if n_hi == want:
             return float(hi), n_hi, True
         if n_lo == want:
@@ -183,4 +173,8 @@ def bisect_alpha(rule: ThresholdRule, c, scores, target_fraction: float, max_ite
         else:
             hi, n_hi = mid, n_mid
     best, n = (hi, n_hi) if abs(n_hi - want) <= abs(n_lo - want) else (lo, n_lo)
-    return float(best), n, abs(n - want) <= len(scores)
+    if not reachable:
+        log.warning("target %.1f%% (%d neurons) is out of this rule's reach (%d..%d neurons for alpha in "
+                    "[%g, %g]); using alpha=%g and reporting the target as not reached", 100 * target_fraction, want,
+                    n_lo, n_hi, lo, hi, best)
+    return float(best), n, reachable and abs(n - want) <= len(scores)
