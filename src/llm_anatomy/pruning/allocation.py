@@ -29,11 +29,7 @@ def lowest(importance: np.ndarray, count: int) -> np.ndarray:
 def global_cut(importance: Sequence[np.ndarray], fraction: float, max_layer_fraction: float = 1.0) -> list[np.ndarray]:
     """The lowest `fraction` of all neurons by per-layer standardised importance (ties by layer, then index),
     at most `max_layer_fraction` of any one layer (a full layer's further neurons are passed over)."""
-    z = []
-    for s in importance:
-        sd = s.std()
-        z.append((s - s.mean()) / sd if sd > 0 else np.zeros_like(s))
-    flat = np.concatenate(z)
+    flat = np.concatenate([(s - s.mean()) / s.std() if s.std() > 0 else np.zeros_like(s) for s in importance])
     layer_of = np.concatenate([np.full(len(s), l) for l, s in enumerate(importance)])
     order, want = np.argsort(flat, kind="stable"), int(round(fraction * len(flat)))
     if max_layer_fraction < 1.0:
@@ -82,12 +78,10 @@ def searched_counts(sensitivity: pd.DataFrame, widths: Sequence[int], target: fl
                          "extend pruning.methods.search_fractions")
     counts = [0] * len(widths)
     left = total
-    for _slope, layer, n in sorted(segments, key=lambda s: (s[0], s[1])):
+    for _slope, layer, n in sorted(segments, key=lambda s: (s[0], s[1])):  # once left is 0, take is 0
         take = min(n, left)
         counts[layer] += take
         left -= take
-        if left == 0:
-            break
     return counts
 
 
