@@ -24,34 +24,23 @@ pass whatever the method. The ridge is relative: lambda = ridge x trace(centred 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 METHODS = ("none", "bias", "rescale", "refit")
 FITTED = ("rescale", "refit")  # fitted on calibration tokens when the plan is materialised
 
 
-@dataclass
 class LayerStats:
     """Weighted sums over calibration tokens (weight u_t, 1 by default): n = sum u, sum u a [F], sum u a a^T
     [F, F], sum u a y^T [F, H], sum u y [H], sum u ||y||^2; `tokens` counts the tokens added."""
 
-    width: int
-    hidden: int
-    n: float = 0.0
-    tokens: int = 0
-    sa: np.ndarray = field(init=False)
-    saa: np.ndarray = field(init=False)
-    say: np.ndarray = field(init=False)
-    sy: np.ndarray = field(init=False)
-    syy: float = 0.0
-
-    def __post_init__(self):
-        self.sa = np.zeros(self.width)
-        self.saa = np.zeros((self.width, self.width))
-        self.say = np.zeros((self.width, self.hidden))
-        self.sy = np.zeros(self.hidden)
+    def __init__(self, width: int, hidden: int):
+        self.width, self.hidden = width, hidden
+        self.n, self.tokens, self.syy = 0.0, 0, 0.0
+        self.sa = np.zeros(width)
+        self.saa = np.zeros((width, width))
+        self.say = np.zeros((width, hidden))
+        self.sy = np.zeros(hidden)
 
     def add(self, a: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> None:
         """a [T, F] activations and y [T, H] targets of T real tokens, with optional weights [T] >= 0."""
@@ -115,8 +104,7 @@ def compensate(stats: LayerStats, kept: np.ndarray, values: np.ndarray, bias: np
         # E over s with c free: the centred problem in s, M s = r, M_ij = G_ij (v_i . v_j)
         m = g * (v @ v.T) + lam * np.eye(len(k))
         r = np.einsum("ih,ih->i", cross, v) + lam
-        s = _solve(m, r)
-        w = s[:, None] * v
+        w = _solve(m, r)[:, None] * v
     else:  # refit: (G + lambda I) W = C + lambda V_K, one solve for every output dimension
         w = _solve(g + lam * np.eye(len(k)), cross + lam * v)
     return w, my - ma @ w
