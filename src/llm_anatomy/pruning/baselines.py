@@ -58,9 +58,7 @@ def evaluate_baselines(finetuned, split: pd.DataFrame, plan, random_plans, basel
         variants.update({f"random-{p.info.seed}-uncompensated": p.without_compensation() for p in randoms})
     frames, acc = [], {}
     for name, variant_plan in variants.items():
-        model = pruned_copy(ck.model, variant_plan, "removed", calibration)
-        logits = predict_logits(model, encoded, ck.pad_id, **kw, desc=name)
-        del model
+        logits = predict_logits(pruned_copy(ck.model, variant_plan, "removed", calibration), encoded, ck.pad_id, **kw, desc=name)
         frames.append(logits_frame(logits, reviews["label"], variant=name))
         acc[name] = accuracy_of(frames[-1])
         log.info("%s: accuracy %.4f on %d reviews", name, acc[name], len(reviews))

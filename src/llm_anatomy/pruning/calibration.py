@@ -77,10 +77,9 @@ def ffn_activation_stats(model: SentimentClassifier, encoded: Sequence[Sequence[
         m1 = s1[l].cpu() / n
         mean = shift[l].cpu() + m1
         var = (s2[l].cpu() / n - m1 * m1).clamp(min=0.0)
-        vnorm = (adapter.value_vectors(l).double().cpu() ** 2).sum(1)
         frames.append(pd.DataFrame({"layer": np.int16(l), "neuron": np.arange(len(mean), dtype=np.int32),
                                     "mean": mean.numpy(), "var": var.numpy(), "mean_abs": (sabs[l].cpu() / n).numpy(),
-                                    "value_norm_sq": vnorm.numpy(),
+                                    "value_norm_sq": (adapter.value_vectors(l).double().cpu() ** 2).sum(1).numpy(),
                                     "in_norm_sq": adapter.input_norm_sq(l).cpu().numpy(), "tokens": np.int64(n)}))
     return pd.concat(frames, ignore_index=True)
 
