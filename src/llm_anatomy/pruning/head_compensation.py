@@ -123,8 +123,7 @@ def fit_head_outputs(model: SentimentClassifier, pruned: Sequence[Sequence[int]]
     report = []
     for l in todo:
         out = adapter.attention(l).output
-        rows = out.weight.detach() if weight_rows_are_neurons(out, "output") else out.weight.detach().T
-        values = rows.double().cpu().numpy()[kept[l]]
+        values = head_output_weights(adapter, l).flatten(0, 1).double().cpu().numpy()[kept[l]]  # [kept features, hidden]
         bias = out.bias.detach().double().cpu().numpy()
         every = np.arange(len(kept[l]))
         fits = {m: compensate(stats[l], every, values, bias, m, ridge) for m in ("none", "bias", method)}
