@@ -16,14 +16,6 @@ from pathlib import Path
 PACKAGE = "llm_anatomy"
 
 
-def _module_file(src: Path, dotted: str) -> Path | None:
-    base = src.joinpath(*dotted.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _dotted(src: Path, file: Path) -> str:
     parts = file.relative_to(src).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -70,7 +62,8 @@ def module_files(script: Path, src: Path) -> list[Path]:
         for name in _imports(src, file):
             parts = name.split(".")
             for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
-                found = _module_file(src, ".".join(parts[:depth]))
+                base = src.joinpath(*parts[:depth])
+                found = next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
                 if found is not None and found not in seen:
                     seen.add(found)
                     todo.append(found)
