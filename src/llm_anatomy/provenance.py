@@ -37,10 +37,9 @@ def _imports(src: Path, file: Path) -> set[str]:
                 base = ".".join(parts[:keep] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            if base.split(".")[0] != PACKAGE:
-                continue
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names)  # `from . import fused`
+            if base.split(".")[0] == PACKAGE:
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names)  # `from . import fused`
     return names
 
 
