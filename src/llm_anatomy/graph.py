@@ -40,8 +40,7 @@ def layer_counts(g: nx.DiGraph) -> pd.DataFrame:
     kinds = pd.DataFrame([d for _, d in g.nodes(data=True)], columns=["layer", "kind"])
     hi = np.array([((kinds["layer"] == l) & (kinds["kind"] == "high")).sum() for l in range(n_layers)])
     off = np.array([((kinds["layer"] == l) & (kinds["kind"] == "offset")).sum() for l in range(n_layers)])
-    out_edges = np.append(hi[:-1] * hi[1:], 0)
     neck = np.zeros(n_layers, dtype=bool)
     neck[1:-1] = (hi[:-2] > hi[1:-1]) & (hi[1:-1] > 0) & (hi[2:] > hi[1:-1])
     return pd.DataFrame({"layer": np.arange(n_layers), "n_high": hi, "n_offset": off,
-                         "edges_to_next": out_edges, "funnel_neck": neck})
+                         "edges_to_next": np.append(hi[:-1] * hi[1:], 0), "funnel_neck": neck})
