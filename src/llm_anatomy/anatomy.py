@@ -114,8 +114,7 @@ def neuron_sets(neuron_scores, contributions, score_summary, neuron_share, high_
     write_csv(overlap := tables.neuron_overlap(s, threshold), neuron_overlap)
 
     # Section 3.2's graph on the probe-mean scores
-    s_mean = [x.astype(np.float64).mean(0) for x in s]
-    g = neuron_graph(s_mean, threshold)
+    g = neuron_graph([x.astype(np.float64).mean(0) for x in s], threshold)
     with atomic_path(graph) as tmp:
         nx.write_graphml(g, tmp)
     write_csv(counts := layer_counts(g), graph_counts)

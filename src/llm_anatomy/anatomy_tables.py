@@ -78,13 +78,11 @@ def tops_table(tops: dict[str, pd.DataFrame]) -> str:
              [f"{m}: mean abs logit change (random mean, max; p)" for m in tops]
     rows = []
     for name in SCORES:
-        signed, absolute = [], []
-        for top in tops.values():
-            r = top[top["score"] == name].iloc[0]
-            signed.append(f"{r.effect:+.3f} ({r.random_mean:+.3f}, {r.random_min:+.3f} to {r.random_max:+.3f}; "
-                          f"{r.p_random:.2g})")
-            absolute.append(f"{r.abs_effect:.3f} ({r.random_abs_mean:.3f}, {r.random_abs_max:.3f}; {r.p_random_abs:.2g})")
-        rows.append([name] + signed + absolute)
+        picked = [top[top["score"] == name].iloc[0] for top in tops.values()]
+        rows.append([name] + [f"{r.effect:+.3f} ({r.random_mean:+.3f}, {r.random_min:+.3f} to {r.random_max:+.3f}; "
+                              f"{r.p_random:.2g})" for r in picked]
+                    + [f"{r.abs_effect:.3f} ({r.random_abs_mean:.3f}, {r.random_abs_max:.3f}; {r.p_random_abs:.2g})"
+                       for r in picked])
     return _table(header, rows)
 
 

@@ -91,8 +91,7 @@ def grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: i
     chunk = batch_size * group
     for start in range(0, len(order), chunk):
         part = order[start: start + chunk]
-        part = part[np.argsort(-lengths[part], kind="stable")]
-        batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+        batches += [part[idx] for idx in sorted_batches(lengths[part], batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 

@@ -48,9 +48,7 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
     """Autocast to the precision's dtype on the device's type, or a no-op for float32."""
     device = torch.device(device)
     dtype = amp_dtype(precision, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
@@ -70,9 +68,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return "cpu"
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
 def machine_info(device: torch.device) -> dict:

@@ -40,9 +40,7 @@ def layer_counts(g: nx.DiGraph) -> pd.DataFrame:
     kinds = pd.DataFrame([d for _, d in g.nodes(data=True)], columns=["layer", "kind"])
     hi = np.array([((kinds["layer"] == l) & (kinds["kind"] == "high")).sum() for l in range(n_layers)])
     off = np.array([((kinds["layer"] == l) & (kinds["kind"] == "offset")).sum() for l in range(n_layers)])
-    out_edges = np.append(hi[:-1] * hi[1:], 0)
     neck = np.zeros(n_layers, dtype=bool)
-    for l in range(1, n_layers - 1):
-        neck[l] = hi[l - 1] > hi[l] > 0 and hi[l + 1] > hi[l]
+    neck[1:-1] = (hi[:-2] > hi[1:-1]) & (hi[1:-1] > 0) & (hi[2:] > hi[1:-1])
     return pd.DataFrame({"layer": np.arange(n_layers), "n_high": hi, "n_offset": off,
-                         "edges_to_next": out_edges, "funnel_neck": neck})
+                         "edges_to_next": np.append(hi[:-1] * hi[1:], 0), "funnel_neck": neck})

@@ -83,8 +83,7 @@ def predict_logits(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
     device = model_device(model)
     logits = np.empty(len(encoded), dtype=np.float32)
     bar = progress_batches(encoded, batch_size, pad_id, padding_side, desc, mininterval=5, device=device)
-    stored = backbone_dtype(model) != torch.float32
-    with autocast("fp32" if stored else precision, device):
+    with autocast("fp32" if backbone_dtype(model) != torch.float32 else precision, device):  # stored bf16: no autocast
         for idx, ids, mask in bar:
             logits[idx] = model(ids, mask).float().cpu().numpy()
     return logits

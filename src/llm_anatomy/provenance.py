@@ -16,14 +16,6 @@ from pathlib import Path
 PACKAGE = "llm_anatomy"
 
 
-def _module_file(src: Path, dotted: str) -> Path | None:
-    base = src.joinpath(*dotted.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _dotted(src: Path, file: Path) -> str:
     parts = file.relative_to(src).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -45,10 +37,9 @@ def _imports(src: Path, file: Path) -> set[str]:
                 base = ".".join(parts[:keep] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            if base.split(".")[0] != PACKAGE:
-                continue
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names)  # `from . import fused`
+            if base.split(".")[0] == PACKAGE:
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names)  # `from . import fused`
     return names
 
 
@@ -70,7 +61,8 @@ def module_files(script: Path, src: Path) -> list[Path]:
         for name in _imports(src, file):
             parts = name.split(".")
             for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
-                found = _module_file(src, ".".join(parts[:depth]))
+                base = src.joinpath(*parts[:depth])
+                found = next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
                 if found is not None and found not in seen:
                     seen.add(found)
                     todo.append(found)

@@ -168,11 +168,6 @@ def high_neuron_lists(input_ids, scores: list[np.ndarray], threshold: float) -> 
     return pd.DataFrame(rows)
 
 
-def jaccard(a: set, b: set) -> float:
-    union = a | b
-    return len(a & b) / len(union) if union else float("nan")
-
-
 def neuron_overlap(scores: list[np.ndarray], threshold: float) -> pd.DataFrame:
     """Per layer: how alike the inputs' high-neuron sets are (section 3.3's "same neurons").
 
@@ -181,8 +176,7 @@ def neuron_overlap(scores: list[np.ndarray], threshold: float) -> pd.DataFrame:
     rows = []
     for layer, s in enumerate(scores):
         sets = [set(np.flatnonzero(row > threshold)) for row in s]
-        pairs = [jaccard(a, b) for a, b in combinations(sets, 2)]
-        pairs = [p for p in pairs if not np.isnan(p)]
+        pairs = [len(a & b) / len(a | b) for a, b in combinations(sets, 2) if a | b]  # Jaccard
         width, k = s.shape[1], float(np.mean([len(x) for x in sets]))
         inter = k * k / width
         rows.append(dict(layer=layer, neurons=width, mean_size=k,

@@ -20,8 +20,9 @@ def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *cmd], cwd=repo, capture_output=True, text=True, check=False)
 
 
-def default_remote(repo: Path) -> tuple[str, str]:
-    """(name, url) of the repository's default DVC remote; urls of local folders come back absolute."""
+def check_remote(repo: Path) -> str:
+    """The url of the repository's default DVC remote (local folders' absolute), after checking that a
+    local-folder remote exists."""
     answer = _run(repo, "dvc", "remote", "default")
     name = answer.stdout.strip() if answer.returncode == 0 else ""
     if not name:
@@ -31,12 +32,7 @@ def default_remote(repo: Path) -> tuple[str, str]:
     if answer.returncode != 0 or not answer.stdout.strip():
         raise ValueError(f"{repo}: the default DVC remote {name!r} has no url; set one: "
                          f"`dvc remote modify --local {name} url <path or url>`")
-    return name, answer.stdout.strip().split("\t")[-1]
-
-
-def check_remote(repo: Path) -> str:
-    """The default remote's url, after checking that a local-folder remote exists."""
-    name, url = default_remote(repo)
+    url = answer.stdout.strip().split("\t")[-1]
     local = url[len("file://"):] if url.startswith("file://") else None if SCHEME.match(url) else url
     if local is not None and not Path(local).is_dir():
         raise FileNotFoundError(
