@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 import numpy as np
@@ -88,6 +88,23 @@ def pin_to_means(model: SentimentClassifier, neurons: dict[int, np.ndarray], mea
         return hook
     with model.adapter.activation_hooks(make):
         yield
+
+
+@contextmanager
+def activation_gradients(model: SentimentClassifier) -> Iterator[None]:
+    """For the `with` block, gradients with respect to the activations only: the weights frozen (no weight
+    gradient is built), the embedding output made to require grad so everything after it is differentiable
+    and a hook can retain any activation's gradient."""
+    frozen = [(q, q.requires_grad) for q in model.parameters()]
+    for q, _ in frozen:
+        q.requires_grad_(False)
+    try:
+        with removed_on_exit([model.adapter.backbone.get_input_embeddings().register_forward_hook(
+                lambda _m, _a, out: out.requires_grad_(True))]):
+            yield
+    finally:
+        for q, flag in frozen:
+            q.requires_grad_(flag)
 
 
 def margin_of(model, batch: Batch) -> torch.Tensor:
@@ -229,14 +246,7 @@ class Ablator:
         """Per layer, every neuron's first-order estimate of its exact effect."""
         _no_readout(self.model, "attribution patching")
         acc = [torch.zeros(w, dtype=torch.float64) for w in self.adapter.ffn_widths()]
-        # Gradients with respect to the activations only: the weights stay frozen, the embedding output
-        # is made to require grad so everything after it is differentiable.
-        frozen = [(q, q.requires_grad) for q in self.model.parameters()]
-        for q, _ in frozen:
-            q.requires_grad_(False)
-        embed = self.adapter.backbone.get_input_embeddings().register_forward_hook(
-            lambda _m, _a, out: out.requires_grad_(True))
-        try:
+        with activation_gradients(self.model):
             for batch in self.batches:
                 acts: dict[int, torch.Tensor] = {}
 
@@ -251,10 +261,6 @@ class Ablator:
                 for l in range(self.adapter.num_layers):  # sum over real tokens of (mean - a) * d margin / d a
                     a, g = acts[l].detach().double(), acts[l].grad.double()
                     acc[l] += (((self.means[l].double() - a) * g) * m).sum(dim=(0, 1)).cpu()
-        finally:
-            embed.remove()
-            for q, flag in frozen:
-                q.requires_grad_(flag)
         return [(x / self.n_reviews).numpy() for x in acc]
 
 
@@ -464,8 +470,8 @@ def edge_table(ablator: Ablator, edges: Sequence[tuple[tuple[int, int], tuple[in
     return pd.DataFrame(rows, columns=columns)
 
 
-def _within_layer_ranks(values: pd.Series, layers: pd.Series) -> np.ndarray:
-    """Each value's percentile rank among the sampled neurons of its own layer."""
+def within_layer_ranks(values: pd.Series, layers: pd.Series) -> np.ndarray:
+    """Each value's percentile rank among the values of its own layer (sampled neurons, or heads)."""
     return values.groupby(layers.to_numpy()).rank(pct=True).to_numpy()
 
 
@@ -479,10 +485,10 @@ def score_agreement(table: pd.DataFrame, reviews: int, seed: int = 0) -> pd.Data
     rows = []
     for target in TARGETS:
         effect = target_values(s, target)
-        effect_within = _within_layer_ranks(effect, s["layer"])
+        effect_within = within_layer_ranks(effect, s["layer"])
         for name, doc in SCORES.items():
             pooled = spearman_interval(s[name].to_numpy(), effect.to_numpy(), seed=seed)
-            within = spearman_interval(_within_layer_ranks(s[name], s["layer"]), effect_within, seed=seed)
+            within = spearman_interval(within_layer_ranks(s[name], s["layer"]), effect_within, seed=seed)
             rows.append(dict(score=name, target=target, description=doc, spearman=pooled.value, spearman_lo=pooled.lo,
                              spearman_hi=pooled.hi, spearman_within_layer=within.value,
                              spearman_within_layer_lo=within.lo, spearman_within_layer_hi=within.hi,
