@@ -7,18 +7,41 @@ the bias fold, not with a fitted compensation. `allocation.searched_counts` allo
 sensitivity_<criterion>.parquet, one row per (layer, fraction): layer int16, fraction float64, pruned int64,
 loss_increase float64 (mean binary cross-entropy over the validation reviews, pruned minus dense),
 reviews int64; fraction 0 rows are the dense model (increase 0).
+
+`head_sensitivity` measures the same for sets of attention heads (pinned to their calibration means, or
+zeroed), each set removed alone; the head criteria are checked against it (`head_criteria`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from ..ablation import Ablator, margin_of, pin_to_means
+from ..adapters import removed_on_exit
+from ..models import SentimentClassifier
 from ..replay import replay_below
 from .allocation import lowest
+
+
+@torch.inference_mode()
+def ablated_change(ablator: Ablator, layer: int, context: Callable[[], AbstractContextManager]) -> tuple[float, float]:
+    """(mean loss increase, mean margin change) over the ablator's reviews when the model runs inside `context()`,
+    the blocks below `layer` replaying their cached dense outputs (so the ablation must start at `layer`)."""
+    model = ablator.model
+    # the ablated loss total minus the dense one, summed as the sensitivity tables always were (same bits)
+    dense = sum(float(F.softplus(-b.margin).sum()) for b in ablator.batches)
+    total = margin = 0.0
+    for batch in ablator.batches:
+        with replay_below(model, layer, batch.block_outputs), context():
+            m = margin_of(model, batch)
+        total += float(F.softplus(-m).sum())
+        margin += float((m - batch.margin).sum())
+    return (total - dense) / ablator.n_reviews, margin / ablator.n_reviews
 
 
 @torch.inference_mode()
@@ -32,19 +55,57 @@ def sensitivity_table(ablator: Ablator, importance: Sequence[np.ndarray], fracti
     if prune is None:
         def prune(layer, idx):
             return pin_to_means(model, {layer: idx}, ablator.means)
-    dense = sum(float(torch.nn.functional.softplus(-b.margin).sum()) for b in ablator.batches)
     rows = []
     for layer, imp in enumerate(importance):
         rows.append(dict(layer=layer, fraction=0.0, pruned=0, loss_increase=0.0))
         for f in fractions:
             idx = lowest(imp, int(round(f * len(imp))))
-            total = 0.0
-            for batch in ablator.batches:
-                with replay_below(model, layer, batch.block_outputs), prune(layer, idx):
-                    total += float(torch.nn.functional.softplus(-margin_of(model, batch)).sum())
-            rows.append(dict(layer=layer, fraction=float(f), pruned=len(idx),
-                             loss_increase=(total - dense) / ablator.n_reviews))
+            increase, _margin = ablated_change(ablator, layer, lambda: prune(layer, idx))
+            rows.append(dict(layer=layer, fraction=float(f), pruned=len(idx), loss_increase=increase))
     df = pd.DataFrame(rows).astype(dict(layer="int16", pruned="int64"))
+    df["reviews"] = np.int64(ablator.n_reviews)
+    return df
+
+
+@contextmanager
+def pin_heads(model: SentimentClassifier, heads: dict[int, Sequence[int]], means: Sequence[torch.Tensor] | None
+              ) -> Iterator[None]:
+    """Set the listed query heads' outputs (per layer; their slices of the output projection's input) to their
+    means [heads, head_dim] at every position, what the bias fold leaves of them; `means=None` zeroes them
+    (removal without compensation)."""
+    adapter = model.adapter
+
+    def make(layer: int, idx: torch.Tensor):
+        block = adapter.attention(layer)
+
+        def hook(_module, args):
+            x = args[0].clone()
+            view = x.view(*x.shape[:-1], block.heads, block.head_dim)
+            view[..., idx, :] = 0.0 if means is None else means[layer][idx].to(x.dtype)
+            return (x, *args[1:])
+        return hook
+
+    with removed_on_exit([adapter.attention(l).output.register_forward_pre_hook(make(l, torch.as_tensor(h, dtype=torch.long)))
+                          for l, h in heads.items() if len(h)]):
+        yield
+
+
+def head_sensitivity(ablator: Ablator, options: Sequence[Sequence[np.ndarray]],
+                     means: Sequence[torch.Tensor] | None) -> pd.DataFrame:
+    """Per layer l and each set of pruned query heads `options[l][k]`, removed alone (the other layers dense):
+    the validation loss increase and mean margin change, the heads pinned to `means` (the bias fold) or, with
+    `means=None`, zeroed. One row per (layer, option): layer, option, pruned, heads (the set), loss_increase,
+    margin_change, reviews."""
+    rows = []
+    for layer, sets in enumerate(options):
+        for k, heads in enumerate(sets):
+            heads = np.asarray(heads, dtype=np.int64)
+            # an empty set is the dense model: no pass needed
+            increase, margin = (0.0, 0.0) if not len(heads) else ablated_change(
+                ablator, layer, lambda: pin_heads(ablator.model, {layer: heads}, means))
+            rows.append(dict(layer=layer, option=k, pruned=len(heads), heads=heads.tolist(), loss_increase=increase,
+                             margin_change=margin))
+    df = pd.DataFrame(rows).astype(dict(layer="int16", option="int64", pruned="int64"))
     df["reviews"] = np.int64(ablator.n_reviews)
     return df
 
