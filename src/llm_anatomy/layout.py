@@ -88,6 +88,9 @@ class ModelFiles(Files):
         # the pruning criteria's calibration passes, and the validation evidence of FLAP's allocation
         ffn_stats="ffn_stats.parquet", mask_gradients="mask_gradients.parquet", obs_scores="obs_scores.parquet",
         flap_allocation="choices/flap_allocation.csv",
+        # attention-head criteria against exact head ablation (experiments/head_criteria.py)
+        head_stats="head_criteria/head_stats.parquet", head_criteria="head_criteria/heads.csv",
+        head_agreement="head_criteria/agreement.csv",
     )
     SCORES = ("layer_scores", "neuron_scores", "lens", "contributions", "score_summary")
     NEURON_SETS = ("neuron_share", "high_neurons", "neuron_overlap", "graph", "graph_counts", "rank_agreement",
