@@ -79,6 +79,14 @@ def test_a_bad_target_stops_the_plan_with_the_valid_names(tmp_path, target, mess
     assert "Traceback" not in said and 'File "' not in said and "Job stats" not in said  # no job planned
 
 
+
+def test_a_good_target_spelt_with_a_leading_dot_is_planned(tmp_path):
+    """Snakemake matches ./results/... to its rule (os.path.relpath); the check for targets no rule produces
+    reads it the same way, not as an unknown file."""
+    out = snakemake(tmp_path, "-n", "--config", "profile=tiny", "--", "./" + Layout("tiny").finetune_summary)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "TargetError" not in out.stderr and "finetune_summary" in out.stdout
+
 def job_counts(output: str) -> dict[str, int]:
     """{rule: jobs} from Snakemake's "Job stats" table."""
     lines = output.split("Job stats:", 1)[1].splitlines()

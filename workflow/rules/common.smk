@@ -2,6 +2,7 @@
 # Every path comes from llm_anatomy.layout; what each rule reads, from llm_anatomy.pipeline (unit-tested).
 import difflib
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -65,10 +66,12 @@ def unproducible_targets(workflow):
     except SystemExit:  # not Snakemake's command line (its API, a test runner): Snakemake reports what it finds
         return []
     rules = list(workflow.rules)
+    names = {r.name for r in rules}
+    # Snakemake matches a relative file target as os.path.relpath gives it (./results/... is results/...)
     return [
         t
         for t in args.targets or []
-        if t not in {r.name for r in rules} and not Path(t).exists() and not any(r.is_producer(t) for r in rules)
+        if t not in names and not Path(t).exists() and not any(r.is_producer(os.path.relpath(t)) for r in rules)
     ]
 
 
