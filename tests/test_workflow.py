@@ -323,8 +323,15 @@ KILL_POINTS = {
 TIMING_KEYS = ("seconds", "per_second", "resumed_from_step")
 
 
+# Two processes need not agree to the last bit: on one CI machine the tiny GPT-2's calibration statistics, and so
+# flap-50's thresholds, differed at 3e-6 relative between the pipeline and the command line (same inputs, sizes and
+# threads). Floats are compared to this relative tolerance; everything discrete (names, counts, masks) exactly.
+RTOL, ATOL = 1e-4, 1e-9
+
+
 def _same_output(a: Path, b: Path, skip_keys: tuple[str, ...] = TIMING_KEYS) -> None:
-    """Equal content, timings and run metadata aside (JSON keys containing any of `skip_keys`)."""
+    """Equal content up to float noise (RTOL), timings and run metadata aside (JSON keys containing any of
+    `skip_keys`)."""
     if a.is_dir():
         # Snakemake marks a directory output with .snakemake_timestamp; it is not part of the folder's content
         names = [sorted(p.name for p in d.iterdir() if not p.name.startswith(".snakemake")) for d in (a, b)]
@@ -332,19 +339,38 @@ def _same_output(a: Path, b: Path, skip_keys: tuple[str, ...] = TIMING_KEYS) -> 
         for child in (p for p in a.iterdir() if not p.name.startswith(".snakemake")):
             _same_output(child, b / child.name, skip_keys)
     elif a.suffix == ".parquet":
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+        x, y = pd.read_parquet(a), pd.read_parquet(b)
+        pd.testing.assert_index_equal(x.columns, y.columns)
+        for col in x.columns:  # floats to RTOL; integers, masks and names exactly
+            tolerance = dict(rtol=RTOL, atol=ATOL) if pd.api.types.is_float_dtype(x[col]) else {}
+            pd.testing.assert_series_equal(x[col], y[col], check_exact=not tolerance, **tolerance)
     elif a.suffix == ".safetensors":
+        import torch
         from safetensors.torch import load_file
         x, y = load_file(a), load_file(b)
-        assert x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x), a
+        assert x.keys() == y.keys(), a
+        for k in x:
+            exact = not (x[k].is_floating_point() and y[k].is_floating_point())
+            assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape, (a, k)
+            assert bool((x[k] == y[k]).all()) if exact else torch.allclose(x[k], y[k], rtol=RTOL, atol=ATOL), (a, k)
     elif a.suffix == ".json":
-        def strip(obj):
-            if isinstance(obj, dict):
-                return {k: strip(v) for k, v in obj.items() if not any(t in k for t in skip_keys)}
-            return [strip(v) for v in obj] if isinstance(obj, list) else obj
-        assert strip(json.loads(a.read_text())) == strip(json.loads(b.read_text())), a
+        _same_json(json.loads(a.read_text()), json.loads(b.read_text()), skip_keys, str(a))
+
+
+def _same_json(x, y, skip_keys: tuple[str, ...], where: str) -> None:
+    if isinstance(x, dict):
+        keep = [k for k in x if not any(t in k for t in skip_keys)]
+        assert isinstance(y, dict) and sorted(keep) == sorted(k for k in y if not any(t in k for t in skip_keys)), where
+        for k in keep:
+            _same_json(x[k], y[k], skip_keys, f"{where}: {k}")
+    elif isinstance(x, list):
+        assert isinstance(y, list) and len(x) == len(y), where
+        for i, (u, v) in enumerate(zip(x, y)):
+            _same_json(u, v, skip_keys, f"{where}[{i}]")
+    elif isinstance(x, float) or isinstance(y, float):
+        assert isinstance(y, (int, float)) and y == pytest.approx(x, rel=RTOL, abs=ATOL, nan_ok=True), (where, x, y)
     else:
-        assert a.read_bytes() == b.read_bytes(), a
+        assert x == y, (where, x, y)
 
 
 @pytest.mark.slow
