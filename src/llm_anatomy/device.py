@@ -71,10 +71,9 @@ def describe(device: torch.device) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
-def machine_info(device: torch.device) -> dict:
-    """What a timing ran on: CPU model and its bf16 matrix features, threads, and the GPU if one was used.
-    Absolute times only compare within one machine; record this beside every one."""
-    fields = {}
+def cpu_fields() -> dict[str, str]:
+    """The first processor's /proc/cpuinfo fields (model name, flags, ...); empty where there is none."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -82,6 +81,13 @@ def machine_info(device: torch.device) -> dict:
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def machine_info(device: torch.device) -> dict:
+    """What a timing ran on: CPU model and its bf16 matrix features, threads, and the GPU if one was used.
+    Absolute times only compare within one machine; record this beside every one."""
+    fields = cpu_fields()
     flags = set(fields.get("flags", "").split())
     return dict(cpu=fields.get("model name") or platform.processor() or platform.machine(),
                 cpu_features=sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2"}),

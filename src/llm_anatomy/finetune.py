@@ -10,7 +10,6 @@ splits); otherwise, or when the checkpoint cannot be read, it starts from step 0
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ from .inference import predict_logits
 from .logits import accuracy
 from .stats import accuracy_interval, correct
 from .data import read_split
-from .io import atomic_dir, atomic_path, read_json, write_json
+from .io import atomic_dir, atomic_path, json_digest, read_json, write_json
 from .models import SentimentClassifier, load_backbone, load_tokenizer, save_classifier, set_threads
 from .progress import progress
 
@@ -87,10 +86,6 @@ def param_groups(model: SentimentClassifier, p: FinetuneParams) -> list[dict]:
             {"params": list(model.head.parameters()), "lr": p.head_lr, "weight_decay": 0.0}]
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def frame_digest(df: pd.DataFrame) -> str:
     """Content hash of a split's reviews and labels, in order (the order is the batch order's input)."""
     h = hashlib.sha256()
@@ -104,9 +99,9 @@ def fingerprint(source: str, tokenizer, p: FinetuneParams, train: pd.DataFrame, 
     """Everything that determines a training run, part by part, so a mismatch can say what changed; of the
     tokenizer, what turns a review into ids: its class, its vocabulary and special tokens."""
     ids = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens]
-    return {"model source": source, "tokenizer": _digest(ids), "seed": str(p.seed),
+    return {"model source": source, "tokenizer": json_digest(ids), "seed": str(p.seed),
             # threads, like the device, may differ between the killed run and its resumption
-            "fine-tune params": _digest({k: v for k, v in asdict(p).items() if k not in ("seed", "threads")}),
+            "fine-tune params": json_digest({k: v for k, v in asdict(p).items() if k not in ("seed", "threads")}),
             "train split": frame_digest(train), "validation split": frame_digest(val)}
 
 

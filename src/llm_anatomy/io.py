@@ -4,6 +4,7 @@ Readers of cached intermediates: a file that exists but cannot be read is moved 
 run rebuilds it; a file the user named (`user_files`, the command line) is named and left as it is."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -53,6 +54,11 @@ def dumps(obj, **kwargs) -> str:
     if nulls and isinstance(clean, dict):
         clean[NULL_REASONS] = {**clean.get(NULL_REASONS, {}), **nulls}
     return json.dumps(clean, allow_nan=False, default=_jsonable, **kwargs)
+
+
+def json_digest(obj) -> str:
+    """16 hex digits of sha256 over `obj` as JSON with sorted keys: a key for what a cached result depends on."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @contextmanager
