@@ -1,0 +1,227 @@
+"""One latency budget for attention heads and FFN neurons: which heads and neurons each layer keeps so that
+the model meets a target speedup at the least validation loss increase.
+
+Per layer l a choice is a head configuration (how many query heads it keeps and, with grouped-query attention,
+how many key/value heads: `head_configurations`; or none, the layer's attention removed) and a kept FFN
+width from a grid. Which heads and neurons a choice keeps follows the criteria: the most important heads
+that fit the configuration (`kept_heads`), the most important neurons (`LayerChoices`). For each choice
+(k, j) the latency model gives the layer's seconds t_l(k, j) (`latency.LatencyTable`, measured on this
+machine) and a sensitivity table the validation loss increase s_l(k, j) of that choice made in layer l
+alone. The allocation minimises sum_l s_l(k_l, j_l) subject to base + sum_l t_l(k_l, j_l) <= dense /
+target: a multiple-choice knapsack, solved by dynamic programming over the layers' time budget cut into
+`bins` equal steps, each choice's seconds rounded up to whole steps (so the budget always holds, and the
+answer is optimal for the rounded times). Like `allocation.searched_counts`, the loss is additive over
+layers (interactions between layers are ignored).
+
+Two sensitivity tables (`estimated_losses`, `measured_losses`):
+- measured: the exact validation loss increase of each head configuration (`sensitivity.head_sensitivity`)
+  plus that of the FFN at the width (`sensitivity.layer_sensitivity`'s fractions, interpolated), each
+  pruned alone with its bias fold;
+- estimated: from one backward pass over the validation reviews (`attribution.review_effects`): per review,
+  the first-order margin changes of the layer's pruned heads and neurons (mean-ablated) added up and put
+  through the exact loss. A forward pass per layer and choice costs too much on SmolLM2's 30 layers.
+
+No torch here (the head criteria's registry, which imports it, is read only when a speed target is parsed).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .compensation import METHODS as COMPENSATIONS
+from .criteria import CRITERIA
+from .spec import _alternatives
+
+STRUCTURES = ("ffn", "heads", "joint")  # what a speed target prunes: FFN neurons, attention heads, or both
+
+
+def head_configurations(heads: int, kv_heads: int) -> list[tuple[int, int]]:
+    """Every (query heads, key/value heads) a layer of `heads` query heads sharing `kv_heads` key/value heads can
+    keep, at least one query head: k of its key/value groups, c query heads of each (`heads.check_heads`)."""
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads evenly")
+    group = heads // kv_heads
+    return sorted({(k * c, k) for k in range(1, kv_heads + 1) for c in range(1, group + 1)})
+
+
+def kept_heads(importance: np.ndarray, kv_heads: int, query: int, kv: int) -> np.ndarray:
+    """The query heads kept in configuration (query, kv): the kv key/value groups whose `query // kv` most
+    important query heads weigh most, and those heads (ties: the lower index)."""
+    if query == 0:
+        return np.zeros(0, dtype=np.int64)
+    importance = np.asarray(importance, dtype=np.float64)
+    group = len(importance) // kv_heads
+    per = query // kv
+    if (query, kv) not in head_configurations(len(importance), kv_heads):
+        raise ValueError(f"({query} query, {kv} key/value heads) is not a configuration of {len(importance)} heads in "
+                         f"{kv_heads} groups; choose one of {head_configurations(len(importance), kv_heads)}")
+    best = [np.argsort(-importance[g * group:(g + 1) * group], kind="stable")[:per] + g * group for g in range(kv_heads)]
+    weight = np.array([importance[b].sum() for b in best])
+    groups = np.argsort(-weight, kind="stable")[:kv]
+    return np.sort(np.concatenate([best[g] for g in groups]))
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    query: int             # query heads kept (0: the attention removed; the layer keeps one head, zeroed)
+    kv: int                # key/value heads kept
+    pruned: np.ndarray     # the pruned query heads, sorted
+
+
+@dataclass
+class LayerChoices:
+    """One layer's choices: head configurations (rows) and kept FFN widths (columns)."""
+
+    heads: list[HeadChoice]
+    widths: list[int]
+    ffn_order: np.ndarray  # the layer's neurons by increasing importance: a width w prunes the first F - w
+
+    def pruned_neurons(self, j: int) -> np.ndarray:
+        return np.sort(self.ffn_order[: len(self.ffn_order) - self.widths[j]])
+
+
+def layer_choices(structures: str, ffn_importance: np.ndarray, head_importance: np.ndarray, kv_heads: int,
+                  width_steps: int = 32) -> LayerChoices:
+    """A layer's choices for `structures` (`STRUCTURES`): every head configuration and no attention (heads,
+    joint), kept widths 0, F/width_steps, ..., F (ffn, joint); the structure left alone keeps all."""
+    if structures not in STRUCTURES:
+        raise ValueError(f"structures {structures!r} is not one of {STRUCTURES}")
+    H, F = len(head_importance), len(ffn_importance)
+    heads = [HeadChoice(H, kv_heads, np.zeros(0, dtype=np.int64))]
+    if structures in ("heads", "joint"):
+        heads = [HeadChoice(0, 0, np.arange(H))]
+        for q, kv in head_configurations(H, kv_heads):
+            keep = kept_heads(head_importance, kv_heads, q, kv)
+            heads.append(HeadChoice(q, kv, np.setdiff1d(np.arange(H), keep)))
+    widths = [F]
+    if structures in ("ffn", "joint"):
+        widths = sorted({int(round(F * i / width_steps)) for i in range(width_steps + 1)})
+    return LayerChoices(heads, widths, np.argsort(np.asarray(ffn_importance), kind="stable"))  # as `lowest` orders
+
+
+def estimated_losses(choices: LayerChoices, margins: np.ndarray, head_attribution: np.ndarray,
+                     neuron_attribution: np.ndarray) -> np.ndarray:
+    """[heads choices, widths]: mean over reviews of softplus(-(m_i + A_i)) - softplus(-m_i), A_i the sum of the
+    first-order margin changes (`attribution.ReviewEffects.head_attribution` / `neuron_attribution`, [N, units]
+    of this layer) of the choice's pruned heads and neurons."""
+    m = np.asarray(margins, dtype=np.float64)
+    a_heads = np.stack([head_attribution[:, c.pruned].sum(1) for c in choices.heads], 1)  # [N, K]
+    F = neuron_attribution.shape[1]
+    cum = np.concatenate([np.zeros((len(m), 1)), np.cumsum(neuron_attribution[:, choices.ffn_order], 1)], 1)
+    a_ffn = cum[:, [F - w for w in choices.widths]]  # [N, J]
+    total = m[:, None, None] + a_heads[:, :, None] + a_ffn[:, None, :]
+    return (np.logaddexp(0.0, -total) - np.logaddexp(0.0, -m)[:, None, None]).mean(0)
+
+
+def measured_losses(choices: LayerChoices, head_increase: Sequence[float], ffn_sensitivity: pd.DataFrame
+                    ) -> np.ndarray:
+    """[heads choices, widths]: the exact loss increase of each head choice (`head_increase`, in the order of
+    `choices.heads`) plus the FFN's at each width, interpolated linearly in the pruned count between the
+    fractions `sensitivity.layer_sensitivity` measured for this layer (its rows: pruned, loss_increase)."""
+    part = ffn_sensitivity.sort_values("pruned")
+    F = len(choices.ffn_order)
+    pruned = [F - w for w in choices.widths]
+    if max(pruned) > part["pruned"].max():
+        raise ValueError(f"the FFN sensitivity reaches {part['pruned'].max()} pruned neurons, the widths need "
+                         f"{max(pruned)}; measure larger fractions")
+    ffn = np.interp(pruned, part["pruned"].to_numpy(float), part["loss_increase"].to_numpy(float))
+    return np.asarray(head_increase, dtype=np.float64)[:, None] + ffn[None, :]
+
+
+def allocate(losses: Sequence[np.ndarray], seconds: Sequence[np.ndarray], budget: float, bins: int = 2000
+             ) -> list[tuple[int, int]]:
+    """Per layer the choice (k, j) minimising sum_l losses[l][k, j] subject to sum_l seconds[l][k, j] <= budget,
+    each time rounded up to whole steps of budget / bins (module docstring); ties go to the choice listed first."""
+    if budget <= 0:
+        raise ValueError(f"a budget of {budget:.4g} s leaves the layers no time; the target cannot be met")
+    unit = budget / bins
+    costs = [np.ceil(np.asarray(s, dtype=np.float64) / unit - 1e-9).astype(np.int64) for s in seconds]
+    if sum(int(c.min()) for c in costs) > bins:
+        fastest = sum(float(np.min(s)) for s in seconds)
+        raise ValueError(f"even the fastest choices take {fastest:.4g} s of the layers' budget of {budget:.4g} s: the "
+                         "target speedup is out of reach of these choices (prune more structures, or a lower target)")
+    inf = np.inf
+    best = np.zeros(bins + 1)  # best[b]: least loss of the layers so far within b steps
+    picks = []
+    for loss, cost in zip(losses, costs):
+        loss = np.asarray(loss, dtype=np.float64).ravel()
+        cost = cost.ravel()
+        new = np.full(bins + 1, inf)
+        arg = np.full(bins + 1, -1, dtype=np.int64)
+        for o in range(len(loss)):  # options in order: a strict improvement is needed to replace an earlier one
+            c = cost[o]
+            if c > bins:
+                continue
+            cand = np.full(bins + 1, inf)
+            cand[c:] = best[: bins + 1 - c] + loss[o]
+            better = cand < new - 1e-15
+            new[better], arg[better] = cand[better], o
+        best = new
+        picks.append(arg)
+    b = bins
+    out = []
+    for layer in range(len(losses) - 1, -1, -1):
+        o = int(picks[layer][b])
+        shape = np.asarray(losses[layer]).shape
+        out.append(np.unravel_index(o, shape))
+        b -= int(costs[layer].ravel()[o])
+    return [(int(k), int(j)) for k, j in reversed(out)]
+
+
+def sensitivity_frame(choices: Sequence[LayerChoices], losses: Sequence[np.ndarray]) -> pd.DataFrame:
+    """The allocation's sensitivity as a table: one row per (layer, head choice, width)."""
+    rows = []
+    for layer, (c, loss) in enumerate(zip(choices, losses)):
+        for k, h in enumerate(c.heads):
+            for j, w in enumerate(c.widths):
+                rows.append(dict(layer=layer, heads_kept=h.query, kv_kept=h.kv, width=w, loss_increase=float(loss[k, j])))
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class SpeedMethod:
+    """A speed target: prune `structures` with `criterion` (heads: a head criterion; ffn and joint: an FFN
+    criterion, the heads of joint by `head_criterion`), compensate by `compensation`, meet `speedup` on the
+    latency model. Its name: <criterion>-<structures>-<compensation>-x<speedup>, e.g. fluctuation-joint-refit-x1.6."""
+
+    criterion: str
+    structures: str
+    compensation: str
+    speedup: float
+    head_criterion: str = "fluctuation"
+
+    @property
+    def name(self) -> str:
+        return f"{self.criterion}-{self.structures}-{self.compensation}-x{self.speedup:g}"
+
+    @property
+    def ffn_criterion(self) -> str | None:
+        return None if self.structures == "heads" else self.criterion
+
+    @property
+    def heads_criterion(self) -> str | None:
+        return {"heads": self.criterion, "joint": self.head_criterion}.get(self.structures)
+
+    @classmethod
+    def parse(cls, name: str, head_criterion: str = "fluctuation") -> "SpeedMethod":
+        from .head_criteria import HEAD_CRITERIA  # imports torch: read only here
+
+        m = re.fullmatch(rf"({_alternatives({*CRITERIA, *HEAD_CRITERIA})})-({'|'.join(STRUCTURES)})-"
+                         rf"({_alternatives(COMPENSATIONS)})-x(\d+(?:\.\d+)?)", name)
+        if not m:
+            raise ValueError(f"{name!r} is not a speed target <criterion>-<{'|'.join(STRUCTURES)}>-<compensation>-x<speedup>, "
+                             "e.g. fluctuation-joint-refit-x1.6")
+        criterion, structures, compensation, speedup = m.group(1), m.group(2), m.group(3), float(m.group(4))
+        registry = HEAD_CRITERIA if structures == "heads" else CRITERIA
+        if criterion not in registry:
+            raise ValueError(f"{name}: {criterion!r} is not a{' head' if structures == 'heads' else 'n FFN'} criterion; "
+                             f"choose one of {sorted(registry)}")
+        if head_criterion not in HEAD_CRITERIA:
+            raise ValueError(f"head criterion {head_criterion!r} is not one of {sorted(HEAD_CRITERIA)}")
+        if speedup <= 1:
+            raise ValueError(f"{name}: a speedup of {speedup:g} is no speedup; give one above 1, e.g. x1.6")
+        return cls(criterion, structures, compensation, speedup, head_criterion)
