@@ -6,6 +6,7 @@ experiments/ and benchmarks/ read their paths here, so a file moves by one edit.
   results/<profile>/<model>/prune/<target>/...        `TargetFiles`
   results/<profile>/pruned/<model>/<target>/          `Layout.pruned`: a classifier folder (`FOLDER`)
   results/<profile>/{summary.csv, figures/, ...}      `Layout.report`, `Layout.anatomy_figures`
+  results/<profile>/latency/                          `Layout.latency`: this machine's latency tables (cache)
   results/metrics/<profile>/...                       `Layout.metrics`: what each DVC stage outputs
   logs/<profile>/...                                  `Layout.log`
 
@@ -125,6 +126,7 @@ class Layout:
     def __init__(self, profile: str):
         self.profile = profile
         self.data, self.results, self.logs = f"data/processed/{profile}", f"results/{profile}", f"logs/{profile}"
+        self.latency = f"{self.results}/latency"  # `pruning.latency.latency_table`'s cache, one file per machine and shape
         self.metrics = Files(f"results/metrics/{profile}")  # outside results/<profile>/: DVC outputs do not overlap
         self.finetune_summary, self.anatomy_metrics = self.metrics("finetune.json"), self.metrics("anatomy.json")
 
