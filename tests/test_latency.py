@@ -132,3 +132,17 @@ def test_timed_shapes_are_the_ones_asked_for(arch, tokenizer):
             assert all(p.dtype == torch.bfloat16 for p in weights)  # as the loop stores them
             assert sum(p.numel() for p in weights) < sum(p.numel() for p in model.adapter.layers()[0].parameters())
     assert model.adapter.head_counts() == [4] * 4  # the model itself is left as it was
+
+
+def test_check_predictions_reports_the_tables_sums(tokenizer):
+    """Each shape's predicted seconds are the table's sum for it (the hand-made table's, so known); the measured
+    times are only checked to be there."""
+    model = make_tiny("bert", tokenizer)
+    enc = encode(tokenizer, TEXTS, 32)
+    t = _table(layers=4)
+    shapes = [([(2, 2), (4, 4), (1, 1), (3, 3)], [64, 50, 1, 17])]
+    rows = latency.check_predictions(model, t, enc, tokenizer.pad_token_id, "right", "fp32", 4, shapes, repeats=1)
+    assert [r["heads"] for r in rows] == [[[2, 2], [4, 4], [1, 1], [3, 3]], "dense"]
+    assert rows[0]["predicted_seconds"] == pytest.approx(0.5 + (3 + 14 / 50) + 5 + 1 + (0.3 + 0.1 * 16 / 49))
+    assert rows[1]["predicted_seconds"] == pytest.approx(t.dense_predicted)
+    assert all(r["seconds"] > 0 for r in rows)
