@@ -83,16 +83,23 @@ def zero_masked(adapter: ModelAdapter, pruned: Sequence[Sequence[int]]) -> None:
 
 
 @torch.no_grad()
-def set_outputs(adapter: ModelAdapter, layer: int, neurons: Sequence[int], values: torch.Tensor,
-                bias: torch.Tensor) -> None:
-    """Overwrite the value vectors of `neurons` (rows of `values` [len(neurons), hidden], same order)
-    and the output projection's bias of `layer`; an FFN without biases is given them first."""
-    adapter.ensure_ffn_biases()
-    out = adapter.ffn(layer).output
-    idx = torch.as_tensor(list(neurons), dtype=torch.long, device=out.weight.device)
+def set_output_rows(out: nn.Module, rows: Sequence[int], values: torch.Tensor, bias: torch.Tensor) -> None:
+    """Overwrite an output projection's weights from its input features `rows` (rows of `values`
+    [len(rows), hidden], same order: an FFN's value vectors, the kept heads' columns of an attention output
+    projection) and its bias, which must exist."""
+    idx = torch.as_tensor(list(rows), dtype=torch.long, device=out.weight.device)
     values = values.to(device=out.weight.device, dtype=out.weight.dtype)
     if neuron_dim(out, "output") == 0:
         out.weight[idx] = values
     else:
         out.weight[:, idx] = values.T
     out.bias.copy_(bias.to(device=out.bias.device, dtype=out.bias.dtype))
+
+
+@torch.no_grad()
+def set_outputs(adapter: ModelAdapter, layer: int, neurons: Sequence[int], values: torch.Tensor,
+                bias: torch.Tensor) -> None:
+    """Overwrite the value vectors of `neurons` (rows of `values` [len(neurons), hidden], same order)
+    and the output projection's bias of `layer`; an FFN without biases is given them first."""
+    adapter.ensure_ffn_biases()
+    set_output_rows(adapter.ffn(layer).output, neurons, values, bias)

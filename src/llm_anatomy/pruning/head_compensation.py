@@ -22,6 +22,7 @@ import torch
 from ..adapters import ModelAdapter, removed_on_exit, weight_rows_are_neurons
 from ..device import autocast, model_device
 from ..models import SentimentClassifier
+from ..surgery import set_output_rows
 from .calibration import real_token_passes
 
 
@@ -128,14 +129,7 @@ def fit_head_outputs(model: SentimentClassifier, pruned: Sequence[Sequence[int]]
         every = np.arange(len(kept[l]))
         fits = {m: compensate(stats[l], every, values, bias, m, ridge) for m in ("none", "bias", method)}
         w, c = fits[method]
-        with torch.no_grad():
-            w_t = torch.from_numpy(w).to(out.weight.dtype).to(out.weight.device)
-            idx = torch.from_numpy(kept[l]).to(out.weight.device)
-            if weight_rows_are_neurons(out, "output"):
-                out.weight[idx] = w_t
-            else:
-                out.weight[:, idx] = w_t.T
-            out.bias.copy_(torch.from_numpy(c).to(out.bias))
+        set_output_rows(out, kept[l].tolist(), torch.from_numpy(w), torch.from_numpy(c))
         report.append(dict(layer=l, kept_heads=int(blocks[l].heads - len(pruned[l])), tokens=int(stats[l].n),
                            **{f"error_{m}": stats[l].error(every, *fit) for m, fit in fits.items()}))
     zero_masked_heads(adapter, pruned)
