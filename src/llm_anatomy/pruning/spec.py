@@ -72,8 +72,25 @@ def _threshold(s: "MethodSpec") -> bool:
     return s.allocation == THRESHOLD
 
 
+class MethodRecord:
+    """What a plan's method (`MethodSpec`, `joint.SpeedMethod`: dataclasses with a `compensation`) offers the plan:
+    whether its compensation is fitted, and its record as a dict of the fields that are set."""
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the compensation is fitted on calibration reviews when the plan is materialised."""
+        return self.compensation in FITTED
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class MethodSpec:
+class MethodSpec(MethodRecord):
     """Which neurons a method prunes and how it compensates: the plan's whole input besides the scores."""
 
     criterion: str                  # ranks the neurons (pruning.criteria); the threshold rules: cosine
@@ -152,17 +169,6 @@ class MethodSpec:
         """What metrics.json calls the rule: encoder | decoder (threshold rules), flap, or criterion (the rest)."""
         return self.rule if self.allocation == THRESHOLD else "flap" if self.alias == "flap" else "criterion"
 
-    @property
-    def fitted(self) -> bool:
-        """Whether the compensation is fitted on calibration reviews when the plan is materialised."""
-        return self.compensation in FITTED
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MethodSpec":
-        return cls(**d)
 
 
 def method_params() -> list:
