@@ -34,7 +34,7 @@ import pandas as pd
 
 from .compensation import METHODS as COMPENSATIONS
 from .criteria import CRITERIA
-from .spec import _alternatives
+from .spec import MethodRecord, _alternatives
 
 STRUCTURES = ("ffn", "heads", "joint")  # what a speed target prunes: FFN neurons, attention heads, or both
 
@@ -82,6 +82,11 @@ class LayerChoices:
 
     def pruned_neurons(self, j: int) -> np.ndarray:
         return np.sort(self.ffn_order[: len(self.ffn_order) - self.widths[j]])
+
+    @property
+    def dense_heads(self) -> tuple[int, int]:
+        """(query, key/value) heads of the dense layer: every choice's kept and pruned query heads add up to it."""
+        return self.heads[0].query + len(self.heads[0].pruned), max(h.kv for h in self.heads)
 
 
 def layer_choices(structures: str, ffn_importance: np.ndarray, head_importance: np.ndarray, kv_heads: int,
@@ -183,7 +188,7 @@ def sensitivity_frame(choices: Sequence[LayerChoices], losses: Sequence[np.ndarr
 
 
 @dataclass(frozen=True)
-class SpeedMethod:
+class SpeedMethod(MethodRecord):
     """A speed target: prune `structures` with `criterion` (heads: a head criterion; ffn and joint: an FFN
     criterion, the heads of joint by `head_criterion`), compensate by `compensation`, meet `speedup` on the
     latency model. Its name: <criterion>-<structures>-<compensation>-x<speedup>, e.g. fluctuation-joint-refit-x1.6."""
@@ -193,6 +198,8 @@ class SpeedMethod:
     compensation: str
     speedup: float
     head_criterion: str = "fluctuation"
+    ridge: float | None = None          # a fitted compensation's relative ridges (as `spec.MethodSpec`'s)
+    readout_ridge: float | None = None
 
     @property
     def name(self) -> str:

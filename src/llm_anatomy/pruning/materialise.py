@@ -3,7 +3,8 @@
 A materialised folder is a classifier checkpoint like the fine-tuned one (safetensors,
 config, tokenizer, head, classifier.json with the per-layer FFN widths), with any
 compensation already in its weights (the bias fold, or the fitted value vectors and output
-biases of rescale/refit), plus `pruning.json` (the plan's
+biases of rescale/refit; a speed plan's pruned heads removed too, their compensation in the
+attention output projection), plus `pruning.json` (the plan's
 parameters, parameter counts and the folder's size). It loads in a fresh process with
 `llm_anatomy.load_classifier(folder)` (also spelled `load_pruned`).
 """
@@ -23,8 +24,10 @@ from ..io import atomic_dir, write_json
 from ..data import read_split
 from ..layout import folder_file
 from ..models import SentimentClassifier, open_checkpoint, save_classifier
-from ..surgery import remove_masked, set_outputs, zero_masked
+from ..heads import remove_heads, zero_masked_heads
+from ..surgery import remove_masked, set_output_rows, set_outputs, zero_masked
 from ..costs import count_parameters
+from .head_compensation import fold_head_bias, head_output_means, head_output_weights, kept_features
 from .plan import Plan, read_plan
 from .refit import CalibrationSet, fit_compensation
 
@@ -53,31 +56,40 @@ def compensate_bias(adapter: ModelAdapter, pruned: Sequence[Sequence[int]], prun
 
 def pruned_copy(model: SentimentClassifier, plan: Plan, how: str = "removed",
                 calibration: CalibrationSet | None = None) -> SentimentClassifier:
-    """A deep copy of `model` with the plan's neurons zeroed (same shapes) or removed (smaller matrices),
-    the plan's compensation applied first: the bias fold from the plan's means, or a fitted one (rescale,
-    refit) computed here on `calibration`, layer by layer (`refit.fit_compensation`)."""
+    """A deep copy of `model` with the plan's neurons (and heads, if it prunes any) zeroed (same shapes) or
+    removed (smaller matrices), the plan's compensation applied first: the bias fold (the neurons' from the
+    plan's means, the heads' mean outputs measured here on `calibration`), or a fitted one (rescale, refit)
+    computed here on `calibration`, layer by layer (`refit.fit_compensation`, heads and neurons together)."""
     if how not in ("zeroed", "removed"):
         raise ValueError(f"how={how!r}: choose zeroed or removed")
+    if plan.needs_calibration and calibration is None:
+        raise ValueError(f"{plan.compensation} compensation of this plan is computed on calibration reviews; none "
+                         "were given")
     if plan.fitted:
-        if calibration is None:
-            raise ValueError(f"{plan.compensation} compensation is fitted on calibration reviews; none were given")
         dtype = next(model.parameters()).dtype
         out, _report = fit_compensation(model, plan.pruned, calibration.encoded, calibration.pad_id,
                                         calibration.padding_side, calibration.batch_size, plan.compensation,
-                                        plan.spec.ridge, plan.spec.readout_ridge)
+                                        plan.spec.ridge, plan.spec.readout_ridge, heads=plan.pruned_heads)
         out.to(dtype)
     else:
         out = copy.deepcopy(model)
         if plan.compensation == "bias":
+            if plan.pruned_heads is not None:
+                fold_head_bias(out.adapter, plan.pruned_heads,
+                               head_output_means(out, calibration.encoded, calibration.pad_id, calibration.padding_side,
+                                                 calibration.batch_size))
             compensate_bias(out.adapter, plan.pruned, plan.pruned_means)
     (zero_masked if how == "zeroed" else remove_masked)(out.adapter, plan.pruned)
+    if plan.pruned_heads is not None:
+        (zero_masked_heads if how == "zeroed" else remove_heads)(out.adapter, plan.pruned_heads)
     return out
 
 
 def zeroed_like(dense: SentimentClassifier, removed: SentimentClassifier, plan: Plan) -> SentimentClassifier:
-    """The zeroed counterpart of a materialised model: the dense shapes with the plan's neurons zeroed and
-    every kept neuron's value vector and the output biases taken from `removed`, so a fitted compensation
-    (which needs the calibration reviews to recompute) is carried over as the folder holds it."""
+    """The zeroed counterpart of a materialised model: the dense shapes with the plan's neurons (and heads)
+    zeroed and every kept neuron's value vector and the output biases (in a layer with pruned heads, the kept
+    heads' output columns and the attention output bias too) taken from `removed`, so a compensation computed
+    on calibration reviews (which it would need to recompute) is carried over as the folder holds it."""
     out = copy.deepcopy(dense)
     out.adapter.ensure_ffn_biases()
     zero_masked(out.adapter, plan.pruned)
@@ -85,6 +97,16 @@ def zeroed_like(dense: SentimentClassifier, removed: SentimentClassifier, plan: 
         kept = np.setdiff1d(np.arange(dense.adapter.ffn_width(layer)), np.asarray(drop, dtype=np.int64))
         set_outputs(out.adapter, layer, kept.tolist(), removed.adapter.value_vectors(layer).detach(),
                     removed.adapter.ffn(layer).output.bias.detach())
+    if plan.pruned_heads is not None and any(map(len, plan.pruned_heads)):
+        out.adapter.ensure_attention_biases()
+        zero_masked_heads(out.adapter, plan.pruned_heads)
+        for layer, drop in enumerate(plan.pruned_heads):
+            if len(drop):  # the layers whose attention output the compensation changed (and gave a bias)
+                block = dense.adapter.attention(layer)
+                kept = kept_features(block.heads, block.head_dim, drop)
+                rows = head_output_weights(removed.adapter, layer).flatten(0, 1)
+                set_output_rows(out.adapter.attention(layer).output, kept.tolist(), rows[:len(kept)],
+                                removed.adapter.attention(layer).output.bias.detach())
     return out
 
 
@@ -93,13 +115,13 @@ def folder_bytes(folder: str | Path) -> int:
 
 
 def calibration_set(plan: Plan, ck, fit: dict | None, train, where) -> CalibrationSet | None:
-    """The calibration reviews a plan's fitted compensation is fitted on (None for any other plan): the first
-    `fit["reviews"]` reviews of the `train` split, batched by `fit["batch_size"]`."""
-    if not plan.fitted:
+    """The calibration reviews a plan's fitted compensation (or its pruned heads' bias fold) is computed on (None
+    for any other plan): the first `fit["reviews"]` reviews of the `train` split, batched by `fit["batch_size"]`."""
+    if not plan.needs_calibration:
         return None
     if train is None or not fit:
-        raise ValueError(f"{where}: {plan.compensation} compensation is fitted on the train split's calibration "
-                         "reviews; pass train and fit (the rules do for fitted plans)")
+        raise ValueError(f"{where}: {plan.compensation} compensation of this plan is computed on the train split's "
+                         "calibration reviews; pass train and fit (the rules do for fitted plans)")
     return CalibrationSet.from_split(read_split(train), ck, fit["reviews"], fit["batch_size"])
 
 
@@ -114,11 +136,18 @@ def materialise(finetuned, plan, pruned, target: str, fit: dict | None = None, t
     if [int(w) for w in plan.table["width"]] != widths:
         raise ValueError(f"{plan_path} was planned for FFN widths {plan.table['width'].tolist()}, but {finetuned} "
                          f"has {widths}; rebuild the plan from this checkpoint's scores")
+    heads = model.adapter.head_counts()
+    if plan.pruned_heads is not None and [int(h) for h in plan.table["heads"]] != heads:
+        raise ValueError(f"{plan_path} was planned for {plan.table['heads'].tolist()} heads per layer, but {finetuned} "
+                         f"has {heads}; rebuild the plan from this checkpoint")
     out = pruned_copy(model, plan, "removed", calibration)
     info = dict(target=target, source=str(finetuned), plan=plan.info.to_dict(), ffn_widths_dense=widths,
                 calibration_reviews=len(calibration.encoded) if calibration else 0,
                 ffn_widths=out.adapter.ffn_widths(), neurons_pruned=int(sum(plan.counts)),
                 params_dense=count_parameters(model), params_pruned=count_parameters(out))
+    if plan.pruned_heads is not None:  # speed plans only: the others' pruning.json is as it was
+        info.update(attention_heads_dense=heads, attention_heads=out.adapter.head_counts(),
+                    kv_heads=out.adapter.kv_head_counts(), heads_pruned=int(sum(map(len, plan.pruned_heads))))
     with atomic_dir(pruned) as tmp:
         save_classifier(out, ck.tokenizer, tmp, dict(ck.meta, pruned_from=str(finetuned), target=target))
         info["bytes"] = folder_bytes(tmp)

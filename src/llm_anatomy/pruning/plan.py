@@ -1,4 +1,5 @@
-"""Plans: which FFN neurons one target prunes, decided from scores alone (no forward pass).
+"""Plans: which FFN neurons (and, speed plans, attention heads) one target prunes, decided from scores alone (no
+forward pass).
 
 One planner (`make_plan`) plans every method (`pruning.spec.MethodSpec`): the paper's threshold rules
 (allocation `threshold`: per-layer thresholds t_l on the neuron scores s_lj, alpha bisected when the spec has
@@ -8,12 +9,19 @@ output can be folded into the bias; a fitted compensation (rescale, refit) is co
 materialised, since it needs a forward pass. The random baseline (`random_plan`, one plan per seed) matches a
 plan's per-layer counts and is compensated as the plan is.
 
+A speed plan (`plan_speed`, a `joint.SpeedMethod`) prunes attention heads and FFN neurons together: per layer
+the head configuration and FFN width that meet the target speedup on the latency table at the least summed
+loss increase (`joint.allocate`). Its pruned heads' bias fold, like a fitted compensation, is computed from
+calibration reviews when the plan is materialised.
+
 plan.parquet, one row per layer (the Figure-4a table):
   layer int, width int, masked int, masked_pct float, high int (neurons with score > high_threshold),
   threshold float (the rule's t_l, or the highest pruned criterion score; NaN where none),
   pruned list<int32>       the sorted indices of the pruned neurons
   pruned_mean list<float64> their mean activations (bias-compensated plans only, else null)
   + c, focusing, sided for the threshold rules; high_masked for the others
+  speed plans: heads, kv_heads, heads_pruned, heads_kept, kv_kept, seconds, loss_increase (no high, threshold), and
+  pruned_heads list<int32>  the sorted indices of the pruned query heads (only speed plans have this column)
 and, in the file's metadata under `llm_anatomy.plan`, the `PlanInfo` record as JSON.
 random_plans.parquet: the same columns plus `seed`, one block of rows per seed.
 """
@@ -32,6 +40,7 @@ from ..io import dumps, from_record, parquet_metadata, read_parquet, write_parqu
 from ..scores import mean_layer_scores, mean_neuron_scores, scoring_columns
 from .allocation import allocate, cut_values
 from .criteria import NeuronStats, importance
+from .joint import LayerChoices, SpeedMethod, allocate as allocate_choices
 from .rules import apply_rule, bisect_alpha, figure4a_lines, layer_table, rule_from_spec
 from .spec import THRESHOLD, MethodSpec
 
@@ -44,9 +53,10 @@ META_KEY = b"llm_anatomy.plan"
 class PlanInfo:
     """How a plan was made: its method, and what the planner found."""
 
-    spec: MethodSpec
+    spec: MethodSpec | SpeedMethod
     thresholds: list             # per layer: t_l (threshold rules) or the highest pruned importance; NaN where none
-    search: dict | None = None   # target_fraction, pruned, reached (+ alpha, the threshold rules' bisection)
+    search: dict | None = None   # target_fraction, pruned, reached (+ alpha, the threshold rules' bisection;
+                                 # speed plans: target_speedup, the predictions, the latency table's signature)
     rule: dict | None = None     # threshold rules as applied: alpha, beta, focusing (layer indices), focus_multiplier, sides
     scoring: str = "paper"       # which decoder scoring of s_lj and c_l the plan read
     seed: int | None = None      # random baselines: the seed, and the score above which neurons were never drawn
@@ -57,21 +67,23 @@ class PlanInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlanInfo":
-        return from_record(cls, {k: v for k, v in d.items() if k != "spec"}, spec=MethodSpec.from_dict(d["spec"]))
+        kind = SpeedMethod if "speedup" in d["spec"] else MethodSpec
+        return from_record(cls, {k: v for k, v in d.items() if k != "spec"}, spec=kind.from_dict(d["spec"]))
 
 
 @dataclass
 class Plan:
-    """Which neurons one target prunes, and how it got there."""
+    """Which neurons (and heads) one target prunes, and how it got there."""
 
     pruned: list[np.ndarray]         # per layer, sorted neuron indices
     table: pd.DataFrame              # one row per layer (Figure-4a shape for the threshold rules)
     info: PlanInfo
     log_lines: list[str] = field(default_factory=list)
     pruned_means: list[np.ndarray] | None = None  # per layer, mean activation of each pruned neuron
+    pruned_heads: list[np.ndarray] | None = None  # per layer, sorted query-head indices (speed plans)
 
     @property
-    def spec(self) -> MethodSpec:
+    def spec(self) -> MethodSpec | SpeedMethod:
         return self.info.spec
 
     @property
@@ -88,12 +100,18 @@ class Plan:
         return self.spec.fitted
 
     @property
+    def needs_calibration(self) -> bool:
+        """A fitted compensation, or pruned heads whose mean output is folded: both are computed from calibration
+        reviews when the plan is materialised."""
+        return self.fitted or (self.pruned_heads is not None and self.compensation == "bias")
+
+    @property
     def counts(self) -> list[int]:
         return [len(p) for p in self.pruned]
 
     def without_compensation(self) -> "Plan":
         info = replace(self.info, spec=replace(self.spec, compensation="none"))
-        return Plan(self.pruned, self.table, info, self.log_lines, None)
+        return Plan(self.pruned, self.table, info, self.log_lines, None, self.pruned_heads)
 
 
 def load_scores(layer_path, neuron_path, input_set: str = "probe", scoring: str = "paper"
@@ -149,6 +167,42 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
     return Plan(pruned, table, PlanInfo(spec, cut, search), lines, means)
 
 
+def plan_speed(method: SpeedMethod, choices: Sequence[LayerChoices], losses: Sequence[np.ndarray], latency,
+               stats: NeuronStats | None = None, sensitivity: str = "") -> Plan:
+    """A speed target's plan: per layer the head configuration and FFN width that meet `method.speedup` on the
+    `latency` table (`latency.LatencyTable`) at the least summed loss increase `losses` (per layer [head choices,
+    widths] for `choices`, `joint.layer_choices`; `sensitivity` names the table), by `joint.allocate`. The FFN's
+    bias fold reads the pruned neurons' calibration means from `stats`; the heads' is computed when the plan is
+    materialised."""
+    L = len(choices)
+    seconds = [np.array([[latency.layer_seconds(h.query, h.kv, w, last=l == L - 1) for w in c.widths]
+                         for h in c.heads]) for l, c in enumerate(choices)]
+    picks = allocate_choices(losses, seconds, latency.dense_predicted / method.speedup - latency.base)
+    pruned = [c.pruned_neurons(j) for c, (_k, j) in zip(choices, picks)]
+    heads = [c.heads[k].pruned for c, (k, _j) in zip(choices, picks)]
+    shapes = [(c.heads[k].query, c.heads[k].kv) for c, (k, _j) in zip(choices, picks)]
+    predicted = latency.seconds(shapes, [c.widths[j] for c, (_k, j) in zip(choices, picks)])
+    table = pd.DataFrame([dict(layer=l, width=len(c.ffn_order), masked=len(pruned[l]),
+                               masked_pct=100.0 * len(pruned[l]) / len(c.ffn_order), heads=c.dense_heads[0],
+                               kv_heads=c.dense_heads[1], heads_pruned=len(heads[l]),
+                               heads_kept=shapes[l][0], kv_kept=shapes[l][1], seconds=float(seconds[l][k, j]),
+                               loss_increase=float(losses[l][k, j]))
+                          for l, (c, (k, j)) in enumerate(zip(choices, picks))])
+    search = dict(target_speedup=method.speedup, predicted_speedup=latency.dense_predicted / predicted,
+                  predicted_seconds=predicted, dense_seconds=latency.dense_predicted,
+                  predicted_loss_increase=float(table["loss_increase"].sum()), pruned=int(sum(map(len, pruned))),
+                  heads_pruned=int(sum(map(len, heads))), reached=True, sensitivity=sensitivity,
+                  latency=dict(signature=latency.signature, base=latency.base, info=latency.info))
+    lines = [f"layer {r.layer}: heads {r.heads_kept} of {r.heads} ({r.kv_kept} key/value), FFN {r.width - r.masked} of "
+             f"{r.width}: {r.seconds * 1e3:.1f} ms, loss +{r.loss_increase:.4f}" for r in table.itertuples()]
+    means = None
+    if method.compensation == "bias":
+        if stats is None:
+            raise ValueError("a bias-compensated speed plan needs the calibration means (ffn_stats.parquet)")
+        means = [np.asarray(m, dtype=np.float64)[p] for m, p in zip(stats["mean"], pruned)]
+    return Plan(pruned, table, PlanInfo(method, [float("nan")] * L, search), lines, means, heads)
+
+
 def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float) -> list[np.ndarray]:
     """Per layer, `counts[l]` neurons drawn without replacement from those with score <= `high`.
 
@@ -164,12 +218,30 @@ def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int,
     return out
 
 
+def random_heads(pruned_heads: Sequence[np.ndarray], heads: Sequence[int], kv_heads: Sequence[int], seed: int
+                 ) -> list[np.ndarray]:
+    """Per layer, as many query heads pruned at random as `pruned_heads[l]` prunes, in the same grouped-query
+    configuration (the same number of key/value groups kept, the same number of query heads in each), so the
+    baseline has the method's shapes. One generator per (seed, layer), apart from the neurons' draw."""
+    out = []
+    for layer, (drop, h, kv) in enumerate(zip(pruned_heads, heads, kv_heads)):
+        group = h // kv
+        kept = np.setdiff1d(np.arange(h), np.asarray(drop, dtype=np.int64))
+        groups = np.unique(kept // group)
+        rng = np.random.default_rng([int(seed), layer, 1])
+        keep = [g * group + np.sort(rng.choice(group, size=len(kept) // len(groups), replace=False))
+                for g in np.sort(rng.choice(kv, size=len(groups), replace=False))] if len(kept) else []
+        out.append(np.setdiff1d(np.arange(h), np.concatenate(keep) if keep else []).astype(np.int64))
+    return out
+
+
 def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarray] | None = None) -> Plan:
     """The paper's random baseline for `plan`: its per-layer counts, drawn among the neurons that are not high.
 
     A compensated plan gets a compensated baseline (the random neurons' mean activations from `means`,
     the same calibration statistics), so the baseline is treated exactly as the method is; the
-    uncompensated reading of both is one `without_compensation()` away."""
+    uncompensated reading of both is one `without_compensation()` away. A plan that prunes heads gets random
+    heads in its head configurations (`random_heads`)."""
     folded = plan.compensation == "bias"
     if folded and means is None:
         raise ValueError("a compensated plan's random baseline needs the calibration means (ffn_stats.parquet)")
@@ -180,7 +252,12 @@ def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarr
                           for l, (s, m) in enumerate(zip(scores, masks))])
     info = PlanInfo(plan.spec, [float("nan")] * len(masks), scoring=plan.info.scoring, seed=int(seed),
                     high_threshold=high)
-    return Plan(masks, table, info, pruned_means=pruned_means)
+    heads = None
+    if plan.pruned_heads is not None:
+        heads = random_heads(plan.pruned_heads, plan.table["heads"].tolist(), plan.table["kv_heads"].tolist(), seed)
+        table["heads"], table["kv_heads"] = plan.table["heads"].to_numpy(), plan.table["kv_heads"].to_numpy()
+        table["heads_pruned"] = [len(h) for h in heads]
+    return Plan(masks, table, info, pruned_means=pruned_means, pruned_heads=heads)
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -189,6 +266,8 @@ def _frame(plan: Plan) -> pd.DataFrame:
     df["pruned"] = [np.asarray(p, dtype=np.int32) for p in plan.pruned]
     df["pruned_mean"] = ([np.asarray(m, dtype=np.float64) for m in plan.pruned_means] if plan.pruned_means is not None
                          else [None] * len(df))
+    if plan.pruned_heads is not None:
+        df["pruned_heads"] = [np.asarray(h, dtype=np.int32) for h in plan.pruned_heads]
     return df
 
 
@@ -215,8 +294,9 @@ def _from_frame(df: pd.DataFrame, info: dict, path) -> Plan:
         raise ValueError(f"{path}: layers {df['layer'].tolist()} are not 0..L-1; rewrite it with the prune_plan rule")
     pruned = [np.asarray(p, dtype=np.int64) for p in df["pruned"]]
     means = [np.asarray(m, dtype=np.float64) for m in df["pruned_mean"]] if df["pruned_mean"].notna().all() else None
-    table = df.drop(columns=["pruned", "pruned_mean", "seed"], errors="ignore")
-    return Plan(pruned, table, info, pruned_means=means)
+    heads = [np.asarray(h, dtype=np.int64) for h in df["pruned_heads"]] if "pruned_heads" in df.columns else None
+    table = df.drop(columns=["pruned", "pruned_mean", "pruned_heads", "seed"], errors="ignore")
+    return Plan(pruned, table, info, pruned_means=means, pruned_heads=heads)
 
 
 def _meta(path) -> dict:

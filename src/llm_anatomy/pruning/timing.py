@@ -68,7 +68,7 @@ def time_pruned(finetuned, pruned, plan, test, timing, time_limit: int, batch_si
     dense = ck.model
     removed, _, _ = load_classifier(pruned, device)
     the_plan = read_plan(plan)
-    zeroed = zeroed_like(dense, removed, the_plan) if the_plan.fitted else pruned_copy(dense, the_plan, "zeroed")
+    zeroed = zeroed_like(dense, removed, the_plan) if the_plan.needs_calibration else pruned_copy(dense, the_plan, "zeroed")
     reviews = first_reviews(read_split(test), time_limit, "time_limit")
     encoded = ck.encode(reviews["text"])
     pad_id, side, precision = ck.pad_id, ck.padding_side, ck.precision
