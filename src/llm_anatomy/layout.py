@@ -106,6 +106,10 @@ class ModelFiles(Files):
     def dense_eval(self, split: str) -> str:
         return self(f"eval_{split}.parquet")
 
+    def speed(self, name: str) -> str:
+        """The speed-pruning experiment's caches and saved pruned folders (experiments/speed_pruning.py)."""
+        return self("speed", name)
+
 
 class TargetFiles(Files):
     """One prune target's step artifacts (results/<profile>/<model>/prune/<target>/)."""
