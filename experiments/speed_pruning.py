@@ -15,8 +15,8 @@ is never read. Run from the repository root of an offline run (its results/offli
 What it reads and writes (paths from `llm_anatomy.layout.Layout("offline")`):
 - the latency table of this machine (`pruning.latency.latency_table`, cached under `Layout.latency`), timed on
   the first --latency-reviews validation reviews (default 128) at the evaluation's batch size and the default
-  width grid, at the profile's thread count (--threads): the table experiments/latency_table.py measures, read
-  from the cache (--no-measure: stop instead of measuring one when it is not there);
+  width grid, at the profile's thread count (--threads): measured once per machine and then read from the cache
+  (--no-measure: stop instead of measuring one when it is not there);
 - head statistics on the first --cal labelled train reviews (the calibration reviews; default the profile's
   calibration_reviews): the head criterion and the heads' calibration means (cached in speed/heads_cal<N>.*);
 - the FFN criterion's calibration statistics (ffn_stats.parquet and what the criterion reads besides);
@@ -112,7 +112,7 @@ def main():
     ref = ck.encode(val["text"].iloc[: args.latency_reviews].tolist())
     cached = table_path(layout.latency, signature(model, [len(e) for e in ref], ck.precision, batch))
     if args.no_measure and not cached.exists():
-        raise SystemExit(f"no cached latency table {cached} (--no-measure); measure it with experiments/latency_table.py")
+        raise SystemExit(f"no cached latency table {cached} (--no-measure); run without --no-measure to measure it")
     table, table_file = latency_table(model, ref, ck.pad_id, ck.padding_side, ck.precision, batch, layout.latency,
                                       args.latency_repeats)
     logging.info("latency table %s: dense %.3f s predicted %.3f s", table_file, table.dense, table.dense_predicted)
