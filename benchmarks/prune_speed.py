@@ -1,6 +1,8 @@
 """Side-by-side speed of a dense classifier and its physically pruned copies, against the multiply-add bound.
 
     .venv/bin/python benchmarks/prune_speed.py results/offline/minilm/finetuned --fractions 0.3,0.5,0.7,0.8 --reviews 1000
+    .venv/bin/python benchmarks/prune_speed.py results/offline/minilm/finetuned --fractions "" \
+        --folders results/offline/minilm/speed/*-estimated
 
 Removes `fraction` of every layer's FFN neurons (the lowest |score| when --neuron-scores is given,
 else at random; --zeroed adds the zeroed copy, same shapes, for each fraction), then times dense and
@@ -10,12 +12,15 @@ rounds), at one batch size, thread count and precision (the checkpoint's: bf16 w
 read-token-only last block (docs/SPEED.md). Prints, per model, the median seconds, the speedup with
 its per-repeat spread, the multiply-add bound (dense / pruned multiply-adds over these reviews, as the
 loop runs them: `costs.forward_macs`) and the share of the bound reached,
-(speedup - 1) / (bound - 1), with the CPU it ran on.
+(speedup - 1) / (bound - 1), with the CPU it ran on. `--folders` times saved pruned classifier folders of this
+checkpoint too (heads and FFN widths as saved; e.g. experiments/speed_pruning.py --save), each with the validation
+row its pruning.json holds, so measured speed and validated accuracy sit in one table.
 """
 from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +30,8 @@ from llm_anatomy.batching import encode_reviews
 from llm_anatomy.device import machine_info
 from llm_anatomy.inference import inference_model
 from llm_anatomy.costs import forward_macs
+from llm_anatomy.io import read_json
+from llm_anatomy.models import load_classifier
 from llm_anatomy.pruning.timing import ratio_spread, time_variants
 from llm_anatomy.surgery import remove_masked, zero_masked
 
@@ -32,6 +39,7 @@ from llm_anatomy.surgery import remove_masked, zero_masked
 def main():
     ap = parser(__doc__, reviews=1000, repeats=5)
     ap.add_argument("--fractions", default="0.5", help="comma-separated shares of each layer's FFN neurons to remove")
+    ap.add_argument("--folders", nargs="*", default=[], help="pruned classifier folders of this checkpoint to time too")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: the checkpoint's")
     ap.add_argument("--neuron-scores", default=None)
     ap.add_argument("--zeroed", action="store_true", help="also time the zeroed copy of each fraction")
@@ -55,7 +63,14 @@ def main():
         order = [rng.permutation(w) for w in model.adapter.ffn_widths()]
     variants = {"dense": inference_model(model, precision, **run)}
     macs = {"dense": forward_macs(model.adapter, lengths, readout=run["last_token"])}
-    for fraction in (float(f) for f in args.fractions.split(",")):
+    validation = {}
+    for folder in map(Path, args.folders):
+        pruned_model, _tok, _meta = load_classifier(folder)
+        variants[folder.name] = inference_model(pruned_model, precision, **run)
+        macs[folder.name] = forward_macs(pruned_model.adapter, lengths, readout=run["last_token"])
+        info = folder / "pruning.json"
+        validation[folder.name] = read_json(info).get("validation") if info.exists() else None
+    for fraction in (float(f) for f in args.fractions.split(",") if f):
         pruned = []
         for w, o in zip(model.adapter.ffn_widths(), order):
             keep = w - int(round(fraction * w))
@@ -80,7 +95,8 @@ def main():
         speedup = median["dense"] / median[name]
         rows[name] = dict(median_s=median[name], speedup=speedup, spread=ratio_spread(times["dense"], times[name]),
                           bound=bound, share_of_bound=(speedup - 1) / (bound - 1) if bound > 1 else None,
-                          widths=variants[name].adapter.ffn_widths()[:3] + ["..."])
+                          widths=variants[name].adapter.ffn_widths(), heads=variants[name].adapter.head_counts(),
+                          validation=validation.get(name))
     print(json.dumps(dict(machine=machine_info(torch.device("cpu")), checkpoint=args.checkpoint, reviews=len(encoded),
                           batch_size=args.batch_size, precision=precision, fused=not args.eager,
                           last_token_only=not args.every_token, repeats=args.repeats, multiple_of=args.multiple_of,

@@ -30,7 +30,7 @@ One JSON line per point: the predicted speedup and loss increase, the kept heads
 dense with the paired interval and McNemar p, the cross-entropy difference; with --save, the pruned folder
 (speed/<point>-<sensitivity>/, or under the folder given) written atomically: it loads with
 `llm_anatomy.load_pruned` / `load_classifier` and holds plan.parquet and pruning.json (time it with
-benchmarks/speed_frontier.py).
+benchmarks/prune_speed.py --folders).
 """
 import argparse
 import json
