@@ -21,8 +21,10 @@ What it reads and writes (paths from `llm_anatomy.layout.Layout("offline")`):
   calibration_reviews): the head criterion and the heads' calibration means (cached in speed/heads_cal<N>.*);
 - the FFN criterion's calibration statistics (ffn_stats.parquet and what the criterion reads besides);
 - the sensitivity on the first --search validation reviews (default 256): `estimated` (one backward pass:
-  per-review attributions of heads and neurons, `joint.estimated_losses`) or `measured` (every head choice and
-  FFN fraction ablated exactly, float32), cached in speed/sensitivity-<criteria>-<kind>-c<cal>-s<search>-w<steps>;
+  per-review attributions of heads and neurons; --objective margin, the default: the mean |margin change|,
+  `joint.estimated_margin_change`; loss: `joint.estimated_losses`, which on MiniLM is negative and over-prunes)
+  or `measured` (every head choice and FFN fraction ablated exactly, float32; loss only), cached in
+  speed/sensitivity-<criteria>-<kind>-<objective>-c<cal>-s<search>-w<steps>;
 - then per structure and speedup: the plan, the compensated pruned model (calibration reviews as the pipeline's
   materialise), its logits on the held-out reviews: validation reviews --search..end and --extra reviews of the
   IMDB train half in neither the offline train nor val split (`heldout.py`).
@@ -56,8 +58,8 @@ from llm_anatomy.pruning.calibration import calibration_reviews
 from llm_anatomy.pruning.compensation import FITTED
 from llm_anatomy.pruning.criteria import NeuronStats, criterion_inputs, importance
 from llm_anatomy.pruning.head_criteria import head_importance, head_stats_frame
-from llm_anatomy.pruning.joint import (SpeedMethod, estimated_losses, layer_choices, measured_losses,
-                                       sensitivity_frame)
+from llm_anatomy.pruning.joint import (SpeedMethod, estimated_losses, estimated_margin_change, layer_choices,
+                                       measured_losses, sensitivity_frame)
 from llm_anatomy.pruning.latency import latency_table, signature, table_path
 from llm_anatomy.pruning.materialise import pruned_copy
 from llm_anatomy.pruning.plan import plan_speed, write_plan
@@ -80,6 +82,9 @@ def main():
     ap.add_argument("--speedups", default="1.4,1.6,1.8")
     ap.add_argument("--compensation", default="refit")
     ap.add_argument("--sensitivity", choices=["estimated", "measured"], default="estimated")
+    ap.add_argument("--objective", choices=["margin", "loss"], default="margin",
+                    help="what the allocation minimises (estimated sensitivity): the mean |first-order margin change| "
+                         "or the cross-entropy increase (measured sensitivity: loss only)")
     ap.add_argument("--cal", type=int, help="calibration train reviews (default: the profile's calibration_reviews)")
     ap.add_argument("--search", type=int, default=256, help="the first validation reviews: the sensitivity")
     ap.add_argument("--latency-reviews", type=int, default=128, help="the first validation reviews: the latency table")
@@ -92,6 +97,8 @@ def main():
     ap.add_argument("--save", nargs="?", const="", metavar="DIR",
                     help="write each pruned folder, under DIR or the model's speed/ folder")
     args = ap.parse_args()
+    if args.sensitivity == "measured" and args.objective != "loss":
+        ap.error("--sensitivity measured has the exact loss increase only; add --objective loss")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     config = load_params("params.yaml")
@@ -134,9 +141,9 @@ def main():
     choices = {s: [layer_choices(s, f, h, k, args.width_steps) for f, h, k in zip(ffn_imp, head_imp, kv)]
                for s in structures}
     joint = [layer_choices("joint", f, h, k, args.width_steps) for f, h, k in zip(ffn_imp, head_imp, kv)]
-    tag = (f"{args.ffn_criterion}+{args.head_criterion}-{args.sensitivity}-c{ncal}-s{args.search}"
+    tag = (f"{args.ffn_criterion}+{args.head_criterion}-{args.sensitivity}-{args.objective}-c{ncal}-s{args.search}"
            f"-w{args.width_steps}")
-    losses_joint = _sensitivity(args.sensitivity, ck, search_enc, search["label"].to_numpy(), joint, head_means,
+    losses_joint = _sensitivity(args.sensitivity, args.objective, ck, search_enc, search["label"].to_numpy(), joint, head_means,
                                 ffn_stats, ffn_imp, Path(files.speed(f"sensitivity-{tag}.parquet")))
 
     dense_logits = predict_logits(model, held_enc, ck.pad_id, batch, ck.precision, ck.padding_side)
@@ -146,7 +153,8 @@ def main():
     print(json.dumps(dict(model=args.model, reviews=len(held_y), validation_reviews=len(val) - args.search,
                           extra_reviews=args.extra, dense_accuracy=round(float(base["acc"].mean()), 4),
                           latency_table=str(table_file), latency_reviews=args.latency_reviews, threads=threads,
-                          sensitivity=args.sensitivity, search_reviews=args.search, calibration_reviews=ncal,
+                          sensitivity=args.sensitivity, objective=args.objective,
+                          search_reviews=args.search, calibration_reviews=ncal,
                           **ridges)), flush=True)
     calibration = CalibrationSet.from_split(train, ck, ncal, sizing.calibration_batch_size)
     for structure in structures:
@@ -195,8 +203,9 @@ def _head_statistics(ck, cal, cal_y, stem: str):
     return [saved[f"arr_{i}"] for i in range(len(saved.files))], read_parquet(stem.with_suffix(".parquet"))
 
 
-def _sensitivity(kind, ck, search_enc, labels, joint, head_means, ffn_stats, ffn_imp, path: Path):
-    """Per layer [head choices, widths] loss increases for the joint choices on the search reviews, cached in `path`."""
+def _sensitivity(kind, objective, ck, search_enc, labels, joint, head_means, ffn_stats, ffn_imp, path: Path):
+    """Per layer [head choices, widths] costs of the joint choices on the search reviews, cached in `path`: the loss
+    increase, or (objective margin) the mean |margin change|, which the table's loss_increase column then holds."""
     if path.exists():
         df = read_parquet(path)
         return [df[df.layer == l]["loss_increase"].to_numpy().reshape(len(c.heads), len(c.widths))
@@ -207,7 +216,8 @@ def _sensitivity(kind, ck, search_enc, labels, joint, head_means, ffn_stats, ffn
                                  desc="search reviews")
         heads = effects.head_attribution(head_means)
         neurons = effects.neuron_attribution(ffn_stats["mean"])
-        losses = [estimated_losses(c, effects.margins, h, n) for c, h, n in zip(joint, heads, neurons)]
+        losses = [estimated_margin_change(c, h, n) if objective == "margin" else estimated_losses(c, effects.margins, h, n)
+                  for c, h, n in zip(joint, heads, neurons)]
     else:
         ablator = Ablator(model, search_enc, labels, ck.pad_id, ck.padding_side, EFFECTS_BATCH)
         options = [[c.pruned for c in layer.heads] for layer in joint]

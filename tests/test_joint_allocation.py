@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from llm_anatomy.pruning.joint import (HeadChoice, LayerChoices, SpeedMethod, allocate, estimated_losses,
-                                       head_configurations, kept_heads, layer_choices, measured_losses,
+                                       estimated_margin_change, head_configurations, kept_heads, layer_choices, measured_losses,
                                        sensitivity_frame)
 
 
@@ -100,12 +100,15 @@ def test_layer_choices_and_the_sensitivity_estimate():
     margins = rng.normal(size=N)
     a_head, a_ffn = rng.normal(size=(N, H)) * 0.3, rng.normal(size=(N, F)) * 0.1
     est = estimated_losses(joint, margins, a_head, a_ffn)
-    for k, c in enumerate(joint.heads):  # the formula, one review at a time
+    margin = estimated_margin_change(joint, a_head, a_ffn)
+    for k, c in enumerate(joint.heads):  # the formulas, one review at a time
         for j in range(len(joint.widths)):
             delta = a_head[:, c.pruned].sum(1) + a_ffn[:, joint.pruned_neurons(j)].sum(1)
             direct = np.mean(np.logaddexp(0, -(margins + delta)) - np.logaddexp(0, -margins))
             assert est[k, j] == pytest.approx(direct, abs=1e-12)
-    assert est[-1, -1] == 0.0  # nothing pruned
+            assert margin[k, j] == pytest.approx(sum(abs(d) for d in delta) / N, abs=1e-12)
+    assert est[-1, -1] == 0.0 and margin[-1, -1] == 0.0  # nothing pruned
+    assert (margin >= 0).all() and (est < 0).any()  # the loss can fall when units go; the margin change cannot
     frame = sensitivity_frame([joint], [est])
     assert len(frame) == 25 and frame.loc[(frame.heads_kept == 4) & (frame.width == 16), "loss_increase"].item() == 0.0
 

@@ -108,18 +108,32 @@ def layer_choices(structures: str, ffn_importance: np.ndarray, head_importance: 
     return LayerChoices(heads, widths, np.argsort(np.asarray(ffn_importance), kind="stable"))  # as `lowest` orders
 
 
+def choice_attributions(choices: LayerChoices, head_attribution: np.ndarray, neuron_attribution: np.ndarray
+                        ) -> np.ndarray:
+    """[reviews, head choices, widths]: A_i, the sum of the first-order margin changes
+    (`attribution.ReviewEffects.head_attribution` / `neuron_attribution`, [N, units] of this layer) of each choice's
+    pruned heads and neurons."""
+    a_heads = np.stack([head_attribution[:, c.pruned].sum(1) for c in choices.heads], 1)  # [N, K]
+    N, F = neuron_attribution.shape
+    cum = np.concatenate([np.zeros((N, 1)), np.cumsum(neuron_attribution[:, choices.ffn_order], 1)], 1)
+    a_ffn = cum[:, [F - w for w in choices.widths]]  # [N, J]
+    return a_heads[:, :, None] + a_ffn[:, None, :]
+
+
 def estimated_losses(choices: LayerChoices, margins: np.ndarray, head_attribution: np.ndarray,
                      neuron_attribution: np.ndarray) -> np.ndarray:
-    """[heads choices, widths]: mean over reviews of softplus(-(m_i + A_i)) - softplus(-m_i), A_i the sum of the
-    first-order margin changes (`attribution.ReviewEffects.head_attribution` / `neuron_attribution`, [N, units]
-    of this layer) of the choice's pruned heads and neurons."""
+    """[heads choices, widths]: mean over reviews of softplus(-(m_i + A_i)) - softplus(-m_i) (`choice_attributions`)."""
     m = np.asarray(margins, dtype=np.float64)
-    a_heads = np.stack([head_attribution[:, c.pruned].sum(1) for c in choices.heads], 1)  # [N, K]
-    F = neuron_attribution.shape[1]
-    cum = np.concatenate([np.zeros((len(m), 1)), np.cumsum(neuron_attribution[:, choices.ffn_order], 1)], 1)
-    a_ffn = cum[:, [F - w for w in choices.widths]]  # [N, J]
-    total = m[:, None, None] + a_heads[:, :, None] + a_ffn[:, None, :]
+    total = m[:, None, None] + choice_attributions(choices, head_attribution, neuron_attribution)
     return (np.logaddexp(0.0, -total) - np.logaddexp(0.0, -m)[:, None, None]).mean(0)
+
+
+def estimated_margin_change(choices: LayerChoices, head_attribution: np.ndarray, neuron_attribution: np.ndarray
+                            ) -> np.ndarray:
+    """[heads choices, widths]: mean over reviews of |A_i| (`choice_attributions`), zero when nothing is pruned.
+    Unlike the loss increase it cannot be negative: on a fine-tuned MiniLM removing heads lowers the validation
+    cross-entropy, and an allocation minimising that pruned past its latency target (docs/SPEED.md)."""
+    return np.abs(choice_attributions(choices, head_attribution, neuron_attribution)).mean(0)
 
 
 def measured_losses(choices: LayerChoices, head_increase: Sequence[float], ffn_sensitivity: pd.DataFrame
