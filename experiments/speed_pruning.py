@@ -30,7 +30,7 @@ What it reads and writes (paths from `llm_anatomy.layout.Layout("offline")`):
   IMDB train half in neither the offline train nor val split (`heldout.py`).
 One JSON line per point: the predicted speedup and loss increase, the kept heads and widths, accuracy against
 dense with the paired interval and McNemar p, the cross-entropy difference; with --save, the pruned folder
-(speed/<point>-<sensitivity>-<objective>/, or under the folder given) written atomically: it loads with
+(speed/<point>[-heads_<criterion>]-<sensitivity>-<objective>/, or under the folder given) written atomically: it loads with
 `llm_anatomy.load_pruned` / `load_classifier` and holds plan.parquet and pruning.json (time it with
 benchmarks/prune_speed.py --folders).
 """
@@ -185,7 +185,9 @@ def main():
                        fit_s=round(fit_s, 1))
             print(json.dumps(row), flush=True)
             if args.save is not None:
-                name = f"{method.name}-{args.sensitivity}-{args.objective}"
+                # the method's name leaves out a joint plan's head criterion; without it two runs overwrote each other
+                heads = f"-heads_{method.head_criterion}" if structure == "joint" else ""
+                name = f"{method.name}{heads}-{args.sensitivity}-{args.objective}"
                 folder = Path(args.save, name) if args.save else Path(files.speed(name))
                 _save(ck, removed, plan, row, folder, files.finetuned, ncal)
 
