@@ -42,7 +42,7 @@ from ..models import SentimentClassifier
 from ..progress import progress
 from ..replay import StopForward
 from ..surgery import remove_masked
-from .joint import head_configurations
+from .joint import head_configurations, kept_heads
 from .timing import time_variants
 
 log = logging.getLogger(__name__)
@@ -141,12 +141,6 @@ class LatencyTable:
 def width_grid(width: int, points: int = 9) -> list[int]:
     """`points` kept widths from 1 to `width`, evenly spaced."""
     return sorted({max(1, int(round(width * i / (points - 1)))) for i in range(points)})
-
-
-def _first_heads(heads: int, kv_heads: int, query: int, kv: int) -> list[int]:
-    """The first query // kv query heads of each of the first kv key/value groups."""
-    group = heads // kv_heads
-    return [g * group + i for g in range(kv) for i in range(query // kv)]
 
 
 def _shaped_blocks(model: SentimentClassifier, query: int, kv: int, width: int, precision: str):
@@ -303,7 +297,8 @@ def pruned_to(model: SentimentClassifier, heads: Sequence[tuple[int, int]], widt
     drop_heads, drop_neurons = [], []
     for layer, ((q, kv), w) in enumerate(zip(heads, widths)):
         block = a.attention(layer)
-        keep = _first_heads(block.heads, block.kv_heads, q, kv) if q else []
+        # no importance: kept_heads' ties keep the first heads of the first groups (the time does not depend on which)
+        keep = kept_heads(np.zeros(block.heads), block.kv_heads, q, kv).tolist()
         drop_heads.append([] if (q, kv) == (block.heads, block.kv_heads) else sorted(set(range(block.heads)) - set(keep)))
         drop_neurons.append(range(w, a.ffn_width(layer)))
     remove_heads(a, drop_heads)
