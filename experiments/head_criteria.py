@@ -17,7 +17,7 @@ effects are measured on.
     python experiments/head_criteria.py smollm2 128 64 1,4,7,10,13,16,19,22,25,28
 
 LAYERS (default: every layer) limits the exact ablations to those layers (SmolLM2's 270 heads in float32 cost
-hours on two shared cores). Writes the offline run's head_stats, head_criteria and head_agreement files
+hours on two shared cores). Writes the offline run's head_criteria_stats, head_criteria and head_agreement files
 (`llm_anatomy.layout.ModelFiles`); reads its fine-tuned model and its train and val splits, never the test split.
 """
 import json
@@ -51,7 +51,7 @@ def main():
     cal_effects = review_effects(ck.model, cal, cal_y, ck.pad_id, ck.padding_side, 8, neurons=False,
                                  desc="calibration")
     stats = head_stats_frame(cal_effects)
-    write_parquet(stats, files.head_stats)
+    write_parquet(stats, files.head_criteria_stats)
     means = cal_effects.head_means()  # the calibration means the bias fold (and the mean-ablation) uses
     table = stats[["layer", "head"]].copy()
     for c, crit in HEAD_CRITERIA.items():

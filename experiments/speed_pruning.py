@@ -18,19 +18,21 @@ What it reads and writes (paths from `llm_anatomy.layout.Layout("offline")`):
   width grid, at the profile's thread count (--threads): measured once per machine and then read from the cache
   (--no-measure: stop instead of measuring one when it is not there);
 - head statistics on the first --cal labelled train reviews (the calibration reviews; default the profile's
-  calibration_reviews): the head criterion and the heads' calibration means (cached in speed/heads_cal<N>.*);
+  calibration_reviews): the head criterion and the heads' calibration means (`pruning.speed.head_stats`, the
+  pipeline's rule head_stats; cached in speed/heads_cal<N>.*);
 - the FFN criterion's calibration statistics (ffn_stats.parquet and what the criterion reads besides);
 - the sensitivity on the first --search validation reviews (default 256): `estimated` (one backward pass:
-  per-review attributions of heads and neurons; --objective margin, the default: the mean |margin change|,
-  `joint.estimated_margin_change`; loss: `joint.estimated_losses`, which on MiniLM is negative and over-prunes)
-  or `measured` (every head choice and FFN fraction ablated exactly, float32; loss only), cached in
-  speed/sensitivity-<criteria>-<kind>-<objective>-c<cal>-s<search>-w<steps>;
+  per-review attributions of heads and neurons, `pruning.speed.estimated_costs` as the pipeline's rule
+  speed_sensitivity; --objective margin, the default: the mean |margin change|, `joint.estimated_margin_change`;
+  loss: `joint.estimated_losses`, which on MiniLM is negative and over-prunes) or `measured` (every head choice
+  and FFN fraction ablated exactly, float32; loss only: this experiment's alone, the pipeline estimates), cached
+  in speed/costs-<criteria>-<kind>-<objective>-c<cal>-s<search>-w<steps>.parquet (`speed` module's columns);
 - then per structure and speedup: the plan, the compensated pruned model (calibration reviews as the pipeline's
   materialise), its logits on the held-out reviews: validation reviews --search..end and --extra reviews of the
   IMDB train half in neither the offline train nor val split (`heldout.py`).
-One JSON line per point: the predicted speedup and loss increase, the kept heads and widths, accuracy against
+One JSON line per point: the predicted speedup and cost, the kept heads and widths, accuracy against
 dense with the paired interval and McNemar p, the cross-entropy difference; with --save, the pruned folder
-(speed/<point>[-heads_<criterion>]-<sensitivity>-<objective>/, or under the folder given) written atomically: it loads with
+(speed/<point>-<sensitivity>-<objective>/, or under the folder given) written atomically: it loads with
 `llm_anatomy.load_pruned` / `load_classifier` and holds plan.parquet and pruning.json (time it with
 benchmarks/prune_speed.py --folders).
 """
@@ -54,23 +56,21 @@ from llm_anatomy.io import atomic_dir, read_parquet, write_json, write_parquet
 from llm_anatomy.layout import SCHEMA, Layout, folder_file
 from llm_anatomy.models import open_checkpoint, save_classifier
 from llm_anatomy.pruning.attribution import review_effects
-from llm_anatomy.pruning.calibration import calibration_reviews
 from llm_anatomy.pruning.compensation import FITTED
 from llm_anatomy.pruning.criteria import NeuronStats, criterion_inputs, importance
-from llm_anatomy.pruning.head_criteria import head_importance, head_stats_frame
-from llm_anatomy.pruning.joint import (SpeedMethod, estimated_losses, estimated_margin_change, layer_choices,
-                                       measured_losses, sensitivity_frame)
+from llm_anatomy.pruning.head_criteria import head_importance
+from llm_anatomy.pruning.joint import SpeedMethod, layer_choices, measured_losses, restrict, sensitivity_frame
 from llm_anatomy.pruning.latency import latency_table, signature, table_path
 from llm_anatomy.pruning.materialise import pruned_copy
 from llm_anatomy.pruning.plan import plan_speed, write_plan
 from llm_anatomy.pruning.refit import CalibrationSet
 from llm_anatomy.pruning.sensitivity import head_sensitivity, sensitivity_table
+from llm_anatomy.pruning.speed import EFFECTS_BATCH, estimated_costs, head_stats, read_costs, read_head_means
 from llm_anatomy.pruning.targets import Targets
 from llm_anatomy.stats import paired_difference
 
 PROFILE = "offline"
 FFN_FRACTIONS = [i / 8 for i in range(1, 9)]  # measured sensitivity: the FFN fractions ablated (interpolated between)
-EFFECTS_BATCH = 8  # float32 backward / ablation passes, as experiments/head_criteria.py
 
 
 def main():
@@ -130,12 +130,12 @@ def main():
     held = pd.concat([val.iloc[args.search:], heldout_reviews(args.extra, mirror, layout)], ignore_index=True)
     held_enc, held_y = ck.encode(held["text"].tolist()), held["label"].to_numpy()
 
-    cal, cal_y = calibration_reviews(train, ck, ncal)
-    head_means, head_stats = _head_statistics(ck, cal, cal_y, files.speed(f"heads_cal{ncal}"))
+    head_means, heads_df = _head_statistics(files.finetuned, layout.split("train"), ncal, threads,
+                                            files.speed(f"heads_cal{ncal}"))
     stats_files = files.files("ffn_stats", *criterion_inputs(args.ffn_criterion))
     ffn_stats = NeuronStats.from_files(**stats_files)
     ffn_imp = importance(args.ffn_criterion, ffn_stats)
-    head_imp = head_importance(args.head_criterion, head_stats)
+    head_imp = head_importance(args.head_criterion, heads_df)
     kv = model.adapter.kv_head_counts()
     structures = args.structures.split(",")
     choices = {s: [layer_choices(s, f, h, k, args.width_steps) for f, h, k in zip(ffn_imp, head_imp, kv)]
@@ -144,7 +144,7 @@ def main():
     tag = (f"{args.ffn_criterion}+{args.head_criterion}-{args.sensitivity}-{args.objective}-c{ncal}-s{args.search}"
            f"-w{args.width_steps}")
     losses_joint = _sensitivity(args.sensitivity, args.objective, ck, search_enc, search["label"].to_numpy(), joint, head_means,
-                                ffn_stats, ffn_imp, Path(files.speed(f"sensitivity-{tag}.parquet")))
+                                ffn_stats, ffn_imp, Path(files.speed(f"costs-{tag}.parquet")))
 
     dense_logits = predict_logits(model, held_enc, ck.pad_id, batch, ck.precision, ck.padding_side)
     base = _outcomes(dense_logits, held_y)
@@ -159,13 +159,13 @@ def main():
     calibration = CalibrationSet.from_split(train, ck, ncal, sizing.calibration_batch_size)
     for structure in structures:
         layer_sets = choices[structure]
-        losses = [_restrict(lj, cj, c) for lj, cj, c in zip(losses_joint, joint, layer_sets)]
+        losses = [restrict(lj, cj, c) for lj, cj, c in zip(losses_joint, joint, layer_sets)]
         crit = args.head_criterion if structure == "heads" else args.ffn_criterion
         for speedup in (float(s) for s in args.speedups.split(",")):
             method = SpeedMethod(crit, structure, args.compensation, speedup, args.head_criterion, **ridges)
             start = time.time()
             try:
-                plan = plan_speed(method, layer_sets, losses, table, ffn_stats, args.sensitivity)
+                plan = plan_speed(method, layer_sets, losses, table, ffn_stats, args.sensitivity, args.objective)
             except ValueError as err:
                 print(json.dumps(dict(point=method.name, error=str(err))), flush=True)
                 continue
@@ -176,7 +176,7 @@ def main():
             s = plan.info.search
             row = dict(point=method.name, head_criterion=args.head_criterion if structure == "joint" else None,
                        predicted_speedup=round(s["predicted_speedup"], 3),
-                       predicted_loss_increase=round(s["predicted_loss_increase"], 4),
+                       predicted_cost=round(s["predicted_cost"], 4), objective=s["objective"],
                        heads=removed.adapter.head_counts(), kv_heads=removed.adapter.kv_head_counts(),
                        widths=removed.adapter.ffn_widths(), accuracy=round(float(got["acc"].mean()), 4),
                        vs_dense=[round(100 * x, 2) for x in (acc.diff, acc.lo, acc.hi)],
@@ -185,41 +185,30 @@ def main():
                        fit_s=round(fit_s, 1))
             print(json.dumps(row), flush=True)
             if args.save is not None:
-                # the method's name leaves out a joint plan's head criterion; without it two runs overwrote each other
-                heads = f"-heads_{method.head_criterion}" if structure == "joint" else ""
-                name = f"{method.name}{heads}-{args.sensitivity}-{args.objective}"
+                name = f"{method.name}-{args.sensitivity}-{args.objective}"  # the name carries the head criterion
                 folder = Path(args.save, name) if args.save else Path(files.speed(name))
                 _save(ck, removed, plan, row, folder, files.finetuned, ncal)
 
 
-def _head_statistics(ck, cal, cal_y, stem: str):
-    """(calibration means of every head's output, head_stats), cached at <stem>.npz / .parquet."""
+def _head_statistics(finetuned, train, ncal: int, threads: int, stem: str):
+    """(calibration means of every head's output, head_stats), cached at <stem>.npz / .parquet (rule head_stats's
+    stage function)."""
     stem = Path(stem)
-    if not stem.with_suffix(".parquet").exists():
-        effects = review_effects(ck.model, cal, cal_y, ck.pad_id, ck.padding_side, EFFECTS_BATCH, neurons=False,
-                                 desc="calibration heads")
-        stem.parent.mkdir(parents=True, exist_ok=True)  # the .parquet, written last, marks the pair complete
-        np.savez(stem.with_suffix(".npz"), *effects.head_means())
-        write_parquet(head_stats_frame(effects), stem.with_suffix(".parquet"))
-    saved = np.load(stem.with_suffix(".npz"))
-    return [saved[f"arr_{i}"] for i in range(len(saved.files))], read_parquet(stem.with_suffix(".parquet"))
+    if not stem.with_suffix(".parquet").exists():  # written last: it marks the pair complete
+        head_stats(finetuned, train, stem.with_suffix(".parquet"), stem.with_suffix(".npz"), ncal, threads, "cpu")
+    return read_head_means(stem.with_suffix(".npz")), read_parquet(stem.with_suffix(".parquet"))
 
 
 def _sensitivity(kind, objective, ck, search_enc, labels, joint, head_means, ffn_stats, ffn_imp, path: Path):
     """Per layer [head choices, widths] costs of the joint choices on the search reviews, cached in `path`: the loss
-    increase, or (objective margin) the mean |margin change|, which the table's loss_increase column then holds."""
+    increase, or (objective margin) the mean |margin change| (the table's `cost`, beside its `objective`)."""
     if path.exists():
-        df = read_parquet(path)
-        return [df[df.layer == l]["loss_increase"].to_numpy().reshape(len(c.heads), len(c.widths))
-                for l, c in enumerate(joint)]
+        return read_costs(path, joint)[0]
     model = ck.model
     if kind == "estimated":
         effects = review_effects(model, search_enc, labels, ck.pad_id, ck.padding_side, EFFECTS_BATCH,
                                  desc="search reviews")
-        heads = effects.head_attribution(head_means)
-        neurons = effects.neuron_attribution(ffn_stats["mean"])
-        losses = [estimated_margin_change(c, h, n) if objective == "margin" else estimated_losses(c, effects.margins, h, n)
-                  for c, h, n in zip(joint, heads, neurons)]
+        losses = estimated_costs(joint, effects, head_means, ffn_stats["mean"], objective)
     else:
         ablator = Ablator(model, search_enc, labels, ck.pad_id, ck.padding_side, EFFECTS_BATCH)
         options = [[c.pruned for c in layer.heads] for layer in joint]
@@ -228,15 +217,8 @@ def _sensitivity(kind, objective, ck, search_enc, labels, joint, head_means, ffn
         ffn = sensitivity_table(ablator, ffn_imp, FFN_FRACTIONS)
         losses = [measured_losses(c, heads[heads.layer == l].sort_values("option")["loss_increase"].to_numpy(),
                                   ffn[ffn.layer == l]) for l, c in enumerate(joint)]
-    write_parquet(sensitivity_frame(joint, losses), path)
+    write_parquet(sensitivity_frame(joint, losses, objective), path)
     return losses
-
-
-def _restrict(loss, joint_choices, choices):
-    """The joint table's rows and columns for a structure's choices (its head choices and widths are a subset)."""
-    rows = [[(h.query, h.kv) for h in joint_choices.heads].index((h.query, h.kv)) for h in choices.heads]
-    cols = [joint_choices.widths.index(w) for w in choices.widths]
-    return loss[np.ix_(rows, cols)]
 
 
 def _outcomes(z, y):

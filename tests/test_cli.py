@@ -50,6 +50,21 @@ def test_prune_refuses_an_average_over_no_layer_scores_hold_before_reading_anyth
     assert list(tmp_path.iterdir()) == []
 
 
+def test_prune_refuses_a_speedup_with_the_pipeline_command_before_reading_anything(tmp_path, capsys):
+    """Speed targets need the latency table, head statistics and estimated costs the pipeline's rules build: the
+    command line names the pipeline command rather than build a second path to them."""
+    code = main(["prune", str(tmp_path / "model"), "--scores", str(tmp_path / "scores"), "--calibration",
+                 str(tmp_path / "train.parquet"), "--speedup", "1.6", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--speedup 1.6: a speed target reads this machine's latency table" in err
+    assert "results/<profile>/<model>/prune/fluctuation-joint-refit-x1.6/metrics.json" in err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as stop:  # one size: a sparsity or a speedup
+        main(["prune", str(tmp_path / "model"), "--scores", str(tmp_path / "scores"), "--calibration",
+              str(tmp_path / "train.parquet"), "--speedup", "1.6", "--sparsity", "0.5", "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 def test_an_unreadable_data_file_is_named_and_left_untouched(tmp_path, capsys, monkeypatch):
     """A file the user names is never moved aside (the pipeline's own intermediates are: their rule rebuilds
     them); the command stops before loading the model, naming the file and what it must be, and before it

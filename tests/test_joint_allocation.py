@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llm_anatomy.pruning.criteria import CRITERIA
 from llm_anatomy.pruning.joint import (HeadChoice, LayerChoices, SpeedMethod, allocate, estimated_losses,
                                        estimated_margin_change, head_configurations, kept_heads, layer_choices, measured_losses,
                                        sensitivity_frame)
@@ -109,8 +110,9 @@ def test_layer_choices_and_the_sensitivity_estimate():
             assert margin[k, j] == pytest.approx(sum(abs(d) for d in delta) / N, abs=1e-12)
     assert est[-1, -1] == 0.0 and margin[-1, -1] == 0.0  # nothing pruned
     assert (margin >= 0).all() and (est < 0).any()  # the loss can fall when units go; the margin change cannot
-    frame = sensitivity_frame([joint], [est])
-    assert len(frame) == 25 and frame.loc[(frame.heads_kept == 4) & (frame.width == 16), "loss_increase"].item() == 0.0
+    frame = sensitivity_frame([joint], [margin], "margin")
+    assert len(frame) == 25 and frame.loc[(frame.heads_kept == 4) & (frame.width == 16), "cost"].item() == 0.0
+    assert set(frame.objective) == {"margin"} and frame["cost"].to_numpy().reshape(margin.shape).tolist() == margin.tolist()
 
 
 def test_measured_losses_add_heads_and_interpolated_ffn():
@@ -124,15 +126,46 @@ def test_measured_losses_add_heads_and_interpolated_ffn():
 
 
 def test_speed_method_names():
-    m = SpeedMethod.parse("fluctuation-joint-refit-x1.6", head_criterion="fisher")
+    m = SpeedMethod.parse("fluctuation-joint-refit-x1.6")
     assert (m.criterion, m.structures, m.compensation, m.speedup) == ("fluctuation", "joint", "refit", 1.6)
-    assert (m.ffn_criterion, m.heads_criterion, m.name) == ("fluctuation", "fisher", "fluctuation-joint-refit-x1.6")
+    assert (m.ffn_criterion, m.heads_criterion, m.name) == ("fluctuation", "fluctuation", "fluctuation-joint-refit-x1.6")
+    other = SpeedMethod.parse("fluctuation+fisher-joint-refit-x1.6")  # two criteria: two names, not one
+    assert (other.ffn_criterion, other.heads_criterion) == ("fluctuation", "fisher") and other.name != m.name
     h = SpeedMethod.parse("loss-estimate-heads-bias-x1.25")
     assert (h.ffn_criterion, h.heads_criterion) == (None, "loss-estimate")
-    assert SpeedMethod.parse("wanda-sp-ffn-refit-x2").name == "wanda-sp-ffn-refit-x2"
+    f = SpeedMethod.parse("wanda-sp-ffn-refit-x2")
+    assert (f.name, f.ffn_criterion, f.heads_criterion) == ("wanda-sp-ffn-refit-x2", "wanda-sp", None)
     for bad, match in (("fluctuation-joint-refit-1.6", "is not a speed target"),
                        ("wanda-sp-heads-refit-x1.5", "not a head criterion"),
                        ("norm-joint-refit-x1.5", "not an FFN criterion"),
+                       ("wanda-sp-joint-refit-x1.5", "must name one: wanda-sp\\+<head criterion>-joint"),
+                       ("fluctuation+flux-joint-refit-x1.5", "'flux' is not a head criterion"),
+                       ("fluctuation+fisher-heads-refit-x1.5", "only a joint target names a second"),
+                       ("fluctuation+fluctuation-joint-refit-x1.5", "write it as fluctuation-joint-refit-x1.5"),
+                       ("fluctuation-joint-refit-x1.60", "write it as fluctuation-joint-refit-x1.6"),
+                       ("fluctuation-joint-refit-x1,6", "x1,6 is not a speedup"),
+                       ("fluctuation-joint-refit-x0.9", "no speedup"),
                        ("fluctuation-joint-refit-x1", "no speedup")):
         with pytest.raises(ValueError, match=match):
             SpeedMethod.parse(bad)
+
+
+@pytest.mark.parametrize("structures", ["ffn", "heads", "joint"])
+@pytest.mark.parametrize("criteria", [("fluctuation", "fluctuation"), ("wanda-sp", "loss-estimate"),
+                                      ("fisher", "attribution")])
+@pytest.mark.parametrize("speedup", [1.05, 1.6, 2.0, 3.25])
+def test_speed_names_round_trip(structures, criteria, speedup):
+    """Every method's name parses back to the same method (the head criterion of a joint plan included), and its
+    curve is the name without the speedup (`spec.curve_of`)."""
+    from llm_anatomy.pruning.head_criteria import HEAD_CRITERIA
+    from llm_anatomy.pruning.spec import curve_of
+
+    ffn, head = criteria
+    criterion = head if structures == "heads" else ffn
+    if structures == "heads" and head not in HEAD_CRITERIA or structures != "heads" and ffn not in CRITERIA:
+        pytest.skip("not a criterion of this structure")
+    method = SpeedMethod(criterion, structures, "refit", speedup, head, ridge=0.01, readout_ridge=10.0)
+    parsed = SpeedMethod.parse(method.name)
+    assert parsed == SpeedMethod(criterion, structures, "refit", speedup, head)
+    assert SpeedMethod.from_dict(method.to_dict()) == method
+    assert curve_of(method.name) == (method.curve, None) and method.name == f"{method.curve}-x{speedup:g}"

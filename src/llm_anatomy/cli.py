@@ -99,6 +99,12 @@ def _score(args) -> dict:
 def _prune(args) -> dict:
     from .pruning.chain import prune_model
     from .pruning.spec import MethodSpec, method_params
+    if args.speedup is not None:  # before anything is read
+        raise CliError(f"--speedup {args.speedup:g}: a speed target reads this machine's latency table, the heads' "
+                       "statistics and the estimated per-layer costs, which the pipeline's rules build; run "
+                       "`snakemake --config profile=<profile> -- results/<profile>/<model>/prune/"
+                       f"fluctuation-joint-refit-x{args.speedup:g}/metrics.json` (any speed target "
+                       "<criterion>-<ffn|heads|joint>-<compensation>-x<speedup>; docs/SPEED.md)")
     model, scores = _classifier_dir(args.model), ModelFiles(args.scores)
     for name in ("layer_scores", "neuron_scores"):
         if not Path(getattr(scores, name)).exists():
@@ -271,7 +277,9 @@ def parser() -> argparse.ArgumentParser:
         if any(s.with_values({name: 0}) != s for s in cli_methods):
             *section, leaf = key.split(".")
             _option(p, name, schema_properties("$defs", "pruning", *section)[leaf])
-    p.add_argument("--sparsity", type=float, required=True, help="fraction of FFN neurons to remove, e.g. 0.5")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--sparsity", type=float, help="fraction of FFN neurons to remove, e.g. 0.5")
+    size.add_argument("--speedup", type=float, help="refused: speed targets are built by the pipeline (docs/SPEED.md)")
     p.add_argument("--calibration", required=True, help="Parquet reviews for the activation statistics (train split)")
     p.add_argument("--validation", default=None, help="Parquet reviews for the searched allocation (validation split)")
     _option(p, "calibration_reviews", schema_properties("$defs", "prune_sizing")["calibration_reviews"])

@@ -90,8 +90,12 @@ class ModelFiles(Files):
         ffn_stats="ffn_stats.parquet", mask_gradients="mask_gradients.parquet", obs_scores="obs_scores.parquet",
         flap_allocation="choices/flap_allocation.csv",
         # attention-head criteria against exact head ablation (experiments/head_criteria.py)
-        head_stats="head_criteria/head_stats.parquet", head_criteria="head_criteria/heads.csv",
+        head_criteria_stats="head_criteria/head_stats.parquet", head_criteria="head_criteria/heads.csv",
         head_agreement="head_criteria/agreement.csv",
+        # the speed targets' per-model inputs: this machine's latency table (rule latency_table), the heads'
+        # calibration statistics and means (rule head_stats)
+        latency_table="speed/latency_table.json", head_stats="speed/head_stats.parquet",
+        head_means="speed/head_means.npz",
     )
     SCORES = ("layer_scores", "neuron_scores", "lens", "contributions", "score_summary")
     NEURON_SETS = ("neuron_share", "high_neurons", "neuron_overlap", "graph", "graph_counts", "rank_agreement",
@@ -105,6 +109,11 @@ class ModelFiles(Files):
 
     def dense_eval(self, split: str) -> str:
         return self(f"eval_{split}.parquet")
+
+    def speed_sensitivity(self, ffn_criterion: str, head_criterion: str) -> str:
+        """The speed targets' per-layer costs of every (head configuration, FFN width), per pair of criteria
+        (rule speed_sensitivity)."""
+        return self("speed", f"sensitivity_{ffn_criterion}+{head_criterion}.parquet")
 
     def speed(self, name: str) -> str:
         """The speed-pruning experiment's caches and saved pruned folders (experiments/speed_pruning.py)."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from .layout import Layout
 from .pruning.criteria import criterion_inputs
+from .pruning.joint import SPEED, SpeedMethod
 from .pruning.spec import THRESHOLD
 from .pruning.targets import Targets
 
 CALIBRATION_JOBS = ("ffn_stats", "mask_gradients", "obs_scores")  # per-model passes a plan may read
+SPEED_JOBS = ("latency_table", "head_stats")  # per-model inputs of every speed plan (besides its costs)
 
 
 class Pipeline:
@@ -35,7 +37,32 @@ class Pipeline:
             inputs.update(self.criterion_inputs(model, spec.criterion))
         if spec.allocation == "searched":
             inputs["sensitivity"] = files.sensitivity(spec.criterion)
+        if spec.allocation == SPEED:
+            inputs.update(self.criterion_inputs(model, self.speed_criteria(spec)[0]))
+            inputs.update(files.files(*SPEED_JOBS), speed_sensitivity=files.speed_sensitivity(*self.speed_criteria(spec)))
         return inputs
+
+    def speed_criteria(self, spec: SpeedMethod) -> tuple[str, str]:
+        """(FFN criterion, head criterion) of the cost table a speed target reads: its own, and for the structure it
+        leaves alone (whose criterion does not change its costs) params.yaml's `pruning.speed` one, so heads and
+        joint targets share one table."""
+        p = self.targets.pruning["speed"]
+        return spec.ffn_criterion or p["ffn_criterion"], spec.head_criterion or p["head_criterion"]
+
+    def speed_params(self, model: str, target: str) -> dict | None:
+        """What a speed target's plan reads besides its files (None for every other target): the cost table's
+        criteria and objective, and the width grid the choices are made on."""
+        spec = self.targets.checked_spec(model, target)
+        if spec.allocation != SPEED:
+            return None
+        ffn, head = self.speed_criteria(spec)
+        p = self.targets.pruning["speed"]
+        return dict(ffn_criterion=ffn, head_criterion=head, objective=p["objective"], width_steps=p["width_steps"])
+
+    def speed_sensitivity_inputs(self, model: str, ffn_criterion: str) -> dict[str, str]:
+        """What rule speed_sensitivity reads besides the model and the validation split: the FFN criterion's
+        statistics and the heads' calibration statistics and means."""
+        return {**self.criterion_inputs(model, ffn_criterion), **self.layout.model(model).files("head_stats", "head_means")}
 
     def metrics_inputs(self, model: str, target: str, split: str = "test") -> dict[str, str]:
         """Every file one target's metrics.json is built from."""
@@ -50,9 +77,12 @@ class Pipeline:
         t, m = self.layout.target(model, target), self.layout.model(model)
         files = dict(plan=t.benchmark("plan"), materialise=t.benchmark("materialise"))
         inputs = self.plan_inputs(model, target)
-        files.update({job: m.benchmark(job) for job in CALIBRATION_JOBS if job in inputs})
+        files.update({job: m.benchmark(job) for job in CALIBRATION_JOBS + SPEED_JOBS if job in inputs})
         if "sensitivity" in inputs:
             files["layer_sensitivity"] = m.benchmark(f"sensitivity_{self.targets.spec(model, target).criterion}")
+        if "speed_sensitivity" in inputs:
+            ffn, head = self.speed_criteria(self.targets.spec(model, target))
+            files["speed_sensitivity"] = m.benchmark(f"speed_sensitivity_{ffn}+{head}")
         return {f"benchmark_{k}": v for k, v in files.items()}
 
     def config_metrics_inputs(self, name: str) -> list[str]:

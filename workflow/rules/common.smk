@@ -39,6 +39,7 @@ wildcard_constraints:
     split="|".join(SPLITS),
     target="[^/]+",  # any folder name: a bad one stops the DAG with the valid names (Targets.check_name)
     criterion="|".join(re.escape(c) for c in CRITERIA),
+    head_criterion="[a-z0-9][a-z0-9_-]*",  # checked when the speed target that reads it is (Targets.check_name)
 
 
 def workdir_path(path):
@@ -177,6 +178,16 @@ def metrics_inputs(wildcards):
 @target_checked
 def benchmark_inputs(wildcards):
     return PIPE.benchmark_inputs(wildcards.model, wildcards.target)
+
+
+@target_checked
+def speed_params(wildcards):
+    """A speed target's cost table criteria, objective and width grid (None for every other target)."""
+    return PIPE.speed_params(wildcards.model, wildcards.target)
+
+
+def speed_sensitivity_inputs(wildcards):
+    return PIPE.speed_sensitivity_inputs(wildcards.model, wildcards.criterion)
 
 
 def criterion_inputs(wildcards):

@@ -3,6 +3,9 @@
 #   mask_gradients finetuned -> mask_gradients.parquet         per-neuron mask gradients (Taylor, Fisher)
 #   obs_scores     finetuned -> obs_scores.parquet             optimal-brain-surgeon removal order (obs)
 #   layer_sensitivity finetuned + val -> choices/sensitivity_{criterion}.parquet (searched allocation)
+#   latency_table  finetuned + val -> speed/latency_table.json  this machine's latency table (a timing; speed targets)
+#   head_stats     finetuned + train -> speed/head_stats.parquet, head_means.npz   head criteria's statistics
+#   speed_sensitivity finetuned + val -> speed/sensitivity_{criterion}+{head_criterion}.parquet  estimated costs
 #   prune_plan     scores/stats -> prune/{target}/plan.parquet (+ random_plans.parquet, one plan per seed)
 #   materialise    finetuned + plan (+ train, for a fitted compensation) -> pruned/{model}/{target}/
 #                  a smaller classifier folder (DVC-tracked)
@@ -133,6 +136,100 @@ rule layer_sensitivity:
         "../scripts/layer_sensitivity.py"
 
 
+rule latency_table:
+    """This machine's latency table of the model (docs/SPEED.md): a layer's seconds per head configuration and
+    FFN width, read from the cache under results/<profile>/latency/ or measured into it. A timing, run as
+    time_pruned is (every thread, never beside another timed job). The file records the machine it was
+    measured on; Snakemake cannot see that the machine changed, so the speed plans follow the table the file
+    holds (`--forcerun latency_table` reads, or measures, this machine's)."""
+    input:
+        finetuned=MODEL.finetuned,
+        val=LAYOUT.split("val"),
+    output:
+        latency_table=MODEL.latency_table,
+    log:
+        LAYOUT.log("{model}", "latency_table"),
+    benchmark:
+        MODEL.benchmark("latency_table")
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        prune_timing=1,  # as time_pruned: timed jobs never overlap
+    params:
+        code=source_digest("latency_table.py"),
+        cache=LAYOUT.latency,
+        reviews=config["pruning"]["speed"]["latency_reviews"],
+        repeats=config["pruning"]["speed"]["latency_repeats"],
+        batch_size=sizing("batch_size"),
+        threads=THREADS,
+        device=DEVICE,
+    script:
+        "../scripts/latency_table.py"
+
+
+rule head_stats:
+    """The head criteria's statistics and every head's mean output on the calibration train reviews (one
+    backward pass): the speed targets' head rankings and the means their estimated costs ablate to."""
+    input:
+        finetuned=MODEL.finetuned,
+        train=LAYOUT.split("train"),
+    output:
+        head_stats=MODEL.head_stats,
+        head_means=MODEL.head_means,
+    log:
+        LAYOUT.log("{model}", "head_stats"),
+    benchmark:
+        MODEL.benchmark("head_stats")
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        code=source_digest("head_stats.py"),
+        reviews=sizing("calibration_reviews"),
+        threads=THREADS,
+        device=DEVICE,
+    script:
+        "../scripts/head_stats.py"
+
+
+rule speed_sensitivity:
+    """The speed targets' estimated cost of every head configuration and FFN width of every layer, from one
+    backward pass over the first validation reviews (the test split is not read)."""
+    input:
+        unpack(speed_sensitivity_inputs),
+        finetuned=MODEL.finetuned,
+        val=LAYOUT.split("val"),
+    output:
+        sensitivity=MODEL.speed_sensitivity("{criterion}", "{head_criterion}"),
+    log:
+        LAYOUT.log("{model}", "speed_sensitivity_{criterion}+{head_criterion}"),
+    benchmark:
+        MODEL.benchmark("speed_sensitivity_{criterion}+{head_criterion}")
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        code=source_digest("speed_sensitivity.py"),
+        ffn_criterion="{criterion}",
+        head_criterion="{head_criterion}",
+        objective=config["pruning"]["speed"]["objective"],
+        width_steps=config["pruning"]["speed"]["width_steps"],
+        reviews=sizing("speed_search_reviews"),
+        threads=THREADS,
+        device=DEVICE,
+    script:
+        "../scripts/speed_sensitivity.py"
+
+
 rule prune_plan:
     """Which neurons a target prunes (plan.parquet) and its random baselines (one plan per seed); no
     forward pass."""
@@ -158,6 +255,7 @@ rule prune_plan:
         high_threshold=config["pruning"]["high_threshold"],
         average_over=config["pruning"]["average_over"],
         seeds=random_seeds,
+        speed=speed_params,
     script:
         "../scripts/prune_plan.py"
 

@@ -1,16 +1,17 @@
 """One latency budget for attention heads and FFN neurons: which heads and neurons each layer keeps so that
-the model meets a target speedup at the least validation loss increase.
+the model meets a target speedup at the least cost on validation reviews (the objective's: the loss increase,
+or the mean |margin change|).
 
 Per layer l a choice is a head configuration (how many query heads it keeps and, with grouped-query attention,
 how many key/value heads: `head_configurations`; or none, the layer's attention removed) and a kept FFN
 width from a grid. Which heads and neurons a choice keeps follows the criteria: the most important heads
 that fit the configuration (`kept_heads`), the most important neurons (`LayerChoices`). For each choice
 (k, j) the latency model gives the layer's seconds t_l(k, j) (`latency.LatencyTable`, measured on this
-machine) and a sensitivity table the validation loss increase s_l(k, j) of that choice made in layer l
-alone. The allocation minimises sum_l s_l(k_l, j_l) subject to base + sum_l t_l(k_l, j_l) <= dense /
+machine) and a sensitivity table the cost s_l(k, j) (column `cost`, beside its `objective`) of that choice
+made in layer l alone. The allocation minimises sum_l s_l(k_l, j_l) subject to base + sum_l t_l(k_l, j_l) <= dense /
 target: a multiple-choice knapsack, solved by dynamic programming over the layers' time budget cut into
 `bins` equal steps, each choice's seconds rounded up to whole steps (so the budget always holds, and the
-answer is optimal for the rounded times). Like `allocation.searched_counts`, the loss is additive over
+answer is optimal for the rounded times). Like `allocation.searched_counts`, the cost is additive over
 layers (interactions between layers are ignored).
 
 Two sensitivity tables (`estimated_losses`, `measured_losses`):
@@ -19,7 +20,8 @@ Two sensitivity tables (`estimated_losses`, `measured_losses`):
   pruned alone with its bias fold;
 - estimated: from one backward pass over the validation reviews (`attribution.review_effects`): per review,
   the first-order margin changes of the layer's pruned heads and neurons (mean-ablated) added up and put
-  through the exact loss. A forward pass per layer and choice costs too much on SmolLM2's 30 layers.
+  through the exact loss (objective loss), or their mean absolute value (objective margin,
+  `estimated_margin_change`). A forward pass per layer and choice costs too much on SmolLM2's 30 layers.
 
 No torch here (the head criteria's registry, which imports it, is read only when a speed target is parsed).
 """
@@ -191,33 +193,91 @@ def allocate(losses: Sequence[np.ndarray], seconds: Sequence[np.ndarray], budget
     return [(int(k), int(j)) for k, j in reversed(out)]
 
 
-def sensitivity_frame(choices: Sequence[LayerChoices], losses: Sequence[np.ndarray]) -> pd.DataFrame:
-    """The allocation's sensitivity as a table: one row per (layer, head choice, width)."""
+def sensitivity_frame(choices: Sequence[LayerChoices], costs: Sequence[np.ndarray], objective: str) -> pd.DataFrame:
+    """The allocation's sensitivity as a table: one row per (layer, head choice, width), its `cost` under
+    `objective` (margin: the mean |margin change|; loss: the loss increase, estimated or measured)."""
     rows = []
-    for layer, (c, loss) in enumerate(zip(choices, losses)):
+    for layer, (c, cost) in enumerate(zip(choices, costs)):
         for k, h in enumerate(c.heads):
             for j, w in enumerate(c.widths):
-                rows.append(dict(layer=layer, heads_kept=h.query, kv_kept=h.kv, width=w, loss_increase=float(loss[k, j])))
+                rows.append(dict(layer=layer, heads_kept=h.query, kv_kept=h.kv, width=w, cost=float(cost[k, j]),
+                                 objective=objective))
     return pd.DataFrame(rows)
+
+
+def restrict(cost: np.ndarray, joint_choices: LayerChoices, choices: LayerChoices) -> np.ndarray:
+    """The joint table's rows and columns for a structure's choices (its head configurations and widths are a
+    subset of the joint ones: `layer_choices`)."""
+    rows = [[(h.query, h.kv) for h in joint_choices.heads].index((h.query, h.kv)) for h in choices.heads]
+    cols = [joint_choices.widths.index(w) for w in choices.widths]
+    return np.asarray(cost)[np.ix_(rows, cols)]
+
+
+SPEED = "speed"  # a speed target's allocation and family: per-layer choices under the latency budget (`allocate`)
+# <criterion>[+<head criterion>]-<structures>-<compensation>-x<speedup>, the criteria read loosely (no torch, so the
+# workflow recognises a speed name when it loads); `SpeedMethod.parse` checks each part against its registry
+SPEED_PATTERN = (rf"(?P<criterion>[a-z0-9][a-z0-9_-]*?)(?:\+(?P<head>[a-z0-9][a-z0-9_-]*?))?-(?P<structures>"
+                 rf"{'|'.join(STRUCTURES)})-(?P<compensation>{_alternatives(COMPENSATIONS)})-x(?P<speedup>.*)")
+SPEED_FORM = ("<criterion>-<ffn|heads|joint>-<compensation>-x<speedup> (a joint plan whose heads follow another "
+              "criterion: <ffn criterion>+<head criterion>-joint-...), e.g. fluctuation-joint-refit-x1.6")
+
+
+def speed_curve(name: str) -> str | None:
+    """The curve of a speed target's name (the name without -x<speedup>), else None. Only the grammar is read:
+    `SpeedMethod.parse` says what is wrong with a name that has the form but not valid parts."""
+    m = re.fullmatch(SPEED_PATTERN, name)
+    return name[: name.rindex("-x")] if m else None
+
+
+def is_speed_curve(curve: str) -> bool:
+    """Whether `curve` (`spec.curve_of`'s) is a speed target's."""
+    return speed_curve(f"{curve}-x2") == curve
 
 
 @dataclass(frozen=True)
 class SpeedMethod(MethodRecord):
     """A speed target: prune `structures` with `criterion` (heads: a head criterion; ffn and joint: an FFN
     criterion, the heads of joint by `head_criterion`), compensate by `compensation`, meet `speedup` on the
-    latency model. Its name: <criterion>-<structures>-<compensation>-x<speedup>, e.g. fluctuation-joint-refit-x1.6."""
+    latency model. Its name (`name`, read back by `parse`): <criterion>-<structures>-<compensation>-x<speedup>,
+    e.g. fluctuation-joint-refit-x1.6; a joint plan whose heads follow another criterion than its neurons names
+    both, <ffn criterion>+<head criterion>-joint-<compensation>-x<speedup> (wanda-sp+attribution-joint-refit-x1.4).
+    `head_criterion` is the criterion of the pruned heads: `criterion` itself for heads, None for ffn."""
 
     criterion: str
     structures: str
     compensation: str
     speedup: float
-    head_criterion: str = "fluctuation"
+    head_criterion: str | None = "fluctuation"
     ridge: float | None = None          # a fitted compensation's relative ridges (as `spec.MethodSpec`'s)
     readout_ridge: float | None = None
 
+    def __post_init__(self):
+        if self.structures not in STRUCTURES:
+            raise ValueError(f"structures {self.structures!r} is not one of {STRUCTURES}")
+        # one record per name: the head criterion follows from the structures where the name does not carry it
+        heads = {"heads": self.criterion, "ffn": None}.get(self.structures, self.head_criterion)
+        object.__setattr__(self, "head_criterion", heads)
+        object.__setattr__(self, "speedup", float(self.speedup))
+
     @property
     def name(self) -> str:
-        return f"{self.criterion}-{self.structures}-{self.compensation}-x{self.speedup:g}"
+        return f"{self.curve}-x{self.speedup:g}"
+
+    @property
+    def curve(self) -> str:
+        """The name without its speedup: the points of one curve differ in the speedup alone."""
+        criteria = self.criterion if self.structures != "joint" or self.head_criterion == self.criterion else \
+            f"{self.criterion}+{self.head_criterion}"
+        return f"{criteria}-{self.structures}-{self.compensation}"
+
+    @property
+    def allocation(self) -> str:
+        return SPEED
+
+    @property
+    def family(self) -> str:
+        """What metrics.json calls the rule (as `spec.MethodSpec.family`)."""
+        return SPEED
 
     @property
     def ffn_criterion(self) -> str | None:
@@ -225,24 +285,38 @@ class SpeedMethod(MethodRecord):
 
     @property
     def heads_criterion(self) -> str | None:
-        return {"heads": self.criterion, "joint": self.head_criterion}.get(self.structures)
+        return self.head_criterion
 
     @classmethod
-    def parse(cls, name: str, head_criterion: str = "fluctuation") -> "SpeedMethod":
+    def parse(cls, name: str) -> "SpeedMethod":
+        """The method a speed target's name spells (`name`'s grammar); a ValueError that names the bad part and the
+        valid form otherwise."""
         from .head_criteria import HEAD_CRITERIA  # imports torch: read only here
 
-        m = re.fullmatch(rf"({_alternatives({*CRITERIA, *HEAD_CRITERIA})})-({'|'.join(STRUCTURES)})-"
-                         rf"({_alternatives(COMPENSATIONS)})-x(\d+(?:\.\d+)?)", name)
+        m = re.fullmatch(SPEED_PATTERN, name)
         if not m:
-            raise ValueError(f"{name!r} is not a speed target <criterion>-<{'|'.join(STRUCTURES)}>-<compensation>-x<speedup>, "
-                             "e.g. fluctuation-joint-refit-x1.6")
-        criterion, structures, compensation, speedup = m.group(1), m.group(2), m.group(3), float(m.group(4))
+            raise ValueError(f"{name!r} is not a speed target {SPEED_FORM}")
+        criterion, head, structures, compensation = m["criterion"], m["head"], m["structures"], m["compensation"]
+        if not re.fullmatch(r"\d+(?:\.\d+)?", m["speedup"]):
+            raise ValueError(f"{name}: x{m['speedup']} is not a speedup; write it as a decimal number with a point, "
+                             f"e.g. {name[: name.rindex('-x')]}-x1.6")
+        speedup = float(m["speedup"])
+        if speedup <= 1:
+            raise ValueError(f"{name}: a speedup of {speedup:g} is no speedup; give one above 1, e.g. "
+                             f"{name[: name.rindex('-x')]}-x1.6")
+        if head is not None and structures != "joint":
+            raise ValueError(f"{name}: only a joint target names a second (head) criterion after '+'; "
+                             f"e.g. {criterion}-{structures}-{compensation}-x{m['speedup']}")
         registry = HEAD_CRITERIA if structures == "heads" else CRITERIA
         if criterion not in registry:
             raise ValueError(f"{name}: {criterion!r} is not a{' head' if structures == 'heads' else 'n FFN'} criterion; "
                              f"choose one of {sorted(registry)}")
-        if head_criterion not in HEAD_CRITERIA:
-            raise ValueError(f"head criterion {head_criterion!r} is not one of {sorted(HEAD_CRITERIA)}")
-        if speedup <= 1:
-            raise ValueError(f"{name}: a speedup of {speedup:g} is no speedup; give one above 1, e.g. x1.6")
-        return cls(criterion, structures, compensation, speedup, head_criterion)
+        if head is not None and head not in HEAD_CRITERIA:
+            raise ValueError(f"{name}: {head!r} is not a head criterion; choose one of {sorted(HEAD_CRITERIA)}")
+        if structures == "joint" and head is None and criterion not in HEAD_CRITERIA:
+            raise ValueError(f"{name}: {criterion!r} is no head criterion, so the joint target must name one: "
+                             f"{criterion}+<head criterion>-joint-..., the head criteria {sorted(HEAD_CRITERIA)}")
+        method = cls(criterion, structures, compensation, speedup, head or criterion)
+        if method.name != name:
+            raise ValueError(f"{name}: write it as {method.name} (one name per target)")
+        return method

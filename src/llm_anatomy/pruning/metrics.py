@@ -18,6 +18,7 @@ from ..io import from_record, read_json, write_json
 from ..layout import folder_file
 from ..logits import read_logits
 from ..stats import accuracy_interval, correct, paired_difference, seeded_accuracy, seeded_difference
+from .joint import SpeedMethod
 from .plan import PlanInfo, read_plan
 from .spec import THRESHOLD, curve_of
 
@@ -84,12 +85,14 @@ class PruneMetrics(Measured):
 
     # identity
     model: str = _f("model name (profiles.<p>.models)")
-    target: str = _f("named Figure-5a configuration, sweep-<pct>, flap-<pct> or <criterion>-<allocation>-"
-                     "<compensation>-<pct>")
-    curve: str = _f("named | sweep | sweep-<scoring> | flap | <criterion>-<allocation>-<compensation>")
+    target: str = _f("named Figure-5a configuration, sweep-<pct>, flap-<pct>, <criterion>-<allocation>-"
+                     "<compensation>-<pct> or a speed target <criterion>-<structures>-<compensation>-x<speedup>")
+    curve: str = _f("named | sweep | sweep-<scoring> | flap | <criterion>-<allocation>-<compensation> | "
+                    "<criterion>-<structures>-<compensation> (speed targets)")
     arch: str = _f("bert | gpt2 | llama")
     # the plan (plan.parquet)
-    rule: str = _f("encoder | decoder (the paper's threshold rules) | flap | criterion (the registry's methods)")
+    rule: str = _f("encoder | decoder (the paper's threshold rules) | flap | criterion (the registry's methods) | "
+                   "speed (speed targets)")
     alpha: float | None = _f("threshold rules: alpha (bisected for sweep points)")
     beta: float | None = _f("encoder rule: beta")
     focusing: list | None = _f("threshold rules: focusing layer indices")
@@ -97,7 +100,8 @@ class PruneMetrics(Measured):
     focus_multiplier: float | None = _f("threshold rules: k_l on focusing layers")
     sides: list | None = _f("threshold rules: two | one per layer")
     allocation: str | None = _f("flap and the registry's methods: uniform | global")
-    criterion: str | None = _f("the registry's methods: the criterion ranking the neurons (llm_anatomy.pruning.criteria)")
+    criterion: str | None = _f("the registry's methods and speed targets that prune neurons: the criterion ranking "
+                               "the neurons (llm_anatomy.pruning.criteria)")
     compensation: str = _f("none | bias (mean-output fold) | rescale | refit (fitted on calibration tokens)", "none")
     ridge: float | None = _f("rescale/refit: the relative ridge of the fit")
     readout_ridge: float | None = _f("rescale/refit: the relative ridge of the last layer's fit (on the read token)")
@@ -109,6 +113,18 @@ class PruneMetrics(Measured):
     pruned_pct: float = _f("100 x neurons_pruned / neurons_total", 0.0)
     pruned_per_layer: list = _f("per layer: neurons pruned")
     pruned_pct_per_layer: list = _f("per layer: % of the layer's neurons pruned")
+    # speed targets only (null otherwise): the plan met a speedup on this machine's latency table
+    structures: str | None = _f("speed targets: ffn | heads | joint, what the plan prunes")
+    head_criterion: str | None = _f("speed targets that prune heads: the head criterion ranking them")
+    target_speedup: float | None = _f("speed targets: the speedup asked of the latency table")
+    predicted_speedup: float | None = _f("speed targets: the latency table's predicted speedup of the plan (compare "
+                                         "speedup_removed, measured)")
+    predicted_cost: float | None = _f("speed targets: the summed per-layer cost the allocation minimised, under "
+                                      "`objective`")
+    objective: str | None = _f("speed targets: margin (mean |first-order margin change|) | loss (estimated "
+                               "cross-entropy increase) on the validation search reviews")
+    heads_total: int | None = _f("speed targets: attention (query) heads of the dense model")
+    heads_pruned: int | None = _f("speed targets: attention heads the plan prunes")
     # accuracy (eval_<split>.parquet of the dense model and of the pruned folder; baselines_<split>.parquet).
     # Every accuracy has a 95% interval (_lo, _hi); every gap is paired on the same reviews, with its
     # interval and an unadjusted p-value (_p): exact McNemar against one model, the combined seeds-and-reviews
@@ -178,7 +194,8 @@ class PruneMetrics(Measured):
     seconds_point: float | None = _f("seconds_plan + seconds_materialise_job: scoring, allocation and compensation "
                                      "of this point")
     seconds_calibration: float | None = _f("the per-model jobs the plan reads (ffn_stats, mask_gradients, "
-                                           "obs_scores, layer_sensitivity), shared by the model's points")
+                                           "obs_scores, layer_sensitivity; speed targets: latency_table, head_stats, "
+                                           "speed_sensitivity), shared by the model's points")
 
 
 def cost_fields(benchmarks: dict[str, str] | None) -> dict:
@@ -192,7 +209,8 @@ def cost_fields(benchmarks: dict[str, str] | None) -> dict:
         if "s" not in df.columns or df.empty:
             raise ValueError(f"{path} is not a Snakemake benchmark file (no `s` column); rerun the job that writes it")
         sec[job] = float(df["s"].iloc[0])
-    shared = [sec[k] for k in ("ffn_stats", "mask_gradients", "obs_scores", "layer_sensitivity") if k in sec]
+    shared = [sec[k] for k in ("ffn_stats", "mask_gradients", "obs_scores", "layer_sensitivity", "latency_table",
+                               "head_stats", "speed_sensitivity") if k in sec]
     return dict(seconds_plan=sec.get("plan"), seconds_materialise_job=sec.get("materialise"),
                 seconds_point=sec["plan"] + sec["materialise"] if {"plan", "materialise"} <= sec.keys() else None,
                 seconds_calibration=sum(shared) if shared else None)
@@ -203,6 +221,14 @@ def plan_fields(info: PlanInfo) -> dict:
     rule and alpha (no allocation, no criterion), FLAP its allocation (the criterion is its name), the registry's
     methods criterion, allocation and compensation, and a fitted compensation its ridges."""
     s, r = info.spec, info.rule or {}
+    if isinstance(s, SpeedMethod):
+        search = info.search
+        return dict(rule=s.family, compensation=s.compensation, criterion=s.ffn_criterion, ridge=s.ridge if s.fitted else None,
+                    readout_ridge=(s.ridge if s.readout_ridge is None else s.readout_ridge) if s.fitted else None,
+                    bias_compensation=s.compensation == "bias", thresholds=info.thresholds, search=search,
+                    structures=s.structures, head_criterion=s.head_criterion, target_speedup=s.speedup,
+                    predicted_speedup=search["predicted_speedup"], predicted_cost=search["predicted_cost"],
+                    objective=search["objective"], heads_pruned=search["heads_pruned"])
     threshold = s.allocation == THRESHOLD
     return dict(rule=s.family, alpha=r.get("alpha"), beta=r.get("beta"), focusing=r.get("focusing"),
                 focusing_spec=s.focusing if threshold else None, focus_multiplier=r.get("focus_multiplier"),
@@ -246,6 +272,7 @@ def prune_metrics(plan, random_plans, pruned, dense_eval, eval, baselines, timin
         arch=read_json(folder_file(pruned, "meta"))["arch"], neurons_total=sum(widths),
         neurons_pruned=sum(counts), pruned_pct=100.0 * sum(counts) / sum(widths), pruned_per_layer=counts,
         pruned_pct_per_layer=[100.0 * n / w for n, w in zip(counts, widths)], split=split, test_reviews=len(dense_df),
+        heads_total=int(the_plan.table["heads"].sum()) if the_plan.pruned_heads is not None else None,
         baseline_reviews=len(base_df) // len(outcomes),
         random_seeds=seeds, params_dense=folder["params_dense"], params_removed=folder["params_pruned"],
         model_bytes=folder["bytes"], model_bytes_dense=folder["bytes_dense"],

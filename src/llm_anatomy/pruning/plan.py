@@ -11,8 +11,8 @@ plan's per-layer counts and is compensated as the plan is.
 
 A speed plan (`plan_speed`, a `joint.SpeedMethod`) prunes attention heads and FFN neurons together: per layer
 the head configuration and FFN width that meet the target speedup on the latency table at the least summed
-loss increase (`joint.allocate`). Its pruned heads' bias fold, like a fitted compensation, is computed from
-calibration reviews when the plan is materialised.
+cost (`joint.allocate`; speed targets in the workflow: `speed.speed_plan`). Its pruned heads' bias fold, like a
+fitted compensation, is computed from calibration reviews when the plan is materialised.
 
 plan.parquet, one row per layer (the Figure-4a table):
   layer int, width int, masked int, masked_pct float, high int (neurons with score > high_threshold),
@@ -20,7 +20,8 @@ plan.parquet, one row per layer (the Figure-4a table):
   pruned list<int32>       the sorted indices of the pruned neurons
   pruned_mean list<float64> their mean activations (bias-compensated plans only, else null)
   + c, focusing, sided for the threshold rules; high_masked for the others
-  speed plans: heads, kv_heads, heads_pruned, heads_kept, kv_kept, seconds, loss_increase (no high, threshold), and
+  speed plans: heads, kv_heads, heads_pruned, heads_kept, kv_kept, seconds, cost (the allocation's cost of the
+  layer's choice, under the objective `search.objective` names; no high, threshold), and
   pruned_heads list<int32>  the sorted indices of the pruned query heads (only speed plans have this column)
 and, in the file's metadata under `llm_anatomy.plan`, the `PlanInfo` record as JSON.
 random_plans.parquet: the same columns plus `seed`, one block of rows per seed.
@@ -67,8 +68,7 @@ class PlanInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlanInfo":
-        kind = SpeedMethod if "speedup" in d["spec"] else MethodSpec
-        return from_record(cls, {k: v for k, v in d.items() if k != "spec"}, spec=kind.from_dict(d["spec"]))
+        return from_record(cls, {k: v for k, v in d.items() if k != "spec"}, spec=method_from_dict(d["spec"]))
 
 
 @dataclass
@@ -167,17 +167,23 @@ def make_plan(spec: MethodSpec, c, scores, high: float, stats: NeuronStats | Non
     return Plan(pruned, table, PlanInfo(spec, cut, search), lines, means)
 
 
-def plan_speed(method: SpeedMethod, choices: Sequence[LayerChoices], losses: Sequence[np.ndarray], latency,
-               stats: NeuronStats | None = None, sensitivity: str = "") -> Plan:
+def plan_speed(method: SpeedMethod, choices: Sequence[LayerChoices], costs: Sequence[np.ndarray], latency,
+               stats: NeuronStats | None = None, sensitivity: str = "", objective: str = "loss") -> Plan:
     """A speed target's plan: per layer the head configuration and FFN width that meet `method.speedup` on the
-    `latency` table (`latency.LatencyTable`) at the least summed loss increase `losses` (per layer [head choices,
-    widths] for `choices`, `joint.layer_choices`; `sensitivity` names the table), by `joint.allocate`. The FFN's
+    `latency` table (`latency.LatencyTable`) at the least summed cost `costs` (per layer [head choices, widths]
+    for `choices`, `joint.layer_choices`; `sensitivity` names the table: estimated or measured, `objective` what
+    its cost is: margin, the mean |margin change|, or loss, the loss increase), by `joint.allocate`. The FFN's
     bias fold reads the pruned neurons' calibration means from `stats`; the heads' is computed when the plan is
-    materialised."""
+    materialised. A target the choices cannot reach on this table is a ValueError that says so."""
     L = len(choices)
     seconds = [np.array([[latency.layer_seconds(h.query, h.kv, w, last=l == L - 1) for w in c.widths]
                          for h in c.heads]) for l, c in enumerate(choices)]
-    picks = allocate_choices(losses, seconds, latency.dense_predicted / method.speedup - latency.base)
+    try:
+        picks = allocate_choices(costs, seconds, latency.dense_predicted / method.speedup - latency.base)
+    except ValueError as err:
+        raise ValueError(f"{method.name}: {err} (the latency table {latency.signature.get('machine', {}).get('cpu', '')}"
+                         f" predicts a dense pass of {latency.dense_predicted:.4g} s, {latency.base:.4g} s of it outside "
+                         "the layers)") from None
     pruned = [c.pruned_neurons(j) for c, (_k, j) in zip(choices, picks)]
     heads = [c.heads[k].pruned for c, (k, _j) in zip(choices, picks)]
     shapes = [(c.heads[k].query, c.heads[k].kv) for c, (k, _j) in zip(choices, picks)]
@@ -186,15 +192,15 @@ def plan_speed(method: SpeedMethod, choices: Sequence[LayerChoices], losses: Seq
                                masked_pct=100.0 * len(pruned[l]) / len(c.ffn_order), heads=c.dense_heads[0],
                                kv_heads=c.dense_heads[1], heads_pruned=len(heads[l]),
                                heads_kept=shapes[l][0], kv_kept=shapes[l][1], seconds=float(seconds[l][k, j]),
-                               loss_increase=float(losses[l][k, j]))
+                               cost=float(costs[l][k, j]))
                           for l, (c, (k, j)) in enumerate(zip(choices, picks))])
     search = dict(target_speedup=method.speedup, predicted_speedup=latency.dense_predicted / predicted,
                   predicted_seconds=predicted, dense_seconds=latency.dense_predicted,
-                  predicted_loss_increase=float(table["loss_increase"].sum()), pruned=int(sum(map(len, pruned))),
+                  predicted_cost=float(table["cost"].sum()), objective=objective, pruned=int(sum(map(len, pruned))),
                   heads_pruned=int(sum(map(len, heads))), reached=True, sensitivity=sensitivity,
                   latency=dict(signature=latency.signature, base=latency.base, info=latency.info))
     lines = [f"layer {r.layer}: heads {r.heads_kept} of {r.heads} ({r.kv_kept} key/value), FFN {r.width - r.masked} of "
-             f"{r.width}: {r.seconds * 1e3:.1f} ms, loss +{r.loss_increase:.4f}" for r in table.itertuples()]
+             f"{r.width}: {r.seconds * 1e3:.1f} ms, {objective} cost {r.cost:.4f}" for r in table.itertuples()]
     means = None
     if method.compensation == "bias":
         if stats is None:
@@ -315,18 +321,34 @@ def read_random_plans(path) -> list[Plan]:
     return [_from_frame(df[df["seed"] == seed], info, path) for seed, info in zip(meta["seeds"], meta["plans"])]
 
 
+def method_from_dict(spec) -> MethodSpec | SpeedMethod:
+    """A plan's method from its record (a `MethodSpec`'s or a `joint.SpeedMethod`'s dict), or the method itself."""
+    if isinstance(spec, (MethodSpec, SpeedMethod)):
+        return spec
+    return (SpeedMethod if "speedup" in spec else MethodSpec).from_dict(dict(spec))
+
+
 def prune_plan(layer_scores, neuron_scores, plan, random_plans, spec, seeds, high_threshold: float,
                average_over: str, ffn_stats=None, mask_gradients=None, contributions=None, obs_scores=None,
-               sensitivity=None) -> dict:
+               sensitivity=None, latency_table=None, head_stats=None, speed_sensitivity=None,
+               speed: dict | None = None) -> dict:
     """plan.parquet and random_plans.parquet (one plan per seed) of one target (rule prune_plan). `spec` is a
-    MethodSpec or its dict; the other inputs are the files the spec's criterion and allocation read."""
-    spec = spec if isinstance(spec, MethodSpec) else MethodSpec.from_dict(dict(spec))
-    scoring = spec.scoring or "paper"
+    MethodSpec or SpeedMethod, or its dict; the other inputs are the files the spec's criterion and allocation
+    read (a speed target: this machine's latency table, the heads' statistics and the cost table made with the
+    criteria `speed` names, on its width grid: `speed.speed_plan`)."""
+    spec = method_from_dict(spec)
+    scoring = getattr(spec, "scoring", None) or "paper"
     c, scores = load_scores(layer_scores, neuron_scores, average_over, scoring)
     stats = None
     if spec.allocation != THRESHOLD:
         stats = NeuronStats.from_files(ffn_stats, mask_gradients, contributions, cosine=scores, obs_scores=obs_scores)
-    made = make_plan(spec, c, scores, high_threshold, stats, read_parquet(sensitivity) if sensitivity else None)
+    if isinstance(spec, SpeedMethod):
+        from .speed import read_latency_table, speed_plan  # torch (the head criteria): speed targets only
+
+        made = speed_plan(spec, stats, read_parquet(head_stats), speed_sensitivity, read_latency_table(latency_table),
+                          speed["ffn_criterion"], speed["head_criterion"], speed["width_steps"])
+    else:
+        made = make_plan(spec, c, scores, high_threshold, stats, read_parquet(sensitivity) if sensitivity else None)
     made.info.scoring = scoring
     means = stats["mean"] if made.compensation == "bias" else None
     write_plan(made, plan)

@@ -51,8 +51,9 @@ def summary_table(runs: list[PruneMetrics]) -> pd.DataFrame:
     df = pd.DataFrame([dict(model=m.model, target=m.target, curve=m.curve, rule=m.rule, alpha=m.alpha, beta=m.beta,
                             focusing=" ".join(map(str, m.focusing or [])), allocation=m.allocation, criterion=m.criterion,
                             compensation=m.compensation, bias_compensation=m.bias_compensation,
-                            target_pct=100 * m.search["target_fraction"] if m.search else None,
+                            target_pct=100 * m.search["target_fraction"] if _sparsity_point(m) else None,
                             target_reached=m.search["reached"] if m.search else None, pruned_pct=m.pruned_pct,
+                            **{k: getattr(m, k) for k in SPEED_COLUMNS},
                             test_reviews=m.test_reviews, baseline_reviews=m.baseline_reviews or m.test_reviews,
                             random_seeds=len(m.random_seeds or []), **{k: getattr(m, k) for k in EVIDENCE},
                             time_dense_s=m.time_dense_s, time_zeroed_s=m.time_zeroed_s, time_removed_s=m.time_removed_s,
@@ -72,6 +73,14 @@ def summary_table(runs: list[PruneMetrics]) -> pd.DataFrame:
 
 
 SUMMARY_GAPS = ("gap_dense", "gap_random", "gap_compensation", "gap_selection")
+# what a speed target adds to the summary and the frontier (empty for the others): its structure, the speedup asked
+# of the latency table and the table's prediction for the plan (the measured one is speedup_removed)
+SPEED_COLUMNS = ["structures", "heads_pruned", "target_speedup", "predicted_speedup"]
+
+
+def _sparsity_point(m: PruneMetrics) -> bool:
+    """A curve point sized by a fraction of FFN neurons (not a named configuration, not a speed target)."""
+    return bool(m.search) and "target_fraction" in m.search
 
 
 def judge_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +105,7 @@ def method_comparisons(runs: list[PruneMetrics], evals: list, baselines: list) -
     per-review logits, in the order of `runs`."""
     files = {(m.model, m.target): (e, b) for m, e, b in zip(runs, evals, baselines)}
     rows = []
-    points = [m for m in runs if m.curve != "named" and m.search]
+    points = [m for m in runs if m.curve != "named" and _sparsity_point(m)]
     for a, b in combinations(points, 2):
         pct_a, pct_b = a.search["target_fraction"], b.search["target_fraction"]
         if a.model != b.model or pct_a != pct_b:
@@ -127,13 +136,14 @@ def _dominated(points: list[tuple[float, float]], i: int) -> bool:
 
 FRONTIER_COLUMNS = ["model", "target", "curve", "pruned_pct", "accuracy", "accuracy_lo", "accuracy_hi", "gap_dense",
                     "gap_dense_lo", "gap_dense_hi", "speedup_removed", "speedup_removed_min", "speedup_removed_max",
-                    "seconds_point", "frontier_sparsity", "frontier_speedup", "test_reviews"]
+                    "seconds_point", "frontier_sparsity", "frontier_speedup", "test_reviews", *SPEED_COLUMNS]
 
 
 def frontier_table(runs: list[PruneMetrics]) -> pd.DataFrame:
-    """Every curve point (paper rule, FLAP, the registry's methods) of each model that no other point of the
-    model beats on both accuracy and % pruned (`frontier_sparsity`) or on both accuracy and measured speedup
-    (`frontier_speedup`). Point estimates decide membership; summary.csv's verdicts say which differences are detectable."""
+    """Every curve point (paper rule, FLAP, the registry's methods, speed targets with their structure and
+    predicted speedup) of each model that no other point of the model beats on both accuracy and % pruned
+    (`frontier_sparsity`) or on both accuracy and measured speedup (`frontier_speedup`). Point estimates decide
+    membership; summary.csv's verdicts say which differences are detectable."""
     rows = []
     for rs in _by_model([m for m in runs if m.curve != "named"]).values():
         by_sparsity = [(m.pruned_pct, m.accuracy) for m in rs]
@@ -312,19 +322,26 @@ def plot_series(runs: list[PruneMetrics]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return order(pd.DataFrame(acc)), order(pd.DataFrame(speed))
 
 
+SPEED_MARKERS = {"ffn": "v", "heads": "P", "joint": "*"}  # speed targets in the Pareto figure, by structure
+
+
 def draw_pareto(runs: list[PruneMetrics], path) -> None:
     """Per model, accuracy against % FFN neurons removed (left) and against the measured speedup of the
-    physically pruned model (right): the paper rule, FLAP, the random baseline at FLAP's sizes and every
-    method of the registry on the same axes; error bars are 95% intervals, the shaded step the frontier."""
+    physically pruned model (right): the paper rule, FLAP, the random baseline at FLAP's sizes, every
+    method of the registry and the speed targets (marked by structure, labelled with the asked and predicted
+    speedups) on the same axes; error bars are 95% intervals, the shaded step the frontier."""
     groups = _by_model([m for m in runs if m.curve != "named"])
     fig, axes = plt.subplots(max(len(groups), 1), 2, figsize=(13, 4.8 * max(len(groups), 1)), squeeze=False)
     for row, (mod, rs) in zip(axes, groups.items()):
         curves = sorted({m.curve for m in rs}, key=lambda c: (curve_order(c), c))
         for i, curve in enumerate(curves):
             pts = _curve_runs(rs, curve)
-            style = dict(color=f"C{i % 10}", ms=4, capsize=2, lw=1,
-                         fmt=("o-" if curve == "sweep" else "s-" if curve == "flap" else "^--"),
-                         label=SERIES_NAMES.get(curve, curve))
+            structures = pts[0].structures  # speed targets: marked by what they prune, labelled with the speedups
+            fmt = ("o-" if curve == "sweep" else "s-" if curve == "flap" else
+                   SPEED_MARKERS[structures] + ":" if structures else "^--")
+            label = SERIES_NAMES.get(curve, curve) if not structures else f"speed, {structures}: {curve} (" + ", ".join(
+                f"x{m.target_speedup:g} pred. {m.predicted_speedup:.2f}" for m in pts) + ")"
+            style = dict(color=f"C{i % 10}", ms=5 if structures else 4, capsize=2, lw=1, fmt=fmt, label=label)
             for ax, key in ((row[0], "pruned_pct"), (row[1], "speedup_removed")):
                 if key == "speedup_removed":  # points only: a curve's speedups need not grow with its sparsity
                     style = dict(style, fmt=style["fmt"][0])

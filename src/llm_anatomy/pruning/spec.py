@@ -11,6 +11,9 @@ A target is one method on one model. Its name is the method's, or an alias that 
                          prune pct%; the other settings from the configuration pruning.sweep.<encoder|decoder>
   sweep-<scoring>-<pct>  decoders: the same in another decoder scoring (docs/ANATOMY.md)
   <config>               a named Figure-5a configuration (pruning.configs): the threshold rule at its own alpha
+  <criterion>-<ffn|heads|joint>-<compensation>-x<speedup>  a speed target (`joint.SpeedMethod`): FFN neurons,
+                         attention heads or both pruned to meet a speedup on this machine's latency table
+                         (a joint target with another head criterion: <ffn criterion>+<head criterion>-joint-...)
 
 A method parameter is a field with `param` metadata: the key under params.yaml's `pruning` it is read from,
 and the methods it applies to (only those read it, so changing it reruns exactly their plans). The command
@@ -46,7 +49,12 @@ CURVE_PATTERN = rf"(?:{'|'.join(list(CURVE_ORDER)[1:])}|{METHOD_RE.replace('(', 
 
 def curve_of(name: str) -> tuple[str, int | None]:
     """(curve, target percentage) of a curve point's name (curve: sweep, sweep-<scoring>, flap, or a method
-    <criterion>-<allocation>-<compensation>), else ('named', None)."""
+    <criterion>-<allocation>-<compensation>); (the name without -x<speedup>, None) of a speed target's
+    (`joint.SpeedMethod`), else ('named', None)."""
+    from .joint import speed_curve  # joint imports this module
+
+    if (speed := speed_curve(name)) is not None:
+        return speed, None
     if not re.fullmatch(CURVE_PATTERN, name):
         return "named", None
     curve, pct = name.rsplit("-", 1)

@@ -3,17 +3,20 @@
 A target is one name on one model (the grammar: `pruning.spec`): the named Figure-5a configurations of the
 model's rule, then the paper rule's curve (`sweep-<pct>`, and decoders' `sweep-<scoring>-<pct>`), FLAP's
 (`flap-<pct>`), and the registry's methods (`<criterion>-<allocation>-<compensation>-<pct>`), at the
-percentages the profile's sizing lists. Everything here reads the validated params (schema defaults
-already filled in, see `config.check_schema`), so no default is restated. Where the files are: `layout`;
+percentages the profile's sizing lists, then the speed targets (`joint.SpeedMethod`,
+`<criterion>-<structures>-<compensation>-x<speedup>`) at the structures and speedups it lists. Everything here
+reads the validated params (schema defaults already filled in, see `config.check_schema`), so no default is
+restated. Where the files are: `layout`;
 which files each rule reads: `pipeline`.
 """
 from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import model_kind
+from .joint import SPEED_FORM, SpeedMethod, is_speed_curve
 from .spec import ALL_METHODS, THRESHOLD, MethodSpec, curve_of, method_of
 
 
@@ -39,6 +42,7 @@ class Sizing:
     calibration_reviews: int
     calibration_batch_size: int  # float32 calibration passes and fitted compensations
     search_reviews: int      # validation reviews of the searched allocation's layer sensitivity
+    speed_search_reviews: int  # validation reviews of the speed targets' per-layer costs (rule speed_sensitivity)
 
 
 class Targets:
@@ -71,7 +75,16 @@ class Targets:
         methods = sizing.get("methods", {})
         curves = methods.get("curves", [])  # <criterion>-<allocation>-<compensation>; `all` is the full grid
         return named + sweep + flap + [f"{c}-{p}" for c in (ALL_METHODS if curves == "all" else curves)
-                                       for p in methods.get("percents", [])]
+                                       for p in methods.get("percents", [])] + self.speed_names(model)
+
+    def speed_names(self, model: str) -> list[str]:
+        """The model's speed targets: per group of `profiles.<p>.pruning.<kind>.speed.points`, every structure at
+        every speedup, with params.yaml's `pruning.speed` criteria and compensation."""
+        p = self.pruning["speed"]
+        return [SpeedMethod(p["head_criterion"] if s == "heads" else p["ffn_criterion"], s, p["compensation"], x,
+                            p["head_criterion"]).name
+                for group in self.sizing_tree[self.kinds[model]]["speed"]["points"]
+                for s in group["structures"] for x in group["speedups"]]
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every (model, target) of the profile."""
@@ -95,7 +108,7 @@ class Targets:
                 f"{name!r} is not a prune target of {model}" + (f" (did you mean {close[0]!r}?)" if close else "")
                 + f". Its targets in profile {self.profile_name}: {listed}. Besides these, any point "
                 f"<curve>-<pct> with pct in 1..99 of the curves {curves} or <criterion>-<allocation>-<compensation> "
-                "(docs/PRUNING.md), e.g. flap-50")
+                f"(docs/PRUNING.md), e.g. flap-50, and any speed target {SPEED_FORM}")
         try:
             self.spec(model, name)  # a configuration of the other rule; a scoring encoders lack
         except ValueError as err:
@@ -125,11 +138,17 @@ class Targets:
         return [c for c in self.named if self.models_for(c)]
 
     @functools.cache  # noqa: B019 (one Targets per workflow load; the input functions ask for each spec often)
-    def spec(self, model: str, name: str) -> MethodSpec:
+    def spec(self, model: str, name: str) -> MethodSpec | SpeedMethod:
         """The method a target name spells on this model, its aliases resolved with params.yaml's settings."""
         kind = self.kinds[model]
         curve, pct = curve_of(name)
         configs = self.pruning["configs"]
+        if is_speed_curve(curve):
+            spec = SpeedMethod.parse(name)
+            if spec.fitted:  # the ridges of the registry's fitted methods
+                methods = self.pruning["methods"]
+                spec = replace(spec, ridge=methods["ridge"], readout_ridge=methods["readout_ridge"])
+            return spec
         if curve.startswith("sweep"):
             if kind not in self.pruning.get("sweep", {}):
                 raise ValueError(f"no pruning.sweep.{kind} configuration: {name} does not exist for {model}")
@@ -152,8 +171,8 @@ class Targets:
         return spec.with_params(self.pruning)
 
     def sizing(self, model: str, name: str | None = None) -> Sizing:
-        """Evaluation and timing sizes; curve points may time fewer reviews (`sweep_time_limit`). The FLAP and
-        method points are evaluated on the first `headline_limit` test reviews and their baselines on the
+        """Evaluation and timing sizes; curve points may time fewer reviews (`sweep_time_limit`). The FLAP,
+        method and speed points are evaluated on the first `headline_limit` test reviews and their baselines on the
         first `test_limit`; without a name, the sizes of the model's dense evaluation (the largest)."""
         tree = self.sizing_tree
         kind = tree[self.kinds[model]]
@@ -162,14 +181,16 @@ class Targets:
         curve_point = curve is not None and curve != "named"
         if curve_point:
             time_limit = kind.get("sweep_time_limit", time_limit)
-        seeds = kind["methods"]["random_seeds"] if curve is not None and method_of(curve) else kind["random_seeds"]
-        headline = curve is None or curve == "flap" or method_of(curve) is not None
+        method = curve is not None and (method_of(curve) is not None or is_speed_curve(curve))
+        seeds = kind["methods"]["random_seeds"] if method else kind["random_seeds"]
+        headline = curve is None or curve == "flap" or method
         return Sizing(test_limit=kind.get("headline_limit", kind["test_limit"]) if headline else kind["test_limit"],
                       baseline_limit=kind["test_limit"], time_limit=time_limit, batch_size=tree["batch_size"],
                       repeats=tree["repeats"], time_zeroed=tree["time_zeroed"] == "all" or not curve_point,
                       random_seeds=seeds, equality_check_reviews=kind["equality_check_reviews"],
                       calibration_reviews=kind["calibration_reviews"], calibration_batch_size=tree["calibration_batch_size"],
-                      search_reviews=kind["methods"]["search_reviews"])
+                      search_reviews=kind["methods"]["search_reviews"],
+                      speed_search_reviews=kind["speed"]["search_reviews"])
 
     def random_seeds(self, model: str, name: str | None = None) -> list[int]:
         return list(range(self.sizing(model, name).random_seeds))
