@@ -24,7 +24,7 @@ from llm_anatomy.io import write_json
 from llm_anatomy.layout import Layout
 from llm_anatomy.models import open_checkpoint
 from llm_anatomy.pruning.joint import head_configurations
-from llm_anatomy.pruning.latency import check_predictions, latency_table
+from llm_anatomy.pruning.latency import cached_table, check_predictions
 
 import torch
 
@@ -38,7 +38,7 @@ def main():
     ref = ck.encode(val["text"].iloc[:nref].tolist())
     check = ck.encode(val["text"].iloc[:ncheck].tolist())
     start = time.time()
-    table, path = latency_table(ck.model, ref, ck.pad_id, ck.padding_side, ck.precision, 32, layout.latency)
+    table, path = cached_table(ck.model, ref, ck.pad_id, ck.padding_side, ck.precision, 32, layout.latency)
     measured = time.time() - start
     a = ck.model.adapter
     L = a.num_layers

@@ -13,7 +13,7 @@ is never read. Run from the repository root of an offline run (its results/offli
         --structures ffn,heads,joint --no-measure
 
 What it reads and writes (paths from `llm_anatomy.layout.Layout("offline")`):
-- the latency table of this machine (`pruning.latency.latency_table`, cached under `Layout.latency`), timed on
+- the latency table of this machine (`pruning.latency.cached_table`, cached under `Layout.latency`), timed on
   the first --latency-reviews validation reviews (default 128) at the evaluation's batch size and the default
   width grid, at the profile's thread count (--threads): measured once per machine and then read from the cache
   (--no-measure: stop instead of measuring one when it is not there);
@@ -60,7 +60,7 @@ from llm_anatomy.pruning.compensation import FITTED
 from llm_anatomy.pruning.criteria import NeuronStats, criterion_inputs, importance
 from llm_anatomy.pruning.head_criteria import head_importance
 from llm_anatomy.pruning.joint import SpeedMethod, layer_choices, measured_losses, restrict, sensitivity_frame
-from llm_anatomy.pruning.latency import latency_table, signature, table_path
+from llm_anatomy.pruning.latency import cached_table, signature, table_path
 from llm_anatomy.pruning.materialise import pruned_copy
 from llm_anatomy.pruning.plan import plan_speed, write_plan
 from llm_anatomy.pruning.refit import CalibrationSet
@@ -120,7 +120,7 @@ def main():
     cached = table_path(layout.latency, signature(model, [len(e) for e in ref], ck.precision, batch))
     if args.no_measure and not cached.exists():
         raise SystemExit(f"no cached latency table {cached} (--no-measure); run without --no-measure to measure it")
-    table, table_file = latency_table(model, ref, ck.pad_id, ck.padding_side, ck.precision, batch, layout.latency,
+    table, table_file = cached_table(model, ref, ck.pad_id, ck.padding_side, ck.precision, batch, layout.latency,
                                       args.latency_repeats)
     logging.info("latency table %s: dense %.3f s predicted %.3f s", table_file, table.dense, table.dense_predicted)
 

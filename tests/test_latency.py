@@ -10,7 +10,7 @@ from llm_anatomy.batching import encode, iter_padded, sorted_batches
 from llm_anatomy.inference import inference_model
 from llm_anatomy.layout import Layout
 from llm_anatomy.pruning import latency
-from llm_anatomy.pruning.latency import LatencyTable, latency_table, pruned_to, signature, table_path
+from llm_anatomy.pruning.latency import LatencyTable, cached_table, pruned_to, signature, table_path
 
 TEXTS = ["A wonderful, moving film with superb acting. " * k for k in range(1, 7)]
 
@@ -83,17 +83,17 @@ def test_a_cached_table_is_read_not_remeasured(tokenizer, tmp_path, monkeypatch)
         return real(*args, **dict(kwargs, repeats=1))
     monkeypatch.setattr(latency, "measure_table", measured)
     cache = tmp_path / Layout("tiny").latency
-    table, path = latency_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 64])
+    table, path = cached_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 64])
     assert path.exists() and path.parent == cache and len(calls) == 1
     assert table.heads == [(1, 1), (2, 2), (3, 3), (4, 4)] and table.widths == [1, 64]
     assert table.body.shape == table.readout.shape == (4, 2) and (table.body > 0).all() and table.dense > 0
-    again, same = latency_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 64])
+    again, same = cached_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 64])
     assert same == path and len(calls) == 1 and np.array_equal(again.body, table.body)
-    latency_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, remeasure=True, widths=[1, 64])
+    cached_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, remeasure=True, widths=[1, 64])
     assert len(calls) == 2
-    latency_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 32, 64])  # a finer grid
+    cached_table(model, enc, tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 32, 64])  # a finer grid
     assert len(calls) == 3
-    latency_table(model, enc[:-1], tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 64])  # other reviews
+    cached_table(model, enc[:-1], tokenizer.pad_token_id, "right", "fp32", 4, cache, widths=[1, 64])  # other reviews
     assert len(calls) == 4 and len(list(cache.glob("*.json"))) == 2
 
 

@@ -17,6 +17,8 @@ from conftest import ROOT
 from llm_anatomy.config import load_params, validate
 from llm_anatomy.layout import SCHEMA, Layout, folder_file
 from llm_anatomy.pipeline import Pipeline
+from llm_anatomy.pruning.latency import LatencyTable
+from llm_anatomy.pruning.plan import read_plan
 from llm_anatomy.pruning.spec import THRESHOLD, curve_of
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "params.yaml")]
@@ -217,6 +219,28 @@ def test_tiny_profile_end_to_end(tiny_run):
     assert (tmp_path / layout.model("tiny-llama").obs_scores).exists() and (tmp_path / report["pareto"]).exists()
     frontier = read(report["frontier"])
     assert set(frontier.model) == set(summary) and frontier[["frontier_sparsity", "frontier_speedup"]].any(axis=1).all()
+    # speed targets: planned on the run's own latency table, materialised with the plan's heads and widths, reported
+    # with their structure and predicted speedup beside the measured one
+    speed = [(m, t) for m, t in pipe.targets.pairs() if t in pipe.targets.speed_names(m)]
+    assert {t for _m, t in speed} == {"fluctuation-joint-refit-x1.3", "fluctuation-heads-refit-x1.3"}
+    for model, target in speed:
+        point = read(layout.target(model, target).metrics)
+        plan = read_plan(tmp_path / layout.target(model, target).plan)
+        table = LatencyTable.from_dict(read(layout.model(model).latency_table))
+        kept = list(zip(plan.table["heads_kept"], plan.table["kv_kept"]))
+        widths = (plan.table["width"] - plan.table["masked"]).tolist()
+        assert table.speedup(kept, widths) >= 1.3 - 1e-9 and plan.info.search["latency"]["signature"] == table.signature
+        assert (point["structures"], point["target_speedup"], point["rule"]) == (target.split("-")[1], 1.3, "speed")
+        assert point["predicted_speedup"] == plan.info.search["predicted_speedup"] and point["speedup_removed"] > 0
+        assert point["heads_pruned"] == sum(map(len, plan.pruned_heads)) and point["objective"] == "margin"
+        assert point["test_reviews"] == pipe.targets.sizing(model, target).test_limit  # the headline reviews
+        folder = read(Path(layout.pruned(model, target)) / "pruning.json")
+        assert folder["attention_heads"] == plan.table["heads_kept"].clip(lower=1).tolist()
+        assert folder["ffn_widths"] == [max(w, 1) for w in widths]
+        row = table_of(table, model, target)
+        assert row["structures"] == point["structures"] and row["predicted_speedup"] == pytest.approx(
+            point["predicted_speedup"])
+    assert set(frontier.columns) >= {"structures", "target_speedup", "predicted_speedup"}
     # what DVC compares: the headline holds the summary's numbers for every named configuration
     headline = read(report["headline"])
     assert set(headline["dense"]) == set(summary) and set(headline["methods"]) == set(summary)
@@ -251,6 +275,13 @@ def test_tiny_profile_end_to_end(tiny_run):
     jobs = job_counts(out.stdout + out.stderr)
     threshold_rules = [t for m, t in pipe.targets.pairs() if pipe.targets.spec(m, t).allocation == THRESHOLD]
     assert jobs["prune_plan"] == len(threshold_rules) and "flap_allocation_choice" not in jobs
+
+
+def table_of(df: pd.DataFrame, model: str, target: str) -> pd.Series:
+    """The one row of a report table for (model, target)."""
+    rows = df[(df.model == model) & (df.target == target)]
+    assert len(rows) == 1, (model, target, len(rows))
+    return rows.iloc[0]
 
 
 def test_the_conda_environment_lists_the_package_dependencies():
@@ -309,6 +340,7 @@ def test_dvc_stages_find_the_venvs_snakemake_without_activation():
 
 # (target to rebuild, outputs removed first, a file that exists only once the job is under way)
 _T = Layout("tiny")
+_SPEED = _T.target("tiny-bert", "fluctuation-joint-refit-x1.3")
 KILL_POINTS = {
     "finetune": (_T.model("tiny-bert").finetune_metrics, [_T.model("tiny-bert").finetuned,
                                                           _T.model("tiny-bert").finetune_metrics],
@@ -319,6 +351,10 @@ KILL_POINTS = {
     "evaluate": (_T.target("tiny-llama", "flap-50").eval("test"),
                  [_T.target("tiny-llama", "flap-50").eval("test"), _T.target("tiny-llama", "flap-50").baselines("test")],
                  _T.log("tiny-llama", "prune", "flap-50", "evaluate_test")),
+    # a speed target's plan follows the latency table, a timing: the copy keeps the run's table file, so the plan,
+    # the folder and the evaluation after the kill are the same as the uninterrupted run's, exactly
+    "speed": (_SPEED.eval("test"), [_SPEED.plan, _T.pruned("tiny-bert", "fluctuation-joint-refit-x1.3"), _SPEED.eval("test")],
+              _T.log("tiny-bert", "prune", "fluctuation-joint-refit-x1.3", "materialise")),
 }
 TIMING_KEYS = ("seconds", "per_second", "resumed_from_step")
 

@@ -139,7 +139,7 @@ class Layout:
     def __init__(self, profile: str):
         self.profile = profile
         self.data, self.results, self.logs = f"data/processed/{profile}", f"results/{profile}", f"logs/{profile}"
-        self.latency = f"{self.results}/latency"  # `pruning.latency.latency_table`'s cache, one file per machine and shape
+        self.latency = f"{self.results}/latency"  # `pruning.latency.cached_table`'s cache, one file per machine and shape
         self.metrics = Files(f"results/metrics/{profile}")  # outside results/<profile>/: DVC outputs do not overlap
         self.finetune_summary, self.anatomy_metrics = self.metrics("finetune.json"), self.metrics("anatomy.json")
 

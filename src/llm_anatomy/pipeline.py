@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .layout import Layout
 from .pruning.criteria import criterion_inputs
-from .pruning.joint import SPEED, SpeedMethod
-from .pruning.spec import THRESHOLD
+from .pruning.joint import SpeedMethod
+from .pruning.spec import SPEED, THRESHOLD
 from .pruning.targets import Targets
 
 CALIBRATION_JOBS = ("ffn_stats", "mask_gradients", "obs_scores")  # per-model passes a plan may read

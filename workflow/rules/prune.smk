@@ -141,7 +141,8 @@ rule latency_table:
     FFN width, read from the cache under results/<profile>/latency/ or measured into it. A timing, run as
     time_pruned is (every thread, never beside another timed job). The file records the machine it was
     measured on; Snakemake cannot see that the machine changed, so the speed plans follow the table the file
-    holds (`--forcerun latency_table` reads, or measures, this machine's)."""
+    holds (`--forcerun latency_table` reads, or measures, this machine's). A profile whose sizing says
+    `speed.latency: macs` (tiny) plans on multiply-adds instead: no timing."""
     input:
         finetuned=MODEL.finetuned,
         val=LAYOUT.split("val"),
@@ -161,6 +162,7 @@ rule latency_table:
     params:
         code=source_digest("latency_table.py"),
         cache=LAYOUT.latency,
+        kind=sizing("speed_latency"),
         reviews=config["pruning"]["speed"]["latency_reviews"],
         repeats=config["pruning"]["speed"]["latency_repeats"],
         batch_size=sizing("batch_size"),

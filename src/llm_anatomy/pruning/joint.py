@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from .compensation import METHODS as COMPENSATIONS
 from .criteria import CRITERIA
-from .spec import MethodRecord, _alternatives
+from .spec import SPEED, SPEED_FORM, SPEED_PATTERN, STRUCTURES, MethodRecord
 
-STRUCTURES = ("ffn", "heads", "joint")  # what a speed target prunes: FFN neurons, attention heads, or both
 
 
 def head_configurations(heads: int, kv_heads: int) -> list[tuple[int, int]]:
@@ -213,27 +211,6 @@ def restrict(cost: np.ndarray, joint_choices: LayerChoices, choices: LayerChoice
     return np.asarray(cost)[np.ix_(rows, cols)]
 
 
-SPEED = "speed"  # a speed target's allocation and family: per-layer choices under the latency budget (`allocate`)
-# <criterion>[+<head criterion>]-<structures>-<compensation>-x<speedup>, the criteria read loosely (no torch, so the
-# workflow recognises a speed name when it loads); `SpeedMethod.parse` checks each part against its registry
-SPEED_PATTERN = (rf"(?P<criterion>[a-z0-9][a-z0-9_-]*?)(?:\+(?P<head>[a-z0-9][a-z0-9_-]*?))?-(?P<structures>"
-                 rf"{'|'.join(STRUCTURES)})-(?P<compensation>{_alternatives(COMPENSATIONS)})-x(?P<speedup>.*)")
-SPEED_FORM = ("<criterion>-<ffn|heads|joint>-<compensation>-x<speedup> (a joint plan whose heads follow another "
-              "criterion: <ffn criterion>+<head criterion>-joint-...), e.g. fluctuation-joint-refit-x1.6")
-
-
-def speed_curve(name: str) -> str | None:
-    """The curve of a speed target's name (the name without -x<speedup>), else None. Only the grammar is read:
-    `SpeedMethod.parse` says what is wrong with a name that has the form but not valid parts."""
-    m = re.fullmatch(SPEED_PATTERN, name)
-    return name[: name.rindex("-x")] if m else None
-
-
-def is_speed_curve(curve: str) -> bool:
-    """Whether `curve` (`spec.curve_of`'s) is a speed target's."""
-    return speed_curve(f"{curve}-x2") == curve
-
-
 @dataclass(frozen=True)
 class SpeedMethod(MethodRecord):
     """A speed target: prune `structures` with `criterion` (heads: a head criterion; ffn and joint: an FFN
@@ -320,3 +297,56 @@ class SpeedMethod(MethodRecord):
         if method.name != name:
             raise ValueError(f"{name}: write it as {method.name} (one name per target)")
         return method
+
+
+@dataclass
+class LatencyTable:
+    """Seconds of one layer over the reference reviews, by head configuration (rows) and FFN width (columns)."""
+
+    signature: dict
+    heads: list[tuple[int, int]]   # (query heads, key/value heads) of each row
+    widths: list[int]              # kept FFN widths of the columns, increasing
+    body: np.ndarray               # a layer below the last
+    readout: np.ndarray            # the last layer (the read token only)
+    base: float                    # the rest of the pass: embeddings, head, batching, the loop's Python
+    dense: float                   # the dense loop's measured pass over the same reviews
+    info: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> int:
+        return self.signature["shapes"]["layers"]
+
+    def layer_seconds(self, query: int, kv: int, width: int, last: bool = False) -> float:
+        """One layer's seconds; no query heads left costs one (the layer keeps one, zeroed), no neurons one."""
+        if query == 0:
+            query, kv = 1, 1
+        key = (int(query), int(kv))
+        if key not in self.heads:
+            raise ValueError(f"({query} query, {kv} key/value heads) was not measured; the table has {self.heads}")
+        row = (self.readout if last else self.body)[self.heads.index(key)]
+        return float(np.interp(max(int(width), 1), self.widths, row))
+
+    def seconds(self, heads: Sequence[tuple[int, int]], widths: Sequence[int]) -> float:
+        """A whole pass of a model with these per-layer (query, key/value) heads and FFN widths."""
+        if len(heads) != self.layers or len(widths) != self.layers:
+            raise ValueError(f"{len(heads)} head counts and {len(widths)} widths for a table of {self.layers} layers")
+        last = self.layers - 1
+        return self.base + sum(self.layer_seconds(q, kv, w, l == last) for l, ((q, kv), w) in enumerate(zip(heads, widths)))
+
+    @property
+    def dense_predicted(self) -> float:
+        s = self.signature["shapes"]
+        return self.seconds([(s["heads"], s["kv_heads"])] * self.layers, [s["ffn_width"]] * self.layers)
+
+    def speedup(self, heads: Sequence[tuple[int, int]], widths: Sequence[int]) -> float:
+        return self.dense_predicted / self.seconds(heads, widths)
+
+    def to_dict(self) -> dict:
+        return dict(signature=self.signature, heads=[list(h) for h in self.heads], widths=list(self.widths),
+                    body=self.body.tolist(), readout=self.readout.tolist(), base=self.base, dense=self.dense,
+                    info=self.info)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyTable":
+        return cls(d["signature"], [tuple(h) for h in d["heads"]], list(d["widths"]), np.asarray(d["body"], float),
+                   np.asarray(d["readout"], float), float(d["base"]), float(d["dense"]), d.get("info", {}))

@@ -18,6 +18,12 @@ The table is cached per machine (`table_path`, under `layout.Layout.latency`): t
 of the CPU model and its full flag set, torch's version, the thread count, the precision, the batch size, the
 model's shapes and the reference lengths, so another CPU kind (or any of those changed) measures its own; a
 cached table with another width grid is measured again, and `remeasure` measures it again regardless.
+
+Rule latency_table (`latency_table`) copies this machine's cached table (`cached_table`) to a model's
+speed/latency_table.json for its speed targets. It is a timing: Snakemake cannot see that the machine changed, so the
+file records the machine (its `signature`) and every plan made from it follows that machine. A profile may ask for
+the multiply-add table instead (`macs_table`, no timing: the tiny profile's). `LatencyTable` itself lives in
+`joint` (no torch), so a plan reads it without this module.
 """
 from __future__ import annotations
 
@@ -26,7 +32,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +39,17 @@ import torch
 
 from ..adapters import target_positions
 from ..batching import progress_batches
+from ..costs import forward_macs
 from ..device import autocast, cpu_fields, machine_info, model_device
 from ..heads import remove_heads
 from ..inference import backbone_dtype, inference_model, loop_parts, predict_logits
 from ..io import json_digest, read_json, write_json
-from ..models import SentimentClassifier
+from ..data import read_split
+from ..models import SentimentClassifier, open_checkpoint
 from ..progress import progress
 from ..replay import StopForward
 from ..surgery import remove_masked
-from .joint import head_configurations, kept_heads
+from .joint import LatencyTable, head_configurations, kept_heads  # noqa: F401 (LatencyTable: read here too)
 from .timing import time_variants
 
 log = logging.getLogger(__name__)
@@ -83,59 +90,6 @@ def table_path(cache_dir: str | Path, sig: dict) -> Path:
     key = json_digest(sig)
     return Path(cache_dir) / (f"{s['arch']}-{s['layers']}x{s['hidden']}-{s['heads']}h{s['kv_heads']}kv-ffn{s['ffn_width']}"
                               f"-{sig['precision']}-b{sig['batch_size']}-{key}.json")
-
-
-@dataclass
-class LatencyTable:
-    """Seconds of one layer over the reference reviews, by head configuration (rows) and FFN width (columns)."""
-
-    signature: dict
-    heads: list[tuple[int, int]]   # (query heads, key/value heads) of each row
-    widths: list[int]              # kept FFN widths of the columns, increasing
-    body: np.ndarray               # a layer below the last
-    readout: np.ndarray            # the last layer (the read token only)
-    base: float                    # the rest of the pass: embeddings, head, batching, the loop's Python
-    dense: float                   # the dense loop's measured pass over the same reviews
-    info: dict = field(default_factory=dict)
-
-    @property
-    def layers(self) -> int:
-        return self.signature["shapes"]["layers"]
-
-    def layer_seconds(self, query: int, kv: int, width: int, last: bool = False) -> float:
-        """One layer's seconds; no query heads left costs one (the layer keeps one, zeroed), no neurons one."""
-        if query == 0:
-            query, kv = 1, 1
-        key = (int(query), int(kv))
-        if key not in self.heads:
-            raise ValueError(f"({query} query, {kv} key/value heads) was not measured; the table has {self.heads}")
-        row = (self.readout if last else self.body)[self.heads.index(key)]
-        return float(np.interp(max(int(width), 1), self.widths, row))
-
-    def seconds(self, heads: Sequence[tuple[int, int]], widths: Sequence[int]) -> float:
-        """A whole pass of a model with these per-layer (query, key/value) heads and FFN widths."""
-        if len(heads) != self.layers or len(widths) != self.layers:
-            raise ValueError(f"{len(heads)} head counts and {len(widths)} widths for a table of {self.layers} layers")
-        last = self.layers - 1
-        return self.base + sum(self.layer_seconds(q, kv, w, l == last) for l, ((q, kv), w) in enumerate(zip(heads, widths)))
-
-    @property
-    def dense_predicted(self) -> float:
-        s = self.signature["shapes"]
-        return self.seconds([(s["heads"], s["kv_heads"])] * self.layers, [s["ffn_width"]] * self.layers)
-
-    def speedup(self, heads: Sequence[tuple[int, int]], widths: Sequence[int]) -> float:
-        return self.dense_predicted / self.seconds(heads, widths)
-
-    def to_dict(self) -> dict:
-        return dict(signature=self.signature, heads=[list(h) for h in self.heads], widths=list(self.widths),
-                    body=self.body.tolist(), readout=self.readout.tolist(), base=self.base, dense=self.dense,
-                    info=self.info)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LatencyTable":
-        return cls(d["signature"], [tuple(h) for h in d["heads"]], list(d["widths"]), np.asarray(d["body"], float),
-                   np.asarray(d["readout"], float), float(d["base"]), float(d["dense"]), d.get("info", {}))
 
 
 def width_grid(width: int, points: int = 9) -> list[int]:
@@ -270,7 +224,7 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def latency_table(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int, padding_side: str,
+def cached_table(model: SentimentClassifier, encoded: Sequence[Sequence[int]], pad_id: int, padding_side: str,
                   precision: str, batch_size: int, cache_dir: str | Path, repeats: int = 3,
                   remeasure: bool = False, widths: Sequence[int] | None = None) -> tuple[LatencyTable, Path]:
     """(table, its file): this machine's cached table for these shapes and reviews, measured (and written
@@ -287,6 +241,29 @@ def latency_table(model: SentimentClassifier, encoded: Sequence[Sequence[int]], 
     table = measure_table(model, encoded, pad_id, padding_side, precision, batch_size, repeats=repeats, widths=widths)
     write_json(path, table.to_dict())
     return table, path
+
+
+def macs_table(model: SentimentClassifier, encoded: Sequence[Sequence[int]], precision: str, batch_size: int,
+               widths: Sequence[int] | None = None) -> LatencyTable:
+    """A `LatencyTable` whose seconds are multiply-adds (`costs.forward_macs` over the reviews `encoded`, as the loop
+    runs them), 1e-9 s each, with no time outside the layers: no timing, so the same model and reviews give the
+    same table on any machine. Its speedups are the pruned models' multiply-add bounds (`speedup_bound`), which on a
+    CPU real speedups fall short of (docs/SPEED.md); the tiny profile plans on it so its runs compare exactly."""
+    lengths = [len(e) for e in encoded]
+    sig = dict(signature(model, lengths, precision, batch_size), machine="multiply-adds")
+    shapes = sig["shapes"]
+    widths = list(widths) if widths is not None else width_grid(shapes["ffn_width"])
+    configs = head_configurations(shapes["heads"], shapes["kv_heads"])
+    L = shapes["layers"]
+    body, readout = np.zeros((len(configs), len(widths))), np.zeros((len(configs), len(widths)))
+    for i, (q, kv) in enumerate(configs):
+        for j, w in enumerate(widths):
+            a = pruned_to(model, [(q, kv)] * L, [w] * L).adapter  # every layer alike: body = all layers' / L
+            body[i, j] = forward_macs(a, lengths, readout=False) / L * 1e-9
+            readout[i, j] = forward_macs(a, lengths) * 1e-9 - (L - 1) * body[i, j]
+    table = LatencyTable(sig, configs, widths, body, readout, base=0.0, dense=0.0, info=dict(kind="multiply-adds"))
+    table.dense = table.dense_predicted
+    return table
 
 
 def pruned_to(model: SentimentClassifier, heads: Sequence[tuple[int, int]], widths: Sequence[int]) -> SentimentClassifier:
@@ -326,3 +303,22 @@ def check_predictions(model: SentimentClassifier, table: LatencyTable, encoded, 
     rows.append(dict(heads="dense", seconds=dense, predicted_seconds=table.dense_predicted,
                      seconds_error=table.dense_predicted / dense - 1))
     return rows
+
+
+def latency_table(finetuned, val, latency_table, cache: str, kind: str, reviews: int, repeats: int, batch_size: int,
+                  threads: int | None, device: str) -> dict:
+    """Rule latency_table: the model's table on the first `reviews` validation reviews at the evaluation's batch
+    size, written to `latency_table`: kind `measured`, this machine's (measured into `cache` unless it holds
+    one); kind `macs`, multiply-adds (`latency.macs_table`: no timing, the same on every machine)."""
+    ck = open_checkpoint(finetuned, device, threads)
+    ref = ck.encode(read_split(val)["text"].iloc[:reviews].tolist())
+    if kind == "macs":
+        table, cached = macs_table(ck.model, ref, ck.precision, batch_size), None
+    elif kind == "measured":
+        table, cached = cached_table(ck.model, ref, ck.pad_id, ck.padding_side, ck.precision, batch_size,
+                                              cache, repeats)
+    else:
+        raise ValueError(f"latency table kind {kind!r}: choose measured (this machine's) or macs (multiply-adds)")
+    write_json(latency_table, table.to_dict())
+    return dict(kind=kind, cache=str(cached), reviews=len(ref), dense_s=round(table.dense, 4),
+                measured_at=table.info.get("measured_at"))

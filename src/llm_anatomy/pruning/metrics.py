@@ -144,8 +144,9 @@ class PruneMetrics(Measured):
     gap_dense_lo: float = _f("95% paired bootstrap interval of gap_dense, low end", 0.0)
     gap_dense_hi: float = _f("95% paired bootstrap interval of gap_dense, high end", 0.0)
     gap_dense_p: float = _f("exact McNemar p-value, pruned vs dense", 1.0)
-    accuracy_random: list = _f("random baseline per seed (the plan's per-layer counts, high neurons kept), "
-                               "treated as the plan is (compensated the same way when it is)")
+    accuracy_random: list = _f("random baseline per seed (the plan's per-layer counts, high neurons kept; speed "
+                               "targets: random heads in the plan's head configurations and neurons drawn among all, "
+                               "so it has the plan's shapes), treated as the plan is (compensated the same way when it is)")
     accuracy_random_mean: float = _f("mean of accuracy_random", 0.0)
     accuracy_random_std: float = _f("sample standard deviation of accuracy_random over seeds (0 for one seed)", 0.0)
     accuracy_random_lo: float = _f("95% interval of accuracy_random_mean over seeds and reviews "

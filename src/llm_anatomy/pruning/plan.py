@@ -11,7 +11,7 @@ plan's per-layer counts and is compensated as the plan is.
 
 A speed plan (`plan_speed`, a `joint.SpeedMethod`) prunes attention heads and FFN neurons together: per layer
 the head configuration and FFN width that meet the target speedup on the latency table at the least summed
-cost (`joint.allocate`; speed targets in the workflow: `speed.speed_plan`). Its pruned heads' bias fold, like a
+cost (`joint.allocate`; speed targets in the workflow: `speed_plan`). Its pruned heads' bias fold, like a
 fitted compensation, is computed from calibration reviews when the plan is materialised.
 
 plan.parquet, one row per layer (the Figure-4a table):
@@ -209,13 +209,32 @@ def plan_speed(method: SpeedMethod, choices: Sequence[LayerChoices], costs: Sequ
     return Plan(pruned, table, PlanInfo(method, [float("nan")] * L, search), lines, means, heads)
 
 
-def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float) -> list[np.ndarray]:
-    """Per layer, `counts[l]` neurons drawn without replacement from those with score <= `high`.
+def speed_plan(method: SpeedMethod, stats: NeuronStats, head_stats: pd.DataFrame, costs_path, table,
+               ffn_criterion: str, head_criterion: str, width_steps: int) -> Plan:
+    """The plan of a speed target (rule prune_plan): the joint cost table at `costs_path` (rule speed_sensitivity,
+    made with `ffn_criterion` and `head_criterion`, the method's own for the structures it prunes) restricted to
+    the method's choices (`joint.restrict`), allocated on `table` (this machine's `latency.LatencyTable` for the
+    model) by `plan_speed`."""
+    from .joint import restrict
+    from .speed import joint_choices, read_costs  # torch (the head criteria): speed targets only
+
+    kv = [table.signature["shapes"]["kv_heads"]] * table.layers  # the dense model's (a table's shapes are uniform)
+    joint = joint_choices(stats, head_stats, kv, ffn_criterion, head_criterion, width_steps)
+    costs, objective = read_costs(costs_path, joint)
+    own = joint_choices(stats, head_stats, kv, method.ffn_criterion or ffn_criterion,
+                        method.head_criterion or head_criterion, width_steps, method.structures)
+    restricted = [restrict(cost, j, c) for cost, j, c in zip(costs, joint, own)]
+    return plan_speed(method, own, restricted, table, stats, "estimated", objective)
+
+
+def random_masks(scores: Sequence[np.ndarray], counts: Sequence[int], seed: int, high: float | None
+                 ) -> list[np.ndarray]:
+    """Per layer, `counts[l]` neurons drawn without replacement from those with score <= `high` (None: from all).
 
     One generator per (seed, layer), so a layer's draw does not depend on the other layers."""
     out = []
     for layer, (s, n) in enumerate(zip(scores, counts)):
-        candidates = np.flatnonzero(~(np.asarray(s) > high))
+        candidates = np.arange(len(s)) if high is None else np.flatnonzero(~(np.asarray(s) > high))
         if n > len(candidates):
             log.warning("layer %d: %d neurons to prune but only %d are not high; pruning those", layer, n, len(candidates))
             n = len(candidates)
@@ -241,8 +260,9 @@ def random_heads(pruned_heads: Sequence[np.ndarray], heads: Sequence[int], kv_he
     return out
 
 
-def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarray] | None = None) -> Plan:
-    """The paper's random baseline for `plan`: its per-layer counts, drawn among the neurons that are not high.
+def random_plan(plan: Plan, scores, seed: int, high: float | None, means: list[np.ndarray] | None = None) -> Plan:
+    """The paper's random baseline for `plan`: its per-layer counts, drawn among the neurons that are not high
+    (`high` None: among all, as for speed plans, whose baseline must keep the plan's shapes).
 
     A compensated plan gets a compensated baseline (the random neurons' mean activations from `means`,
     the same calibration statistics), so the baseline is treated exactly as the method is; the
@@ -254,7 +274,7 @@ def random_plan(plan: Plan, scores, seed: int, high: float, means: list[np.ndarr
     masks = random_masks(scores, plan.counts, seed, high)
     pruned_means = [np.asarray(m, dtype=np.float64)[k] for m, k in zip(means, masks)] if folded else None
     table = pd.DataFrame([dict(layer=l, width=len(s), masked=len(m), masked_pct=100.0 * len(m) / len(s),
-                               high=int((np.asarray(s) > high).sum()), threshold=float("nan"))
+                               high=None if high is None else int((np.asarray(s) > high).sum()), threshold=float("nan"))
                           for l, (s, m) in enumerate(zip(scores, masks))])
     info = PlanInfo(plan.spec, [float("nan")] * len(masks), scoring=plan.info.scoring, seed=int(seed),
                     high_threshold=high)
@@ -335,7 +355,7 @@ def prune_plan(layer_scores, neuron_scores, plan, random_plans, spec, seeds, hig
     """plan.parquet and random_plans.parquet (one plan per seed) of one target (rule prune_plan). `spec` is a
     MethodSpec or SpeedMethod, or its dict; the other inputs are the files the spec's criterion and allocation
     read (a speed target: this machine's latency table, the heads' statistics and the cost table made with the
-    criteria `speed` names, on its width grid: `speed.speed_plan`)."""
+    criteria `speed` names, on its width grid: `speed_plan`)."""
     spec = method_from_dict(spec)
     scoring = getattr(spec, "scoring", None) or "paper"
     c, scores = load_scores(layer_scores, neuron_scores, average_over, scoring)
@@ -343,7 +363,7 @@ def prune_plan(layer_scores, neuron_scores, plan, random_plans, spec, seeds, hig
     if spec.allocation != THRESHOLD:
         stats = NeuronStats.from_files(ffn_stats, mask_gradients, contributions, cosine=scores, obs_scores=obs_scores)
     if isinstance(spec, SpeedMethod):
-        from .speed import read_latency_table, speed_plan  # torch (the head criteria): speed targets only
+        from .speed import read_latency_table  # torch (the head criteria): speed targets only
 
         made = speed_plan(spec, stats, read_parquet(head_stats), speed_sensitivity, read_latency_table(latency_table),
                           speed["ffn_criterion"], speed["head_criterion"], speed["width_steps"])
@@ -352,7 +372,9 @@ def prune_plan(layer_scores, neuron_scores, plan, random_plans, spec, seeds, hig
     made.info.scoring = scoring
     means = stats["mean"] if made.compensation == "bias" else None
     write_plan(made, plan)
-    write_random_plans([random_plan(made, scores, s, high_threshold, means) for s in seeds], random_plans)
+    # a speed plan's baseline has its shapes, so its speed: drawn among all neurons (a layer's FFN may go whole)
+    high = None if isinstance(spec, SpeedMethod) else high_threshold
+    write_random_plans([random_plan(made, scores, s, high, means) for s in seeds], random_plans)
     for line in made.log_lines:
         log.info(line)
     return dict(target=spec.name, pruned=sum(made.counts), neurons=int(made.table["width"].sum()))

@@ -47,12 +47,32 @@ CURVE_ORDER = {"named": 0, "sweep": 1, "sweep-prenorm": 2, "sweep-gain": 3, "fla
 CURVE_PATTERN = rf"(?:{'|'.join(list(CURVE_ORDER)[1:])}|{METHOD_RE.replace('(', '(?:')})-\d+"  # a curve point
 
 
+STRUCTURES = ("ffn", "heads", "joint")  # what a speed target prunes: FFN neurons, attention heads, or both
+SPEED = "speed"  # a speed target's allocation and family: per-layer choices under the latency budget (`allocate`)
+# <criterion>[+<head criterion>]-<structures>-<compensation>-x<speedup>, the criteria read loosely (no torch, so the
+# workflow recognises a speed name when it loads); `SpeedMethod.parse` checks each part against its registry
+SPEED_PATTERN = (rf"(?P<criterion>[a-z0-9][a-z0-9_-]*?)(?:\+(?P<head>[a-z0-9][a-z0-9_-]*?))?-(?P<structures>"
+                 rf"{'|'.join(STRUCTURES)})-(?P<compensation>{_alternatives(COMPENSATIONS)})-x(?P<speedup>.*)")
+SPEED_FORM = ("<criterion>-<ffn|heads|joint>-<compensation>-x<speedup> (a joint plan whose heads follow another "
+              "criterion: <ffn criterion>+<head criterion>-joint-...), e.g. fluctuation-joint-refit-x1.6")
+
+
+def speed_curve(name: str) -> str | None:
+    """The curve of a speed target's name (the name without -x<speedup>), else None. Only the grammar is read:
+    `SpeedMethod.parse` says what is wrong with a name that has the form but not valid parts."""
+    m = re.fullmatch(SPEED_PATTERN, name)
+    return name[: name.rindex("-x")] if m else None
+
+
+def is_speed_curve(curve: str) -> bool:
+    """Whether `curve` (`spec.curve_of`'s) is a speed target's."""
+    return speed_curve(f"{curve}-x2") == curve
+
+
 def curve_of(name: str) -> tuple[str, int | None]:
     """(curve, target percentage) of a curve point's name (curve: sweep, sweep-<scoring>, flap, or a method
     <criterion>-<allocation>-<compensation>); (the name without -x<speedup>, None) of a speed target's
-    (`joint.SpeedMethod`), else ('named', None)."""
-    from .joint import speed_curve  # joint imports this module
-
+    (`joint.SpeedMethod`, `speed_curve`), else ('named', None)."""
     if (speed := speed_curve(name)) is not None:
         return speed, None
     if not re.fullmatch(CURVE_PATTERN, name):

@@ -1,10 +1,8 @@
 """Speed targets in the pipeline (`joint.SpeedMethod`, docs/SPEED.md): the per-model inputs of their plans, one
-stage function per rule, and the plan made from those files.
+stage function per rule, and the readers of their files.
 
-  latency_table      this machine's latency table (`latency.latency_table`, cached under `layout.Layout.latency`
-                     per CPU kind, torch, threads, shapes and reference reviews), copied to the model's
-                     speed/latency_table.json. A timing: Snakemake cannot see that the machine changed, so the file
-                     records the machine (its `signature`) and every plan made from it follows that machine
+  latency_table      (in `latency`, beside the table it measures) this machine's latency table, copied to the
+                     model's speed/latency_table.json; or, where the sizing asks, multiply-adds (`latency.macs_table`)
   head_stats         the head criteria's statistics (`head_criteria.head_stats_frame`) and every head's mean output
                      on the calibration reviews (the means the estimated costs ablate to)
   speed_sensitivity  per layer and (head configuration, FFN width) of the joint choices (`joint.layer_choices`), the
@@ -15,8 +13,8 @@ stage function per rule, and the plan made from those files.
 
 speed/sensitivity_<ffn criterion>+<head criterion>.parquet, one row per (layer, head configuration, width):
   layer, heads_kept, kv_kept, width int; cost float (the objective's); objective str (margin | loss).
-A speed plan (`speed_plan`) restricts the joint table to its structure's choices (`joint.restrict`) and allocates
-on the latency table (`plan.plan_speed`). No test review is read by any of these.
+A speed plan (`plan.speed_plan`, rule prune_plan) restricts the joint table to its structure's choices
+(`joint.restrict`) and allocates on the latency table (`plan.plan_speed`). No test review is read by any of these.
 """
 from __future__ import annotations
 
@@ -27,17 +25,14 @@ import numpy as np
 import pandas as pd
 
 from ..data import read_split
-from ..io import atomic_path, read_json, read_parquet, write_json, write_parquet
+from ..io import atomic_path, read_json, read_parquet, write_parquet
 from ..models import open_checkpoint
 from ..scores import mean_neuron_scores
-from . import latency
 from .attribution import review_effects
 from .calibration import calibration_reviews
 from .criteria import NeuronStats, importance
 from .head_criteria import head_importance, head_stats_frame
-from .joint import (LayerChoices, SpeedMethod, estimated_losses, estimated_margin_change, layer_choices, restrict,
-                    sensitivity_frame)
-from .plan import Plan, plan_speed
+from .joint import LatencyTable, LayerChoices, estimated_losses, estimated_margin_change, layer_choices, sensitivity_frame
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +41,8 @@ OBJECTIVES = ("margin", "loss")
 
 
 # ---- the per-model inputs -----------------------------------------------------------------
-def latency_table(finetuned, val, latency_table, cache: str, reviews: int, repeats: int, batch_size: int,
-                  threads: int | None, device: str) -> dict:
-    """Rule latency_table: this machine's table for the model on the first `reviews` validation reviews at the
-    evaluation's batch size (measured into `cache` unless it holds one), written to `latency_table`."""
-    ck = open_checkpoint(finetuned, device, threads)
-    ref = ck.encode(read_split(val)["text"].iloc[:reviews].tolist())
-    table, cached = latency.latency_table(ck.model, ref, ck.pad_id, ck.padding_side, ck.precision, batch_size, cache,
-                                          repeats)
-    write_json(latency_table, table.to_dict())
-    return dict(cache=str(cached), reviews=len(ref), dense_s=round(table.dense, 4),
-                measured_at=table.info.get("measured_at"))
-
-
-def read_latency_table(path) -> latency.LatencyTable:
-    return latency.LatencyTable.from_dict(read_json(path))
+def read_latency_table(path) -> LatencyTable:
+    return LatencyTable.from_dict(read_json(path))
 
 
 def head_stats(finetuned, train, head_stats, head_means, reviews: int, threads: int | None, device: str) -> dict:
@@ -146,18 +128,3 @@ def read_costs(path, choices: Sequence[LayerChoices]) -> tuple[list[np.ndarray],
     if len(objective) != 1:
         raise ValueError(f"{path}: costs of several objectives {sorted(objective)}; rebuild it with rule speed_sensitivity")
     return costs, objective.pop()
-
-
-# ---- the plan -------------------------------------------------------------------------------
-def speed_plan(method: SpeedMethod, stats: NeuronStats, head_stats_df: pd.DataFrame, costs_path, table,
-               ffn_criterion: str, head_criterion: str, width_steps: int) -> Plan:
-    """The plan of a speed target: the joint cost table (made with `ffn_criterion` and `head_criterion`, the
-    method's own for the structures it prunes) restricted to the method's choices, allocated on `table` (this
-    machine's `latency.LatencyTable` for the model)."""
-    kv = [table.signature["shapes"]["kv_heads"]] * table.layers  # the dense model's (a table's shapes are uniform)
-    joint = joint_choices(stats, head_stats_df, kv, ffn_criterion, head_criterion, width_steps)
-    costs, objective = read_costs(costs_path, joint)
-    own = joint_choices(stats, head_stats_df, kv, method.ffn_criterion or ffn_criterion,
-                        method.head_criterion or head_criterion, width_steps, method.structures)
-    restricted = [restrict(cost, j, c) for cost, j, c in zip(costs, joint, own)]
-    return plan_speed(method, own, restricted, table, stats, "estimated", objective)

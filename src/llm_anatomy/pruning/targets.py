@@ -16,8 +16,8 @@ import functools
 from dataclasses import dataclass, replace
 
 from ..config import model_kind
-from .joint import SPEED_FORM, SpeedMethod, is_speed_curve
-from .spec import ALL_METHODS, THRESHOLD, MethodSpec, curve_of, method_of
+from .joint import SpeedMethod
+from .spec import ALL_METHODS, SPEED_FORM, THRESHOLD, MethodSpec, curve_of, is_speed_curve, method_of
 
 
 class TargetError(ValueError):
@@ -43,6 +43,7 @@ class Sizing:
     calibration_batch_size: int  # float32 calibration passes and fitted compensations
     search_reviews: int      # validation reviews of the searched allocation's layer sensitivity
     speed_search_reviews: int  # validation reviews of the speed targets' per-layer costs (rule speed_sensitivity)
+    speed_latency: str       # measured (this machine's latency table) | macs (multiply-adds; rule latency_table)
 
 
 class Targets:
@@ -190,7 +191,7 @@ class Targets:
                       random_seeds=seeds, equality_check_reviews=kind["equality_check_reviews"],
                       calibration_reviews=kind["calibration_reviews"], calibration_batch_size=tree["calibration_batch_size"],
                       search_reviews=kind["methods"]["search_reviews"],
-                      speed_search_reviews=kind["speed"]["search_reviews"])
+                      speed_search_reviews=kind["speed"]["search_reviews"], speed_latency=kind["speed"]["latency"])
 
     def random_seeds(self, model: str, name: str | None = None) -> list[int]:
         return list(range(self.sizing(model, name).random_seeds))
