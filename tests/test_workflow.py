@@ -63,7 +63,9 @@ def test_a_yaml_syntax_error_in_params_yaml_names_its_line_before_snakemake_load
     (Layout("tiny").target("tiny-bert", "flapp-50").metrics,
      "'flapp-50' is not a prune target of tiny-bert (did you mean 'flap-50'?). Its targets in profile tiny: "
      "enc-a0.01-b0.001, enc-a0.025-b0.001, enc-a0.05-b0.001, enc-a0.05-b0.005, enc-a0.05-b0.01, sweep-25, "
-     "sweep-50, sweep-75, flap-50, fisher-searched-refit-50."),
+     "sweep-50, sweep-75, flap-50, fisher-searched-refit-50, fluctuation-joint-refit-x1.3, fluctuation-heads-refit-x1.3."),
+    (Layout("tiny").target("tiny-bert", "fluctuation-joint-refit-x0.9").metrics,
+     "fluctuation-joint-refit-x0.9: a speedup of 0.9 is no speedup; give one above 1, e.g. fluctuation-joint-refit-x1.6"),
     (Layout("tiny").pruned("tiny-llama", "flapp-50"), "'flapp-50' is not a prune target of tiny-llama"),
     (Layout("tiny").config_metrics("enc-z"), "'enc-z' is not a configuration under pruning.configs; the DVC metrics "
      "files are results/metrics/<profile>/prune/<name>.json for ['enc-a0.01-b0.001', "),
