@@ -228,10 +228,10 @@ def test_tiny_profile_end_to_end(tiny_run):
     for model, target in speed:
         point = read(layout.target(model, target).metrics)
         plan = read_plan(tmp_path / layout.target(model, target).plan)
-        table = LatencyTable.from_dict(read(layout.model(model).latency_table))
+        latency = LatencyTable.from_dict(read(layout.model(model).latency_table))
         kept = list(zip(plan.table["heads_kept"], plan.table["kv_kept"]))
         widths = (plan.table["width"] - plan.table["masked"]).tolist()
-        assert table.speedup(kept, widths) >= 1.3 - 1e-9 and plan.info.search["latency"]["signature"] == table.signature
+        assert latency.speedup(kept, widths) >= 1.3 - 1e-9 and plan.info.search["latency"]["signature"] == latency.signature
         assert (point["structures"], point["target_speedup"], point["rule"]) == (target.split("-")[1], 1.3, "speed")
         assert point["predicted_speedup"] == plan.info.search["predicted_speedup"] and point["speedup_removed"] > 0
         assert point["heads_pruned"] == sum(map(len, plan.pruned_heads)) and point["objective"] == "margin"
