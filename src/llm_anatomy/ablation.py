@@ -107,6 +107,17 @@ def activation_gradients(model: SentimentClassifier) -> Iterator[None]:
             q.requires_grad_(flag)
 
 
+def retain_activations(store: dict[int, torch.Tensor]):
+    """A hook maker for `activation_hooks` (or a layer's pre-hook) inside `activation_gradients`: each layer's
+    activation kept in `store[layer]`, its gradient retained so that `.grad` holds it after the backward pass."""
+    def make(layer):
+        def hook(_module, args):
+            args[0].retain_grad()
+            store[layer] = args[0]
+        return hook
+    return make
+
+
 def margin_of(model, batch: Batch) -> torch.Tensor:
     return batch.sign * model(batch.ids, batch.mask).float()
 
@@ -249,13 +260,7 @@ class Ablator:
         with activation_gradients(self.model):
             for batch in self.batches:
                 acts: dict[int, torch.Tensor] = {}
-
-                def keep(layer):
-                    def hook(_module, args):
-                        acts[layer] = args[0]
-                        args[0].retain_grad()
-                    return hook
-                with torch.enable_grad(), self.adapter.activation_hooks(keep):
+                with torch.enable_grad(), self.adapter.activation_hooks(retain_activations(acts)):
                     margin_of(self.model, batch).sum().backward()
                 m = batch.mask.unsqueeze(-1).double()
                 for l in range(self.adapter.num_layers):  # sum over real tokens of (mean - a) * d margin / d a
