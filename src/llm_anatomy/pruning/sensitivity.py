@@ -29,12 +29,19 @@ from .allocation import lowest
 
 
 @torch.inference_mode()
-def ablated_change(ablator: Ablator, layer: int, context: Callable[[], AbstractContextManager]) -> tuple[float, float]:
+def dense_loss(ablator: Ablator) -> float:
+    """The dense model's loss summed over the ablator's reviews, batch by batch (what `ablated_change` subtracts)."""
+    return sum(float(F.softplus(-b.margin).sum()) for b in ablator.batches)
+
+
+@torch.inference_mode()
+def ablated_change(ablator: Ablator, layer: int, context: Callable[[], AbstractContextManager], dense: float
+                   ) -> tuple[float, float]:
     """(mean loss increase, mean margin change) over the ablator's reviews when the model runs inside `context()`,
-    the blocks below `layer` replaying their cached dense outputs (so the ablation must start at `layer`)."""
+    the blocks below `layer` replaying their cached dense outputs (so the ablation must start at `layer`).
+    `dense`: `dense_loss(ablator)`, taken once per table; the ablated loss total minus it, summed as the
+    sensitivity tables always were (same bits)."""
     model = ablator.model
-    # the ablated loss total minus the dense one, summed as the sensitivity tables always were (same bits)
-    dense = sum(float(F.softplus(-b.margin).sum()) for b in ablator.batches)
     total = margin = 0.0
     for batch in ablator.batches:
         with replay_below(model, layer, batch.block_outputs), context():
@@ -55,12 +62,13 @@ def sensitivity_table(ablator: Ablator, importance: Sequence[np.ndarray], fracti
     if prune is None:
         def prune(layer, idx):
             return pin_to_means(model, {layer: idx}, ablator.means)
+    dense = dense_loss(ablator)
     rows = []
     for layer, imp in enumerate(importance):
         rows.append(dict(layer=layer, fraction=0.0, pruned=0, loss_increase=0.0))
         for f in fractions:
             idx = lowest(imp, int(round(f * len(imp))))
-            increase, _margin = ablated_change(ablator, layer, lambda: prune(layer, idx))
+            increase, _margin = ablated_change(ablator, layer, lambda: prune(layer, idx), dense)
             rows.append(dict(layer=layer, fraction=float(f), pruned=len(idx), loss_increase=increase))
     df = pd.DataFrame(rows).astype(dict(layer="int16", pruned="int64"))
     df["reviews"] = np.int64(ablator.n_reviews)
@@ -96,13 +104,14 @@ def head_sensitivity(ablator: Ablator, options: Sequence[Sequence[np.ndarray]],
     the validation loss increase and mean margin change, the heads pinned to `means` (the bias fold) or, with
     `means=None`, zeroed. One row per (layer, option): layer, option, pruned, heads (the set), loss_increase,
     margin_change, reviews."""
+    dense = dense_loss(ablator)
     rows = []
     for layer, sets in enumerate(options):
         for k, heads in enumerate(sets):
             heads = np.asarray(heads, dtype=np.int64)
             # an empty set is the dense model: no pass needed
             increase, margin = (0.0, 0.0) if not len(heads) else ablated_change(
-                ablator, layer, lambda: pin_heads(ablator.model, {layer: heads}, means))
+                ablator, layer, lambda: pin_heads(ablator.model, {layer: heads}, means), dense)
             rows.append(dict(layer=layer, option=k, pruned=len(heads), heads=heads.tolist(), loss_increase=increase,
                              margin_change=margin))
     df = pd.DataFrame(rows).astype(dict(layer="int16", option="int64", pruned="int64"))
