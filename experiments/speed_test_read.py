@@ -42,7 +42,7 @@ def main():
     check_schema(config, SCHEMA)
     config["profile"] = PROFILE
     targets = Targets(config)
-    sizing = targets.sizing(args.model, "flap-50")  # a headline point: the headline count of test reviews
+    sizing = targets.sizing(args.model)  # the dense evaluation's sizes: the headline count of test reviews
     layout, files = Layout(PROFILE), Layout(PROFILE).model(args.model)
     dense, _ = read_logits(files.dense_eval("test"))
     if len(dense) < sizing.test_limit:
@@ -63,7 +63,7 @@ def main():
     for folder, out in outs.items():
         evaluate_folder(folder, test, out, sizing.test_limit, sizing.batch_size, targets.profile["threads"], "cpu")
         got, _ = read_logits(out)
-        if not (got["label"].to_numpy() == dense["label"].to_numpy()).all():
+        if not got[["review", "label"]].reset_index(drop=True).equals(dense[["review", "label"]].reset_index(drop=True)):
             raise SystemExit(f"{out}: its reviews are not the dense evaluation's")
         outcome = correct(got["logit"], got["label"])
         acc, diff = accuracy_interval(outcome), paired_difference(outcome, base)
