@@ -64,12 +64,16 @@ def main():
     variants = {"dense": inference_model(model, precision, **run)}
     macs = {"dense": forward_macs(model.adapter, lengths, readout=run["last_token"])}
     validation = {}
-    for folder in map(Path, args.folders):
+    folders = [Path(f) for f in args.folders]
+    names = [f.name for f in folders]
+    for folder in folders:
+        # a folder is named by its path when another one shares its name (they would overwrite each other's row)
+        name = str(folder) if names.count(folder.name) > 1 else folder.name
         pruned_model, _tok, _meta = load_classifier(folder)
-        variants[folder.name] = inference_model(pruned_model, precision, **run)
-        macs[folder.name] = forward_macs(pruned_model.adapter, lengths, readout=run["last_token"])
+        variants[name] = inference_model(pruned_model, precision, **run)
+        macs[name] = forward_macs(pruned_model.adapter, lengths, readout=run["last_token"])
         info = folder / "pruning.json"
-        validation[folder.name] = read_json(info).get("validation") if info.exists() else None
+        validation[name] = read_json(info).get("validation") if info.exists() else None
     for fraction in (float(f) for f in args.fractions.split(",") if f):
         pruned = []
         for w, o in zip(model.adapter.ffn_widths(), order):

@@ -117,9 +117,10 @@ def main() -> None:
     search = val.iloc[:nsearch]
     ablator = Ablator(work, ck.encode(search["text"]), search["label"].to_numpy(), pad, side, 16)
     ablator.means = [torch.tensor(m, dtype=torch.float32) for m in stats["mean"]]
-    tables = {"searched-bias": sensitivity_table(ablator, imp, FRACTIONS),
+    tables = {"searched-bias": sensitivity_table(ablator, imp, FRACTIONS, desc="sensitivity (bias)"),
               "searched-refit": sensitivity_table(ablator, imp, FRACTIONS,
-                                                  refit_layer(work, dense_ffn_stats(work, cal, pad, side)))}
+                                                  refit_layer(work, dense_ffn_stats(work, cal, pad, side)),
+                                                  desc="sensitivity (refit)")}
     for label, table in tables.items():
         print(label, "loss increase per (layer, fraction):")
         print(table.pivot(index="layer", columns="fraction", values="loss_increase").round(4).to_string(), flush=True)

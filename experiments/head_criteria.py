@@ -72,8 +72,8 @@ def main():
     options = [[np.array([h]) for h in range(ck.model.adapter.attention(l).heads)] if l in layers else []
                for l in range(L)]
     logging.info("exact ablation of %d heads on %d validation reviews", sum(map(len, options)), len(vy))
-    mean_abl = head_sensitivity(ablator, options, pinned)
-    zero_abl = head_sensitivity(ablator, options, None)
+    mean_abl = head_sensitivity(ablator, options, pinned, desc="heads pinned to their means")
+    zero_abl = head_sensitivity(ablator, options, None, desc="heads zeroed")
     exact = pd.DataFrame({"layer": mean_abl["layer"].to_numpy(), "head": [h[0] for h in mean_abl["heads"]],
                           "loss_mean": mean_abl["loss_increase"].to_numpy(),
                           "margin_signed": mean_abl["margin_change"].to_numpy(),

@@ -2,8 +2,9 @@
 passes: measured (or read from the cache) on the first REF validation reviews, then checked against the loop
 timing the dense model and pruned copies over the first CHECK validation reviews (5 alternating repeats).
 
-    python experiments/latency_table.py MODEL REF CHECK
+    python experiments/latency_table.py MODEL REF CHECK [REPEATS]
     python experiments/latency_table.py minilm 128 500
+    python experiments/latency_table.py smollm2 128 256 7   # 7 alternating rounds per cell (default 3)
 
 The shapes checked: every layer's FFN at 50%, every layer at half its heads, both, and an uneven joint shape
 (the lower half of the layers at a quarter of their heads and width, the upper half dense). Writes the table to
@@ -32,13 +33,14 @@ import torch
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     name, nref, ncheck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     layout = Layout("offline")
     ck = open_checkpoint(layout.model(name).finetuned, threads=2)
     val = read_split(layout.split("val"))
     ref = ck.encode(val["text"].iloc[:nref].tolist())
     check = ck.encode(val["text"].iloc[:ncheck].tolist())
     start = time.time()
-    table, path = cached_table(ck.model, ref, ck.pad_id, ck.padding_side, ck.precision, 32, layout.latency)
+    table, path = cached_table(ck.model, ref, ck.pad_id, ck.padding_side, ck.precision, 32, layout.latency, repeats)
     measured = time.time() - start
     a = ck.model.adapter
     L = a.num_layers

@@ -198,3 +198,27 @@ def test_criteria_registry_and_agreement(tokenizer, reviews):
     agree = criterion_agreement(table, ["a", "b"], ["effect"]).set_index("criterion")
     assert agree.loc["a", "spearman"] == pytest.approx(1.0) and agree.loc["a", "spearman_within_layer"] == pytest.approx(1.0)
     assert agree.loc["b", "spearman"] == pytest.approx(-1.0)
+
+
+def test_sensitivities_log_ablations_done_of_all(tokenizer, reviews, monkeypatch, caplog):
+    """head_sensitivity and sensitivity_table report progress as ablations done of all (an empty head set runs
+    none), through the package's log lines (a line on every update here)."""
+    import logging
+
+    from llm_anatomy.progress import LogProgress
+    from llm_anatomy.pruning import sensitivity
+
+    monkeypatch.setattr(sensitivity, "progress", lambda total, desc: LogProgress(total=total, desc=desc, interval=0))
+    model, enc = _setup("bert", tokenizer, reviews)
+    ablator = Ablator(model.float(), enc, LABELS, tokenizer.pad_token_id, "right", 2)
+    L = model.adapter.num_layers
+    options = [[] for _ in range(L)]
+    options[0] = [np.array([], dtype=np.int64), np.array([0])]
+    options[1] = [np.array([1, 2])]
+    with caplog.at_level(logging.INFO, logger="llm_anatomy.progress"):
+        sensitivity.head_sensitivity(ablator, options, None, desc="heads")
+        sensitivity.sensitivity_table(ablator, [np.arange(w, dtype=float) for w in model.adapter.ffn_widths()], [0.5],
+                                      desc="neurons")
+    lines = [r.getMessage().split(",")[0] for r in caplog.records]
+    assert lines == ["heads: 1/2 (50%)", "heads: 2/2 (100%)"] + [f"neurons: {i}/{L} ({100 * i / L:.0f}%)"
+                                                                  for i in range(1, L + 1)]

@@ -107,6 +107,17 @@ def activation_gradients(model: SentimentClassifier) -> Iterator[None]:
             q.requires_grad_(flag)
 
 
+def retain_activations(store: dict[int, torch.Tensor]):
+    """A hook maker for `activation_hooks` (or a layer's pre-hook) inside `activation_gradients`: each layer's
+    activation kept in `store[layer]`, its gradient retained so that `.grad` holds it after the backward pass."""
+    def make(layer):
+        def hook(_module, args):
+            args[0].retain_grad()
+            store[layer] = args[0]
+        return hook
+    return make
+
+
 def margin_of(model, batch: Batch) -> torch.Tensor:
     return batch.sign * model(batch.ids, batch.mask).float()
 
@@ -249,13 +260,7 @@ class Ablator:
         with activation_gradients(self.model):
             for batch in self.batches:
                 acts: dict[int, torch.Tensor] = {}
-
-                def keep(layer):
-                    def hook(_module, args):
-                        acts[layer] = args[0]
-                        args[0].retain_grad()
-                    return hook
-                with torch.enable_grad(), self.adapter.activation_hooks(keep):
+                with torch.enable_grad(), self.adapter.activation_hooks(retain_activations(acts)):
                     margin_of(self.model, batch).sum().backward()
                 m = batch.mask.unsqueeze(-1).double()
                 for l in range(self.adapter.num_layers):  # sum over real tokens of (mean - a) * d margin / d a
@@ -475,24 +480,25 @@ def within_layer_ranks(values: pd.Series, layers: pd.Series) -> np.ndarray:
     return values.groupby(layers.to_numpy()).rank(pct=True).to_numpy()
 
 
+def rank_agreement(importance: pd.Series, effect: pd.Series, layers: pd.Series, seed: int = 0) -> dict[str, float]:
+    """Spearman's rho of `importance` with `effect` (one value per unit, `layers` its layer), each with a 95%
+    bootstrap interval: pooled over layers (spearman, spearman_lo, spearman_hi) and within layers
+    (spearman_within_layer, _lo, _hi: both sides ranked within their layer first, so a score is judged on
+    the choice a per-layer allocation makes, not on how its scale differs between layers)."""
+    pooled = spearman_interval(importance.to_numpy(np.float64), effect.to_numpy(np.float64), seed=seed)
+    within = spearman_interval(within_layer_ranks(importance, layers), within_layer_ranks(effect, layers), seed=seed)
+    return dict(spearman=pooled.value, spearman_lo=pooled.lo, spearman_hi=pooled.hi, spearman_within_layer=within.value,
+                spearman_within_layer_lo=within.lo, spearman_within_layer_hi=within.hi)
+
+
 def score_agreement(table: pd.DataFrame, reviews: int, seed: int = 0) -> pd.DataFrame:
     """Spearman of each score's importance with each target (TARGETS) over the random sample, pooled over
-    layers (`spearman`) and within layers (`spearman_within_layer`: both sides ranked within their
-    layer first, so a score is judged on the choice a per-layer allocation makes, not on how its
-    scale differs between layers), each with a 95% bootstrap interval; plus attribution patching
-    against the exact effect, both signed."""
+    layers and within layers (`rank_agreement`); plus attribution patching against the exact effect, both
+    signed."""
     s = table[table["in_sample"]]
-    rows = []
-    for target in TARGETS:
-        effect = target_values(s, target)
-        effect_within = within_layer_ranks(effect, s["layer"])
-        for name, doc in SCORES.items():
-            pooled = spearman_interval(s[name].to_numpy(), effect.to_numpy(), seed=seed)
-            within = spearman_interval(within_layer_ranks(s[name], s["layer"]), effect_within, seed=seed)
-            rows.append(dict(score=name, target=target, description=doc, spearman=pooled.value, spearman_lo=pooled.lo,
-                             spearman_hi=pooled.hi, spearman_within_layer=within.value,
-                             spearman_within_layer_lo=within.lo, spearman_within_layer_hi=within.hi,
-                             neurons=len(s), reviews=reviews))
+    rows = [dict(score=name, target=target, description=doc,
+                 **rank_agreement(s[name], target_values(s, target), s["layer"], seed), neurons=len(s), reviews=reviews)
+            for target in TARGETS for name, doc in SCORES.items()]
     agree = spearman_interval(s["attribution_signed"].to_numpy(), s["exact_effect"].to_numpy(), seed)
     rows.append(dict(score="attribution_signed_vs_exact_signed", target="exact_effect",
                      description="attribution patching against the exact effect, both signed", spearman=agree.value,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ablation import activation_gradients
+from ..ablation import activation_gradients, retain_activations
 from ..adapters import removed_on_exit
 from ..batching import progress_batches
 from ..device import model_device
@@ -108,18 +108,10 @@ def review_effects(model: SentimentClassifier, encoded: Sequence[Sequence[int]],
     tokens = 0
     heads_out: dict[int, torch.Tensor] = {}
     acts: dict[int, torch.Tensor] = {}
-
-    def keep(store):
-        def make(layer):
-            def hook(_module, args):
-                args[0].retain_grad()
-                store[layer] = args[0]
-            return hook
-        return make
-
+    keep_heads = retain_activations(heads_out)
     with activation_gradients(model), \
-            removed_on_exit([b.output.register_forward_pre_hook(keep(heads_out)(l)) for l, b in enumerate(blocks)]), \
-            adapter.activation_hooks(keep(acts)) if neurons else nullcontext():
+            removed_on_exit([b.output.register_forward_pre_hook(keep_heads(l)) for l, b in enumerate(blocks)]), \
+            adapter.activation_hooks(retain_activations(acts)) if neurons else nullcontext():
         for idx, ids, mask in progress_batches(encoded, batch_size, pad_id, padding_side, desc, device=device):
             sign = torch.as_tensor(2.0 * labels[idx] - 1.0, device=device)
             with torch.enable_grad():

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..ablation import effect_summary, within_layer_ranks
+from ..ablation import effect_summary, rank_agreement
 from ..scores import per_layer
-from ..stats import spearman_interval
 from .attribution import ReviewEffects
 
 
@@ -126,15 +125,7 @@ def criterion_agreement(table: pd.DataFrame, criteria: Sequence[str], effects: S
     """Spearman's rho (95% bootstrap interval over heads) of each importance column `criteria` of `table` (one
     row per (layer, head)) with each exact-effect column `effects`: pooled over layers, and within layers
     (both ranked inside their layer first: the choice a per-layer count makes), as the neuron check does
-    (`ablation.score_agreement`)."""
-    rows = []
-    for effect in effects:
-        y = table[effect].to_numpy(np.float64)
-        y_within = within_layer_ranks(table[effect], table["layer"])
-        for name in criteria:
-            pooled = spearman_interval(table[name].to_numpy(np.float64), y, seed=seed)
-            within = spearman_interval(within_layer_ranks(table[name], table["layer"]), y_within, seed=seed)
-            rows.append(dict(criterion=name, effect=effect, spearman=pooled.value, spearman_lo=pooled.lo,
-                             spearman_hi=pooled.hi, spearman_within_layer=within.value,
-                             spearman_within_layer_lo=within.lo, spearman_within_layer_hi=within.hi, heads=len(table)))
-    return pd.DataFrame(rows)
+    (`ablation.rank_agreement`, as `ablation.score_agreement`)."""
+    return pd.DataFrame([dict(criterion=name, effect=effect,
+                              **rank_agreement(table[name], table[effect], table["layer"], seed), heads=len(table))
+                         for effect in effects for name in criteria])

@@ -24,17 +24,25 @@ import torch.nn.functional as F
 from ..ablation import Ablator, margin_of, pin_to_means
 from ..adapters import removed_on_exit
 from ..models import SentimentClassifier
+from ..progress import progress
 from ..replay import replay_below
 from .allocation import lowest
 
 
 @torch.inference_mode()
-def ablated_change(ablator: Ablator, layer: int, context: Callable[[], AbstractContextManager]) -> tuple[float, float]:
+def dense_loss(ablator: Ablator) -> float:
+    """The dense model's loss summed over the ablator's reviews, batch by batch (what `ablated_change` subtracts)."""
+    return sum(float(F.softplus(-b.margin).sum()) for b in ablator.batches)
+
+
+@torch.inference_mode()
+def ablated_change(ablator: Ablator, layer: int, context: Callable[[], AbstractContextManager], dense: float
+                   ) -> tuple[float, float]:
     """(mean loss increase, mean margin change) over the ablator's reviews when the model runs inside `context()`,
-    the blocks below `layer` replaying their cached dense outputs (so the ablation must start at `layer`)."""
+    the blocks below `layer` replaying their cached dense outputs (so the ablation must start at `layer`).
+    `dense`: `dense_loss(ablator)`, taken once per table; the ablated loss total minus it, summed as the
+    sensitivity tables always were (same bits)."""
     model = ablator.model
-    # the ablated loss total minus the dense one, summed as the sensitivity tables always were (same bits)
-    dense = sum(float(F.softplus(-b.margin).sum()) for b in ablator.batches)
     total = margin = 0.0
     for batch in ablator.batches:
         with replay_below(model, layer, batch.block_outputs), context():
@@ -46,22 +54,27 @@ def ablated_change(ablator: Ablator, layer: int, context: Callable[[], AbstractC
 
 @torch.inference_mode()
 def sensitivity_table(ablator: Ablator, importance: Sequence[np.ndarray], fractions: Sequence[float],
-                      prune: Callable | None = None) -> pd.DataFrame:
+                      prune: Callable | None = None, desc: str | None = "layer sensitivity") -> pd.DataFrame:
     """Validation loss increase per (layer, fraction), each layer pruned alone (see the module docstring).
     `ablator` holds the validation reviews and their cached dense pass, with `means` set to the calibration
     means the bias fold uses. `prune(layer, idx)`: a context under which the model runs with those neurons of
-    the layer pruned; by default their activations pinned to the calibration means (the bias fold)."""
+    the layer pruned; by default their activations pinned to the calibration means (the bias fold). `desc`
+    names the progress output (ablations done of all; None: none)."""
     model = ablator.model
     if prune is None:
         def prune(layer, idx):
             return pin_to_means(model, {layer: idx}, ablator.means)
+    dense = dense_loss(ablator)
+    bar = progress(total=len(importance) * len(fractions), desc=desc)
     rows = []
     for layer, imp in enumerate(importance):
         rows.append(dict(layer=layer, fraction=0.0, pruned=0, loss_increase=0.0))
         for f in fractions:
             idx = lowest(imp, int(round(f * len(imp))))
-            increase, _margin = ablated_change(ablator, layer, lambda: prune(layer, idx))
+            increase, _margin = ablated_change(ablator, layer, lambda: prune(layer, idx), dense)
             rows.append(dict(layer=layer, fraction=float(f), pruned=len(idx), loss_increase=increase))
+            bar.update(1)
+    bar.close()
     df = pd.DataFrame(rows).astype(dict(layer="int16", pruned="int64"))
     df["reviews"] = np.int64(ablator.n_reviews)
     return df
@@ -91,20 +104,25 @@ def pin_heads(model: SentimentClassifier, heads: dict[int, Sequence[int]], means
 
 
 def head_sensitivity(ablator: Ablator, options: Sequence[Sequence[np.ndarray]],
-                     means: Sequence[torch.Tensor] | None) -> pd.DataFrame:
+                     means: Sequence[torch.Tensor] | None, desc: str | None = "head sensitivity") -> pd.DataFrame:
     """Per layer l and each set of pruned query heads `options[l][k]`, removed alone (the other layers dense):
     the validation loss increase and mean margin change, the heads pinned to `means` (the bias fold) or, with
     `means=None`, zeroed. One row per (layer, option): layer, option, pruned, heads (the set), loss_increase,
-    margin_change, reviews."""
+    margin_change, reviews. `desc` names the progress output (ablations done of all; None: none)."""
+    dense = dense_loss(ablator)
+    bar = progress(total=sum(1 for sets in options for heads in sets if len(heads)), desc=desc)
     rows = []
     for layer, sets in enumerate(options):
         for k, heads in enumerate(sets):
             heads = np.asarray(heads, dtype=np.int64)
-            # an empty set is the dense model: no pass needed
-            increase, margin = (0.0, 0.0) if not len(heads) else ablated_change(
-                ablator, layer, lambda: pin_heads(ablator.model, {layer: heads}, means))
+            increase, margin = 0.0, 0.0  # an empty set is the dense model: no pass needed
+            if len(heads):
+                increase, margin = ablated_change(ablator, layer, lambda: pin_heads(ablator.model, {layer: heads}, means),
+                                                  dense)
+                bar.update(1)
             rows.append(dict(layer=layer, option=k, pruned=len(heads), heads=heads.tolist(), loss_increase=increase,
                              margin_change=margin))
+    bar.close()
     df = pd.DataFrame(rows).astype(dict(layer="int16", option="int64", pruned="int64"))
     df["reviews"] = np.int64(ablator.n_reviews)
     return df
@@ -134,6 +152,6 @@ def layer_sensitivity(finetuned, val, sensitivity, criterion: str, reviews: int,
     encoded = ck.encode(head["text"].tolist())
     ablator = Ablator(ck.model, encoded, head["label"].to_numpy(), ck.pad_id, ck.padding_side, batch_size)
     ablator.means = [torch.tensor(m, dtype=torch.float32) for m in stats["mean"]]
-    table = sensitivity_table(ablator, imp, fractions)
+    table = sensitivity_table(ablator, imp, fractions, desc=f"layer sensitivity ({criterion})")
     write_parquet(table, sensitivity)
     return dict(criterion=criterion, reviews=len(encoded), points=len(table))
