@@ -10,7 +10,7 @@ TORCH   ?= cpu
 TORCH_PIP_ARGS ?=
 STAMP   := $(VENV)/.installed-$(TORCH)
 
-.PHONY: setup run lint test dry-run report clean-venv gpu-pack gpu-check
+.PHONY: setup run speed lint test dry-run report clean-venv gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ endif
 
 run: setup
 	$(BIN)/snakemake --cores $(CORES)
+
+# The run with the offline profile's speed points (issue 27's frontier; docs/SPEED.md gives what they add).
+speed: setup
+	$(BIN)/snakemake --cores $(CORES) --config 'profiles={offline: {pruning: {speed_targets: true}}}'
 
 # The order of ../shared/docs/CONVENTIONS.md: lint and format, the workflow's lint, then the tests (dry runs of
 # every profile and a real run of the tiny one among them), then DVC's view of the pipeline (a dry

@@ -4,8 +4,6 @@ independent computation: the plan the prune_plan stage makes from the files equa
 computed here from `attribution.review_effects`, its kept heads and widths meet the target on the latency table,
 and the materialised folder has the plan's head counts and widths. The latency table is hand-made (no timing):
 the latency_table stage reads it from its cache, as it reads this machine's."""
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,22 +39,31 @@ def offline_pipeline(edit=None) -> Pipeline:
     return Pipeline(params)
 
 
-def test_the_offline_profile_lists_its_speed_targets_by_model_kind():
+def test_the_offline_profile_lists_its_speed_points_by_model_kind_and_runs_them_when_asked():
     t = offline_pipeline().targets
-    assert t.speed_names("minilm") == ["fluctuation-joint-refit-x1.4", "fluctuation-joint-refit-x1.6",
-                                       "fluctuation-joint-refit-x1.8", "fluctuation-heads-refit-x1.6"]
-    assert t.names("minilm")[-4:] == t.speed_names("minilm")
-    smollm2 = copy.deepcopy(t)
-    smollm2.kinds = {"smollm2": "decoder"}
-    assert smollm2.speed_names("smollm2") == ["fluctuation-joint-refit-x1.2", "fluctuation-joint-refit-x1.4",
-                                              "fluctuation-ffn-refit-x1.2"]
+    assert t.speed_names("minilm") == ["fluctuation-joint-refit-x1.6", "fluctuation-joint-refit-x1.8",
+                                       "fluctuation-joint-refit-x2", "fluctuation-heads-refit-x1.6"]
+    # the decoder's FFN criterion is its kind's (wanda-sp, its FFN method's), its heads pruning.speed's
+    assert t.speed_criteria("smollm2") == ("wanda-sp", "fluctuation")
+    assert t.speed_names("smollm2") == ["wanda-sp+fluctuation-joint-refit-x1.2", "wanda-sp+fluctuation-joint-refit-x1.4",
+                                        "fluctuation-heads-refit-x1.2"]
+    # off the default run (they cost more than its budget leaves) until speed_targets says so
+    assert not set(t.speed_names("minilm") + t.speed_names("smollm2")) & set(t for _m, t in t.pairs())
+    on = offline_pipeline(lambda p: p["profiles"]["offline"]["pruning"].update(speed_targets=True))
+    assert on.targets.names("minilm")[-4:] == t.speed_names("minilm")
+    assert [n for m, n in on.targets.pairs() if m == "smollm2"][-3:] == t.speed_names("smollm2")
+    assert on.report_inputs()["metrics"][-1] == on.layout.target("smollm2", "fluctuation-heads-refit-x1.2").metrics
+    # the heads point shares the joint points' cost table: the kind's FFN criterion, not pruning.speed's
+    files = on.layout.model("smollm2")
+    for name in t.speed_names("smollm2"):
+        assert on.plan_inputs("smollm2", name)["speed_sensitivity"] == files.speed_sensitivity("wanda-sp", "fluctuation")
 
 
 def test_a_speed_target_resolves_to_its_method_with_the_methods_ridges_and_headline_sizes():
     pipe = offline_pipeline(lambda p: p["pruning"]["speed"].update(head_criterion="attribution"))
     t = pipe.targets
     name = "fluctuation+attribution-joint-refit-x1.6"
-    assert t.speed_names("minilm")[0] == "fluctuation+attribution-joint-refit-x1.4"
+    assert t.speed_names("minilm")[0] == name
     spec = t.checked_spec("minilm", name)
     assert spec == SpeedMethod("fluctuation", "joint", "refit", 1.6, "attribution", ridge=0.01, readout_ridge=10.0)
     assert spec.name == name and SpeedMethod.from_dict(spec.to_dict()) == spec

@@ -38,16 +38,16 @@ class Pipeline:
         if spec.allocation == "searched":
             inputs["sensitivity"] = files.sensitivity(spec.criterion)
         if spec.allocation == SPEED:
-            inputs.update(self.criterion_inputs(model, self.speed_criteria(spec)[0]))
-            inputs.update(files.files(*SPEED_JOBS), speed_sensitivity=files.speed_sensitivity(*self.speed_criteria(spec)))
+            inputs.update(self.criterion_inputs(model, self.speed_criteria(model, spec)[0]))
+            inputs.update(files.files(*SPEED_JOBS), speed_sensitivity=files.speed_sensitivity(*self.speed_criteria(model, spec)))
         return inputs
 
-    def speed_criteria(self, spec: SpeedMethod) -> tuple[str, str]:
+    def speed_criteria(self, model: str, spec: SpeedMethod) -> tuple[str, str]:
         """(FFN criterion, head criterion) of the cost table a speed target reads: its own, and for the structure it
-        leaves alone (whose criterion does not change its costs) params.yaml's `pruning.speed` one, so heads and
-        joint targets share one table."""
-        p = self.targets.pruning["speed"]
-        return spec.ffn_criterion or p["ffn_criterion"], spec.head_criterion or p["head_criterion"]
+        leaves alone (whose criterion does not change its costs) the model's speed criterion
+        (`Targets.speed_criteria`), so heads and joint targets share one table."""
+        ffn, head = self.targets.speed_criteria(model)
+        return spec.ffn_criterion or ffn, spec.head_criterion or head
 
     def speed_params(self, model: str, target: str) -> dict | None:
         """What a speed target's plan reads besides its files (None for every other target): the cost table's
@@ -55,7 +55,7 @@ class Pipeline:
         spec = self.targets.checked_spec(model, target)
         if spec.allocation != SPEED:
             return None
-        ffn, head = self.speed_criteria(spec)
+        ffn, head = self.speed_criteria(model, spec)
         p = self.targets.pruning["speed"]
         return dict(ffn_criterion=ffn, head_criterion=head, objective=p["objective"], width_steps=p["width_steps"])
 
@@ -81,7 +81,7 @@ class Pipeline:
         if "sensitivity" in inputs:
             files["layer_sensitivity"] = m.benchmark(f"sensitivity_{self.targets.spec(model, target).criterion}")
         if "speed_sensitivity" in inputs:
-            ffn, head = self.speed_criteria(self.targets.spec(model, target))
+            ffn, head = self.speed_criteria(model, self.targets.spec(model, target))
             files["speed_sensitivity"] = m.benchmark(f"speed_sensitivity_{ffn}+{head}")
         return {f"benchmark_{k}": v for k, v in files.items()}
 

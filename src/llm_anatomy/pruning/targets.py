@@ -76,16 +76,23 @@ class Targets:
         methods = sizing.get("methods", {})
         curves = methods.get("curves", [])  # <criterion>-<allocation>-<compensation>; `all` is the full grid
         return named + sweep + flap + [f"{c}-{p}" for c in (ALL_METHODS if curves == "all" else curves)
-                                       for p in methods.get("percents", [])] + self.speed_names(model)
+                                       for p in methods.get("percents", [])] + (
+            self.speed_names(model) if self.sizing_tree["speed_targets"] else [])
 
     def speed_names(self, model: str) -> list[str]:
-        """The model's speed targets: per group of `profiles.<p>.pruning.<kind>.speed.points`, every structure at
-        every speedup, with params.yaml's `pruning.speed` criteria and compensation."""
-        p = self.pruning["speed"]
-        return [SpeedMethod(p["head_criterion"] if s == "heads" else p["ffn_criterion"], s, p["compensation"], x,
-                            p["head_criterion"]).name
+        """The model's speed points: per group of `profiles.<p>.pruning.<kind>.speed.points`, every structure at
+        every speedup, with the model's speed criteria and `pruning.speed`'s compensation. Targets of the run
+        where `profiles.<p>.pruning.speed_targets` says so."""
+        ffn, head = self.speed_criteria(model)
+        compensation = self.pruning["speed"]["compensation"]
+        return [SpeedMethod(head if s == "heads" else ffn, s, compensation, x, head).name
                 for group in self.sizing_tree[self.kinds[model]]["speed"]["points"]
                 for s in group["structures"] for x in group["speedups"]]
+
+    def speed_criteria(self, model: str) -> tuple[str, str]:
+        """The (FFN, head) criteria of the model's speed points: its kind's `speed` sizing, else `pruning.speed`'s."""
+        kind, p = self.sizing_tree[self.kinds[model]]["speed"], self.pruning["speed"]
+        return tuple(kind.get(k, p[k]) for k in ("ffn_criterion", "head_criterion"))
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every (model, target) of the profile."""
