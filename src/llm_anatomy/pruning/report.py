@@ -360,7 +360,8 @@ def draw_pareto(runs: list[PruneMetrics], path) -> None:
                    xlabel="% FFN neurons removed", ylabel="test accuracy")
         row[1].set(title=f"{mod}: test accuracy vs measured speedup ({rs[0].machine['cpu']})",
                    xlabel="speedup of the physically pruned model (median of alternating runs)")
-        row[0].legend(fontsize=6, loc="lower left", ncol=2)
+        # beside the row, not on it: with speed targets the labels cover the left panel's points
+        row[1].legend(*row[0].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     save_figure(fig, path, dpi=120)
 
 
