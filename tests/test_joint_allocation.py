@@ -128,13 +128,13 @@ def test_measured_losses_add_heads_and_interpolated_ffn():
 def test_speed_method_names():
     m = SpeedMethod.parse("fluctuation-joint-refit-x1.6")
     assert (m.criterion, m.structures, m.compensation, m.speedup) == ("fluctuation", "joint", "refit", 1.6)
-    assert (m.ffn_criterion, m.heads_criterion, m.name) == ("fluctuation", "fluctuation", "fluctuation-joint-refit-x1.6")
+    assert (m.ffn_criterion, m.head_criterion, m.name) == ("fluctuation", "fluctuation", "fluctuation-joint-refit-x1.6")
     other = SpeedMethod.parse("fluctuation+fisher-joint-refit-x1.6")  # two criteria: two names, not one
-    assert (other.ffn_criterion, other.heads_criterion) == ("fluctuation", "fisher") and other.name != m.name
+    assert (other.ffn_criterion, other.head_criterion) == ("fluctuation", "fisher") and other.name != m.name
     h = SpeedMethod.parse("loss-estimate-heads-bias-x1.25")
-    assert (h.ffn_criterion, h.heads_criterion) == (None, "loss-estimate")
+    assert (h.ffn_criterion, h.head_criterion) == (None, "loss-estimate")
     f = SpeedMethod.parse("wanda-sp-ffn-refit-x2")
-    assert (f.name, f.ffn_criterion, f.heads_criterion) == ("wanda-sp-ffn-refit-x2", "wanda-sp", None)
+    assert (f.name, f.ffn_criterion, f.head_criterion) == ("wanda-sp-ffn-refit-x2", "wanda-sp", None)
     for bad, match in (("fluctuation-joint-refit-1.6", "is not a speed target"),
                        ("wanda-sp-heads-refit-x1.5", "not a head criterion"),
                        ("norm-joint-refit-x1.5", "not an FFN criterion"),

@@ -38,8 +38,9 @@ class Pipeline:
         if spec.allocation == "searched":
             inputs["sensitivity"] = files.sensitivity(spec.criterion)
         if spec.allocation == SPEED:
-            inputs.update(self.criterion_inputs(model, self.speed_criteria(model, spec)[0]))
-            inputs.update(files.files(*SPEED_JOBS), speed_sensitivity=files.speed_sensitivity(*self.speed_criteria(model, spec)))
+            ffn, head = self.speed_criteria(model, spec)
+            inputs.update(self.criterion_inputs(model, ffn))
+            inputs.update(files.files(*SPEED_JOBS), speed_sensitivity=files.speed_sensitivity(ffn, head))
         return inputs
 
     def speed_criteria(self, model: str, spec: SpeedMethod) -> tuple[str, str]:

@@ -260,10 +260,6 @@ class SpeedMethod(MethodRecord):
     def ffn_criterion(self) -> str | None:
         return None if self.structures == "heads" else self.criterion
 
-    @property
-    def heads_criterion(self) -> str | None:
-        return self.head_criterion
-
     @classmethod
     def parse(cls, name: str) -> "SpeedMethod":
         """The method a speed target's name spells (`name`'s grammar); a ValueError that names the bad part and the

@@ -201,7 +201,7 @@ class PruneMetrics(Measured):
 
 def cost_fields(benchmarks: dict[str, str] | None) -> dict:
     """The seconds_* cost fields from the Snakemake benchmark files by job (wall seconds: column `s`, first
-    row) of plan, materialise, and the per-model ffn_stats, mask_gradients, obs_scores, layer_sensitivity."""
+    row) of plan, materialise, and the per-model jobs the plan read (`Pipeline.benchmark_inputs`)."""
     if not benchmarks:
         return {}
     sec = {}
@@ -210,8 +210,7 @@ def cost_fields(benchmarks: dict[str, str] | None) -> dict:
         if "s" not in df.columns or df.empty:
             raise ValueError(f"{path} is not a Snakemake benchmark file (no `s` column); rerun the job that writes it")
         sec[job] = float(df["s"].iloc[0])
-    shared = [sec[k] for k in ("ffn_stats", "mask_gradients", "obs_scores", "layer_sensitivity", "latency_table",
-                               "head_stats", "speed_sensitivity") if k in sec]
+    shared = [s for job, s in sec.items() if job not in ("plan", "materialise")]
     return dict(seconds_plan=sec.get("plan"), seconds_materialise_job=sec.get("materialise"),
                 seconds_point=sec["plan"] + sec["materialise"] if {"plan", "materialise"} <= sec.keys() else None,
                 seconds_calibration=sum(shared) if shared else None)
